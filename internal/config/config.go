@@ -1,0 +1,287 @@
+// Package config reads and validates the relay's settings. The environment
+// is read here and nowhere else: components get their own sub-struct.
+package config
+
+import (
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"reflect"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caarlos0/env/v11"
+)
+
+// Prefix is put in front of every variable name.
+const Prefix = "RELAY_"
+
+// Config is every setting of the relay. The help tag is what --help prints.
+type Config struct {
+	DatabaseURL  string `env:"DATABASE_URL" help:"PostgreSQL URL (postgres://user:pass@host:port/db); required"`
+	RunnerURL    string `env:"RUNNER_URL" help:"absolute http(s) URL the events are POSTed to; required by run"`
+	RunnerSecret string `env:"RUNNER_SECRET" help:"Standard Webhooks signing secret (whsec_<base64>); empty disables signing"`
+	RunnerToken  string `env:"RUNNER_TOKEN" help:"bearer token sent as Authorization; empty sends none"`
+
+	OutboxTable string `env:"OUTBOX_TABLE" envDefault:"public.portal_event_outbox" help:"outbox table, optionally schema-qualified"`
+	SlotName    string `env:"SLOT_NAME" envDefault:"outbox_relay" help:"logical replication slot"`
+	Publication string `env:"PUBLICATION" envDefault:"outbox_relay" help:"publication of the outbox table (inserts only)"`
+	CDC         string `env:"CDC" envDefault:"auto" help:"replication fast path: auto (use it when possible), on (required), off (sweep only)"`
+
+	SweepInterval time.Duration `env:"SWEEP_INTERVAL" envDefault:"5s" help:"time between sweeps of due rows"`
+	BackoffBase   time.Duration `env:"BACKOFF_BASE" envDefault:"1s" help:"delay before the first retry; doubles per attempt"`
+	BackoffMax    time.Duration `env:"BACKOFF_MAX" envDefault:"10m" help:"cap on the retry delay"`
+	BackoffJitter float64       `env:"BACKOFF_JITTER" envDefault:"0.2" help:"fraction in [0,1] taken off a retry delay at random"`
+	MaxAttempts   int           `env:"MAX_ATTEMPTS" envDefault:"25" help:"attempts before a row is marked dead"`
+	HTTPTimeout   time.Duration `env:"HTTP_TIMEOUT" envDefault:"10s" help:"timeout of one POST to the runner"`
+	Concurrency   int           `env:"CONCURRENCY" envDefault:"16" help:"POSTs in flight for the whole process"`
+	BatchSize     int           `env:"BATCH_SIZE" envDefault:"100" help:"rows claimed per sweep query and ids per stream hand-off"`
+	ListenAddr    string        `env:"LISTEN_ADDR" envDefault:":9898" help:"address of /healthz, /readyz and /metrics; empty disables"`
+	LogLevel      string        `env:"LOG_LEVEL" envDefault:"info" help:"debug, info, warn or error"`
+	LogFormat     string        `env:"LOG_FORMAT" envDefault:"json" help:"json or text"`
+	ShutdownGrace time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"30s" help:"time in-flight deliveries get to finish on SIGTERM"`
+	SlotWarnBytes int64         `env:"SLOT_WARN_BYTES" envDefault:"268435456" help:"retained WAL of the slot that logs a warning"`
+	SlotMaxBytes  int64         `env:"SLOT_MAX_BYTES" envDefault:"2147483648" help:"retained WAL past which the slot is dropped and recreated"`
+	Retention     time.Duration `env:"RETENTION" envDefault:"168h" help:"delivered rows older than this are deleted; 0 keeps them"`
+	StatsInterval time.Duration `env:"STATS_INTERVAL" envDefault:"15s" help:"refresh interval of the SQL-backed gauges and the slot guard"`
+}
+
+// Error is a setting that is wrong. It names the variable and never
+// carries the value of a secret.
+type Error struct {
+	Var string
+	Msg string
+}
+
+func (e *Error) Error() string { return Prefix + e.Var + ": " + e.Msg }
+
+// Load reads the configuration from environ (KEY=VALUE pairs, as os.Environ
+// returns them) and fills in defaults. It does not validate: see Validate.
+func Load(environ []string) (Config, error) {
+	m := make(map[string]string, len(environ))
+	for _, kv := range environ {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			m[k] = v
+		}
+	}
+	var c Config
+	err := env.ParseWithOptions(&c, env.Options{Environment: m, Prefix: Prefix})
+	if err == nil {
+		return c, nil
+	}
+	// caarlos0/env names the Go field; users know the variable.
+	var agg env.AggregateError
+	if errors.As(err, &agg) && len(agg.Errors) > 0 {
+		err = agg.Errors[0]
+	}
+	var pe env.ParseError
+	if errors.As(err, &pe) {
+		f, _ := reflect.TypeFor[Config]().FieldByName(pe.Name)
+		return c, &Error{Var: f.Tag.Get("env"), Msg: "invalid value: " + parseReason(pe.Err)}
+	}
+	return c, err
+}
+
+// parseReason drops strconv's echo of the function name, keeping the value
+// and what is wrong with it.
+func parseReason(err error) string {
+	s := err.Error()
+	if i := strings.LastIndex(s, ": "); i >= 0 && strings.HasPrefix(s, "strconv.") {
+		return strings.TrimPrefix(s[:i], "strconv.") + ": " + s[i+2:]
+	}
+	return s
+}
+
+// Validate checks every setting that the command needs; run is true for
+// the relay itself, false for migrate, status and requeue, which need only
+// the database and the table.
+func (c *Config) Validate(run bool) error {
+	if c.DatabaseURL == "" {
+		return &Error{"DATABASE_URL", "is required"}
+	}
+	if err := checkDatabaseURL(c.DatabaseURL); err != nil {
+		return err
+	}
+	if _, _, err := ParseTable(c.OutboxTable); err != nil {
+		return &Error{"OUTBOX_TABLE", err.Error()}
+	}
+	if !run {
+		return nil
+	}
+	if c.RunnerURL == "" {
+		return &Error{"RUNNER_URL", "is required"}
+	}
+	if err := checkRunnerURL(c.RunnerURL); err != nil {
+		return &Error{"RUNNER_URL", err.Error()}
+	}
+	if c.RunnerSecret != "" {
+		if _, err := DecodeSecret(c.RunnerSecret); err != nil {
+			return &Error{"RUNNER_SECRET", err.Error()}
+		}
+	}
+	if strings.ContainsAny(c.RunnerToken, "\r\n") {
+		return &Error{"RUNNER_TOKEN", "must be a single line"}
+	}
+	if !identRE.MatchString(c.SlotName) || strings.ToLower(c.SlotName) != c.SlotName {
+		return &Error{"SLOT_NAME", "must be lower-case letters, digits and underscores, at most 63"}
+	}
+	if !identRE.MatchString(c.Publication) {
+		return &Error{"PUBLICATION", "must be a plain SQL identifier (letters, digits, _; at most 63)"}
+	}
+	switch c.CDC {
+	case "auto", "on", "off":
+	default:
+		return &Error{"CDC", fmt.Sprintf("must be auto, on or off, not %q", c.CDC)}
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"SWEEP_INTERVAL", c.SweepInterval},
+		{"BACKOFF_BASE", c.BackoffBase},
+		{"BACKOFF_MAX", c.BackoffMax},
+		{"HTTP_TIMEOUT", c.HTTPTimeout},
+		{"SHUTDOWN_TIMEOUT", c.ShutdownGrace},
+		{"STATS_INTERVAL", c.StatsInterval},
+	} {
+		if d.v <= 0 {
+			return &Error{d.name, fmt.Sprintf("must be a positive duration, not %s", d.v)}
+		}
+	}
+	if c.BackoffBase > c.BackoffMax {
+		return &Error{"BACKOFF_BASE", fmt.Sprintf("%s is greater than RELAY_BACKOFF_MAX (%s)", c.BackoffBase, c.BackoffMax)}
+	}
+	if !(c.BackoffJitter >= 0 && c.BackoffJitter <= 1) { // also catches NaN
+		return &Error{"BACKOFF_JITTER", fmt.Sprintf("must be between 0 and 1, not %v", c.BackoffJitter)}
+	}
+	if c.Retention < 0 {
+		return &Error{"RETENTION", "must be 0 (keep forever) or a positive duration"}
+	}
+	for _, n := range []struct {
+		name   string
+		v, max int
+	}{
+		{"MAX_ATTEMPTS", c.MaxAttempts, 1000},
+		{"CONCURRENCY", c.Concurrency, 1024},
+		{"BATCH_SIZE", c.BatchSize, 10000},
+	} {
+		if n.v < 1 || n.v > n.max {
+			return &Error{n.name, fmt.Sprintf("must be between 1 and %d, not %d", n.max, n.v)}
+		}
+	}
+	if c.SlotWarnBytes <= 0 {
+		return &Error{"SLOT_WARN_BYTES", "must be positive"}
+	}
+	if c.SlotMaxBytes < c.SlotWarnBytes {
+		return &Error{"SLOT_MAX_BYTES", "must be at least RELAY_SLOT_WARN_BYTES"}
+	}
+	if c.ListenAddr != "" {
+		_, port, err := net.SplitHostPort(c.ListenAddr)
+		if n, perr := strconv.Atoi(port); err != nil || perr != nil || n < 0 || n > 65535 {
+			return &Error{"LISTEN_ADDR", fmt.Sprintf("must be host:port or :port, not %q", c.ListenAddr)}
+		}
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		return &Error{"LOG_LEVEL", fmt.Sprintf("must be debug, info, warn or error, not %q", c.LogLevel)}
+	}
+	switch c.LogFormat {
+	case "json", "text":
+	default:
+		return &Error{"LOG_FORMAT", fmt.Sprintf("must be json or text, not %q", c.LogFormat)}
+	}
+	return nil
+}
+
+func checkDatabaseURL(s string) error {
+	// Key/value DSNs ("host=... dbname=...") are accepted by pgx as well.
+	if !strings.Contains(s, "://") {
+		if !strings.Contains(s, "=") {
+			return &Error{"DATABASE_URL", "must be a postgres:// URL or a key=value connection string"}
+		}
+		return nil
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		// url.Parse's message quotes the whole URL, password included.
+		return &Error{"DATABASE_URL", "is not a valid URL"}
+	}
+	if u.Scheme != "postgres" && u.Scheme != "postgresql" {
+		return &Error{"DATABASE_URL", fmt.Sprintf("scheme must be postgres or postgresql, not %q", u.Scheme)}
+	}
+	return nil
+}
+
+func checkRunnerURL(s string) error {
+	u, err := url.Parse(s)
+	if err != nil {
+		return errors.New("is not a valid URL")
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return fmt.Errorf("must be an absolute http or https URL, not %q", u.Redacted())
+	}
+	if u.Hostname() == "" {
+		return fmt.Errorf("has no host: %q", u.Redacted())
+	}
+	if p := u.Port(); p != "" {
+		for _, r := range p {
+			if r < '0' || r > '9' {
+				return fmt.Errorf("has a bad port: %q", u.Redacted())
+			}
+		}
+	}
+	return nil
+}
+
+var identRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,62}$`)
+
+// ParseTable splits "schema.table" or "table" (schema public) into its
+// parts. Only plain identifiers are accepted, so the names can be quoted
+// into SQL safely and match what Postgres stores.
+func ParseTable(s string) (schema, table string, err error) {
+	schema, table, ok := strings.Cut(s, ".")
+	if !ok {
+		schema, table = "public", s
+	}
+	if !identRE.MatchString(schema) || !identRE.MatchString(table) {
+		return "", "", fmt.Errorf("must be a table name or schema.table of letters, digits and _ (at most 63 each), not %q", s)
+	}
+	return schema, table, nil
+}
+
+// Help returns one line per variable: name, default and meaning.
+func Help() string {
+	var b strings.Builder
+	t := reflect.TypeFor[Config]()
+	for i := range t.NumField() {
+		f := t.Field(i)
+		def := f.Tag.Get("envDefault")
+		if def == "" {
+			def = "-"
+		}
+		fmt.Fprintf(&b, "  %-24s %-28s %s\n", Prefix+f.Tag.Get("env"), def, f.Tag.Get("help"))
+	}
+	return b.String()
+}
+
+// DecodeSecret turns a Standard Webhooks secret ("whsec_" and base64) into
+// the HMAC key. The error never quotes the secret.
+func DecodeSecret(s string) ([]byte, error) {
+	b64, ok := strings.CutPrefix(s, "whsec_")
+	if !ok {
+		return nil, errors.New("must start with whsec_ followed by base64")
+	}
+	key, err := base64.StdEncoding.DecodeString(b64)
+	if err != nil {
+		return nil, errors.New("is not valid base64 after whsec_")
+	}
+	if len(key) < 16 {
+		return nil, fmt.Errorf("key is %d bytes; use at least 16 (24 to 64 recommended)", len(key))
+	}
+	return key, nil
+}
