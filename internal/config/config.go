@@ -222,16 +222,20 @@ func checkRunnerURL(s string) error {
 	if err != nil {
 		return errors.New("is not a valid URL")
 	}
+	shown := s
+	if u.User != nil {
+		shown = u.Redacted()
+	}
 	if u.Scheme != "http" && u.Scheme != "https" {
-		return fmt.Errorf("must be an absolute http or https URL, not %q", u.Redacted())
+		return fmt.Errorf("must be an absolute http or https URL, not %q", shown)
 	}
 	if u.Hostname() == "" {
-		return fmt.Errorf("has no host: %q", u.Redacted())
+		return fmt.Errorf("has no host: %q", shown)
 	}
 	if p := u.Port(); p != "" {
 		for _, r := range p {
 			if r < '0' || r > '9' {
-				return fmt.Errorf("has a bad port: %q", u.Redacted())
+				return fmt.Errorf("has a bad port: %q", shown)
 			}
 		}
 	}

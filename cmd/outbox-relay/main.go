@@ -1,0 +1,100 @@
+// Command outbox-relay delivers transactional-outbox rows from PostgreSQL
+// to an HTTP runner. See the README for the contract.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/outbox-relay/outbox-relay/internal/config"
+	"github.com/outbox-relay/outbox-relay/relay"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	code := run(ctx, os.Args[1:], os.Environ(), os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// Exit codes.
+const (
+	exitOK       = 0
+	exitFailure  = 1 // a runtime failure, or status: degraded
+	exitUsage    = 2 // bad flags or settings, or status cannot connect
+	usageSummary = `usage: outbox-relay [run|migrate|status|requeue|version] [flags]
+
+Delivers rows of a PostgreSQL outbox table to an HTTP runner.
+
+commands:
+  run       deliver events (the default)
+  migrate   create the outbox table, its index and publication (--print shows the SQL)
+  status    summary of the outbox and the replication slot (--json)
+  requeue   move dead rows back to pending (--id, --type, --since, --dry-run)
+  version   print the version
+
+Settings are environment variables only:
+`
+)
+
+// usageError is a mistake on the command line or in the settings: exit 2.
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+// run is main without the process: tests call it with their own context,
+// arguments, environment and output.
+func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) int {
+	cmd := "run"
+	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
+		cmd, args = args[0], args[1:]
+	}
+	for _, a := range args {
+		if a == "-h" || a == "--help" || a == "-help" {
+			fmt.Fprint(stdout, usageSummary+config.Help())
+			return exitOK
+		}
+	}
+	if cmd == "help" {
+		fmt.Fprint(stdout, usageSummary+config.Help())
+		return exitOK
+	}
+	var err error
+	switch cmd {
+	case "run":
+		err = runRelay(ctx, args, environ, stderr)
+	case "migrate":
+		err = runMigrate(ctx, args, environ, stdout, stderr)
+	case "version":
+		fmt.Fprintln(stdout, "outbox-relay", relay.Version)
+	default:
+		err = usageError{fmt.Errorf("unknown command %q (run, migrate, status, requeue, version)", cmd)}
+	}
+	var ue usageError
+	var ce *config.Error
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.As(err, &ue), errors.As(err, &ce):
+		fmt.Fprintln(stderr, "outbox-relay:", err)
+		return exitUsage
+	default:
+		fmt.Fprintln(stderr, "outbox-relay:", err)
+		return exitFailure
+	}
+}
+
+// loadConfig reads and validates the settings a command needs.
+func loadConfig(environ []string, forRun bool) (config.Config, error) {
+	cfg, err := config.Load(environ)
+	if err != nil {
+		return cfg, err
+	}
+	return cfg, cfg.Validate(forRun)
+}

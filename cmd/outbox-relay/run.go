@@ -1,0 +1,119 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/sethvargo/go-retry"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/outbox-relay/outbox-relay/internal/config"
+	"github.com/outbox-relay/outbox-relay/internal/store"
+	"github.com/outbox-relay/outbox-relay/relay"
+	"github.com/outbox-relay/outbox-relay/sweeper"
+)
+
+func runRelay(ctx context.Context, args, environ []string, stderr io.Writer) error {
+	if len(args) > 0 {
+		return usageError{fmt.Errorf("run takes no arguments, got %q; settings are RELAY_* variables (see --help)", args[0])}
+	}
+	cfg, err := loadConfig(environ, true)
+	if err != nil {
+		return err
+	}
+	log := newLogger(cfg, stderr)
+	table, _ := tableOf(cfg) // validated
+	var key []byte
+	if cfg.RunnerSecret != "" {
+		key, _ = config.DecodeSecret(cfg.RunnerSecret) // validated
+	}
+
+	pool, err := openPool(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	if err := waitForSchema(ctx, pool, table, log); err != nil {
+		return err
+	}
+	st := store.New(pool, table)
+
+	d := relay.New(relay.Config{
+		RunnerURL:     cfg.RunnerURL,
+		SigningKey:    key,
+		Token:         cfg.RunnerToken,
+		HTTPTimeout:   cfg.HTTPTimeout,
+		Concurrency:   cfg.Concurrency,
+		MaxAttempts:   cfg.MaxAttempts,
+		Backoff:       relay.Backoff{Base: cfg.BackoffBase, Max: cfg.BackoffMax, Jitter: cfg.BackoffJitter},
+		ShutdownGrace: cfg.ShutdownGrace,
+	}, st, log, nil)
+	sw := sweeper.New(sweeper.Config{Interval: cfg.SweepInterval, BatchSize: cfg.BatchSize}, d, log)
+
+	log.Info("outbox-relay starting", "version", relay.Version, "table", table.String(),
+		"cdc", cfg.CDC, "sweep_interval", cfg.SweepInterval.String(), "concurrency", cfg.Concurrency)
+
+	// The deliverer gets its own context: it must outlive the claimers so
+	// that it can drain what they queued, and it stops when they have.
+	dctx, stopDeliverer := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopDeliverer()
+	delivered := make(chan error, 1)
+	go func() { delivered <- d.Run(dctx) }()
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return sw.Run(gctx) })
+	err = g.Wait()
+
+	log.Info("stopping: finishing in-flight deliveries", "grace", cfg.ShutdownGrace.String())
+	stopDeliverer()
+	if derr := <-delivered; err == nil {
+		err = derr
+	}
+	if err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	log.Info("stopped")
+	return nil
+}
+
+// openPool connects, retrying with backoff while the database is not up
+// yet: a sidecar often starts before its database accepts connections.
+func openPool(ctx context.Context, cfg config.Config, log *slog.Logger) (*pgxpool.Pool, error) {
+	pcfg, err := pgxpool.ParseConfig(cfg.DatabaseURL)
+	if err != nil {
+		// pgx's parse errors can quote the URL; never echo it.
+		return nil, &config.Error{Var: "DATABASE_URL", Msg: "cannot be parsed as a connection string"}
+	}
+	pcfg.MaxConns = 8
+	pcfg.ConnConfig.RuntimeParams["application_name"] = "outbox-relay"
+	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
+	if err != nil {
+		return nil, fmt.Errorf("database pool: %w", err)
+	}
+	return pool, nil
+}
+
+// waitForSchema checks the outbox table, waiting while the database is
+// unreachable. A missing table or column stops the relay: that needs a
+// migration, not patience.
+func waitForSchema(ctx context.Context, pool *pgxpool.Pool, table store.Table, log *slog.Logger) error {
+	b := retry.WithCappedDuration(10*time.Second, retry.NewExponential(200*time.Millisecond))
+	warned := false
+	return retry.Do(ctx, b, func(ctx context.Context) error {
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		if err := pool.Ping(cctx); err != nil {
+			if !warned {
+				log.Warn("waiting for the database", "error", err)
+				warned = true
+			}
+			return retry.RetryableError(err)
+		}
+		return store.CheckSchema(cctx, pool, table)
+	})
+}

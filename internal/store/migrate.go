@@ -1,0 +1,134 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// MigrateSQL is the idempotent DDL for table and its publication. The
+// publication is last and separate: Migrate tolerates its failure.
+func MigrateSQL(t Table, publication string) []string {
+	id := t.Ident()
+	idxName := pgx.Identifier{t.Name + "_due_idx"}.Sanitize()
+	stmts := []string{
+		fmt.Sprintf(`CREATE SCHEMA IF NOT EXISTS %s`, pgx.Identifier{t.Schema}.Sanitize()),
+		fmt.Sprintf(`CREATE TABLE IF NOT EXISTS %s (
+	id              bigserial PRIMARY KEY,
+	event_id        uuid NOT NULL UNIQUE DEFAULT gen_random_uuid(),
+	event_type      text NOT NULL,
+	payload         jsonb NOT NULL DEFAULT '{}',
+	status          text NOT NULL DEFAULT 'pending',
+	attempts        integer NOT NULL DEFAULT 0,
+	next_attempt_at timestamptz NOT NULL DEFAULT now(),
+	last_error      text,
+	created_at      timestamptz NOT NULL DEFAULT now(),
+	delivered_at    timestamptz
+)`, id),
+		// The sweep reads only pending rows in due order: this index keeps
+		// it O(batch) however many delivered rows the table holds.
+		fmt.Sprintf(`CREATE INDEX IF NOT EXISTS %s ON %s (next_attempt_at) WHERE status = 'pending'`, idxName, id),
+	}
+	if publication != "" {
+		stmts = append(stmts, PublicationSQL(t, publication))
+	}
+	return stmts
+}
+
+// PublicationSQL creates the insert-only publication of table if missing.
+func PublicationSQL(t Table, publication string) string {
+	return fmt.Sprintf(`DO $$ BEGIN
+	IF NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = %s) THEN
+		CREATE PUBLICATION %s FOR TABLE %s WITH (publish = 'insert');
+	END IF;
+END $$`, quoteLiteral(publication), pgx.Identifier{publication}.Sanitize(), t.Ident())
+}
+
+func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
+
+// Migrate creates the table, its index and the publication when missing,
+// then checks the table's columns. A failure to create the publication
+// (not the owner, no privilege) is returned as pubErr and is not fatal:
+// the relay can still run sweep-only.
+func Migrate(ctx context.Context, conn Execer, t Table, publication string) (pubErr error, err error) {
+	stmts := MigrateSQL(t, publication)
+	for i, s := range stmts {
+		if _, err := conn.Exec(ctx, s); err != nil {
+			if publication != "" && i == len(stmts)-1 {
+				return fmt.Errorf("create publication %s: %w", publication, err), CheckSchema(ctx, conn, t)
+			}
+			return nil, fmt.Errorf("migrate %s: %w", t, err)
+		}
+	}
+	return nil, CheckSchema(ctx, conn, t)
+}
+
+// Execer is what Migrate and CheckSchema need from a connection or pool.
+type Execer interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+// The columns the relay reads and writes, with the types that are accepted
+// for each (udt names, as information_schema reports them).
+var requiredColumns = []struct {
+	name  string
+	types []string
+}{
+	{"id", []string{"int8", "int4"}},
+	{"event_id", []string{"uuid"}},
+	{"event_type", []string{"text", "varchar"}},
+	{"payload", []string{"jsonb"}},
+	{"status", []string{"text", "varchar"}},
+	{"attempts", []string{"int4", "int8", "int2"}},
+	{"next_attempt_at", []string{"timestamptz"}},
+	{"last_error", []string{"text", "varchar"}},
+	{"created_at", []string{"timestamptz"}},
+	{"delivered_at", []string{"timestamptz"}},
+}
+
+// ErrNoTable is returned by CheckSchema when the table does not exist.
+var ErrNoTable = errors.New("table does not exist")
+
+// CheckSchema verifies that table has every required column with a
+// compatible type, and names each one that is missing or wrong.
+func CheckSchema(ctx context.Context, conn Execer, t Table) error {
+	rows, err := conn.Query(ctx, `SELECT column_name, udt_name FROM information_schema.columns
+		WHERE table_schema = $1 AND table_name = $2`, t.Schema, t.Name)
+	if err != nil {
+		return fmt.Errorf("read columns of %s: %w", t, err)
+	}
+	have := map[string]string{}
+	for rows.Next() {
+		var name, typ string
+		if err := rows.Scan(&name, &typ); err != nil {
+			return fmt.Errorf("read columns of %s: %w", t, err)
+		}
+		have[name] = typ
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("read columns of %s: %w", t, err)
+	}
+	if len(have) == 0 {
+		return fmt.Errorf("outbox table %s: %w (run outbox-relay migrate)", t, ErrNoTable)
+	}
+	var problems []string
+	for _, c := range requiredColumns {
+		typ, ok := have[c.name]
+		switch {
+		case !ok:
+			problems = append(problems, fmt.Sprintf("missing column %s (%s)", c.name, c.types[0]))
+		case !slices.Contains(c.types, typ):
+			problems = append(problems, fmt.Sprintf("column %s is %s, want %s", c.name, typ, strings.Join(c.types, " or ")))
+		}
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("outbox table %s: %s", t, strings.Join(problems, "; "))
+	}
+	return nil
+}

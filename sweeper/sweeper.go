@@ -1,0 +1,141 @@
+// Package sweeper is the safety net: it claims due rows from the outbox in
+// batches with FOR UPDATE SKIP LOCKED and hands them to the Deliverer. It
+// covers whatever the replication stream missed and every backed-off retry.
+package sweeper
+
+import (
+	"context"
+	"log/slog"
+	"time"
+)
+
+// Deliverer is what the sweeper needs from relay.Deliverer.
+type Deliverer interface {
+	// DeliverDue claims and queues up to limit due rows; rows never tried
+	// only when older than grace. It bounds its own query time and blocks
+	// while the delivery queue is full.
+	DeliverDue(ctx context.Context, limit int, grace time.Duration) (int, error)
+	// NextDue is the time until the next row is due (ok false: none).
+	NextDue(ctx context.Context, grace time.Duration) (time.Duration, bool, error)
+	// Rescheduled signals that retries were scheduled.
+	Rescheduled() <-chan struct{}
+}
+
+// Config tunes the sweeper.
+type Config struct {
+	Interval  time.Duration
+	BatchSize int
+	// Grace, when set, returns how long fresh rows are left to the
+	// replication stream; zero while the stream is down, so the sweeper
+	// takes everything.
+	Grace func() time.Duration
+	// OnSweep, when set, is told of every pass (for metrics).
+	OnSweep func(Pass)
+}
+
+// Pass is what one sweep did.
+type Pass struct {
+	Claimed int
+	Took    time.Duration
+	Err     error
+}
+
+// Sweeper runs the periodic sweep.
+type Sweeper struct {
+	cfg Config
+	d   Deliverer
+	log *slog.Logger
+}
+
+// New makes a Sweeper; Run starts it.
+func New(cfg Config, d Deliverer, log *slog.Logger) *Sweeper {
+	return &Sweeper{cfg: cfg, d: d, log: log}
+}
+
+// queryTimeout bounds every statement of a sweep.
+const queryTimeout = 10 * time.Second
+
+// minWait keeps an overdue row that cannot be claimed (locked by a racing
+// claimer for a moment) from turning the loop into a spin.
+const minWait = 20 * time.Millisecond
+
+// Run sweeps at once, then every Interval, and earlier when a retry falls
+// due before the next tick. It returns when ctx is done. Database errors
+// are logged once per outage and retried with backoff.
+func (s *Sweeper) Run(ctx context.Context) error {
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	failures := 0
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-timer.C:
+		case <-s.d.Rescheduled():
+		}
+		wait, err := s.pass(ctx)
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case err != nil:
+			if failures == 0 {
+				s.log.Error("sweep failed; retrying with backoff", "error", err)
+			}
+			failures++
+			wait = min(s.cfg.Interval, time.Duration(1<<min(failures-1, 6))*100*time.Millisecond)
+		case failures > 0:
+			s.log.Info("sweeping again", "failed_passes", failures)
+			failures = 0
+		}
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
+		}
+		timer.Reset(wait)
+	}
+}
+
+// pass sweeps once and returns how long to wait before the next one.
+func (s *Sweeper) pass(ctx context.Context) (time.Duration, error) {
+	start := time.Now()
+	n, err := s.RunOnce(ctx)
+	if s.cfg.OnSweep != nil {
+		s.cfg.OnSweep(Pass{Claimed: n, Took: time.Since(start), Err: err})
+	}
+	if err != nil {
+		return 0, err
+	}
+	qctx, cancel := context.WithTimeout(ctx, queryTimeout)
+	defer cancel()
+	next, ok, err := s.d.NextDue(qctx, s.grace())
+	if err != nil {
+		return 0, err
+	}
+	if !ok || next > s.cfg.Interval {
+		return s.cfg.Interval, nil
+	}
+	return max(next, minWait), nil
+}
+
+// RunOnce claims due rows batch after batch until a batch comes back short,
+// and returns how many it claimed.
+func (s *Sweeper) RunOnce(ctx context.Context) (int, error) {
+	total := 0
+	grace := s.grace()
+	for {
+		n, err := s.d.DeliverDue(ctx, s.cfg.BatchSize, grace)
+		total += n
+		if err != nil || n < s.cfg.BatchSize {
+			return total, err
+		}
+	}
+}
+
+func (s *Sweeper) grace() time.Duration {
+	if s.cfg.Grace == nil {
+		return 0
+	}
+	return s.cfg.Grace()
+}
