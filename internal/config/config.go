@@ -40,7 +40,7 @@ type Config struct {
 	HTTPTimeout   time.Duration `env:"HTTP_TIMEOUT" envDefault:"10s" help:"timeout of one POST to the runner"`
 	Concurrency   int           `env:"CONCURRENCY" envDefault:"16" help:"POSTs in flight for the whole process"`
 	BatchSize     int           `env:"BATCH_SIZE" envDefault:"100" help:"rows claimed per sweep query and ids per stream hand-off"`
-	ListenAddr    string        `env:"LISTEN_ADDR" envDefault:":9898" help:"address of /healthz, /readyz and /metrics; empty disables"`
+	ListenAddr    string        `env:"LISTEN_ADDR" envDefault:":9898" help:"address of /healthz, /readyz and /metrics; off disables"`
 	LogLevel      string        `env:"LOG_LEVEL" envDefault:"info" help:"debug, info, warn or error"`
 	LogFormat     string        `env:"LOG_FORMAT" envDefault:"json" help:"json or text"`
 	ShutdownGrace time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"30s" help:"time in-flight deliveries get to finish on SIGTERM"`
@@ -60,7 +60,8 @@ type Error struct {
 func (e *Error) Error() string { return Prefix + e.Var + ": " + e.Msg }
 
 // Load reads the configuration from environ (KEY=VALUE pairs, as os.Environ
-// returns them) and fills in defaults. It does not validate: see Validate.
+// returns them) and fills in defaults; a variable set to the empty string
+// counts as unset. It does not validate: see Validate.
 func Load(environ []string) (Config, error) {
 	m := make(map[string]string, len(environ))
 	for _, kv := range environ {
@@ -179,7 +180,7 @@ func (c *Config) Validate(run bool) error {
 	if c.SlotMaxBytes < c.SlotWarnBytes {
 		return &Error{"SLOT_MAX_BYTES", "must be at least RELAY_SLOT_WARN_BYTES"}
 	}
-	if c.ListenAddr != "" {
+	if c.ListenAddr != "off" {
 		_, port, err := net.SplitHostPort(c.ListenAddr)
 		if n, perr := strconv.Atoi(port); err != nil || perr != nil || n < 0 || n > 65535 {
 			return &Error{"LISTEN_ADDR", fmt.Sprintf("must be host:port or :port, not %q", c.ListenAddr)}

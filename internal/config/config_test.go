@@ -1,0 +1,213 @@
+package config
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+var valid = []string{
+	"RELAY_DATABASE_URL=postgres://relay:s3cret-pw@127.0.0.1:5432/app",
+	"RELAY_RUNNER_URL=http://127.0.0.1:8000/hooks",
+}
+
+func TestDefaults(t *testing.T) {
+	c, err := Load(valid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(true); err != nil {
+		t.Fatal(err)
+	}
+	want := Config{
+		DatabaseURL: "postgres://relay:s3cret-pw@127.0.0.1:5432/app", RunnerURL: "http://127.0.0.1:8000/hooks",
+		OutboxTable: "public.portal_event_outbox", SlotName: "outbox_relay", Publication: "outbox_relay", CDC: "auto",
+		SweepInterval: 5 * time.Second, BackoffBase: time.Second, BackoffMax: 10 * time.Minute, BackoffJitter: 0.2,
+		MaxAttempts: 25, HTTPTimeout: 10 * time.Second, Concurrency: 16, BatchSize: 100, ListenAddr: ":9898",
+		LogLevel: "info", LogFormat: "json", ShutdownGrace: 30 * time.Second, SlotWarnBytes: 256 << 20,
+		SlotMaxBytes: 2 << 30, Retention: 168 * time.Hour, StatsInterval: 15 * time.Second,
+	}
+	if c != want {
+		t.Errorf("defaults:\n got %+v\nwant %+v", c, want)
+	}
+}
+
+// An empty variable counts as unset (caarlos0/env), so it takes the default.
+func TestEmptyIsDefault(t *testing.T) {
+	c, err := Load(append(append([]string{}, valid...), "RELAY_CDC=", "RELAY_OUTBOX_TABLE="))
+	if err != nil || c.CDC != "auto" || c.OutboxTable != "public.portal_event_outbox" {
+		t.Errorf("got %q %q %v", c.CDC, c.OutboxTable, err)
+	}
+}
+
+// Every variable's bad values: each must be refused with an error that
+// names the variable, and never quotes a secret.
+func TestBadValues(t *testing.T) {
+	cases := []struct{ v, val string }{
+		{"DATABASE_URL", ""},
+		{"DATABASE_URL", "mysql://u:p@h/db"},
+		{"DATABASE_URL", "just words"},
+		{"DATABASE_URL", "postgres://u:p@h:badport/db\x7f"},
+		{"RUNNER_URL", ""},
+		{"RUNNER_URL", "not a url"},
+		{"RUNNER_URL", "/relative/path"},
+		{"RUNNER_URL", "ftp://host/x"},
+		{"RUNNER_URL", "http://"},
+		{"RUNNER_URL", "http:///path"},
+		{"RUNNER_URL", "localhost:8000"},
+		{"RUNNER_URL", "http://host:port/"},
+		{"RUNNER_SECRET", "plainsecret"},
+		{"RUNNER_SECRET", "whsec_!!!notbase64"},
+		{"RUNNER_SECRET", "whsec_c2hvcnQ="},
+		{"RUNNER_TOKEN", "abc\ndef"},
+		{"OUTBOX_TABLE", "a.b.c"},
+		{"OUTBOX_TABLE", "outbox; drop table x"},
+		{"OUTBOX_TABLE", "1table"},
+		{"OUTBOX_TABLE", "public."},
+		{"OUTBOX_TABLE", strings.Repeat("x", 64)},
+		{"SLOT_NAME", "Has-Dash"},
+		{"SLOT_NAME", "UPPER"},
+		{"PUBLICATION", "a b"},
+		{"CDC", "yes"},
+		{"SWEEP_INTERVAL", "abc"},
+		{"SWEEP_INTERVAL", "0s"},
+		{"SWEEP_INTERVAL", "-1s"},
+		{"SWEEP_INTERVAL", "5"},
+		{"BACKOFF_BASE", "0"},
+		{"BACKOFF_BASE", "20m"}, // greater than the max
+		{"BACKOFF_MAX", "-1m"},
+		{"BACKOFF_MAX", "1h1x"},
+		{"BACKOFF_JITTER", "1.5"},
+		{"BACKOFF_JITTER", "-0.1"},
+		{"BACKOFF_JITTER", "NaN"},
+		{"BACKOFF_JITTER", "lots"},
+		{"MAX_ATTEMPTS", "0"},
+		{"MAX_ATTEMPTS", "-3"},
+		{"MAX_ATTEMPTS", "ten"},
+		{"MAX_ATTEMPTS", "99999999999999999999"},
+		{"HTTP_TIMEOUT", "0s"},
+		{"HTTP_TIMEOUT", "soon"},
+		{"CONCURRENCY", "0"},
+		{"CONCURRENCY", "1.5"},
+		{"CONCURRENCY", "100000"},
+		{"BATCH_SIZE", "0"},
+		{"BATCH_SIZE", "x"},
+		{"LISTEN_ADDR", "9898"},
+		{"LISTEN_ADDR", "localhost:http"},
+		{"LISTEN_ADDR", ":99999"},
+		{"LOG_LEVEL", "verbose"},
+		{"LOG_FORMAT", "xml"},
+		{"SHUTDOWN_TIMEOUT", "0s"},
+		{"SLOT_WARN_BYTES", "0"},
+		{"SLOT_WARN_BYTES", "1GB"},
+		{"SLOT_MAX_BYTES", "1024"}, // below the warn threshold
+		{"RETENTION", "-1h"},
+		{"RETENTION", "a week"},
+		{"STATS_INTERVAL", "0s"},
+	}
+	seen := map[string]bool{}
+	for _, tc := range cases {
+		seen[tc.v] = true
+		t.Run(tc.v+"="+tc.val, func(t *testing.T) {
+			environ := append([]string{}, valid...)
+			environ = append(environ, "RELAY_RUNNER_SECRET=", "RELAY_"+tc.v+"="+tc.val)
+			c, err := Load(environ)
+			if err == nil {
+				err = c.Validate(true)
+			}
+			if err == nil {
+				t.Fatalf("RELAY_%s=%q accepted", tc.v, tc.val)
+			}
+			msg := err.Error()
+			if !strings.HasPrefix(msg, "RELAY_"+tc.v+": ") {
+				t.Errorf("error does not start with the variable: %q", msg)
+			}
+			if strings.Contains(msg, "\n") {
+				t.Errorf("error is not one line: %q", msg)
+			}
+			for _, secret := range []string{"s3cret-pw", "!!!notbase64", "c2hvcnQ=", "abc\ndef"} {
+				if strings.Contains(msg, secret) {
+					t.Errorf("error quotes a secret: %q", msg)
+				}
+			}
+		})
+	}
+	// The table above must cover every variable.
+	for _, line := range strings.Split(strings.TrimSpace(Help()), "\n") {
+		name := strings.TrimPrefix(strings.Fields(line)[0], Prefix)
+		if !seen[name] {
+			t.Errorf("no bad-value case for RELAY_%s", name)
+		}
+	}
+}
+
+func TestGoodValues(t *testing.T) {
+	for _, kv := range []string{
+		"RELAY_OUTBOX_TABLE=app.outbox",
+		"RELAY_OUTBOX_TABLE=outbox",
+		"RELAY_RUNNER_URL=https://runner.internal:8443/hook?x=1",
+		"RELAY_RUNNER_SECRET=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+		"RELAY_DATABASE_URL=host=localhost dbname=app",
+		"RELAY_LISTEN_ADDR=off",
+		"RELAY_LISTEN_ADDR=[::1]:9898",
+		"RELAY_RETENTION=0",
+		"RELAY_BACKOFF_JITTER=0",
+		"RELAY_CDC=off",
+	} {
+		c, err := Load(append(append([]string{}, valid...), kv))
+		if err == nil {
+			err = c.Validate(true)
+		}
+		if err != nil {
+			t.Errorf("%s refused: %v", kv, err)
+		}
+	}
+}
+
+// migrate, status and requeue need only the database and the table.
+func TestValidateWithoutRunner(t *testing.T) {
+	c, err := Load([]string{"RELAY_DATABASE_URL=postgres://localhost/app", "RELAY_CDC=bogus"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(false); err != nil {
+		t.Errorf("Validate(false) = %v, want nil", err)
+	}
+	if err := c.Validate(true); err == nil {
+		t.Error("Validate(true) accepted a missing runner URL")
+	}
+}
+
+func TestParseTable(t *testing.T) {
+	for in, want := range map[string][2]string{
+		"portal_event_outbox": {"public", "portal_event_outbox"},
+		"app.Outbox_1":        {"app", "Outbox_1"},
+	} {
+		s, n, err := ParseTable(in)
+		if err != nil || s != want[0] || n != want[1] {
+			t.Errorf("ParseTable(%q) = %q, %q, %v", in, s, n, err)
+		}
+	}
+}
+
+func FuzzLoad(f *testing.F) {
+	f.Add("SWEEP_INTERVAL", "5s")
+	f.Add("BACKOFF_JITTER", "0.5")
+	f.Add("RUNNER_URL", "http://[::1]:80/x")
+	f.Add("OUTBOX_TABLE", "a.b")
+	f.Add("DATABASE_URL", "postgres://u:p@h/d")
+	f.Add("LISTEN_ADDR", "[::]:1")
+	f.Fuzz(func(t *testing.T, name, value string) {
+		environ := append(append([]string{}, valid...), "RELAY_"+name+"="+value)
+		c, err := Load(environ)
+		if err != nil {
+			if strings.Contains(err.Error(), "\n") {
+				t.Fatalf("multi-line error %q", err)
+			}
+			return
+		}
+		if err := c.Validate(true); err != nil && strings.Contains(err.Error(), "\n") {
+			t.Fatalf("multi-line error %q", err)
+		}
+	})
+}
