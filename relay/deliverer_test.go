@@ -1,0 +1,566 @@
+package relay_test
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
+
+	"github.com/outbox-relay/outbox-relay/internal/pgtest"
+	"github.com/outbox-relay/outbox-relay/internal/store"
+	"github.com/outbox-relay/outbox-relay/relay"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
+// request is what the runner received.
+type request struct {
+	Header http.Header
+	Body   []byte
+}
+
+// runner is a real HTTP server that records every request and answers
+// with whatever answer returns.
+type runner struct {
+	*httptest.Server
+	mu     sync.Mutex
+	got    []request
+	answer func(w http.ResponseWriter, r *http.Request, body []byte)
+}
+
+func newRunner(t *testing.T, answer func(w http.ResponseWriter, r *http.Request, body []byte)) *runner {
+	rn := &runner{answer: answer}
+	rn.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		rn.mu.Lock()
+		rn.got = append(rn.got, request{r.Header.Clone(), body})
+		rn.mu.Unlock()
+		if rn.answer != nil {
+			rn.answer(w, r, body)
+		}
+	}))
+	t.Cleanup(rn.Close)
+	return rn
+}
+
+func (rn *runner) requests() []request {
+	rn.mu.Lock()
+	defer rn.mu.Unlock()
+	return append([]request(nil), rn.got...)
+}
+
+type bundle struct {
+	pool   *pgxpool.Pool
+	store  *store.Store
+	runner *runner
+	d      *relay.Deliverer
+}
+
+var table = store.Table{Schema: "public", Name: "portal_event_outbox"}
+
+// setup gives a test its own database with the outbox table, a runner
+// and a running Deliverer, all stopped at the end of the test.
+func setup(t *testing.T, answer func(http.ResponseWriter, *http.Request, []byte), tweak func(*relay.Config)) *bundle {
+	t.Helper()
+	pool := newPool(t)
+	rn := newRunner(t, answer)
+	cfg := relay.Config{
+		RunnerURL:     rn.URL + "/events",
+		HTTPTimeout:   5 * time.Second,
+		Concurrency:   8,
+		MaxAttempts:   25,
+		Backoff:       relay.Backoff{Base: 50 * time.Millisecond, Max: time.Second},
+		ShutdownGrace: 5 * time.Second,
+	}
+	if tweak != nil {
+		tweak(&cfg)
+	}
+	st := store.New(pool, table)
+	d := relay.New(cfg, st, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	startDeliverer(t, d)
+	return &bundle{pool: pool, store: st, runner: rn, d: d}
+}
+
+func newPool(t *testing.T) *pgxpool.Pool {
+	t.Helper()
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, pgtest.NewDB(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	if _, err := store.Migrate(ctx, pool, table, ""); err != nil {
+		t.Fatal(err)
+	}
+	return pool
+}
+
+func startDeliverer(t *testing.T, d *relay.Deliverer) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := d.Run(ctx); err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
+func insert(t *testing.T, pool *pgxpool.Pool, typ, payload string) int64 {
+	t.Helper()
+	var id int64
+	err := pool.QueryRow(context.Background(),
+		`INSERT INTO portal_event_outbox (event_type, payload) VALUES ($1, $2::jsonb) RETURNING id`, typ, payload).Scan(&id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+type rowState struct {
+	Status    string
+	Attempts  int
+	Next      time.Time
+	LastError *string
+	Delivered *time.Time
+}
+
+func state(t *testing.T, pool *pgxpool.Pool, id int64) rowState {
+	t.Helper()
+	var s rowState
+	err := pool.QueryRow(context.Background(), `SELECT status, attempts, next_attempt_at, last_error, delivered_at
+		FROM portal_event_outbox WHERE id = $1`, id).Scan(&s.Status, &s.Attempts, &s.Next, &s.LastError, &s.Delivered)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// settled waits until the row's outcome is written: not leased any more.
+func settled(t *testing.T, b *bundle, id int64, attempts int) rowState {
+	t.Helper()
+	var s rowState
+	waitFor(t, "the outcome to be recorded", func() bool {
+		s = state(t, b.pool, id)
+		return s.Attempts == attempts && (s.Status != store.StatusPending || s.LastError != nil && s.Next.Before(time.Now().Add(b.d.Lease()/2)))
+	})
+	return s
+}
+
+func deliver(t *testing.T, d *relay.Deliverer, ids ...int64) {
+	t.Helper()
+	missing, err := d.DeliverIDs(context.Background(), ids)
+	if err != nil || len(missing) > 0 {
+		t.Fatalf("DeliverIDs = missing %v, %v", missing, err)
+	}
+}
+
+func ok(w http.ResponseWriter, _ *http.Request, _ []byte) { w.WriteHeader(http.StatusNoContent) }
+
+func TestDelivered(t *testing.T) {
+	secret := "whsec_" + base64.StdEncoding.EncodeToString([]byte("0123456789abcdef0123456789abcdef"))
+	b := setup(t, ok, func(c *relay.Config) {
+		c.SigningKey = []byte("0123456789abcdef0123456789abcdef")
+		c.Token = "tok-123"
+	})
+	id := insert(t, b.pool, "file.finalized", `{"file": 42}`)
+	deliver(t, b.d, id)
+	s := settled(t, b, id, 1)
+	if s.Status != store.StatusDelivered || s.Delivered == nil || s.LastError != nil {
+		t.Fatalf("row after a 204: %+v", s)
+	}
+	reqs := b.runner.requests()
+	if len(reqs) != 1 {
+		t.Fatalf("runner got %d requests, want 1", len(reqs))
+	}
+	r := reqs[0]
+	var eventID string
+	var created time.Time
+	if err := b.pool.QueryRow(context.Background(), `SELECT event_id::text, created_at FROM portal_event_outbox WHERE id = $1`, id).Scan(&eventID, &created); err != nil {
+		t.Fatal(err)
+	}
+	for h, want := range map[string]string{
+		"Content-Type":    "application/json",
+		"Idempotency-Key": eventID,
+		"User-Agent":      "outbox-relay/" + relay.Version,
+		"Webhook-Id":      eventID,
+		"Authorization":   "Bearer tok-123",
+	} {
+		if got := r.Header.Get(h); got != want {
+			t.Errorf("header %s = %q, want %q", h, got, want)
+		}
+	}
+	var body struct {
+		ID        string          `json:"id"`
+		Type      string          `json:"type"`
+		Timestamp time.Time       `json:"timestamp"`
+		Attempt   int             `json:"attempt"`
+		Data      json.RawMessage `json:"data"`
+	}
+	if err := json.Unmarshal(r.Body, &body); err != nil {
+		t.Fatalf("body %q: %v", r.Body, err)
+	}
+	if body.ID != eventID || body.Type != "file.finalized" || body.Attempt != 1 || !body.Timestamp.Equal(created) || string(body.Data) != `{"file": 42}` {
+		t.Errorf("body = %+v (data %s)", body, body.Data)
+	}
+	// An independent implementation of Standard Webhooks accepts it.
+	wh, err := standardwebhooks.NewWebhook(secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := wh.Verify(r.Body, r.Header); err != nil {
+		t.Errorf("signature: %v", err)
+	}
+	tampered := append([]byte(nil), r.Body...)
+	tampered[len(tampered)-2] = '3'
+	if err := wh.Verify(tampered, r.Header); err == nil {
+		t.Error("a tampered body verified")
+	}
+}
+
+func TestNoSignatureWithoutSecret(t *testing.T) {
+	b := setup(t, ok, nil)
+	id := insert(t, b.pool, "t", `{}`)
+	deliver(t, b.d, id)
+	settled(t, b, id, 1)
+	h := b.runner.requests()[0].Header
+	if h.Get("webhook-signature") != "" || h.Get("Authorization") != "" {
+		t.Errorf("unexpected auth headers: %v", h)
+	}
+}
+
+// The runner must get exactly the stored jsonb value, whatever it holds.
+func TestPayloadFidelity(t *testing.T) {
+	b := setup(t, ok, nil)
+	big := `{"blob": "` + strings.Repeat("ü€😀x", 1<<18/4) + `"}`
+	payloads := []string{
+		`{"name": "Zoë 😀 \u0000-free", "ja": "日本語", "esc": "quote \" back \\ nl \n tab \t"}`,
+		`{"a": {"b": [1, 2.5, -3e10, true, false, null, {"c": []}]}}`,
+		`[1, "two", {"three": 3}]`,
+		`"just a string"`,
+		`12345678901234567890`,
+		`null`,
+		big,
+	}
+	ids := make([]int64, len(payloads))
+	for i, p := range payloads {
+		ids[i] = insert(t, b.pool, "payload.test", strings.ReplaceAll(p, `\u0000-free`, "free"))
+	}
+	deliver(t, b.d, ids...)
+	for _, id := range ids {
+		settled(t, b, id, 1)
+	}
+	got := map[string]json.RawMessage{}
+	for _, r := range b.runner.requests() {
+		var body struct {
+			ID   string          `json:"id"`
+			Data json.RawMessage `json:"data"`
+		}
+		if err := json.Unmarshal(r.Body, &body); err != nil {
+			t.Fatalf("body of %d bytes: %v", len(r.Body), err)
+		}
+		got[body.ID] = body.Data
+	}
+	rows, err := b.pool.Query(context.Background(), `SELECT event_id::text, payload::text FROM portal_event_outbox`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	n := 0
+	for rows.Next() {
+		var id, stored string
+		if err := rows.Scan(&id, &stored); err != nil {
+			t.Fatal(err)
+		}
+		n++
+		if string(got[id]) != stored {
+			t.Errorf("event %s: runner got %.80q..., stored %.80q...", id, got[id], stored)
+		}
+	}
+	if n != len(payloads) {
+		t.Errorf("%d rows, want %d", n, len(payloads))
+	}
+}
+
+func TestRetriesBackOffUntilTheCap(t *testing.T) {
+	b := setup(t, func(w http.ResponseWriter, _ *http.Request, _ []byte) {
+		http.Error(w, "down for maintenance", http.StatusServiceUnavailable)
+	}, func(c *relay.Config) {
+		c.Backoff = relay.Backoff{Base: 40 * time.Millisecond, Max: 320 * time.Millisecond, Jitter: 0}
+	})
+	id := insert(t, b.pool, "t", `{}`)
+	var prev time.Time
+	for attempt := 1; attempt <= 7; attempt++ {
+		var claimedAt time.Time
+		waitFor(t, "the row to be due", func() bool {
+			n, err := b.d.DeliverDue(context.Background(), 10, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n == 1 {
+				claimedAt = time.Now()
+			}
+			return n == 1
+		})
+		s := settled(t, b, id, attempt)
+		if s.Status != store.StatusPending || !strings.Contains(*s.LastError, "503") {
+			t.Fatalf("attempt %d: %+v", attempt, s)
+		}
+		if !s.Next.After(prev) {
+			t.Errorf("attempt %d: next_attempt_at %s not after %s", attempt, s.Next, prev)
+		}
+		want := min(320*time.Millisecond, 40*time.Millisecond<<(attempt-1))
+		if delay := s.Next.Sub(claimedAt); delay < want-50*time.Millisecond || delay > want+2*time.Second {
+			t.Errorf("attempt %d: retry %s after the claim, want about %s", attempt, delay, want)
+		}
+		prev = s.Next
+	}
+}
+
+func TestRetryAfterIsALowerBound(t *testing.T) {
+	b := setup(t, func(w http.ResponseWriter, _ *http.Request, _ []byte) {
+		w.Header().Set("Retry-After", "30")
+		w.WriteHeader(http.StatusTooManyRequests)
+	}, nil)
+	id := insert(t, b.pool, "t", `{}`)
+	before := time.Now()
+	deliver(t, b.d, id)
+	s := settled(t, b, id, 1)
+	if s.Status != store.StatusPending || s.Next.Sub(before) < 29*time.Second {
+		t.Errorf("after 429 Retry-After 30: %+v (in %s)", s, s.Next.Sub(before))
+	}
+}
+
+func TestPermanentAnswersAreDead(t *testing.T) {
+	for _, code := range []int{400, 404, 410, 422} {
+		t.Run(http.StatusText(code), func(t *testing.T) {
+			b := setup(t, func(w http.ResponseWriter, _ *http.Request, _ []byte) { w.WriteHeader(code) }, nil)
+			id := insert(t, b.pool, "t", `{}`)
+			deliver(t, b.d, id)
+			s := settled(t, b, id, 1)
+			if s.Status != store.StatusDead || !strings.Contains(*s.LastError, "permanent") {
+				t.Errorf("after %d: %+v", code, s)
+			}
+		})
+	}
+}
+
+func TestRetryableAnswers(t *testing.T) {
+	for _, code := range []int{408, 425, 429, 500, 502, 503, 504} {
+		t.Run(http.StatusText(code), func(t *testing.T) {
+			b := setup(t, func(w http.ResponseWriter, _ *http.Request, _ []byte) { w.WriteHeader(code) }, nil)
+			id := insert(t, b.pool, "t", `{}`)
+			deliver(t, b.d, id)
+			if s := settled(t, b, id, 1); s.Status != store.StatusPending {
+				t.Errorf("after %d: %+v", code, s)
+			}
+		})
+	}
+}
+
+func TestRedirectNotFollowed(t *testing.T) {
+	b := setup(t, func(w http.ResponseWriter, r *http.Request, _ []byte) {
+		if r.URL.Path == "/elsewhere" {
+			return // a followed redirect shows up in requests() below
+		}
+		http.Redirect(w, r, "/elsewhere", http.StatusTemporaryRedirect)
+	}, nil)
+	id := insert(t, b.pool, "t", `{}`)
+	deliver(t, b.d, id)
+	s := settled(t, b, id, 1)
+	if s.Status != store.StatusDead || !strings.Contains(*s.LastError, "307") {
+		t.Errorf("after a redirect: %+v", s)
+	}
+	if n := len(b.runner.requests()); n != 1 {
+		t.Errorf("runner got %d requests, want 1: the redirect was followed", n)
+	}
+}
+
+func TestMaxAttemptsIsDead(t *testing.T) {
+	b := setup(t, func(w http.ResponseWriter, _ *http.Request, _ []byte) { w.WriteHeader(500) }, func(c *relay.Config) {
+		c.MaxAttempts = 3
+		c.Backoff = relay.Backoff{Base: time.Millisecond, Max: time.Millisecond}
+	})
+	id := insert(t, b.pool, "t", `{}`)
+	waitFor(t, "the row to die", func() bool {
+		if _, err := b.d.DeliverDue(context.Background(), 10, 0); err != nil {
+			t.Fatal(err)
+		}
+		return state(t, b.pool, id).Status == store.StatusDead
+	})
+	s := state(t, b.pool, id)
+	if s.Attempts != 3 || !strings.Contains(*s.LastError, "gave up after 3 attempts") {
+		t.Errorf("dead row: %+v", s)
+	}
+	if n := len(b.runner.requests()); n != 3 {
+		t.Errorf("runner got %d requests, want 3", n)
+	}
+}
+
+func TestTimeoutRetries(t *testing.T) {
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	b := setup(t, func(w http.ResponseWriter, r *http.Request, _ []byte) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}, func(c *relay.Config) { c.HTTPTimeout = 100 * time.Millisecond })
+	id := insert(t, b.pool, "t", `{}`)
+	deliver(t, b.d, id)
+	s := settled(t, b, id, 1)
+	if s.Status != store.StatusPending || !strings.Contains(*s.LastError, "timed out") {
+		t.Errorf("after a timeout: %+v", s)
+	}
+	if n := len(b.runner.requests()); n != 1 {
+		t.Errorf("a timed-out POST was retried in process: %d requests", n)
+	}
+}
+
+func TestUnreachableRunnerRetries(t *testing.T) {
+	b := setup(t, ok, nil)
+	b.runner.Close() // connection refused from now on
+	id := insert(t, b.pool, "t", `{}`)
+	deliver(t, b.d, id)
+	s := settled(t, b, id, 1)
+	if s.Status != store.StatusPending || !strings.Contains(*s.LastError, "unreachable") {
+		t.Errorf("after connection refused: %+v", s)
+	}
+	if strings.Contains(*s.LastError, b.runner.URL) {
+		t.Errorf("last_error quotes the runner URL: %q", *s.LastError)
+	}
+}
+
+// Four deliverers claim from the same 2,000 due rows at once: every event
+// reaches the runner exactly once.
+func TestRacingDeliverersSendOnce(t *testing.T) {
+	pool := newPool(t)
+	var mu sync.Mutex
+	seen := map[string]int{}
+	rn := newRunner(t, func(w http.ResponseWriter, r *http.Request, _ []byte) {
+		mu.Lock()
+		seen[r.Header.Get("Idempotency-Key")]++
+		mu.Unlock()
+	})
+	const n = 2000
+	if _, err := pool.Exec(context.Background(), `INSERT INTO portal_event_outbox (event_type, payload)
+		SELECT 'race', jsonb_build_object('i', i) FROM generate_series(1, $1) i`, n); err != nil {
+		t.Fatal(err)
+	}
+	var claimers sync.WaitGroup
+	for range 4 {
+		d := relay.New(relay.Config{
+			RunnerURL: rn.URL, HTTPTimeout: 5 * time.Second, Concurrency: 8, MaxAttempts: 5,
+			Backoff: relay.Backoff{Base: time.Second, Max: time.Second}, ShutdownGrace: 5 * time.Second,
+		}, store.New(pool, table), slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+		startDeliverer(t, d)
+		claimers.Go(func() {
+			for {
+				got, err := d.DeliverDue(context.Background(), 50, 0)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if got == 0 {
+					return
+				}
+			}
+		})
+	}
+	claimers.Wait()
+	waitFor(t, "every row to be delivered", func() bool {
+		var delivered int
+		_ = pool.QueryRow(context.Background(), `SELECT count(*) FROM portal_event_outbox WHERE status = 'delivered'`).Scan(&delivered)
+		return delivered == n
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seen) != n {
+		t.Errorf("runner saw %d distinct events, want %d", len(seen), n)
+	}
+	for id, c := range seen {
+		if c != 1 {
+			t.Errorf("event %s sent %d times", id, c)
+		}
+	}
+}
+
+// A row that a relay claimed on every attempt and never finished (it
+// crashed each time) is buried at the next claim instead of sent again.
+func TestCrashLoopingRowIsBuried(t *testing.T) {
+	b := setup(t, ok, func(c *relay.Config) { c.MaxAttempts = 3 })
+	id := insert(t, b.pool, "t", `{}`)
+	if _, err := b.pool.Exec(context.Background(), `UPDATE portal_event_outbox SET attempts = 3 WHERE id = $1`, id); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.d.DeliverIDs(context.Background(), []int64{id}); err != nil {
+		t.Fatal(err)
+	}
+	s := state(t, b.pool, id)
+	if s.Status != store.StatusDead || !strings.Contains(*s.LastError, "relay stopped") {
+		t.Errorf("crash-looping row: %+v", s)
+	}
+	if n := len(b.runner.requests()); n != 0 {
+		t.Errorf("buried row was sent %d times", n)
+	}
+}
+
+// On shutdown a POST under way finishes and is recorded; rows claimed but
+// not yet sent get their lease back.
+func TestShutdownDrains(t *testing.T) {
+	pool := newPool(t)
+	entered := make(chan struct{}, 10)
+	release := make(chan struct{})
+	rn := newRunner(t, func(w http.ResponseWriter, r *http.Request, _ []byte) {
+		entered <- struct{}{}
+		<-release
+	})
+	d := relay.New(relay.Config{
+		RunnerURL: rn.URL, HTTPTimeout: 10 * time.Second, Concurrency: 1, MaxAttempts: 5,
+		Backoff: relay.Backoff{Base: time.Second, Max: time.Second}, ShutdownGrace: 10 * time.Second,
+	}, store.New(pool, table), slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+
+	first := insert(t, pool, "t", `{}`)
+	second := insert(t, pool, "t", `{}`)
+	if _, err := d.DeliverIDs(ctx, []int64{first, second}); err != nil {
+		t.Fatal(err)
+	}
+	<-entered // the first POST is in flight; the second waits in the queue
+	cancel()
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if s := state(t, pool, first); s.Status != store.StatusDelivered {
+		t.Errorf("in-flight row after shutdown: %+v", s)
+	}
+	if s := state(t, pool, second); s.Status != store.StatusPending || s.Attempts != 0 || s.Next.After(time.Now()) {
+		t.Errorf("queued row after shutdown: %+v, want pending, due, attempts 0", s)
+	}
+}
