@@ -71,6 +71,10 @@ func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) 
 		err = runRelay(ctx, args, environ, stderr)
 	case "migrate":
 		err = runMigrate(ctx, args, environ, stdout, stderr)
+	case "status":
+		err = runStatus(ctx, args, environ, stdout, stderr)
+	case "requeue":
+		err = runRequeue(ctx, args, environ, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "outbox-relay", relay.Version)
 	default:
@@ -81,6 +85,8 @@ func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) 
 	switch {
 	case err == nil:
 		return exitOK
+	case errors.As(err, new(errDegraded)):
+		return exitFailure
 	case errors.As(err, &ue), errors.As(err, &ce):
 		fmt.Fprintln(stderr, "outbox-relay:", err)
 		return exitUsage

@@ -55,7 +55,7 @@ func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''
 // then checks the table's columns. A failure to create the publication
 // (not the owner, no privilege) is returned as pubErr and is not fatal:
 // the relay can still run sweep-only.
-func Migrate(ctx context.Context, conn Execer, t Table, publication string) (pubErr error, err error) {
+func Migrate(ctx context.Context, conn Querier, t Table, publication string) (pubErr error, err error) {
 	stmts := MigrateSQL(t, publication)
 	for i, s := range stmts {
 		if _, err := conn.Exec(ctx, s); err != nil {
@@ -68,10 +68,12 @@ func Migrate(ctx context.Context, conn Execer, t Table, publication string) (pub
 	return nil, CheckSchema(ctx, conn, t)
 }
 
-// Execer is what Migrate and CheckSchema need from a connection or pool.
-type Execer interface {
+// Querier is a connection, a pool or a transaction: what the functions of
+// this package that take one need.
+type Querier interface {
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
 // The columns the relay reads and writes, with the types that are accepted
@@ -97,7 +99,7 @@ var ErrNoTable = errors.New("table does not exist")
 
 // CheckSchema verifies that table has every required column with a
 // compatible type, and names each one that is missing or wrong.
-func CheckSchema(ctx context.Context, conn Execer, t Table) error {
+func CheckSchema(ctx context.Context, conn Querier, t Table) error {
 	rows, err := conn.Query(ctx, `SELECT column_name, udt_name FROM information_schema.columns
 		WHERE table_schema = $1 AND table_name = $2`, t.Schema, t.Name)
 	if err != nil {

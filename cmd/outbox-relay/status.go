@@ -1,0 +1,169 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/outbox-relay/outbox-relay/internal/config"
+	"github.com/outbox-relay/outbox-relay/internal/store"
+)
+
+// statusReport is what `status` prints; --json prints it as it is.
+type statusReport struct {
+	Table    string      `json:"table"`
+	CDC      string      `json:"cdc_setting"`
+	Outbox   store.Stats `json:"outbox"`
+	SlotName string      `json:"slot_name"`
+	Slot     store.Slot  `json:"slot"`
+	Healthy  bool        `json:"healthy"`
+	Problems []string    `json:"problems"`
+}
+
+// errDegraded makes status exit 1 without another message.
+type errDegraded struct{}
+
+func (errDegraded) Error() string { return "degraded" }
+
+// The rules for "degraded", documented in the README:
+//   - a pending row older than --max-pending-age (default 5m);
+//   - any dead row (it needs an operator: requeue or delete it);
+//   - with RELAY_CDC not off and wal_level logical: the slot is missing,
+//     inactive, its wal_status is unreserved or lost, or it retains more
+//     than RELAY_SLOT_WARN_BYTES.
+func runStatus(ctx context.Context, args, environ []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("status", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	asJSON := fs.Bool("json", false, "print JSON")
+	maxAge := fs.Duration("max-pending-age", 5*time.Minute, "oldest pending row allowed before status is degraded")
+	if err := fs.Parse(args); err != nil {
+		return usageError{err}
+	}
+	cfg, err := loadConfig(environ, false)
+	if err != nil {
+		return err
+	}
+	table, _ := tableOf(cfg)
+	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	st, err := connectStore(cctx, cfg, table)
+	if err != nil {
+		return usageError{err} // exit 2: no status could be taken
+	}
+	defer st.Pool().Close()
+
+	r := statusReport{Table: table.String(), CDC: cfg.CDC, SlotName: cfg.SlotName}
+	if r.Outbox, err = st.Stats(cctx); err != nil {
+		return usageError{err}
+	}
+	if r.Slot, err = store.SlotInfo(cctx, st.Pool(), cfg.SlotName); err != nil {
+		return usageError{err}
+	}
+	r.Problems = problems(cfg, r, *maxAge)
+	r.Healthy = len(r.Problems) == 0
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(r); err != nil {
+			return err
+		}
+	} else {
+		printStatus(stdout, r)
+	}
+	if !r.Healthy {
+		return errDegraded{}
+	}
+	return nil
+}
+
+func problems(cfg config.Config, r statusReport, maxAge time.Duration) []string {
+	p := []string{}
+	if r.Outbox.OldestPending > maxAge {
+		p = append(p, fmt.Sprintf("oldest pending row is %s old (limit %s)", r.Outbox.OldestPending.Round(time.Second), maxAge))
+	}
+	if r.Outbox.Dead > 0 {
+		p = append(p, fmt.Sprintf("%d dead rows (see outbox-relay requeue)", r.Outbox.Dead))
+	}
+	if cfg.CDC == "off" || r.Slot.WALLevel != "logical" {
+		return p
+	}
+	switch {
+	case !r.Slot.Exists:
+		p = append(p, fmt.Sprintf("replication slot %s does not exist (is the relay running?)", cfg.SlotName))
+	case !r.Slot.Active:
+		p = append(p, fmt.Sprintf("replication slot %s is not active (is the relay running?)", cfg.SlotName))
+	}
+	if r.Slot.WALStatus == "unreserved" || r.Slot.WALStatus == "lost" {
+		p = append(p, fmt.Sprintf("replication slot wal_status is %s", r.Slot.WALStatus))
+	}
+	if r.Slot.RetainedBytes > cfg.SlotWarnBytes {
+		p = append(p, fmt.Sprintf("replication slot retains %s of WAL (warning at %s)", bytesHuman(r.Slot.RetainedBytes), bytesHuman(cfg.SlotWarnBytes)))
+	}
+	return p
+}
+
+func printStatus(w io.Writer, r statusReport) {
+	state := "healthy"
+	if !r.Healthy {
+		state = "DEGRADED"
+	}
+	fmt.Fprintf(w, "outbox-relay status: %s\n\n", state)
+	fmt.Fprintf(w, "outbox %s\n", r.Table)
+	fmt.Fprintf(w, "  pending     %d (oldest %s)\n", r.Outbox.Pending, r.Outbox.OldestPending.Round(time.Second))
+	fmt.Fprintf(w, "  delivered   %d\n", r.Outbox.Delivered)
+	fmt.Fprintf(w, "  dead        %d\n\n", r.Outbox.Dead)
+	fmt.Fprintf(w, "replication (RELAY_CDC=%s, wal_level=%s)\n", r.CDC, r.Slot.WALLevel)
+	if r.Slot.Exists {
+		fmt.Fprintf(w, "  slot        %s, active=%v, wal_status=%s\n", r.SlotName, r.Slot.Active, r.Slot.WALStatus)
+		fmt.Fprintf(w, "  retained    %s (pg_current_wal_lsn - restart_lsn)\n", bytesHuman(r.Slot.RetainedBytes))
+		fmt.Fprintf(w, "  flush lag   %s (pg_current_wal_lsn - confirmed_flush_lsn)\n", bytesHuman(r.Slot.ConfirmedLagBytes))
+	} else {
+		fmt.Fprintf(w, "  slot        %s does not exist\n", r.SlotName)
+	}
+	fmt.Fprintf(w, "  max_slot_wal_keep_size = %s (the guard while the relay itself is down; -1 is unlimited)\n", r.Slot.MaxSlotWALKeepSize)
+	for _, p := range r.Problems {
+		fmt.Fprintf(w, "\nproblem: %s", p)
+	}
+	if len(r.Problems) > 0 {
+		fmt.Fprintln(w)
+	}
+}
+
+func bytesHuman(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// connectStore opens a one-connection pool for the short-lived commands,
+// failing at once when the database cannot be reached.
+func connectStore(ctx context.Context, cfg config.Config, table store.Table) (*store.Store, error) {
+	pcfg, err := pgxpool.ParseConfig(cfg.DatabaseURL)
+	if err != nil {
+		return nil, &config.Error{Var: "DATABASE_URL", Msg: "cannot be parsed as a connection string"}
+	}
+	pcfg.MaxConns = 1
+	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
+	if err == nil {
+		err = pool.Ping(ctx)
+	}
+	if err != nil {
+		if pool != nil {
+			pool.Close()
+		}
+		return nil, fmt.Errorf("connect: %w", err)
+	}
+	return store.New(pool, table), nil
+}

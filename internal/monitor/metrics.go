@@ -1,0 +1,157 @@
+// Package monitor exposes what an operator watches: Prometheus metrics,
+// the health endpoints, the periodic outbox and slot figures, and the slot
+// guard that keeps a replication slot from filling the database's disk.
+package monitor
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/outbox-relay/outbox-relay/internal/store"
+	"github.com/outbox-relay/outbox-relay/relay"
+	"github.com/outbox-relay/outbox-relay/sweeper"
+)
+
+// Metrics holds every outbox_relay_ metric. Labels carry paths, outcomes,
+// roles and statuses only: never a URL, a table row or a secret.
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	deliveries      *prometheus.CounterVec
+	requestDuration prometheus.Histogram
+	eventAge        prometheus.Histogram
+
+	pending, oldestPending, dead prometheus.Gauge
+
+	cdcEnabled, cdcConnected prometheus.Gauge
+	cdcRole                  *prometheus.GaugeVec
+
+	slotActive, slotRetained, slotLag prometheus.Gauge
+	slotWALStatus                     *prometheus.GaugeVec
+	slotRecreated                     prometheus.Counter
+
+	lastSweep, lastSweepDuration prometheus.Gauge
+	retentionDeleted             prometheus.Counter
+}
+
+// NewMetrics registers the metrics on a fresh registry, with the Go and
+// process collectors.
+func NewMetrics() *Metrics {
+	r := prometheus.NewRegistry()
+	f := factory{r}
+	latency := []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}
+	m := &Metrics{
+		Registry: r,
+		deliveries: f.counterVec("deliveries_total", "Delivery attempts by path (stream, sweep) and outcome (delivered, retry, dead).",
+			"path", "outcome"),
+		requestDuration: f.histogram("runner_request_duration_seconds", "Time of one POST to the runner, quick retries included.", latency),
+		eventAge: f.histogram("event_age_seconds", "Time from created_at to delivery of the delivered events.",
+			[]float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 5, 15, 60, 300, 1800, 3600, 21600, 86400}),
+		pending:       f.gauge("pending_rows", "Rows waiting for delivery."),
+		oldestPending: f.gauge("oldest_pending_age_seconds", "Age of the oldest pending row; 0 when none."),
+		dead:          f.gauge("dead_rows", "Rows the relay gave up on."),
+		cdcEnabled:    f.gauge("cdc_enabled", "1 when the replication fast path is in use, 0 when the relay runs sweep-only."),
+		cdcConnected:  f.gauge("cdc_connected", "1 while the replication connection is up."),
+		cdcRole:       f.gaugeVec("cdc_role", "1 for the current role: streamer (holds the slot), standby or down.", "role"),
+		slotActive:    f.gauge("slot_active", "1 when some process streams from the slot."),
+		slotRetained:  f.gauge("slot_retained_wal_bytes", "WAL the slot keeps on disk: pg_current_wal_lsn() - restart_lsn."),
+		slotLag:       f.gauge("slot_confirmed_flush_lag_bytes", "WAL not yet confirmed by the relay: pg_current_wal_lsn() - confirmed_flush_lsn."),
+		slotWALStatus: f.gaugeVec("slot_wal_status", "1 for the slot's wal_status (reserved, extended, unreserved, lost).", "status"),
+		slotRecreated: f.counter("slot_recreated_total", "Times the slot guard dropped the slot for retaining too much WAL."),
+		lastSweep:     f.gauge("last_sweep_timestamp_seconds", "Unix time of the last sweep pass."),
+		lastSweepDuration: f.gauge("last_sweep_duration_seconds",
+			"Duration of the last sweep pass."),
+		retentionDeleted: f.counter("retention_deleted_total", "Delivered rows deleted by retention."),
+	}
+	for _, p := range []string{relay.PathStream, relay.PathSweep} {
+		for _, o := range []string{relay.OutcomeDelivered, relay.OutcomeRetry, relay.OutcomeDead} {
+			m.deliveries.WithLabelValues(p, o) // present at 0 from the start
+		}
+	}
+	r.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// ObserveAttempt counts an attempt; it implements relay.Observer.
+func (m *Metrics) ObserveAttempt(a relay.Attempt) {
+	m.deliveries.WithLabelValues(a.Path, a.Outcome).Inc()
+	if a.Duration > 0 {
+		m.requestDuration.Observe(a.Duration.Seconds())
+	}
+	if a.Outcome == relay.OutcomeDelivered {
+		m.eventAge.Observe(a.Age.Seconds())
+	}
+}
+
+// ObserveSweep records a sweep pass.
+func (m *Metrics) ObserveSweep(p sweeper.Pass) {
+	m.lastSweep.SetToCurrentTime()
+	m.lastSweepDuration.Set(p.Took.Seconds())
+}
+
+func (m *Metrics) setStats(s store.Stats) {
+	m.pending.Set(float64(s.Pending))
+	m.dead.Set(float64(s.Dead))
+	m.oldestPending.Set(s.OldestPending.Seconds())
+}
+
+func (m *Metrics) setCDC(c CDCState) {
+	m.cdcEnabled.Set(b2f(c.Enabled))
+	m.cdcConnected.Set(b2f(c.Connected))
+	for _, r := range []string{"streamer", "standby", "down"} {
+		m.cdcRole.WithLabelValues(r).Set(b2f(c.Role == r))
+	}
+}
+
+func (m *Metrics) setSlot(s store.Slot) {
+	m.slotActive.Set(b2f(s.Active))
+	m.slotRetained.Set(float64(s.RetainedBytes))
+	m.slotLag.Set(float64(s.ConfirmedLagBytes))
+	for _, st := range []string{"reserved", "extended", "unreserved", "lost"} {
+		m.slotWALStatus.WithLabelValues(st).Set(b2f(s.WALStatus == st))
+	}
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+type factory struct{ r *prometheus.Registry }
+
+const namespace = "outbox_relay"
+
+func (f factory) counterVec(name, help string, labels ...string) *prometheus.CounterVec {
+	c := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: name, Help: help}, labels)
+	f.r.MustRegister(c)
+	return c
+}
+
+func (f factory) counter(name, help string) prometheus.Counter {
+	c := prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace, Name: name, Help: help})
+	f.r.MustRegister(c)
+	return c
+}
+
+func (f factory) gauge(name, help string) prometheus.Gauge {
+	g := prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Name: name, Help: help})
+	f.r.MustRegister(g)
+	return g
+}
+
+func (f factory) gaugeVec(name, help string, labels ...string) *prometheus.GaugeVec {
+	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace, Name: name, Help: help}, labels)
+	f.r.MustRegister(g)
+	return g
+}
+
+func (f factory) histogram(name, help string, buckets []float64) prometheus.Histogram {
+	h := prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: namespace, Name: name, Help: help, Buckets: buckets})
+	f.r.MustRegister(h)
+	return h
+}
+
+// AddRetentionDeleted counts rows deleted by retention.
+func (m *Metrics) AddRetentionDeleted(n int64) { m.retentionDeleted.Add(float64(n)) }

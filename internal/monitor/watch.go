@@ -1,0 +1,151 @@
+package monitor
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/outbox-relay/outbox-relay/internal/store"
+)
+
+// CDCState is the replication stream as the metrics and /readyz show it.
+type CDCState struct {
+	Enabled   bool   `json:"enabled"`
+	Connected bool   `json:"connected"`
+	Role      string `json:"role"` // streamer, standby or down
+}
+
+// WatchConfig tunes the Watcher.
+type WatchConfig struct {
+	Interval      time.Duration
+	Slot          string // empty: no replication, no slot to watch
+	SlotWarnBytes int64
+	SlotMaxBytes  int64
+	// CDC, when set, reports the stream's state.
+	CDC func() CDCState
+}
+
+// Snapshot is the last figures the Watcher read.
+type Snapshot struct {
+	At    time.Time   `json:"at"`
+	Stats store.Stats `json:"outbox"`
+	Slot  *store.Slot `json:"slot,omitempty"`
+	CDC   CDCState    `json:"cdc"`
+	Err   string      `json:"error,omitempty"`
+}
+
+// Watcher refreshes the SQL-backed gauges on an interval (never per
+// scrape, so a scrape storm costs the database nothing) and guards the
+// slot: a warning past SlotWarnBytes of retained WAL, and past SlotMaxBytes
+// the slot is dropped so the stream recreates it. That is safe because the
+// table, not the slot, is the queue: the sweeper covers the gap.
+type Watcher struct {
+	cfg     WatchConfig
+	pool    *pgxpool.Pool
+	store   *store.Store
+	metrics *Metrics
+	log     *slog.Logger
+
+	mu   sync.Mutex
+	last Snapshot
+
+	warned, failing bool
+}
+
+// NewWatcher makes a Watcher; Run starts it.
+func NewWatcher(cfg WatchConfig, st *store.Store, m *Metrics, log *slog.Logger) *Watcher {
+	return &Watcher{cfg: cfg, pool: st.Pool(), store: st, metrics: m, log: log}
+}
+
+// Run refreshes at once and then every Interval until ctx is done.
+func (w *Watcher) Run(ctx context.Context) error {
+	t := time.NewTicker(w.cfg.Interval)
+	defer t.Stop()
+	for {
+		w.RunOnce(ctx)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// RunOnce reads the figures, updates the metrics and applies the guard.
+func (w *Watcher) RunOnce(ctx context.Context) Snapshot {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	snap := Snapshot{At: time.Now()}
+	if w.cfg.CDC != nil {
+		snap.CDC = w.cfg.CDC()
+		w.metrics.setCDC(snap.CDC)
+	}
+	err := w.refresh(ctx, &snap)
+	switch {
+	case err != nil && !w.failing:
+		w.log.Warn("cannot read outbox figures", "error", err)
+		w.failing = true
+	case err == nil && w.failing:
+		w.log.Info("reading outbox figures again")
+		w.failing = false
+	}
+	if err != nil {
+		snap.Err = err.Error()
+	}
+	w.mu.Lock()
+	w.last = snap
+	w.mu.Unlock()
+	return snap
+}
+
+func (w *Watcher) refresh(ctx context.Context, snap *Snapshot) error {
+	stats, err := w.store.Stats(ctx)
+	if err != nil {
+		return err
+	}
+	snap.Stats = stats
+	w.metrics.setStats(stats)
+	if w.cfg.Slot == "" {
+		return nil
+	}
+	slot, err := store.SlotInfo(ctx, w.pool, w.cfg.Slot)
+	if err != nil {
+		return err
+	}
+	snap.Slot = &slot
+	w.metrics.setSlot(slot)
+	return w.guard(ctx, slot)
+}
+
+func (w *Watcher) guard(ctx context.Context, slot store.Slot) error {
+	over := slot.Exists && slot.RetainedBytes > w.cfg.SlotWarnBytes
+	switch {
+	case over && !w.warned:
+		w.log.Warn("replication slot retains a lot of WAL", "slot", w.cfg.Slot,
+			"retained_bytes", slot.RetainedBytes, "confirmed_flush_lag_bytes", slot.ConfirmedLagBytes,
+			"warn_bytes", w.cfg.SlotWarnBytes, "max_bytes", w.cfg.SlotMaxBytes)
+	case !over && w.warned:
+		w.log.Info("replication slot back under the warning threshold", "slot", w.cfg.Slot, "retained_bytes", slot.RetainedBytes)
+	}
+	w.warned = over
+	if !slot.Exists || (slot.RetainedBytes <= w.cfg.SlotMaxBytes && slot.WALStatus != "lost") {
+		return nil
+	}
+	w.log.Error("dropping the replication slot to protect the database's disk; the stream recreates it and the sweeper covers the gap",
+		"slot", w.cfg.Slot, "retained_bytes", slot.RetainedBytes, "max_bytes", w.cfg.SlotMaxBytes, "wal_status", slot.WALStatus)
+	if err := store.DropSlot(ctx, w.pool, w.cfg.Slot); err != nil {
+		return err
+	}
+	w.metrics.slotRecreated.Inc()
+	return nil
+}
+
+// Last is the most recent snapshot.
+func (w *Watcher) Last() Snapshot {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.last
+}

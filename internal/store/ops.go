@@ -1,0 +1,176 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Stats summarises the outbox.
+type Stats struct {
+	Pending, Delivered, Dead int64
+	OldestPending            time.Duration // age of the oldest pending row; 0 when none
+}
+
+// Stats counts rows by status. The count of delivered rows is an estimate
+// past a million (it is the bulk of the table and only informative).
+func (s *Store) Stats(ctx context.Context) (Stats, error) {
+	var st Stats
+	q := fmt.Sprintf(`SELECT
+		(SELECT count(*) FROM %[1]s WHERE status = 'pending'),
+		(SELECT count(*) FROM %[1]s WHERE status = 'dead'),
+		(SELECT count(*) FROM (SELECT 1 FROM %[1]s WHERE status = 'delivered' LIMIT 1000000) d),
+		coalesce((SELECT extract(epoch FROM now() - min(created_at)) FROM %[1]s WHERE status = 'pending'), 0)::float8`,
+		s.table.Ident())
+	var oldest float64
+	if err := s.pool.QueryRow(ctx, q).Scan(&st.Pending, &st.Dead, &st.Delivered, &oldest); err != nil {
+		return st, fmt.Errorf("outbox stats: %w", err)
+	}
+	st.OldestPending = time.Duration(max(oldest, 0) * float64(time.Second))
+	return st, nil
+}
+
+// Slot describes a replication slot as Postgres sees it.
+type Slot struct {
+	Exists             bool
+	Active             bool
+	ActivePID          int32
+	WALStatus          string // reserved, extended, unreserved, lost
+	RetainedBytes      int64  // pg_current_wal_lsn() - restart_lsn
+	ConfirmedLagBytes  int64  // pg_current_wal_lsn() - confirmed_flush_lsn
+	MaxSlotWALKeepSize string // the server setting; -1 means unlimited
+	WALLevel           string
+	InRecovery         bool
+}
+
+// SlotInfo reads the slot's state. On a standby pg_current_wal_lsn fails,
+// so the replay position stands in for it.
+func SlotInfo(ctx context.Context, q Querier, slot string) (Slot, error) {
+	var sl Slot
+	err := q.QueryRow(ctx, `SELECT current_setting('max_slot_wal_keep_size'), current_setting('wal_level'), pg_is_in_recovery()`).
+		Scan(&sl.MaxSlotWALKeepSize, &sl.WALLevel, &sl.InRecovery)
+	if err != nil {
+		return sl, fmt.Errorf("slot %s: %w", slot, err)
+	}
+	current := "pg_current_wal_lsn()"
+	if sl.InRecovery {
+		current = "pg_last_wal_replay_lsn()"
+	}
+	err = q.QueryRow(ctx, `SELECT active, coalesce(active_pid, 0), coalesce(wal_status, ''),
+		coalesce(`+current+` - restart_lsn, 0)::int8, coalesce(`+current+` - confirmed_flush_lsn, 0)::int8
+		FROM pg_replication_slots WHERE slot_name = $1`, slot).
+		Scan(&sl.Active, &sl.ActivePID, &sl.WALStatus, &sl.RetainedBytes, &sl.ConfirmedLagBytes)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return sl, nil
+	case err != nil:
+		return sl, fmt.Errorf("slot %s: %w", slot, err)
+	}
+	sl.Exists = true
+	return sl, nil
+}
+
+// DropSlot terminates the walsender holding slot, if any, and drops it.
+// The relay recreates it when it reconnects; the sweeper covers the gap.
+func DropSlot(ctx context.Context, q Querier, slot string) error {
+	if _, err := q.Exec(ctx, `SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots
+		WHERE slot_name = $1 AND active_pid IS NOT NULL`, slot); err != nil {
+		return fmt.Errorf("drop slot %s: %w", slot, err)
+	}
+	// The walsender takes a moment to exit and release the slot.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err := q.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1`, slot)
+		if err == nil || time.Now().After(deadline) || ctx.Err() != nil {
+			if err != nil {
+				return fmt.Errorf("drop slot %s: %w", slot, err)
+			}
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// RequeueFilter selects dead rows to move back to pending. Empty fields
+// match everything.
+type RequeueFilter struct {
+	IDs   []int64
+	Type  string    // a glob: * and ? wildcards
+	Since time.Time // rows created at or after
+}
+
+// Requeue moves dead rows matching f back to pending, due now, with their
+// attempts reset. With dryRun it only counts them. Delivered rows are never
+// touched.
+func (s *Store) Requeue(ctx context.Context, f RequeueFilter, dryRun bool) (int64, error) {
+	where := []string{"status = 'dead'"}
+	var args []any
+	if len(f.IDs) > 0 {
+		args = append(args, f.IDs)
+		where = append(where, fmt.Sprintf("id = ANY($%d::bigint[])", len(args)))
+	}
+	if f.Type != "" {
+		args = append(args, globToLike(f.Type))
+		where = append(where, fmt.Sprintf(`event_type LIKE $%d ESCAPE '\'`, len(args)))
+	}
+	if !f.Since.IsZero() {
+		args = append(args, f.Since)
+		where = append(where, fmt.Sprintf("created_at >= $%d", len(args)))
+	}
+	cond := strings.Join(where, " AND ")
+	var n int64
+	var err error
+	if dryRun {
+		err = s.pool.QueryRow(ctx, fmt.Sprintf(`SELECT count(*) FROM %s WHERE %s`, s.table.Ident(), cond), args...).Scan(&n)
+	} else {
+		var tag interface{ RowsAffected() int64 }
+		tag, err = s.pool.Exec(ctx, fmt.Sprintf(`UPDATE %s SET status = 'pending', attempts = 0, next_attempt_at = now(),
+			last_error = NULL WHERE %s`, s.table.Ident(), cond), args...)
+		if err == nil {
+			n = tag.RowsAffected()
+		}
+	}
+	if err != nil {
+		return 0, fmt.Errorf("requeue: %w", err)
+	}
+	return n, nil
+}
+
+// globToLike turns a shell glob into a LIKE pattern.
+func globToLike(g string) string {
+	var b strings.Builder
+	for _, r := range g {
+		switch r {
+		case '*':
+			b.WriteByte('%')
+		case '?':
+			b.WriteByte('_')
+		case '%', '_', '\\':
+			b.WriteByte('\\')
+			b.WriteRune(r)
+		default:
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
+}
+
+// DeleteDelivered deletes at most limit delivered rows delivered before
+// cutoff and returns how many it deleted. Small batches keep locks short
+// and WAL bursts small.
+func (s *Store) DeleteDelivered(ctx context.Context, cutoff time.Time, limit int) (int64, error) {
+	tag, err := s.pool.Exec(ctx, fmt.Sprintf(`DELETE FROM %[1]s WHERE id IN (
+		SELECT id FROM %[1]s WHERE status = 'delivered' AND delivered_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)`,
+		s.table.Ident()), cutoff, limit)
+	if err != nil {
+		return 0, fmt.Errorf("retention: %w", err)
+	}
+	return tag.RowsAffected(), nil
+}
