@@ -1,0 +1,231 @@
+package monitor_test
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/outbox-relay/outbox-relay/internal/monitor"
+	"github.com/outbox-relay/outbox-relay/internal/pgtest"
+	"github.com/outbox-relay/outbox-relay/internal/store"
+	"github.com/outbox-relay/outbox-relay/relay"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
+var (
+	table = store.Table{Schema: "public", Name: "portal_event_outbox"}
+	quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+)
+
+func newStore(t *testing.T, url string) *store.Store {
+	t.Helper()
+	pool, err := pgxpool.New(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	if _, err := store.Migrate(context.Background(), pool, table, ""); err != nil {
+		t.Fatal(err)
+	}
+	return store.New(pool, table)
+}
+
+func serve(t *testing.T, st *store.Store, m *monitor.Metrics, w *monitor.Watcher) string {
+	t.Helper()
+	srv, err := monitor.NewServer("127.0.0.1:0", st.Pool(), m, w, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("server: %v", err)
+		}
+	})
+	return "http://" + srv.Addr()
+}
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// metric returns the value of one sample line of a scrape.
+func metric(t *testing.T, scrape, sample string) float64 {
+	t.Helper()
+	for _, line := range strings.Split(scrape, "\n") {
+		if v, ok := strings.CutPrefix(line, sample+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return f
+		}
+	}
+	t.Fatalf("no sample %s in the scrape", sample)
+	return 0
+}
+
+// Deliveries, retries and dead letters show up on the real endpoint with
+// the right values, and the SQL gauges after a refresh.
+func TestMetricsAfterDeliveries(t *testing.T) {
+	st := newStore(t, pgtest.NewDB(t))
+	rn := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var body struct{ Type string }
+		b, _ := io.ReadAll(r.Body)
+		_ = json.Unmarshal(b, &body)
+		switch body.Type {
+		case "retry":
+			w.WriteHeader(503)
+		case "dead":
+			w.WriteHeader(400)
+		}
+	}))
+	defer rn.Close()
+	m := monitor.NewMetrics()
+	d := relay.New(relay.Config{RunnerURL: rn.URL, HTTPTimeout: 5 * time.Second, Concurrency: 4, MaxAttempts: 5,
+		Backoff: relay.Backoff{Base: time.Hour, Max: time.Hour}, ShutdownGrace: time.Second}, st, quiet, m)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	if _, err := st.Pool().Exec(context.Background(), `INSERT INTO portal_event_outbox (event_type)
+		VALUES ('ok'), ('ok'), ('ok'), ('retry'), ('dead')`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.DeliverDue(context.Background(), 10, 0); err != nil {
+		t.Fatal(err)
+	}
+	w := monitor.NewWatcher(monitor.WatchConfig{Interval: time.Hour}, st, m, quiet)
+	base := serve(t, st, m, w)
+	deadline := time.Now().Add(20 * time.Second)
+	var scrape string
+	for {
+		_, scrape = get(t, base+"/metrics")
+		if strings.Contains(scrape, `outbox_relay_deliveries_total{outcome="delivered",path="sweep"} 3`) &&
+			strings.Contains(scrape, `outbox_relay_deliveries_total{outcome="retry",path="sweep"} 1`) &&
+			strings.Contains(scrape, `outbox_relay_deliveries_total{outcome="dead",path="sweep"} 1`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("deliveries not counted:\n%s", scrape)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := metric(t, scrape, "outbox_relay_runner_request_duration_seconds_count"); n != 5 {
+		t.Errorf("request duration count = %v, want 5", n)
+	}
+	if n := metric(t, scrape, "outbox_relay_event_age_seconds_count"); n != 3 {
+		t.Errorf("event age count = %v, want 3", n)
+	}
+	// Wait for the outcomes to be written, then refresh the SQL gauges.
+	for {
+		if s := w.RunOnce(context.Background()); s.Stats.Dead == 1 && s.Stats.Delivered == 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("outcomes not recorded")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	_, scrape = get(t, base+"/metrics")
+	for sample, want := range map[string]float64{
+		"outbox_relay_pending_rows": 1,
+		"outbox_relay_dead_rows":    1,
+	} {
+		if got := metric(t, scrape, sample); got != want {
+			t.Errorf("%s = %v, want %v", sample, got, want)
+		}
+	}
+	if age := metric(t, scrape, "outbox_relay_oldest_pending_age_seconds"); age <= 0 {
+		t.Errorf("oldest pending age = %v, want > 0", age)
+	}
+}
+
+// /readyz answers 503 while the database is down and 200 again after.
+func TestReadyzFollowsTheDatabase(t *testing.T) {
+	c := pgtest.StartT(t)
+	st := newStore(t, c.URL("postgres"))
+	m := monitor.NewMetrics()
+	w := monitor.NewWatcher(monitor.WatchConfig{Interval: time.Hour, CDC: func() monitor.CDCState {
+		return monitor.CDCState{Enabled: true, Connected: true, Role: "streamer"}
+	}}, st, m, quiet)
+	w.RunOnce(context.Background())
+	base := serve(t, st, m, w)
+
+	code, body := get(t, base+"/readyz")
+	if code != 200 || !strings.Contains(body, `"ready":true`) || !strings.Contains(body, `"role":"streamer"`) {
+		t.Fatalf("readyz with the database up: %d %s", code, body)
+	}
+	if err := c.StopServer("fast"); err != nil {
+		t.Fatal(err)
+	}
+	if code, body := get(t, base+"/readyz"); code != 503 || !strings.Contains(body, `"ready":false`) {
+		t.Errorf("readyz with the database down: %d %s", code, body)
+	}
+	if code, _ := get(t, base+"/healthz"); code != 200 {
+		t.Errorf("healthz with the database down: %d, want 200 (the process is alive)", code)
+	}
+	if err := c.StartServer(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for code, _ := get(t, base+"/readyz"); code != 200; code, _ = get(t, base+"/readyz") {
+		if time.Now().After(deadline) {
+			t.Fatal("readyz did not recover")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Past the maximum, the guard drops the slot; under it, it leaves it.
+func TestSlotGuardDropsAnOverLimitSlot(t *testing.T) {
+	st := newStore(t, pgtest.NewDB(t))
+	ctx := context.Background()
+	slot := "guard_test_slot"
+	if _, err := st.Pool().Exec(ctx, `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, slot); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = st.Pool().Exec(ctx, `SELECT pg_drop_replication_slot($1) FROM pg_replication_slots WHERE slot_name = $1`, slot) })
+	// Write some WAL so the slot retains more than the tiny limit.
+	if _, err := st.Pool().Exec(ctx, `CREATE TABLE filler AS SELECT g, repeat('x', 200) AS pad FROM generate_series(1, 20000) g`); err != nil {
+		t.Fatal(err)
+	}
+	m := monitor.NewMetrics()
+	under := monitor.NewWatcher(monitor.WatchConfig{Interval: time.Hour, Slot: slot, SlotWarnBytes: 1 << 40, SlotMaxBytes: 1 << 40}, st, m, quiet)
+	if s := under.RunOnce(ctx); s.Err != "" || s.Slot == nil || !s.Slot.Exists || s.Slot.RetainedBytes < 1<<20 {
+		t.Fatalf("slot under the limit: %+v", s)
+	}
+	over := monitor.NewWatcher(monitor.WatchConfig{Interval: time.Hour, Slot: slot, SlotWarnBytes: 1024, SlotMaxBytes: 4096}, st, m, quiet)
+	if s := over.RunOnce(ctx); s.Err != "" {
+		t.Fatalf("guard: %s", s.Err)
+	}
+	sl, err := store.SlotInfo(ctx, st.Pool(), slot)
+	if err != nil || sl.Exists {
+		t.Errorf("slot after the guard: %+v, %v; want dropped", sl, err)
+	}
+	srvURL := serve(t, st, m, over)
+	if _, scrape := get(t, srvURL+"/metrics"); metric(t, scrape, "outbox_relay_slot_recreated_total") != 1 {
+		t.Error("slot_recreated_total not counted")
+	}
+}
