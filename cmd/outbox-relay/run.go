@@ -13,6 +13,8 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/outbox-relay/outbox-relay/internal/config"
+	"github.com/outbox-relay/outbox-relay/internal/monitor"
+	"github.com/outbox-relay/outbox-relay/internal/retention"
 	"github.com/outbox-relay/outbox-relay/internal/store"
 	"github.com/outbox-relay/outbox-relay/relay"
 	"github.com/outbox-relay/outbox-relay/sweeper"
@@ -42,6 +44,7 @@ func runRelay(ctx context.Context, args, environ []string, stderr io.Writer) err
 		return err
 	}
 	st := store.New(pool, table)
+	metrics := monitor.NewMetrics()
 
 	d := relay.New(relay.Config{
 		RunnerURL:     cfg.RunnerURL,
@@ -52,8 +55,24 @@ func runRelay(ctx context.Context, args, environ []string, stderr io.Writer) err
 		MaxAttempts:   cfg.MaxAttempts,
 		Backoff:       relay.Backoff{Base: cfg.BackoffBase, Max: cfg.BackoffMax, Jitter: cfg.BackoffJitter},
 		ShutdownGrace: cfg.ShutdownGrace,
-	}, st, log, nil)
-	sw := sweeper.New(sweeper.Config{Interval: cfg.SweepInterval, BatchSize: cfg.BatchSize}, d, log)
+	}, st, log, metrics)
+	sw := sweeper.New(sweeper.Config{
+		Interval:  cfg.SweepInterval,
+		BatchSize: cfg.BatchSize,
+		OnSweep:   metrics.ObserveSweep,
+	}, d, log)
+	pruner := retention.New(retention.Config{
+		Keep:      cfg.Retention,
+		Interval:  time.Minute,
+		BatchSize: 1000,
+		MaxBatch:  20,
+		OnDelete:  metrics.AddRetentionDeleted,
+	}, st, log)
+	watchCfg := monitor.WatchConfig{
+		Interval:      cfg.StatsInterval,
+		SlotWarnBytes: cfg.SlotWarnBytes,
+		SlotMaxBytes:  cfg.SlotMaxBytes,
+	}
 
 	log.Info("outbox-relay starting", "version", relay.Version, "table", table.String(),
 		"cdc", cfg.CDC, "sweep_interval", cfg.SweepInterval.String(), "concurrency", cfg.Concurrency)
@@ -67,6 +86,19 @@ func runRelay(ctx context.Context, args, environ []string, stderr io.Writer) err
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return sw.Run(gctx) })
+	g.Go(func() error { return pruner.Run(gctx) })
+	watcher := monitor.NewWatcher(watchCfg, st, metrics, log)
+	g.Go(func() error { return watcher.Run(gctx) })
+	if cfg.ListenAddr != "off" {
+		srv, err := monitor.NewServer(cfg.ListenAddr, pool, metrics, watcher, log)
+		if err != nil {
+			stopDeliverer()
+			<-delivered
+			return fmt.Errorf("listen on RELAY_LISTEN_ADDR: %w", err)
+		}
+		log.Info("serving /healthz, /readyz and /metrics", "addr", srv.Addr())
+		g.Go(func() error { return srv.Run(gctx) })
+	}
 	err = g.Wait()
 
 	log.Info("stopping: finishing in-flight deliveries", "grace", cfg.ShutdownGrace.String())
