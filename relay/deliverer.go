@@ -110,7 +110,10 @@ func New(cfg Config, st *store.Store, log *slog.Logger, obs Observer) *Deliverer
 		log:         log,
 		obs:         obs,
 		client:      newClient(cfg),
-		queueBudget: attemptBudget + 30*time.Second,
+		// A row normally waits in the queue for milliseconds; one that
+		// waited longer than an attempt's budget is dropped unsent (see
+		// work), so the lease is two budgets.
+		queueBudget: attemptBudget,
 		jobs:        make(chan job, cfg.Concurrency),
 		results:     make(chan store.Result, cfg.Concurrency),
 		stopping:    make(chan struct{}),
