@@ -1,0 +1,123 @@
+package faults
+
+import (
+	"context"
+	"math/rand/v2"
+	"net/http"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/outbox-relay/outbox-relay/internal/pgtest"
+)
+
+const concurrency = 8
+
+// Under steady inserts the relay is SIGKILLed at random moments and
+// restarted. Every event is delivered; a duplicate can only come from a
+// kill between a POST and its outcome write, so there are at most
+// kills × RELAY_CONCURRENCY of them.
+func TestRelayKilled(t *testing.T) {
+	d := newDB(t, pgtest.NewDB(t))
+	rn := newRunner(t)
+	env := relayEnv(d, rn, "RELAY_CONCURRENCY="+strconv.Itoa(concurrency))
+	in := startInserter(t, d, 200, 4)
+	kills := scale(3, 20)
+	p := startRelay(t, env)
+	for range kills {
+		// A random moment: this is the fault, not a wait for a condition.
+		time.Sleep(time.Duration(100+rand.IntN(700)) * time.Millisecond)
+		p.kill()
+		p = startRelay(t, env)
+	}
+	in.stop()
+	r := verify(t, d, rn, 90*time.Second)
+	if r.Duplicates > kills*concurrency {
+		t.Errorf("%d duplicates after %d kills, more than kills × concurrency = %d", r.Duplicates, kills, kills*concurrency)
+	}
+	record(t, "relay killed", result{Events: r.Events, Lost: r.Lost, Duplicates: r.Duplicates}, map[string]string{"kills": strconv.Itoa(kills)})
+}
+
+// Postgres is restarted with -m immediate (a crash) under load, twice; the
+// relay recovers on its own, pool and stream.
+func TestPostgresRestarted(t *testing.T) {
+	c := pgtest.StartT(t)
+	d := newDB(t, c.URL("postgres"))
+	// The harness runs with synchronous_commit off for speed; a crash
+	// would then lose acknowledged commits, which is not the relay's fault.
+	if _, err := d.pool.Exec(context.Background(), `ALTER SYSTEM SET synchronous_commit = on`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.pool.Exec(context.Background(), `SELECT pg_reload_conf()`); err != nil {
+		t.Fatal(err)
+	}
+	rn := newRunner(t)
+	in := startInserter(t, d, 200, 4)
+	p := startRelay(t, relayEnv(d, rn))
+	restarts := 2
+	for range restarts {
+		waitFor(t, "deliveries before the restart", 30*time.Second, func() bool { return len(rn.delivered()) > 0 })
+		time.Sleep(time.Second) // load runs for a while: the fault's timing
+		if err := c.Restart("immediate"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(time.Second)
+	in.stop()
+	r := verify(t, d, rn, 90*time.Second)
+	select {
+	case <-p.done:
+		t.Fatalf("the relay exited during the restarts: %v", p.err)
+	default:
+	}
+	record(t, "postgres restarted", r, map[string]string{"restarts": strconv.Itoa(restarts)})
+}
+
+// Three relays stream and sweep one table: no event is sent twice.
+func TestThreeReplicas(t *testing.T) {
+	d := newDB(t, pgtest.NewDB(t))
+	rn := newRunner(t)
+	for range 3 {
+		startRelay(t, relayEnv(d, rn, "RELAY_SWEEP_INTERVAL=200ms"))
+	}
+	events := scale(1000, 10000)
+	in := startInserter(t, d, 1000, 4)
+	waitFor(t, "the inserts", 5*time.Minute, func() bool { return in.count() >= events })
+	in.stop()
+	r := verify(t, d, rn, 2*time.Minute)
+	if r.Duplicates != 0 {
+		t.Errorf("%d duplicates with three replicas, want 0", r.Duplicates)
+	}
+	record(t, "three replicas", r, nil)
+}
+
+// SIGTERM under load: in-flight deliveries finish or stay pending, the
+// relay exits 0 within its shutdown deadline, and nothing is lost after a
+// restart.
+func TestSIGTERM(t *testing.T) {
+	d := newDB(t, pgtest.NewDB(t))
+	rn := newRunner(t)
+	// Slow answers keep POSTs in flight at the moment of the signal.
+	rn.setAnswer(func(w http.ResponseWriter, r *http.Request) bool {
+		time.Sleep(time.Duration(rand.IntN(200)) * time.Millisecond)
+		return true
+	})
+	env := relayEnv(d, rn)
+	in := startInserter(t, d, 300, 4)
+	terms := scale(2, 5)
+	for range terms {
+		p := startRelay(t, env)
+		waitFor(t, "deliveries", 30*time.Second, func() bool { return len(rn.delivered()) > 0 })
+		time.Sleep(500 * time.Millisecond)
+		if code := p.term(10 * time.Second); code != 0 {
+			t.Fatalf("exit %d after SIGTERM, want 0 within the deadline", code)
+		}
+	}
+	in.stop()
+	startRelay(t, env)
+	r := verify(t, d, rn, 60*time.Second)
+	if r.Duplicates != 0 {
+		t.Errorf("%d duplicates after clean shutdowns, want 0", r.Duplicates)
+	}
+	record(t, "SIGTERM under load", r, map[string]string{"terms": strconv.Itoa(terms)})
+}
