@@ -1,0 +1,265 @@
+package faults
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/outbox-relay/outbox-relay/internal/pgtest"
+)
+
+const mib = 1 << 20
+
+// slotFigures reads the relay slot's confirmed-flush lag and retained WAL.
+func slotFigures(t *testing.T, d *db) (lag, retained int64, ok bool) {
+	t.Helper()
+	err := d.pool.QueryRow(context.Background(), `SELECT
+		(pg_current_wal_lsn() - confirmed_flush_lsn)::int8, (pg_current_wal_lsn() - restart_lsn)::int8
+		FROM pg_replication_slots WHERE slot_name = 'outbox_relay'`).Scan(&lag, &retained)
+	return lag, retained, err == nil
+}
+
+// writeWAL writes about n bytes of WAL into a table the relay does not
+// publish, in chunks, until done or ctx ends.
+func writeWAL(ctx context.Context, d *db, n int64) error {
+	if _, err := d.pool.Exec(ctx, `CREATE TABLE IF NOT EXISTS unrelated (id bigserial, pad text)`); err != nil {
+		return err
+	}
+	var start int64
+	if err := d.pool.QueryRow(ctx, `SELECT (pg_current_wal_lsn() - '0/0')::int8`).Scan(&start); err != nil {
+		return err
+	}
+	for {
+		var now int64
+		if _, err := d.pool.Exec(ctx, `INSERT INTO unrelated (pad) SELECT repeat('w', 900) FROM generate_series(1, 2000)`); err != nil {
+			return err
+		}
+		if err := d.pool.QueryRow(ctx, `SELECT (pg_current_wal_lsn() - '0/0')::int8`).Scan(&now); err != nil {
+			return err
+		}
+		if now-start >= n {
+			return nil
+		}
+	}
+}
+
+// The runner answers 503, then refuses connections, while inserts go on
+// and unrelated WAL is written. The slot must not hold WAL for the
+// outage: the rows wait in the table, not in the slot.
+func TestRunnerOutage(t *testing.T) {
+	d := newDB(t, pgtest.NewDB(t))
+	rn := newRunner(t)
+	p := startRelay(t, relayEnv(d, rn, "RELAY_BACKOFF_BASE=200ms", "RELAY_BACKOFF_MAX=2s"))
+	waitFor(t, "the slot", 30*time.Second, func() bool { _, _, ok := slotFigures(t, d); return ok })
+	if !strings.Contains(p.logs.String(), "stream") {
+		t.Logf("note: relay logs do not mention the stream")
+	}
+
+	outage := time.Duration(scale(6, 30)) * time.Second
+	walBytes := int64(scale(40, 300)) * mib
+	in := startInserter(t, d, 50, 2)
+	rn.setAnswer(func(w http.ResponseWriter, _ *http.Request) bool {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		return false
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	walDone := make(chan error, 1)
+	go func() { walDone <- writeWAL(ctx, d, walBytes) }()
+
+	var maxLag int64
+	start := time.Now()
+	refusing := false
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for time.Since(start) < outage {
+		<-tick.C // sample once a second: the measurement's own rate
+		if !refusing && time.Since(start) > outage/2 {
+			rn.stop() // now connections are refused
+			refusing = true
+		}
+		if lag, _, ok := slotFigures(t, d); ok && lag > maxLag {
+			maxLag = lag
+		}
+	}
+	if err := <-walDone; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.pool.Exec(context.Background(), `CHECKPOINT`); err != nil {
+		t.Fatal(err)
+	}
+	var retained int64
+	waitFor(t, "the slot's restart_lsn to follow", 30*time.Second, func() bool {
+		_, retained, _ = slotFigures(t, d)
+		return retained < 16*mib
+	})
+	if maxLag >= 16*mib {
+		t.Errorf("confirmed-flush lag reached %d MiB during the outage, want < 16", maxLag/mib)
+	}
+	// Retries backed off meanwhile: attempts grew and next_attempt_at moved on.
+	if n := d.count(t, "status = 'pending' AND attempts >= 2 AND next_attempt_at > created_at"); n == 0 {
+		t.Error("no row was retried with a later next_attempt_at during the outage")
+	}
+	in.stop()
+	rn.setAnswer(nil)
+	rn.start(t)
+	r := verify(t, d, rn, 90*time.Second)
+	record(t, "runner outage", r, map[string]string{
+		"outage":            outage.String(),
+		"wal_written_mib":   strconv.FormatInt(walBytes/mib, 10),
+		"max_flush_lag_kib": strconv.FormatInt(maxLag/1024, 10),
+		"retained_kib":      strconv.FormatInt(retained/1024, 10),
+	})
+}
+
+// A flaky runner: random 500s, answers slower than the timeout, connection
+// resets and garbage bodies. Everything is delivered, and the relay's
+// goroutines and the runner's open connections come back to where they
+// were.
+func TestFlakyRunner(t *testing.T) {
+	d := newDB(t, pgtest.NewDB(t))
+	rn := newRunner(t)
+	var open atomic.Int64
+	rn.mu.Lock()
+	rn.srv.ConnState = func(_ net.Conn, s http.ConnState) {
+		switch s {
+		case http.StateNew:
+			open.Add(1)
+		case http.StateClosed, http.StateHijacked:
+			open.Add(-1)
+		}
+	}
+	rn.mu.Unlock()
+	var mu sync.Mutex
+	rng := rand.New(rand.NewPCG(1, 2))
+	rn.setAnswer(func(w http.ResponseWriter, r *http.Request) bool {
+		mu.Lock()
+		x := rng.IntN(100)
+		mu.Unlock()
+		switch {
+		case x < 30:
+			w.WriteHeader(500)
+			return false
+		case x < 35:
+			time.Sleep(1500 * time.Millisecond) // past RELAY_HTTP_TIMEOUT=1s
+			return false
+		case x < 40:
+			if hj, ok := w.(http.Hijacker); ok {
+				c, _, err := hj.Hijack()
+				if err == nil {
+					if tc, ok := c.(*net.TCPConn); ok {
+						_ = tc.SetLinger(0) // a reset, not a clean close
+					}
+					c.Close()
+				}
+			}
+			return false
+		case x < 50:
+			w.WriteHeader(200)
+			_, _ = w.Write([]byte("\x00\xff garbage {{{"))
+		}
+		return true
+	})
+	addr := freeAddr(t)
+	env := relayEnv(d, rn, "RELAY_HTTP_TIMEOUT=1s", "RELAY_BACKOFF_BASE=50ms", "RELAY_BACKOFF_MAX=500ms",
+		"RELAY_MAX_ATTEMPTS=50", "RELAY_LISTEN_ADDR="+addr)
+	startRelay(t, env)
+	metricsURL := "http://" + addr + "/metrics"
+	waitFor(t, "the metrics endpoint", 30*time.Second, func() bool { _, err := scrape(metricsURL, "go_goroutines"); return err == nil })
+	before, _ := scrape(metricsURL, "go_goroutines")
+
+	events := scale(300, 2000)
+	in := startInserter(t, d, 200, 2)
+	waitFor(t, "the inserts", 2*time.Minute, func() bool { return in.count() >= events })
+	in.stop()
+	r := verify(t, d, rn, 3*time.Minute)
+
+	// Idle connections close after the transport's idle timeout; what
+	// must not happen is growth with the number of events.
+	var after float64
+	waitFor(t, "goroutines to settle", 30*time.Second, func() bool {
+		after, _ = scrape(metricsURL, "go_goroutines")
+		return after <= before+2*concurrencyDefault
+	})
+	if n := open.Load(); n > 2*concurrencyDefault {
+		t.Errorf("%d connections open at the runner after the run, want at most %d", n, 2*concurrencyDefault)
+	}
+	record(t, "flaky runner", r, map[string]string{
+		"goroutines_before": fmt.Sprint(before), "goroutines_after": fmt.Sprint(after), "runner_conns_after": fmt.Sprint(open.Load()),
+	})
+}
+
+const concurrencyDefault = 16
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// scrape reads one unlabelled sample from a Prometheus endpoint.
+func scrape(url, name string) (float64, error) {
+	resp, err := http.Get(url)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+			return strconv.ParseFloat(v, 64)
+		}
+	}
+	return 0, fmt.Errorf("no %s in %s", name, url)
+}
+
+// The slot and then the publication are dropped under load: the relay
+// recreates them and nothing is lost.
+func TestSlotAndPublicationDropped(t *testing.T) {
+	d := newDB(t, pgtest.NewDB(t))
+	rn := newRunner(t)
+	startRelay(t, relayEnv(d, rn))
+	in := startInserter(t, d, 200, 2)
+	ctx := context.Background()
+	active := func() bool {
+		var n int
+		_ = d.pool.QueryRow(ctx, `SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'outbox_relay' AND active`).Scan(&n)
+		return n == 1
+	}
+	waitFor(t, "the stream", 30*time.Second, active)
+	exec := func(sql string) error { _, err := d.pool.Exec(ctx, sql); return err }
+	// The walsender holds the slot until it exits: terminate it, then
+	// drop, and retry while the relay wins the race to take it again.
+	waitFor(t, "the slot drop", 30*time.Second, func() bool {
+		_ = exec(`SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = 'outbox_relay'`)
+		return exec(`SELECT pg_drop_replication_slot('outbox_relay')`) == nil
+	})
+	waitFor(t, "the stream to come back after the slot drop", 60*time.Second, active)
+
+	if err := exec(`DROP PUBLICATION outbox_relay`); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the publication to be recreated", 60*time.Second, func() bool {
+		var n int
+		_ = d.pool.QueryRow(ctx, `SELECT count(*) FROM pg_publication_tables WHERE pubname = 'outbox_relay'`).Scan(&n)
+		return n == 1
+	})
+	waitFor(t, "the stream to come back after the publication drop", 60*time.Second, active)
+	in.stop()
+	r := verify(t, d, rn, 60*time.Second)
+	record(t, "slot and publication dropped", r, nil)
+}
