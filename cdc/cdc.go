@@ -1,0 +1,310 @@
+// Package cdc is the fast path: a logical-replication consumer (pgoutput,
+// protocol 1) that reads the ids of rows inserted into the outbox table and
+// hands them to the Deliverer within milliseconds of the commit.
+//
+// The stream is a doorbell, not a queue: the table holds every row until it
+// is delivered, so the consumer confirms WAL as soon as ids are handed off,
+// confirms the server's WAL end when nothing is pending, and treats a lost
+// slot as something to recreate. The sweeper covers every gap.
+package cdc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/sethvargo/go-retry"
+)
+
+// Deliverer is what the stream needs from relay.Deliverer.
+type Deliverer interface {
+	// DeliverIDs claims those of ids that are pending and due and queues
+	// them; it returns the ids it did not claim.
+	DeliverIDs(ctx context.Context, ids []int64) (missing []int64, err error)
+}
+
+// Config is what the stream needs to know.
+type Config struct {
+	DatabaseURL string
+	// Schema and Table name the outbox table.
+	Schema, Table string
+	Slot          string
+	Publication   string
+	// BatchSize is the most ids handed to the Deliverer at once.
+	BatchSize int
+}
+
+// Roles of a Stream, as State reports them.
+const (
+	RoleStreamer = "streamer" // holds the slot and receives changes
+	RoleStandby  = "standby"  // the slot is held by another process
+	RoleDown     = "down"     // not connected; retrying
+)
+
+// State is a snapshot of the stream for metrics and health.
+type State struct {
+	Role      string
+	Connected bool   // the replication connection is up
+	LastError string // why the stream is down; never holds a secret
+	// ConfirmedLSN is the last position confirmed to the server, as
+	// Postgres writes it (0/16B3748); empty before the first.
+	ConfirmedLSN string
+}
+
+// Timings. Variables on the Stream so that tests can shorten them.
+const (
+	// flushIdle is how long ids wait for more data before they are handed
+	// off when fewer than BatchSize have come. A transaction's inserts
+	// arrive back to back after its commit, so a short wait gathers a
+	// whole transaction, or a burst of small ones, into one claim
+	// statement, while a lone insert waits no longer than this.
+	// Measured in BenchmarkFlushIdle (see handoff_bench_test.go).
+	flushIdle = time.Millisecond
+
+	// statusInterval is the longest time between two standby status
+	// updates; each asks the server for a reply, which doubles as a
+	// liveness check of the connection.
+	statusInterval = 10 * time.Second
+
+	// silenceLimit is how long the server may say nothing at all, despite
+	// our reply requests, before the connection is taken for dead. The
+	// walsender can be busy decoding a large transaction for a while, but
+	// it pings at least every wal_sender_timeout/2 (30 s by default).
+	silenceLimit = 60 * time.Second
+
+	// standbyRetry is how often a standby tries to take the slot.
+	standbyRetry = 3 * time.Second
+
+	// reconnectBase and reconnectMax bound the reconnect backoff.
+	reconnectBase = 100 * time.Millisecond
+	reconnectMax  = 5 * time.Second
+
+	// resetAfter is how long a session must have streamed for the
+	// backoff to start again from reconnectBase: a stream that fails
+	// right after each start still backs off.
+	resetAfter = 5 * time.Second
+
+	// handoffQueue is how many batches may wait for the hand-off
+	// goroutine before the reader waits too.
+	handoffQueue = 4
+
+	// queryTimeout bounds every set-up statement and connection attempt.
+	queryTimeout = 10 * time.Second
+
+	// createSlotTimeout bounds CREATE_REPLICATION_SLOT, which waits for
+	// the transactions running at the time to finish.
+	createSlotTimeout = time.Minute
+)
+
+// missingRetries are the waits before claiming again ids the Deliverer did
+// not find: a commit can reach the stream a moment before it is visible to
+// a new snapshot. Ids still missing after the last are left to the sweeper
+// (they are usually rows someone else already claimed).
+var missingRetries = []time.Duration{2 * time.Millisecond, 4 * time.Millisecond, 8 * time.Millisecond}
+
+// Stream consumes the replication slot and hands inserted ids to the
+// Deliverer. Run it once.
+type Stream struct {
+	cfg Config
+	d   Deliverer
+	log *slog.Logger
+
+	idle, standbyEvery time.Duration
+
+	streaming atomic.Bool
+
+	mu        sync.Mutex
+	state     State
+	kind      string // state last logged, to log each change once
+	password  string // scrubbed from every error shown
+	confirmed pglogrepl.LSN
+}
+
+// New makes a Stream; Run starts it.
+func New(cfg Config, d Deliverer, log *slog.Logger) *Stream {
+	if cfg.BatchSize <= 0 {
+		cfg.BatchSize = 100
+	}
+	return &Stream{
+		cfg: cfg, d: d, log: log.With("slot", cfg.Slot),
+		idle: flushIdle, standbyEvery: standbyRetry,
+		state: State{Role: RoleDown},
+	}
+}
+
+// Streaming reports whether this process holds the slot and receives
+// changes.
+func (s *Stream) Streaming() bool { return s.streaming.Load() }
+
+// State is a snapshot for metrics and health.
+func (s *Stream) State() State {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.state
+	if s.confirmed != 0 {
+		st.ConfirmedLSN = s.confirmed.String()
+	}
+	return st
+}
+
+// errStandby is returned by a session that found the slot in use.
+type errStandby struct{ pid int32 }
+
+func (e *errStandby) Error() string {
+	if e.pid == 0 {
+		return "replication slot is in use by another process"
+	}
+	return fmt.Sprintf("replication slot is in use by another process (pid %d)", e.pid)
+}
+
+// errInRecovery is returned by a session that found a read-only server.
+var errInRecovery = errors.New("the server is in recovery (a read-only replica, e.g. after a failover); waiting for a writable primary")
+
+// Run streams until ctx is done, reconnecting with backoff after failures
+// and taking the slot over when another process lets it go. It returns nil
+// when ctx is cancelled, and an error only when the settings cannot work.
+func (s *Stream) Run(ctx context.Context) error {
+	conf, err := parseConfig(s.cfg.DatabaseURL)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.password = conf.sql.Password
+	s.mu.Unlock()
+
+	batches := make(chan []int64, handoffQueue)
+	var wg sync.WaitGroup
+	wg.Go(func() { s.handOff(ctx, batches) })
+	defer wg.Wait()
+
+	backoff := newBackoff()
+	for {
+		streamed, err := s.session(ctx, conf, batches)
+		s.streaming.Store(false)
+		if ctx.Err() != nil {
+			s.setState(State{Role: RoleDown})
+			return nil
+		}
+		var wait time.Duration
+		var sb *errStandby
+		switch {
+		case errors.As(err, &sb):
+			if s.transition(RoleStandby, RoleStandby, "") {
+				s.log.Info("replication: the slot is held by another process; standing by",
+					"holder_pid", sb.pid, "retry_every", s.standbyEvery.String())
+			}
+			backoff = newBackoff()
+			wait = s.standbyEvery
+		case errors.Is(err, errInRecovery):
+			if s.transition(RoleDown, "recovery", err.Error()) {
+				s.log.Warn("replication: " + err.Error())
+			}
+			wait, _ = backoff.Next()
+		default:
+			if streamed >= resetAfter {
+				backoff = newBackoff()
+			}
+			msg := s.redact(err)
+			if s.transition(RoleDown, RoleDown, msg) {
+				s.log.Warn("replication stream down; reconnecting with backoff", "error", msg)
+			}
+			wait, _ = backoff.Next()
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			s.setState(State{Role: RoleDown})
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+func newBackoff() retry.Backoff {
+	return retry.WithCappedDuration(reconnectMax, retry.WithJitterPercent(10, retry.NewExponential(reconnectBase)))
+}
+
+// transition records the stream's state and reports whether its kind
+// changed since the last call: each change is logged once, retries are
+// not. kind is the role, or a finer state such as "recovery".
+func (s *Stream) transition(role, kind, lastError string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	changed := kind != s.kind
+	s.kind = kind
+	s.state.Role, s.state.LastError = role, lastError
+	s.state.Connected = role == RoleStreamer
+	return changed
+}
+
+func (s *Stream) setState(st State) {
+	s.mu.Lock()
+	s.state = st
+	s.kind = ""
+	s.mu.Unlock()
+}
+
+func (s *Stream) setConfirmed(lsn pglogrepl.LSN) {
+	s.mu.Lock()
+	s.confirmed = lsn
+	s.mu.Unlock()
+}
+
+// redact is err's message without the password, whatever quoted it.
+func (s *Stream) redact(err error) string {
+	s.mu.Lock()
+	pw := s.password
+	s.mu.Unlock()
+	return redact(err, pw)
+}
+
+func redact(err error, password string) string {
+	if err == nil {
+		return ""
+	}
+	msg := err.Error()
+	if password != "" {
+		msg = strings.ReplaceAll(msg, password, "xxxxx")
+	}
+	return msg
+}
+
+// dbConfig is how the stream connects: an ordinary connection for SQL and
+// a replication connection (walsender in database mode, which runs both
+// replication commands and SQL) for the stream.
+type dbConfig struct {
+	sql  *pgx.ConnConfig
+	repl *pgconn.Config
+}
+
+// parseConfig reads the database URL once; its errors never quote it,
+// since it holds the password.
+func parseConfig(url string) (dbConfig, error) {
+	c, err := pgx.ParseConfig(url)
+	if err != nil {
+		return dbConfig{}, errors.New("cdc: the database URL cannot be parsed as a connection string")
+	}
+	if c.ConnectTimeout == 0 || c.ConnectTimeout > queryTimeout {
+		c.ConnectTimeout = queryTimeout
+	}
+	c.RuntimeParams["application_name"] = "outbox-relay-cdc"
+	r := c.Config.Copy()
+	r.RuntimeParams["replication"] = "database"
+	return dbConfig{sql: c, repl: r}, nil
+}
+
+// closeConn closes a connection within a second, also after ctx is done.
+func closeConn(ctx context.Context, c interface{ Close(context.Context) error }) {
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+	defer cancel()
+	_ = c.Close(cctx)
+}
