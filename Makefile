@@ -5,13 +5,21 @@
 GO ?= go
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: build test lint demo bench faults clean
+.PHONY: build test fuzz lint demo bench faults clean
 
 build:
 	$(GO) build -o bin/outbox-relay ./cmd/outbox-relay
 
+# The whole suite, then a short bounded run of every fuzz target (the
+# checked-in seed corpus runs with the suite too).
 test:
 	$(GO) test -race -count=1 -timeout 15m ./...
+	$(MAKE) fuzz FUZZTIME=5s
+
+FUZZTIME ?= 30s
+fuzz:
+	$(GO) test -run='^$$' -fuzz='^FuzzLoad$$' -fuzztime=$(FUZZTIME) ./internal/config
+	$(GO) test -run='^$$' -fuzz='^FuzzParse$$' -fuzztime=$(FUZZTIME) ./internal/retryafter
 
 # gofmt -l exits 0 even when files need formatting, so fail on any output.
 lint:

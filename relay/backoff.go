@@ -2,9 +2,6 @@ package relay
 
 import (
 	"math/rand/v2"
-	"net/http"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/sethvargo/go-retry"
@@ -34,32 +31,4 @@ func (b Backoff) Delay(attempt int) time.Duration {
 		r = b.Rand
 	}
 	return d - time.Duration(float64(d)*b.Jitter*r())
-}
-
-// maxRetryAfter bounds what a runner can ask for; a day is already more
-// than any sane maintenance window.
-const maxRetryAfter = 24 * time.Hour
-
-// ParseRetryAfter reads a Retry-After header: delay-seconds or an HTTP
-// date (RFC 9110 §10.2.3). ok is false for a missing or malformed value.
-func ParseRetryAfter(v string, now time.Time) (d time.Duration, ok bool) {
-	v = strings.TrimSpace(v)
-	if v == "" {
-		return 0, false
-	}
-	if v[0] >= '0' && v[0] <= '9' {
-		secs, err := strconv.ParseUint(v, 10, 64)
-		if err != nil {
-			if ne, isNum := err.(*strconv.NumError); isNum && ne.Err == strconv.ErrRange {
-				return maxRetryAfter, true
-			}
-			return 0, false
-		}
-		return min(time.Duration(min(secs, uint64(maxRetryAfter/time.Second)))*time.Second, maxRetryAfter), true
-	}
-	t, err := http.ParseTime(v)
-	if err != nil {
-		return 0, false
-	}
-	return min(max(t.Sub(now), 0), maxRetryAfter), true
 }

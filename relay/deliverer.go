@@ -20,6 +20,7 @@ import (
 	"github.com/hashicorp/go-retryablehttp"
 	"github.com/sethvargo/go-retry"
 
+	"github.com/outbox-relay/outbox-relay/internal/retryafter"
 	"github.com/outbox-relay/outbox-relay/internal/store"
 )
 
@@ -105,11 +106,11 @@ type job struct {
 func New(cfg Config, st *store.Store, log *slog.Logger, obs Observer) *Deliverer {
 	attemptBudget := time.Duration(quickRetries+1)*cfg.HTTPTimeout + 2*time.Second
 	d := &Deliverer{
-		cfg:         cfg,
-		store:       st,
-		log:         log,
-		obs:         obs,
-		client:      newClient(cfg),
+		cfg:    cfg,
+		store:  st,
+		log:    log,
+		obs:    obs,
+		client: newClient(cfg),
 		// A row normally waits in the queue for milliseconds; one that
 		// waited longer than an attempt's budget is dropped unsent (see
 		// work), so the lease is two budgets.
@@ -434,7 +435,7 @@ func (d *Deliverer) post(ctx context.Context, r *store.Row) (code int, retryAfte
 	}
 	defer resp.Body.Close()
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxDrain))
-	ra, _ := ParseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
+	ra, _ := retryafter.Parse(resp.Header.Get("Retry-After"), time.Now())
 	return resp.StatusCode, ra, nil
 }
 

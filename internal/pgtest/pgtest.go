@@ -409,7 +409,7 @@ func (c *Cluster) logTail(n int) string {
 // The server shared by the tests of one test binary, set up by Main.
 var (
 	shared  *Cluster
-	baseURL string // admin URL of the shared server; empty before Main
+	baseURL string // admin URL of the shared server; empty until first use
 
 	adminMu sync.Mutex
 	admin   *pgx.Conn // one connection for CREATE/DROP DATABASE, opened on first use
@@ -422,30 +422,17 @@ var (
 //	func TestMain(m *testing.M) { pgtest.Main(m) }
 //
 // The server is the one in RELAY_TEST_DATABASE_URL if set, else a throwaway
-// cluster stopped after the tests. Goroutines still running after passing
+// cluster started by the first NewDB or Shared and stopped after the tests.
+// Goroutines still running after passing
 // tests fail the binary (goleak), because a leaked goroutine is a loop that
-// ignores its context. Without PostgreSQL installed all tests are skipped,
-// except under CI (CI set), where a silent skip would hide that nothing ran.
+// ignores its context. Without PostgreSQL installed the tests that need it
+// are skipped, except under CI (CI set), where a silent skip would hide that
+// nothing ran.
 func Main(m *testing.M) {
 	os.Exit(runMain(m))
 }
 
 func runMain(m *testing.M) int {
-	if u := os.Getenv(EnvDatabaseURL); u != "" {
-		baseURL = u
-	} else {
-		c, err := Start()
-		if errors.Is(err, errNoPostgres) && os.Getenv("CI") == "" {
-			fmt.Fprintf(os.Stderr, "pgtest: skipping: %v\n", err)
-			return 0
-		}
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "pgtest: cannot start a throwaway PostgreSQL: %v\n", err)
-			return 1
-		}
-		shared, baseURL = c, c.URL("postgres")
-	}
-
 	code := m.Run()
 
 	adminMu.Lock()
@@ -475,17 +462,47 @@ func runMain(m *testing.M) int {
 	return code
 }
 
-// Shared returns the cluster Main started, or nil when the tests use the
-// server in RELAY_TEST_DATABASE_URL (or Main was not called).
-func Shared() *Cluster { return shared }
+// Shared returns the cluster Main manages, starting it on first use, or nil
+// when the tests use the server in RELAY_TEST_DATABASE_URL or it cannot
+// start.
+func Shared() *Cluster {
+	_ = ensureShared()
+	return shared
+}
+
+var (
+	sharedOnce sync.Once
+	sharedErr  error
+)
+
+// ensureShared starts the shared server on first use, so a test binary
+// whose tests need no database (a fuzz worker, say) never starts one.
+func ensureShared() error {
+	sharedOnce.Do(func() {
+		if u := os.Getenv(EnvDatabaseURL); u != "" {
+			baseURL = u
+			return
+		}
+		c, err := Start()
+		if err != nil {
+			sharedErr = err
+			return
+		}
+		shared, baseURL = c, c.URL("postgres")
+	})
+	return sharedErr
+}
 
 // NewDB creates a fresh, empty database on the shared server and returns its
 // URL; it is dropped when the test ends. A database per test lets tests run
 // in parallel without seeing each other's rows, slots or publications.
 func NewDB(t testing.TB) string {
 	t.Helper()
-	if baseURL == "" {
-		t.Fatal("pgtest: NewDB needs the shared server: call pgtest.Main(m) from TestMain")
+	if err := ensureShared(); err != nil {
+		if errors.Is(err, errNoPostgres) && os.Getenv("CI") == "" {
+			t.Skipf("pgtest: skipping: %v", err)
+		}
+		t.Fatalf("pgtest: cannot start a throwaway PostgreSQL: %v", err)
 	}
 	// The pid keeps names apart when several test binaries (go test ./...)
 	// share the server in RELAY_TEST_DATABASE_URL.
