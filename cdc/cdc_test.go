@@ -1,0 +1,602 @@
+package cdc
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/outbox-relay/outbox-relay/internal/pgtest"
+	"github.com/outbox-relay/outbox-relay/internal/store"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
+var table = store.Table{Schema: "public", Name: "portal_event_outbox"}
+
+// recorder is a Deliverer that records the ids it is given. While gate is
+// set, calls wait for it to close.
+type recorder struct {
+	mu      sync.Mutex
+	seen    map[int64]int
+	batches [][]int64
+	gate    chan struct{}
+	entered chan struct{} // gets a value when a call starts waiting at gate
+	// missing, when set, decides which ids a call reports not found.
+	missing func(call int, id int64) bool
+}
+
+func newRecorder() *recorder {
+	return &recorder{seen: map[int64]int{}, entered: make(chan struct{}, 1)}
+}
+
+func (r *recorder) DeliverIDs(ctx context.Context, ids []int64) ([]int64, error) {
+	r.mu.Lock()
+	gate := r.gate
+	r.mu.Unlock()
+	if gate != nil {
+		select {
+		case r.entered <- struct{}{}:
+		default:
+		}
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	call := len(r.batches)
+	r.batches = append(r.batches, slices.Clone(ids))
+	var missing []int64
+	for _, id := range ids {
+		if r.missing != nil && r.missing(call, id) {
+			missing = append(missing, id)
+			continue
+		}
+		r.seen[id]++
+	}
+	return missing, nil
+}
+
+func (r *recorder) has(ids ...int64) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, id := range ids {
+		if r.seen[id] == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+func (r *recorder) count(id int64) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.seen[id]
+}
+
+// waitFor polls cond until it holds, failing the test after timeout.
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(2 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		<-tick.C
+	}
+}
+
+// logBuffer collects log lines so that tests can count them.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *logBuffer) count(s string) int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return strings.Count(b.buf.String(), s)
+}
+
+// bundle is one test's database, outbox table and configuration.
+type bundle struct {
+	url  string
+	pool *pgxpool.Pool
+	cfg  Config
+	logs *logBuffer
+}
+
+var slotSeq atomic.Int64
+
+// setup makes a fresh database with the outbox table, and a Config with a
+// slot and publication name no other test uses.
+func setup(t *testing.T) *bundle {
+	t.Helper()
+	return setupURL(t, pgtest.NewDB(t))
+}
+
+func setupURL(t *testing.T, url string) *bundle {
+	t.Helper()
+	ctx := context.Background()
+	pcfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// pgtest turns synchronous_commit off for speed; then a commit reaches
+	// the walsender only when the WAL writer flushes it (up to 200 ms
+	// later). Applications commit synchronously.
+	pcfg.ConnConfig.RuntimeParams["synchronous_commit"] = "on"
+	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	if _, err := store.Migrate(ctx, pool, table, ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `CREATE TABLE other (id bigserial PRIMARY KEY, body text)`); err != nil {
+		t.Fatal(err)
+	}
+	n := slotSeq.Add(1)
+	b := &bundle{
+		url:  url,
+		pool: pool,
+		logs: &logBuffer{},
+		cfg: Config{
+			DatabaseURL: url,
+			Schema:      table.Schema, Table: table.Name,
+			Slot:        fmt.Sprintf("cdc_test_%d_%d", time.Now().UnixNano()%1e6, n),
+			Publication: "outbox_relay",
+			BatchSize:   100,
+		},
+	}
+	// The slot pins its database: drop it before the database goes.
+	// Registered before any stream, this runs after they stopped.
+	t.Cleanup(func() { b.dropSlot(t) })
+	return b
+}
+
+// start runs a Stream until the end of the test.
+func (b *bundle) start(t *testing.T, d Deliverer) (*Stream, context.CancelFunc) {
+	t.Helper()
+	log := slog.New(slog.NewTextHandler(multiWriter{t.Output(), b.logs}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	s := New(b.cfg, d, log)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return s, stop
+}
+
+type multiWriter []interface{ Write([]byte) (int, error) }
+
+func (m multiWriter) Write(p []byte) (int, error) {
+	for _, w := range m {
+		_, _ = w.Write(p)
+	}
+	return len(p), nil
+}
+
+// dropSlot drops the test's slot once its walsender has gone.
+func (b *bundle) dropSlot(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for {
+		_, err := b.pool.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1`, b.cfg.Slot)
+		if err == nil {
+			return
+		}
+		if ctx.Err() != nil {
+			t.Errorf("drop slot %s: %v", b.cfg.Slot, err)
+			return
+		}
+		time.Sleep(10 * time.Millisecond) // the walsender is exiting
+	}
+}
+
+// insert commits one outbox row per call and returns its id.
+func (b *bundle) insert(t testing.TB) int64 {
+	t.Helper()
+	var id int64
+	if err := b.pool.QueryRow(context.Background(),
+		`INSERT INTO portal_event_outbox (event_type) VALUES ('test.event') RETURNING id`).Scan(&id); err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+func waitStreaming(t *testing.T, s *Stream) {
+	t.Helper()
+	waitFor(t, 20*time.Second, "the stream to hold the slot", s.Streaming)
+}
+
+func TestInsertsReachDelivererQuickly(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	rec := newRecorder()
+	s, _ := b.start(t, rec)
+	waitStreaming(t, s)
+
+	var worst time.Duration
+	for range 20 {
+		start := time.Now()
+		id := b.insert(t)
+		waitFor(t, 2*time.Second, fmt.Sprintf("id %d", id), func() bool { return rec.has(id) })
+		worst = max(worst, time.Since(start))
+	}
+	t.Logf("worst insert-to-DeliverIDs latency of 20: %s", worst)
+	if worst > 500*time.Millisecond {
+		t.Errorf("an insert took %s to reach the deliverer", worst)
+	}
+	if st := s.State(); st.Role != RoleStreamer || !st.Connected || st.LastError != "" || st.ConfirmedLSN == "" {
+		t.Errorf("State() = %+v, want a connected streamer with a confirmed LSN", st)
+	}
+}
+
+func TestRolledBackTransactionDeliversNothing(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	rec := newRecorder()
+	s, _ := b.start(t, rec)
+	waitStreaming(t, s)
+
+	ctx := context.Background()
+	tx, err := b.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rolledBack int64
+	if err := tx.QueryRow(ctx, `INSERT INTO portal_event_outbox (event_type) VALUES ('x') RETURNING id`).Scan(&rolledBack); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The stream is ordered: once a later commit arrived, the rolled-back
+	// row would have come before it.
+	marker := b.insert(t)
+	waitFor(t, 5*time.Second, "the marker row", func() bool { return rec.has(marker) })
+	if rec.count(rolledBack) != 0 {
+		t.Errorf("rolled-back id %d was handed to the deliverer", rolledBack)
+	}
+}
+
+func TestMultiRowTransactionDeliversAll(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	rec := newRecorder()
+	s, _ := b.start(t, rec)
+	waitStreaming(t, s)
+
+	rows, err := b.pool.Query(context.Background(),
+		`INSERT INTO portal_event_outbox (event_type) SELECT 'bulk' FROM generate_series(1, 250) RETURNING id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "all 250 ids", func() bool { return rec.has(ids...) })
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	for _, batch := range rec.batches {
+		if len(batch) > b.cfg.BatchSize {
+			t.Errorf("a batch of %d ids, more than BatchSize %d", len(batch), b.cfg.BatchSize)
+		}
+	}
+	for _, id := range ids {
+		if rec.seen[id] != 1 {
+			t.Errorf("id %d handed off %d times", id, rec.seen[id])
+		}
+	}
+}
+
+func TestMissingIDsAreRetriedBriefly(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	rec := newRecorder()
+	var calls atomic.Int64
+	// The first claim misses every id, as when the commit is not yet
+	// visible; the retry finds them.
+	rec.missing = func(call int, id int64) bool { calls.Add(1); return call == 0 }
+	s, _ := b.start(t, rec)
+	waitStreaming(t, s)
+
+	id := b.insert(t)
+	waitFor(t, 2*time.Second, "the retried id", func() bool { return rec.has(id) })
+
+	// An id never found is retried len(missingRetries) times, then left.
+	rec.mu.Lock()
+	rec.missing = func(int, int64) bool { return true }
+	before := len(rec.batches)
+	rec.mu.Unlock()
+	never := b.insert(t)
+	want := before + 1 + len(missingRetries)
+	waitFor(t, 2*time.Second, "every retry of a missing id", func() bool {
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		return len(rec.batches) >= want
+	})
+	// A later insert proves the stream went on; by then no further retry.
+	rec.mu.Lock()
+	rec.missing = nil
+	rec.mu.Unlock()
+	marker := b.insert(t)
+	waitFor(t, 2*time.Second, "the marker", func() bool { return rec.has(marker) })
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	n := 0
+	for _, batch := range rec.batches {
+		if slices.Contains(batch, never) {
+			n++
+		}
+	}
+	if n != 1+len(missingRetries) {
+		t.Errorf("a never-found id was claimed %d times, want %d", n, 1+len(missingRetries))
+	}
+}
+
+func TestSlotDroppedExternallyIsRecreated(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	rec := newRecorder()
+	s, _ := b.start(t, rec)
+	waitStreaming(t, s)
+	first := b.insert(t)
+	waitFor(t, 5*time.Second, "the first row", func() bool { return rec.has(first) })
+
+	// As an operator (or the slot guard) would: stop the walsender, then
+	// drop the slot before the relay takes it again.
+	ctx := context.Background()
+	waitFor(t, 10*time.Second, "the slot to be dropped", func() bool {
+		_, _ = b.pool.Exec(ctx, `SELECT pg_terminate_backend(active_pid, 5000) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL`, b.cfg.Slot)
+		tag, err := b.pool.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1`, b.cfg.Slot)
+		return err == nil && tag.RowsAffected() == 1
+	})
+
+	var active bool
+	waitFor(t, 15*time.Second, "the slot to be recreated and streamed from", func() bool {
+		err := b.pool.QueryRow(ctx, `SELECT active FROM pg_replication_slots WHERE slot_name = $1`, b.cfg.Slot).Scan(&active)
+		return err == nil && active && s.Streaming()
+	})
+	second := b.insert(t)
+	waitFor(t, 5*time.Second, "a row after recovery", func() bool { return rec.has(second) })
+	if n := b.logs.count("replication stream down"); n != 1 {
+		t.Errorf("logged the outage %d times, want once", n)
+	}
+}
+
+func TestPostgresRestartIsSurvived(t *testing.T) {
+	t.Parallel()
+	c := pgtest.StartT(t)
+	b := setupURL(t, c.URL("postgres"))
+	rec := newRecorder()
+	s, _ := b.start(t, rec)
+	waitStreaming(t, s)
+	before := b.insert(t)
+	waitFor(t, 5*time.Second, "a row before the restart", func() bool { return rec.has(before) })
+
+	if err := c.Restart("immediate"); err != nil {
+		t.Fatal(err)
+	}
+	// Inserted at once, most likely before the stream is back: the slot
+	// keeps it for the stream.
+	var after int64
+	waitFor(t, 10*time.Second, "an insert after the restart", func() bool {
+		err := b.pool.QueryRow(context.Background(),
+			`INSERT INTO portal_event_outbox (event_type) VALUES ('after') RETURNING id`).Scan(&after)
+		return err == nil
+	})
+	waitFor(t, 15*time.Second, "the row inserted after the restart", func() bool { return rec.has(after) })
+	if !s.Streaming() {
+		t.Error("not streaming after the restart")
+	}
+}
+
+func TestTwoStreamsOneSlot(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	recA, recB := newRecorder(), newRecorder()
+	a, stopA := b.start(t, recA)
+	waitStreaming(t, a)
+	sb, _ := b.start(t, recB)
+	waitFor(t, 10*time.Second, "the second stream to stand by", func() bool { return sb.State().Role == RoleStandby })
+	if sb.Streaming() {
+		t.Fatal("both streams claim the slot")
+	}
+	id := b.insert(t)
+	waitFor(t, 5*time.Second, "the streamer to get a row", func() bool { return recA.has(id) })
+	if recB.count(id) != 0 {
+		t.Error("the standby got a row")
+	}
+
+	stopA()
+	waitFor(t, 15*time.Second, "the standby to take over", sb.Streaming)
+	later := b.insert(t)
+	waitFor(t, 5*time.Second, "the new streamer to get a row", func() bool { return recB.has(later) })
+	if n := b.logs.count("standing by"); n != 1 {
+		t.Errorf("logged standing by %d times, want once", n)
+	}
+}
+
+// walLag reads the slot's lag behind the current WAL position.
+func walLag(t *testing.T, pool *pgxpool.Pool, slot string) (flushLag, retained int64) {
+	t.Helper()
+	err := pool.QueryRow(context.Background(), `SELECT
+	coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), -1)::bigint,
+	coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), -1)::bigint
+FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&flushLag, &retained)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return flushLag, retained
+}
+
+func TestSlotDoesNotPinWAL(t *testing.T) {
+	t.Parallel()
+	for _, blocked := range []bool{false, true} {
+		name := "idle"
+		if blocked {
+			name = "deliverer blocked"
+		}
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			b := setup(t)
+			rec := newRecorder()
+			s, _ := b.start(t, rec)
+			waitStreaming(t, s)
+			if blocked {
+				gate := make(chan struct{})
+				rec.mu.Lock()
+				rec.gate = gate
+				rec.mu.Unlock()
+				t.Cleanup(func() { close(gate) })
+				b.insert(t)
+				select {
+				case <-rec.entered:
+				case <-time.After(5 * time.Second):
+					t.Fatal("the deliverer was not called")
+				}
+			}
+			const mb = 1 << 20
+			ctx := context.Background()
+			// ~50 MB of WAL for a table outside the publication, in
+			// chunks; the slot must follow after each.
+			for range 10 {
+				if _, err := b.pool.Exec(ctx, `INSERT INTO other (body) SELECT repeat(md5(g::text), 30) FROM generate_series(1, 5000) g`); err != nil {
+					t.Fatal(err)
+				}
+				waitFor(t, 10*time.Second, "confirmed_flush_lsn to follow", func() bool {
+					lag, _ := walLag(t, b.pool, b.cfg.Slot)
+					return lag >= 0 && lag < 4*mb
+				})
+			}
+			// restart_lsn moves at running-transactions records, which a
+			// checkpoint writes.
+			waitFor(t, 20*time.Second, "retained WAL to shrink after a checkpoint", func() bool {
+				if _, err := b.pool.Exec(ctx, `CHECKPOINT`); err != nil {
+					t.Fatal(err)
+				}
+				_, retained := walLag(t, b.pool, b.cfg.Slot)
+				return retained >= 0 && retained < 4*mb
+			})
+			lag, retained := walLag(t, b.pool, b.cfg.Slot)
+			t.Logf("after ~50 MB of other WAL: flush lag %d kB, retained %d kB", lag/1024, retained/1024)
+		})
+	}
+}
+
+func TestCheck(t *testing.T) {
+	t.Parallel()
+	t.Run("logical", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		if err := Check(context.Background(), b.cfg); err != nil {
+			t.Errorf("Check on a wal_level=logical server: %v", err)
+		}
+	})
+	t.Run("wal_level replica", func(t *testing.T) {
+		t.Parallel()
+		c := pgtest.StartT(t, pgtest.WithWalLevel("replica"))
+		cfg := Config{DatabaseURL: c.URL("postgres"), Schema: "public", Table: "t", Slot: "s", Publication: "p"}
+		err := Check(context.Background(), cfg)
+		if err == nil || !strings.Contains(err.Error(), "wal_level is replica") {
+			t.Fatalf("Check = %v, want a wal_level reason", err)
+		}
+		if strings.Contains(err.Error(), c.Password()) {
+			t.Errorf("the reason holds the password: %v", err)
+		}
+		t.Logf("reason: %v", err)
+	})
+	t.Run("role without REPLICATION", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		ctx := context.Background()
+		role := "norepl_" + b.cfg.Slot
+		if _, err := b.pool.Exec(ctx, fmt.Sprintf(`CREATE ROLE %s LOGIN PASSWORD 'secret-pw-123'`, role)); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _, _ = b.pool.Exec(context.Background(), `DROP ROLE `+role) })
+		cfg := b.cfg
+		cfg.DatabaseURL = withUser(t, b.url, role, "secret-pw-123")
+		err := Check(ctx, cfg)
+		if err == nil || !strings.Contains(err.Error(), "REPLICATION") {
+			t.Fatalf("Check = %v, want a REPLICATION reason", err)
+		}
+		if strings.Contains(err.Error(), "secret-pw-123") {
+			t.Errorf("the reason holds the password: %v", err)
+		}
+	})
+	t.Run("unreachable", func(t *testing.T) {
+		t.Parallel()
+		cfg := Config{DatabaseURL: "postgres://u:topsecret@127.0.0.1:1/db?connect_timeout=2", Slot: "s"}
+		err := Check(context.Background(), cfg)
+		if err == nil || strings.Contains(err.Error(), "topsecret") {
+			t.Fatalf("Check = %v, want an error without the password", err)
+		}
+	})
+}
+
+func withUser(t *testing.T, url, user, password string) string {
+	t.Helper()
+	cfg, err := pgx.ParseConfig(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("postgres://%s:%s@%s:%d/%s?sslmode=disable", user, password, cfg.Host, cfg.Port, cfg.Database)
+}
+
+func TestRunStopsOnCancel(t *testing.T) {
+	t.Parallel()
+	// A database that does not answer: Run must still return at once.
+	s := New(Config{DatabaseURL: "postgres://u:p@127.0.0.1:1/db", Slot: "s", Publication: "p"}, newRecorder(), slog.New(slog.DiscardHandler))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	waitFor(t, 5*time.Second, "the stream to report down", func() bool {
+		st := s.State()
+		return st.LastError != "" && !strings.Contains(st.LastError, ":p@")
+	})
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Run = %v, want nil on cancel", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return after cancel")
+	}
+	if st := s.State(); st.Role != RoleDown {
+		t.Errorf("State() = %+v, want down", st)
+	}
+}
