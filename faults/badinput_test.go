@@ -119,4 +119,3 @@ func TestUnreachableRunner(t *testing.T) {
 		})
 	}
 }
-

@@ -201,15 +201,8 @@ func (d *Deliverer) Run(ctx context.Context) error {
 	close(d.results)
 	<-recorded
 
-	d.releaseMu.Lock()
-	defer d.releaseMu.Unlock()
-	if len(d.released) > 0 {
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		if err := d.store.Release(rctx, d.released); err != nil {
-			d.log.Warn("could not give back unsent rows; they are retried when their lease ends",
-				"rows", len(d.released), "error", err)
-		}
+	if len(d.released) > 0 { // the workers are done: no lock needed
+		d.release(ctx, d.released)
 	}
 	return nil
 }
@@ -285,26 +278,30 @@ func (d *Deliverer) enqueue(ctx context.Context, path string, claimedAt time.Tim
 	defer d.mu.RUnlock()
 	for i, r := range rows {
 		if d.closed {
-			d.giveBack(rows[i:])
+			d.release(ctx, rows[i:])
 			return errStopped
 		}
 		select {
 		case d.jobs <- job{row: r, path: path, claimedAt: claimedAt}:
 		case <-d.stopping:
-			d.giveBack(rows[i:])
+			d.release(ctx, rows[i:])
 			return errStopped
 		case <-ctx.Done():
-			// The caller gave up, not the Deliverer: give the leases back
-			// now rather than let the rows wait for them to end.
-			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-			defer cancel()
-			if err := d.store.Release(rctx, rows[i:]); err != nil {
-				d.log.Warn("could not give back unsent rows; they are retried when their lease ends", "rows", len(rows)-i, "error", err)
-			}
+			d.release(ctx, rows[i:])
 			return ctx.Err()
 		}
 	}
 	return nil
+}
+
+// release gives back the leases of claimed rows that will not be sent, so
+// they are due again at once instead of when the lease ends.
+func (d *Deliverer) release(ctx context.Context, rows []store.Row) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err := d.store.Release(rctx, rows); err != nil {
+		d.log.Warn("could not give back unsent rows; they are retried when their lease ends", "rows", len(rows), "error", err)
+	}
 }
 
 func (d *Deliverer) isStopping() bool {

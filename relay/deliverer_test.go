@@ -60,7 +60,10 @@ func (rn *runner) requests() []request {
 }
 
 type bundle struct {
-	pool   *pgxpool.Pool
+	// claimedAt is just before the last claim: a row whose outcome is not
+	// written yet has next_attempt_at at claimedAt plus the lease.
+	claimedAt time.Time
+	pool      *pgxpool.Pool
 	store  *store.Store
 	runner *runner
 	d      *relay.Deliverer
@@ -165,14 +168,16 @@ func settled(t *testing.T, b *bundle, id int64, attempts int) rowState {
 	var s rowState
 	waitFor(t, "the outcome to be recorded", func() bool {
 		s = state(t, b.pool, id)
-		return s.Attempts == attempts && (s.Status != store.StatusPending || s.LastError != nil && s.Next.Before(time.Now().Add(b.d.Lease()/2)))
+		leaseEnd := b.claimedAt.Add(b.d.Lease())
+		return s.Attempts == attempts && (s.Status != store.StatusPending || s.Next.Sub(leaseEnd).Abs() > 2*time.Second)
 	})
 	return s
 }
 
-func deliver(t *testing.T, d *relay.Deliverer, ids ...int64) {
+func (b *bundle) deliver(t *testing.T, ids ...int64) {
 	t.Helper()
-	missing, err := d.DeliverIDs(context.Background(), ids)
+	b.claimedAt = time.Now()
+	missing, err := b.d.DeliverIDs(context.Background(), ids)
 	if err != nil || len(missing) > 0 {
 		t.Fatalf("DeliverIDs = missing %v, %v", missing, err)
 	}
@@ -181,13 +186,14 @@ func deliver(t *testing.T, d *relay.Deliverer, ids ...int64) {
 func ok(w http.ResponseWriter, _ *http.Request, _ []byte) { w.WriteHeader(http.StatusNoContent) }
 
 func TestDelivered(t *testing.T) {
+	t.Parallel()
 	secret := "whsec_" + base64.StdEncoding.EncodeToString([]byte("0123456789abcdef0123456789abcdef"))
 	b := setup(t, ok, func(c *relay.Config) {
 		c.SigningKey = []byte("0123456789abcdef0123456789abcdef")
 		c.Token = "tok-123"
 	})
 	id := insert(t, b.pool, "file.finalized", `{"file": 42}`)
-	deliver(t, b.d, id)
+	b.deliver(t, id)
 	s := settled(t, b, id, 1)
 	if s.Status != store.StatusDelivered || s.Delivered == nil || s.LastError != nil {
 		t.Fatalf("row after a 204: %+v", s)
@@ -242,9 +248,10 @@ func TestDelivered(t *testing.T) {
 }
 
 func TestNoSignatureWithoutSecret(t *testing.T) {
+	t.Parallel()
 	b := setup(t, ok, nil)
 	id := insert(t, b.pool, "t", `{}`)
-	deliver(t, b.d, id)
+	b.deliver(t, id)
 	settled(t, b, id, 1)
 	h := b.runner.requests()[0].Header
 	if h.Get("webhook-signature") != "" || h.Get("Authorization") != "" {
@@ -254,6 +261,7 @@ func TestNoSignatureWithoutSecret(t *testing.T) {
 
 // The runner must get exactly the stored jsonb value, whatever it holds.
 func TestPayloadFidelity(t *testing.T) {
+	t.Parallel()
 	b := setup(t, ok, nil)
 	big := `{"blob": "` + strings.Repeat("ü€😀x", 1<<18/4) + `"}`
 	payloads := []string{
@@ -269,7 +277,7 @@ func TestPayloadFidelity(t *testing.T) {
 	for i, p := range payloads {
 		ids[i] = insert(t, b.pool, "payload.test", strings.ReplaceAll(p, `\u0000-free`, "free"))
 	}
-	deliver(t, b.d, ids...)
+	b.deliver(t, ids...)
 	for _, id := range ids {
 		settled(t, b, id, 1)
 	}
@@ -306,6 +314,7 @@ func TestPayloadFidelity(t *testing.T) {
 }
 
 func TestRetriesBackOffUntilTheCap(t *testing.T) {
+	t.Parallel()
 	b := setup(t, func(w http.ResponseWriter, _ *http.Request, _ []byte) {
 		http.Error(w, "down for maintenance", http.StatusServiceUnavailable)
 	}, func(c *relay.Config) {
@@ -316,12 +325,13 @@ func TestRetriesBackOffUntilTheCap(t *testing.T) {
 	for attempt := 1; attempt <= 7; attempt++ {
 		var claimedAt time.Time
 		waitFor(t, "the row to be due", func() bool {
+			claimedAt = time.Now()
 			n, err := b.d.DeliverDue(context.Background(), 10, 0)
 			if err != nil {
 				t.Fatal(err)
 			}
 			if n == 1 {
-				claimedAt = time.Now()
+				b.claimedAt = claimedAt
 			}
 			return n == 1
 		})
@@ -341,13 +351,14 @@ func TestRetriesBackOffUntilTheCap(t *testing.T) {
 }
 
 func TestRetryAfterIsALowerBound(t *testing.T) {
+	t.Parallel()
 	b := setup(t, func(w http.ResponseWriter, _ *http.Request, _ []byte) {
 		w.Header().Set("Retry-After", "30")
 		w.WriteHeader(http.StatusTooManyRequests)
 	}, nil)
 	id := insert(t, b.pool, "t", `{}`)
 	before := time.Now()
-	deliver(t, b.d, id)
+	b.deliver(t, id)
 	s := settled(t, b, id, 1)
 	if s.Status != store.StatusPending || s.Next.Sub(before) < 29*time.Second {
 		t.Errorf("after 429 Retry-After 30: %+v (in %s)", s, s.Next.Sub(before))
@@ -355,11 +366,13 @@ func TestRetryAfterIsALowerBound(t *testing.T) {
 }
 
 func TestPermanentAnswersAreDead(t *testing.T) {
+	t.Parallel()
 	for _, code := range []int{400, 404, 410, 422} {
 		t.Run(http.StatusText(code), func(t *testing.T) {
+			t.Parallel()
 			b := setup(t, func(w http.ResponseWriter, _ *http.Request, _ []byte) { w.WriteHeader(code) }, nil)
 			id := insert(t, b.pool, "t", `{}`)
-			deliver(t, b.d, id)
+			b.deliver(t, id)
 			s := settled(t, b, id, 1)
 			if s.Status != store.StatusDead || !strings.Contains(*s.LastError, "permanent") {
 				t.Errorf("after %d: %+v", code, s)
@@ -369,11 +382,13 @@ func TestPermanentAnswersAreDead(t *testing.T) {
 }
 
 func TestRetryableAnswers(t *testing.T) {
+	t.Parallel()
 	for _, code := range []int{408, 425, 429, 500, 502, 503, 504} {
 		t.Run(http.StatusText(code), func(t *testing.T) {
+			t.Parallel()
 			b := setup(t, func(w http.ResponseWriter, _ *http.Request, _ []byte) { w.WriteHeader(code) }, nil)
 			id := insert(t, b.pool, "t", `{}`)
-			deliver(t, b.d, id)
+			b.deliver(t, id)
 			if s := settled(t, b, id, 1); s.Status != store.StatusPending {
 				t.Errorf("after %d: %+v", code, s)
 			}
@@ -382,6 +397,7 @@ func TestRetryableAnswers(t *testing.T) {
 }
 
 func TestRedirectNotFollowed(t *testing.T) {
+	t.Parallel()
 	b := setup(t, func(w http.ResponseWriter, r *http.Request, _ []byte) {
 		if r.URL.Path == "/elsewhere" {
 			return // a followed redirect shows up in requests() below
@@ -389,7 +405,7 @@ func TestRedirectNotFollowed(t *testing.T) {
 		http.Redirect(w, r, "/elsewhere", http.StatusTemporaryRedirect)
 	}, nil)
 	id := insert(t, b.pool, "t", `{}`)
-	deliver(t, b.d, id)
+	b.deliver(t, id)
 	s := settled(t, b, id, 1)
 	if s.Status != store.StatusDead || !strings.Contains(*s.LastError, "307") {
 		t.Errorf("after a redirect: %+v", s)
@@ -400,6 +416,7 @@ func TestRedirectNotFollowed(t *testing.T) {
 }
 
 func TestMaxAttemptsIsDead(t *testing.T) {
+	t.Parallel()
 	b := setup(t, func(w http.ResponseWriter, _ *http.Request, _ []byte) { w.WriteHeader(500) }, func(c *relay.Config) {
 		c.MaxAttempts = 3
 		c.Backoff = relay.Backoff{Base: time.Millisecond, Max: time.Millisecond}
@@ -421,6 +438,7 @@ func TestMaxAttemptsIsDead(t *testing.T) {
 }
 
 func TestTimeoutRetries(t *testing.T) {
+	t.Parallel()
 	release := make(chan struct{})
 	t.Cleanup(func() { close(release) })
 	b := setup(t, func(w http.ResponseWriter, r *http.Request, _ []byte) {
@@ -430,7 +448,7 @@ func TestTimeoutRetries(t *testing.T) {
 		}
 	}, func(c *relay.Config) { c.HTTPTimeout = 100 * time.Millisecond })
 	id := insert(t, b.pool, "t", `{}`)
-	deliver(t, b.d, id)
+	b.deliver(t, id)
 	s := settled(t, b, id, 1)
 	if s.Status != store.StatusPending || !strings.Contains(*s.LastError, "timed out") {
 		t.Errorf("after a timeout: %+v", s)
@@ -441,10 +459,11 @@ func TestTimeoutRetries(t *testing.T) {
 }
 
 func TestUnreachableRunnerRetries(t *testing.T) {
+	t.Parallel()
 	b := setup(t, ok, nil)
 	b.runner.Close() // connection refused from now on
 	id := insert(t, b.pool, "t", `{}`)
-	deliver(t, b.d, id)
+	b.deliver(t, id)
 	s := settled(t, b, id, 1)
 	if s.Status != store.StatusPending || !strings.Contains(*s.LastError, "unreachable") {
 		t.Errorf("after connection refused: %+v", s)
@@ -457,6 +476,7 @@ func TestUnreachableRunnerRetries(t *testing.T) {
 // Four deliverers claim from the same 2,000 due rows at once: every event
 // reaches the runner exactly once.
 func TestRacingDeliverersSendOnce(t *testing.T) {
+	t.Parallel()
 	pool := newPool(t)
 	var mu sync.Mutex
 	seen := map[string]int{}
@@ -511,6 +531,7 @@ func TestRacingDeliverersSendOnce(t *testing.T) {
 // A row that a relay claimed on every attempt and never finished (it
 // crashed each time) is buried at the next claim instead of sent again.
 func TestCrashLoopingRowIsBuried(t *testing.T) {
+	t.Parallel()
 	b := setup(t, ok, func(c *relay.Config) { c.MaxAttempts = 3 })
 	id := insert(t, b.pool, "t", `{}`)
 	if _, err := b.pool.Exec(context.Background(), `UPDATE portal_event_outbox SET attempts = 3 WHERE id = $1`, id); err != nil {
@@ -531,6 +552,7 @@ func TestCrashLoopingRowIsBuried(t *testing.T) {
 // On shutdown a POST under way finishes and is recorded; rows claimed but
 // not yet sent get their lease back.
 func TestShutdownDrains(t *testing.T) {
+	t.Parallel()
 	pool := newPool(t)
 	entered := make(chan struct{}, 10)
 	release := make(chan struct{})

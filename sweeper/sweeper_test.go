@@ -101,6 +101,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 
 // RunOnce claims batch after batch until the due rows are gone.
 func TestRunOnceTakesEveryDueRow(t *testing.T) {
+	t.Parallel()
 	b := setup(t, 0)
 	insertN(t, b.pool, 250)
 	s := sweeper.New(sweeper.Config{Interval: time.Hour, BatchSize: 100}, b.d, quiet)
@@ -116,6 +117,7 @@ func TestRunOnceTakesEveryDueRow(t *testing.T) {
 
 // Fresh rows are left to the stream for the grace; retries are not.
 func TestGraceLeavesFreshRowsToTheStream(t *testing.T) {
+	t.Parallel()
 	b := setup(t, 0)
 	insertN(t, b.pool, 3)
 	s := sweeper.New(sweeper.Config{Interval: time.Hour, BatchSize: 100, Grace: func() time.Duration { return time.Hour }}, b.d, quiet)
@@ -133,6 +135,7 @@ func TestGraceLeavesFreshRowsToTheStream(t *testing.T) {
 // With an hour between sweeps, a row whose first attempt failed is retried
 // when its backoff ends: the sweeper wakes for it, not for the tick.
 func TestRetryPickedUpOnTime(t *testing.T) {
+	t.Parallel()
 	b := setup(t, 1)
 	insertN(t, b.pool, 1)
 	s := sweeper.New(sweeper.Config{Interval: time.Hour, BatchSize: 100}, b.d, quiet)
@@ -146,6 +149,7 @@ func TestRetryPickedUpOnTime(t *testing.T) {
 // A database outage stops nothing for good: the sweeper goes on once the
 // database is back, and reports each failed pass.
 func TestSurvivesDatabaseOutage(t *testing.T) {
+	t.Parallel()
 	cluster := pgtest.StartT(t)
 	ctx := context.Background()
 	pool, err := pgxpool.New(ctx, cluster.URL("postgres"))

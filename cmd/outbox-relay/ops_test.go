@@ -33,6 +33,7 @@ func exec(t *testing.T, conn *pgx.Conn, sql string) {
 }
 
 func TestStatusExitCodes(t *testing.T) {
+	t.Parallel()
 	url, conn := migrated(t)
 	env := []string{"RELAY_DATABASE_URL=" + url, "RELAY_CDC=off"}
 	exec(t, conn, `INSERT INTO portal_event_outbox (event_type, status) VALUES ('a', 'delivered'), ('b', 'pending')`)
@@ -69,6 +70,7 @@ func TestStatusExitCodes(t *testing.T) {
 }
 
 func TestRequeueMovesOnlyWhatWasAsked(t *testing.T) {
+	t.Parallel()
 	url, conn := migrated(t)
 	env := []string{"RELAY_DATABASE_URL=" + url}
 	exec(t, conn, `INSERT INTO portal_event_outbox (id, event_type, status, attempts, last_error, created_at) VALUES

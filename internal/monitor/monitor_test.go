@@ -88,6 +88,7 @@ func metric(t *testing.T, scrape, sample string) float64 {
 // Deliveries, retries and dead letters show up on the real endpoint with
 // the right values, and the SQL gauges after a refresh.
 func TestMetricsAfterDeliveries(t *testing.T) {
+	t.Parallel()
 	st := newStore(t, pgtest.NewDB(t))
 	rn := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var body struct{ Type string }
@@ -164,6 +165,7 @@ func TestMetricsAfterDeliveries(t *testing.T) {
 
 // /readyz answers 503 while the database is down and 200 again after.
 func TestReadyzFollowsTheDatabase(t *testing.T) {
+	t.Parallel()
 	c := pgtest.StartT(t)
 	st := newStore(t, c.URL("postgres"))
 	m := monitor.NewMetrics()
@@ -200,6 +202,7 @@ func TestReadyzFollowsTheDatabase(t *testing.T) {
 
 // Past the maximum, the guard drops the slot; under it, it leaves it.
 func TestSlotGuardDropsAnOverLimitSlot(t *testing.T) {
+	t.Parallel()
 	st := newStore(t, pgtest.NewDB(t))
 	ctx := context.Background()
 	slot := "guard_test_slot"
