@@ -61,13 +61,16 @@ type State struct {
 
 // Timings. Variables on the Stream so that tests can shorten them.
 const (
-	// flushIdle is how long ids wait for more data before they are handed
-	// off when fewer than BatchSize have come. A transaction's inserts
-	// arrive back to back after its commit, so a short wait gathers a
-	// whole transaction, or a burst of small ones, into one claim
-	// statement, while a lone insert waits no longer than this.
-	// Measured in BenchmarkFlushIdle (see handoff_bench_test.go).
-	flushIdle = time.Millisecond
+	// flushIdle is how long ids wait for a pause in the stream before
+	// they are handed off; 0 hands a transaction's ids off at its commit.
+	// Measured (BenchmarkHandOff, bench_test.go): waiting for a pause adds
+	// at least a millisecond of timer latency to every lone insert, and a
+	// steady rate of inserts closer together than the wait never pauses,
+	// so ids then wait for a full BatchSize (100 ms and more at 500/s with
+	// a 5 ms wait). Handing off at each commit, while the hand-off
+	// goroutine takes whatever gathered whenever it is free, has the
+	// lowest latency and batches bursts by itself (see handoff).
+	flushIdle = 0
 
 	// statusInterval is the longest time between two standby status
 	// updates; each asks the server for a reply, which doubles as a
@@ -92,9 +95,9 @@ const (
 	// right after each start still backs off.
 	resetAfter = 5 * time.Second
 
-	// handoffQueue is how many batches may wait for the hand-off
-	// goroutine before the reader waits too.
-	handoffQueue = 4
+	// handoffLimit, times BatchSize, is how many ids may wait for the
+	// hand-off goroutine before the reader waits too.
+	handoffLimit = 4
 
 	// queryTimeout bounds every set-up statement and connection attempt.
 	queryTimeout = 10 * time.Second
@@ -180,14 +183,14 @@ func (s *Stream) Run(ctx context.Context) error {
 	s.password = conf.sql.Password
 	s.mu.Unlock()
 
-	batches := make(chan []int64, handoffQueue)
+	h := newHandoff(handoffLimit * s.cfg.BatchSize)
 	var wg sync.WaitGroup
-	wg.Go(func() { s.handOff(ctx, batches) })
+	wg.Go(func() { s.handOff(ctx, h) })
 	defer wg.Wait()
 
 	backoff := newBackoff()
 	for {
-		streamed, err := s.session(ctx, conf, batches)
+		streamed, err := s.session(ctx, conf, h)
 		s.streaming.Store(false)
 		if ctx.Err() != nil {
 			s.setState(State{Role: RoleDown})

@@ -130,12 +130,12 @@ var slotSeq atomic.Int64
 
 // setup makes a fresh database with the outbox table, and a Config with a
 // slot and publication name no other test uses.
-func setup(t *testing.T) *bundle {
+func setup(t testing.TB) *bundle {
 	t.Helper()
 	return setupURL(t, pgtest.NewDB(t))
 }
 
-func setupURL(t *testing.T, url string) *bundle {
+func setupURL(t testing.TB, url string) *bundle {
 	t.Helper()
 	ctx := context.Background()
 	pcfg, err := pgxpool.ParseConfig(url)
@@ -177,7 +177,7 @@ func setupURL(t *testing.T, url string) *bundle {
 }
 
 // start runs a Stream until the end of the test.
-func (b *bundle) start(t *testing.T, d Deliverer) (*Stream, context.CancelFunc) {
+func (b *bundle) start(t testing.TB, d Deliverer) (*Stream, context.CancelFunc) {
 	t.Helper()
 	log := slog.New(slog.NewTextHandler(multiWriter{t.Output(), b.logs}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	s := New(b.cfg, d, log)
@@ -207,7 +207,7 @@ func (m multiWriter) Write(p []byte) (int, error) {
 }
 
 // dropSlot drops the test's slot once its walsender has gone.
-func (b *bundle) dropSlot(t *testing.T) {
+func (b *bundle) dropSlot(t testing.TB) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	for {
@@ -234,7 +234,7 @@ func (b *bundle) insert(t testing.TB) int64 {
 	return id
 }
 
-func waitStreaming(t *testing.T, s *Stream) {
+func waitStreaming(t testing.TB, s *Stream) {
 	t.Helper()
 	waitFor(t, 20*time.Second, "the stream to hold the slot", s.Streaming)
 }

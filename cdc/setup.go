@@ -28,7 +28,7 @@ func isCode(err error, code string) bool {
 // session prepares the publication and the slot, takes the slot and
 // streams from it until the connection fails or ctx is done. streamed is
 // how long it held the slot.
-func (s *Stream) session(ctx context.Context, conf dbConfig, batches chan<- []int64) (streamed time.Duration, err error) {
+func (s *Stream) session(ctx context.Context, conf dbConfig, h *handoff) (streamed time.Duration, err error) {
 	start, err := s.prepare(ctx, conf)
 	if err != nil {
 		return 0, err
@@ -75,7 +75,7 @@ func (s *Stream) session(ctx context.Context, conf dbConfig, batches chan<- []in
 	if start.lsn != 0 {
 		s.setConfirmed(start.lsn)
 	}
-	err = s.stream(ctx, conn, batches)
+	err = s.stream(ctx, conn, h)
 	s.streaming.Store(false)
 	return time.Since(began), err
 }

@@ -15,9 +15,9 @@ import (
 // reader is one session's view of the stream: ids gathered for the next
 // hand-off and the positions that may be confirmed.
 type reader struct {
-	s       *Stream
-	conn    *pgconn.PgConn
-	batches chan<- []int64
+	s    *Stream
+	conn *pgconn.PgConn
+	h    *handoff
 
 	// rels maps a relation's OID to the index of its id column, -1 for a
 	// relation that is not the outbox (or has no id column).
@@ -42,16 +42,16 @@ type reader struct {
 
 // stream reads the replication stream until the connection fails or ctx
 // is done. It returns nil when ctx is done, after a last confirmation.
-func (s *Stream) stream(ctx context.Context, conn *pgconn.PgConn, batches chan<- []int64) error {
+func (s *Stream) stream(ctx context.Context, conn *pgconn.PgConn, h *handoff) error {
 	now := time.Now()
 	r := &reader{
-		s: s, conn: conn, batches: batches,
+		s: s, conn: conn, h: h,
 		rels:     map[uint32]int{},
 		lastRecv: now, nextStatus: now.Add(statusInterval),
 	}
 	for {
 		deadline := r.nextStatus
-		if len(r.pending) > 0 {
+		if len(r.pending) > 0 && s.idle > 0 {
 			deadline = earliest(deadline, r.lastData.Add(s.idle))
 		}
 		rctx, cancel := context.WithDeadline(ctx, deadline)
@@ -71,7 +71,7 @@ func (s *Stream) stream(ctx context.Context, conn *pgconn.PgConn, batches chan<-
 		}
 
 		now := time.Now()
-		if len(r.pending) > 0 && !now.Before(r.lastData.Add(s.idle)) {
+		if len(r.pending) > 0 && s.idle > 0 && !now.Before(r.lastData.Add(s.idle)) {
 			if err := r.flush(ctx); err != nil {
 				return err
 			}
@@ -168,6 +168,9 @@ func (r *reader) change(ctx context.Context, data []byte) error {
 	case *pglogrepl.CommitMessage:
 		r.inTx = false
 		r.received = max(r.received, m.TransactionEndLSN)
+		if len(r.pending) > 0 && r.s.idle == 0 {
+			return r.flush(ctx)
+		}
 		if len(r.pending) == 0 {
 			// Every id of this transaction was handed off already
 			// (BatchSize flushes), or it had none.
@@ -227,14 +230,12 @@ func (r *reader) id(m *pglogrepl.InsertMessage) (int64, bool) {
 }
 
 // flush hands the pending ids to the hand-off goroutine, waiting while its
-// queue is full (confirmation waits with it).
+// buffer is full (confirmation waits with it).
 func (r *reader) flush(ctx context.Context) error {
-	select {
-	case r.batches <- r.pending:
-	case <-ctx.Done():
-		return ctx.Err()
+	if err := r.h.put(ctx, r.pending); err != nil {
+		return err
 	}
-	r.pending = nil
+	r.pending = r.pending[:0]
 	// Everything up to the last position received is handed off now:
 	// the table holds the rows, so the slot need not.
 	r.safe = max(r.safe, r.received)
