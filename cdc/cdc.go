@@ -123,6 +123,7 @@ type Stream struct {
 	idle, standbyEvery time.Duration
 
 	streaming atomic.Bool
+	broken    bool // the slot must be made again; used by Run's goroutine only
 
 	mu        sync.Mutex
 	state     State

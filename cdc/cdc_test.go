@@ -600,3 +600,79 @@ func TestRunStopsOnCancel(t *testing.T) {
 		t.Errorf("State() = %+v, want down", st)
 	}
 }
+
+func TestPublicationDroppedIsRecreated(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	rec := newRecorder()
+	s, _ := b.start(t, rec)
+	waitStreaming(t, s)
+	first := b.insert(t)
+	waitFor(t, 5*time.Second, "the first row", func() bool { return rec.has(first) })
+
+	if _, err := b.pool.Exec(context.Background(), `DROP PUBLICATION `+b.cfg.Publication); err != nil {
+		t.Fatal(err)
+	}
+	// Rows inserted before the stream is back are the sweeper's; the
+	// stream must come back for the rows after. Insert now and then until
+	// one comes through.
+	var ids []int64
+	var last time.Time
+	waitFor(t, 20*time.Second, "a row after the publication came back", func() bool {
+		if time.Since(last) > 50*time.Millisecond {
+			ids, last = append(ids, b.insert(t)), time.Now()
+		}
+		for _, id := range ids {
+			if rec.has(id) {
+				return true
+			}
+		}
+		return false
+	})
+	if n := b.logs.count("cannot decode past the removal of its publication"); n != 1 {
+		t.Errorf("logged the slot's recreation %d times, want once", n)
+	}
+}
+
+func TestInvalidatedSlotIsRecreated(t *testing.T) {
+	t.Parallel()
+	c := pgtest.StartT(t)
+	b := setupURL(t, c.URL("postgres"))
+	rec := newRecorder()
+	s, stop := b.start(t, rec)
+	waitStreaming(t, s)
+	stop()
+
+	// With the slot idle, let the server remove the WAL it holds.
+	ctx := context.Background()
+	for _, sql := range []string{
+		`ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'`,
+		`SELECT pg_reload_conf()`,
+	} {
+		if _, err := b.pool.Exec(ctx, sql); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 30*time.Second, "the slot to be invalidated", func() bool {
+		for _, sql := range []string{
+			`INSERT INTO other (body) SELECT repeat(md5(g::text), 30) FROM generate_series(1, 20000) g`,
+			`SELECT pg_switch_wal()`,
+			`CHECKPOINT`,
+		} {
+			if _, err := b.pool.Exec(ctx, sql); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var status string
+		err := b.pool.QueryRow(ctx, `SELECT coalesce(wal_status, '') FROM pg_replication_slots WHERE slot_name = $1`, b.cfg.Slot).Scan(&status)
+		return err == nil && status == "lost"
+	})
+
+	s2, _ := b.start(t, rec)
+	waitStreaming(t, s2)
+	id := b.insert(t)
+	waitFor(t, 5*time.Second, "a row through the new slot", func() bool { return rec.has(id) })
+	if n := b.logs.count("replication slot was invalidated"); n != 1 {
+		t.Errorf("logged the invalidation %d times, want once", n)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -77,6 +78,13 @@ func (s *Stream) session(ctx context.Context, conf dbConfig, h *handoff) (stream
 	}
 	err = s.stream(ctx, conn, h)
 	s.streaming.Store(false)
+	if isCode(err, codeUndefinedObject) && strings.Contains(err.Error(), "publication") {
+		// The publication was dropped (and made again by the next
+		// prepare). pgoutput reads it as of each change's position, so
+		// this slot fails on every change from the drop to the new
+		// publication, for ever: make a new slot instead.
+		s.broken = true
+	}
 	return time.Since(began), err
 }
 
@@ -178,8 +186,12 @@ FROM pg_replication_slots WHERE slot_name = $1`, s.cfg.Slot).Scan(
 	if active {
 		return startPoint{}, &errStandby{pid: pid}
 	}
-	if walStatus == "lost" {
-		s.log.Warn("replication slot was invalidated (its WAL was removed); recreating it, the sweeper covers the gap")
+	if walStatus == "lost" || s.broken {
+		if s.broken {
+			s.log.Warn("replication slot cannot decode past the removal of its publication; recreating it, the sweeper covers the gap")
+		} else {
+			s.log.Warn("replication slot was invalidated (its WAL was removed); recreating it, the sweeper covers the gap")
+		}
 		if _, err := db.Exec(ctx, `SELECT pg_drop_replication_slot($1)`, s.cfg.Slot); err != nil {
 			switch {
 			case isCode(err, codeUndefinedObject):
@@ -187,9 +199,10 @@ FROM pg_replication_slots WHERE slot_name = $1`, s.cfg.Slot).Scan(
 			case isCode(err, codeObjectInUse):
 				return startPoint{}, &errStandby{}
 			default:
-				return startPoint{}, fmt.Errorf("drop invalidated slot %s: %w", s.cfg.Slot, err)
+				return startPoint{}, fmt.Errorf("drop slot %s: %w", s.cfg.Slot, err)
 			}
 		}
+		s.broken = false
 		return startPoint{create: true}, nil
 	}
 	return startPoint{lsn: confirmed}, nil
