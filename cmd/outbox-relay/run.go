@@ -12,6 +12,7 @@ import (
 	"github.com/sethvargo/go-retry"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/outbox-relay/outbox-relay/cdc"
 	"github.com/outbox-relay/outbox-relay/internal/config"
 	"github.com/outbox-relay/outbox-relay/internal/monitor"
 	"github.com/outbox-relay/outbox-relay/internal/retention"
@@ -56,11 +57,26 @@ func runRelay(ctx context.Context, args, environ []string, stderr io.Writer) err
 		Backoff:       relay.Backoff{Base: cfg.BackoffBase, Max: cfg.BackoffMax, Jitter: cfg.BackoffJitter},
 		ShutdownGrace: cfg.ShutdownGrace,
 	}, st, log, metrics)
-	sw := sweeper.New(sweeper.Config{
+	stream, err := startupCDC(ctx, cfg, table, d, log)
+	if err != nil {
+		return err
+	}
+	swCfg := sweeper.Config{
 		Interval:  cfg.SweepInterval,
 		BatchSize: cfg.BatchSize,
 		OnSweep:   metrics.ObserveSweep,
-	}, d, log)
+	}
+	if stream != nil {
+		// While the stream delivers, fresh rows are its own: the sweeper
+		// takes them only if the stream has not within the grace.
+		swCfg.Grace = func() time.Duration {
+			if stream.Streaming() {
+				return streamGrace
+			}
+			return 0
+		}
+	}
+	sw := sweeper.New(swCfg, d, log)
 	pruner := retention.New(retention.Config{
 		Keep:      cfg.Retention,
 		Interval:  time.Minute,
@@ -72,6 +88,13 @@ func runRelay(ctx context.Context, args, environ []string, stderr io.Writer) err
 		Interval:      cfg.StatsInterval,
 		SlotWarnBytes: cfg.SlotWarnBytes,
 		SlotMaxBytes:  cfg.SlotMaxBytes,
+	}
+	if stream != nil {
+		watchCfg.Slot = cfg.SlotName
+		watchCfg.CDC = func() monitor.CDCState {
+			st := stream.State()
+			return monitor.CDCState{Enabled: true, Connected: st.Connected, Role: st.Role}
+		}
 	}
 
 	log.Info("outbox-relay starting", "version", relay.Version, "table", table.String(),
@@ -86,6 +109,9 @@ func runRelay(ctx context.Context, args, environ []string, stderr io.Writer) err
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return sw.Run(gctx) })
+	if stream != nil {
+		g.Go(func() error { return stream.Run(gctx) })
+	}
 	g.Go(func() error { return pruner.Run(gctx) })
 	watcher := monitor.NewWatcher(watchCfg, st, metrics, log)
 	g.Go(func() error { return watcher.Run(gctx) })
@@ -111,6 +137,44 @@ func runRelay(ctx context.Context, args, environ []string, stderr io.Writer) err
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// streamGrace is how long the sweeper leaves fresh rows to a healthy
+// stream: far above the stream's milliseconds, far below a sweep interval.
+const streamGrace = 2 * time.Second
+
+// cdcCheckTimeout bounds the start-up check of logical replication.
+const cdcCheckTimeout = 10 * time.Second
+
+// startupCDC decides whether the replication fast path runs: never with
+// RELAY_CDC=off; with on, a server that cannot do it stops the relay (exit
+// 2); with auto, the relay says why once and runs sweep-only. It returns
+// nil when the relay runs sweep-only.
+func startupCDC(ctx context.Context, cfg config.Config, table store.Table, d cdc.Deliverer, log *slog.Logger) (*cdc.Stream, error) {
+	if cfg.CDC == "off" {
+		return nil, nil
+	}
+	ccfg := cdc.Config{
+		DatabaseURL: cfg.DatabaseURL,
+		Schema:      table.Schema,
+		Table:       table.Name,
+		Slot:        cfg.SlotName,
+		Publication: cfg.Publication,
+		BatchSize:   cfg.BatchSize,
+	}
+	cctx, cancel := context.WithTimeout(ctx, cdcCheckTimeout)
+	err := cdc.Check(cctx, ccfg)
+	cancel()
+	switch {
+	case err == nil:
+		return cdc.New(ccfg, d, log), nil
+	case cfg.CDC == "on":
+		return nil, usageError{fmt.Errorf("RELAY_CDC=on but logical replication is unavailable: %v", err)}
+	default:
+		log.Warn("logical replication is unavailable; delivering sweep-only", "reason", err.Error(),
+			"sweep_interval", cfg.SweepInterval.String())
+		return nil, nil
+	}
 }
 
 // openPool connects, retrying with backoff while the database is not up
