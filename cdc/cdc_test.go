@@ -557,6 +557,23 @@ func TestCheck(t *testing.T) {
 			t.Errorf("the reason holds the password: %v", err)
 		}
 	})
+	t.Run("publication missing and not the owner", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		ctx := context.Background()
+		role := "notowner_" + b.cfg.Slot
+		if _, err := b.pool.Exec(ctx, fmt.Sprintf(`CREATE ROLE %s LOGIN REPLICATION PASSWORD 'pw-456'`, role)); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _, _ = b.pool.Exec(context.Background(), `DROP ROLE `+role) })
+		cfg := b.cfg
+		cfg.DatabaseURL = withUser(t, b.url, role, "pw-456")
+		err := Check(ctx, cfg)
+		if err == nil || !strings.Contains(err.Error(), "cannot create it") {
+			t.Fatalf("Check = %v, want a reason about the publication", err)
+		}
+		t.Logf("reason: %v", err)
+	})
 	t.Run("unreachable", func(t *testing.T) {
 		t.Parallel()
 		cfg := Config{DatabaseURL: "postgres://u:topsecret@127.0.0.1:1/db?connect_timeout=2", Slot: "s"}

@@ -13,8 +13,9 @@ import (
 // Check reports why logical replication cannot be used with cfg, or nil
 // when it can: wal_level is not logical, the role has neither REPLICATION
 // nor superuser, no replication slot or WAL sender is available, the slot
-// name is taken by a slot of another kind, or the server refuses a
-// replication connection (pg_hba.conf). The error is one short reason and
+// name is taken by a slot of another kind, the publication is missing and
+// the role may not make it, or the server refuses a replication connection
+// (pg_hba.conf). The error is one short reason and
 // never holds the password.
 func Check(ctx context.Context, cfg Config) error {
 	conf, err := parseConfig(cfg.DatabaseURL)
@@ -74,6 +75,10 @@ FROM pg_replication_slots WHERE slot_name = $1`, cfg.Slot).Scan(&slotType, &plug
 		return fmt.Errorf("no free replication slot for %s: max_replication_slots = %d and %d are in use", cfg.Slot, maxSlots, usedSlots)
 	}
 
+	if err := checkPublication(ctx, db, cfg); err != nil {
+		return err
+	}
+
 	// A replication connection may still be refused (pg_hba.conf needs a
 	// line for it, or every WAL sender is taken): try one.
 	cctx, cancel := context.WithTimeout(ctx, queryTimeout)
@@ -91,4 +96,40 @@ FROM pg_replication_slots WHERE slot_name = $1`, cfg.Slot).Scan(&slotType, &plug
 		return fmt.Errorf("replication connection: %w", err)
 	}
 	return nil
+}
+
+// checkPublication reports a publication the stream could not set up: one
+// that does not publish inserts, or one that is missing (or lacks the
+// table) while the role may not create (or alter) it.
+func checkPublication(ctx context.Context, db *pgx.Conn, cfg Config) error {
+	var exists, hasTable, inserts, canCreate bool
+	var user string
+	err := db.QueryRow(ctx, `SELECT
+	EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1),
+	EXISTS (SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = $2 AND tablename = $3),
+	coalesce((SELECT pubinsert FROM pg_publication WHERE pubname = $1), true),
+	current_user,
+	(SELECT rolsuper FROM pg_roles WHERE rolname = current_user) OR (
+		has_database_privilege(current_database(), 'CREATE') AND coalesce((
+			SELECT pg_has_role(current_user, c.relowner, 'USAGE')
+			FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+			WHERE n.nspname = $2 AND c.relname = $3), false))`,
+		cfg.Publication, cfg.Schema, cfg.Table).Scan(&exists, &hasTable, &inserts, &user, &canCreate)
+	switch {
+	case err != nil:
+		return fmt.Errorf("cannot read publication %s: %w", cfg.Publication, err)
+	case !inserts:
+		return fmt.Errorf("publication %s does not publish inserts (ALTER PUBLICATION %s SET (publish = 'insert'))",
+			cfg.Publication, pgx.Identifier{cfg.Publication}.Sanitize())
+	case exists && hasTable:
+		return nil
+	case canCreate:
+		return nil
+	case !exists:
+		return fmt.Errorf("publication %s does not exist and role %s cannot create it (it needs CREATE on the database and to own %s.%s); run outbox-relay migrate as the table's owner",
+			cfg.Publication, user, cfg.Schema, cfg.Table)
+	default:
+		return fmt.Errorf("publication %s does not include %s.%s and role %s cannot add it (it must own the table)",
+			cfg.Publication, cfg.Schema, cfg.Table, user)
+	}
 }
