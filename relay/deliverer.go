@@ -182,16 +182,23 @@ func (d *Deliverer) Run(ctx context.Context) error {
 	for range d.cfg.Concurrency {
 		workers.Go(func() { d.work(sendCtx) })
 	}
+	// Outcomes are written on a context of their own that outlives the
+	// grace: a 2xx that came in just before the cut must still be recorded,
+	// or the row is sent again after its lease.
+	recordCtx, cancelRecord := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelRecord()
 	recorded := make(chan struct{})
 	go func() {
 		defer close(recorded)
-		d.record(sendCtx)
+		d.record(recordCtx)
 	}()
 
 	<-ctx.Done()
 	close(d.stopping)
 	grace := time.AfterFunc(d.cfg.ShutdownGrace, cancelSend)
 	defer grace.Stop()
+	lastWrite := time.AfterFunc(d.cfg.ShutdownGrace+finalWriteTimeout, cancelRecord)
+	defer lastWrite.Stop()
 
 	d.mu.Lock() // waits for claimers that are queueing
 	d.closed = true
@@ -266,6 +273,10 @@ func (d *Deliverer) bury(path string, buried []store.Result) {
 			"rows", len(buried), "max_attempts", d.cfg.MaxAttempts)
 	}
 }
+
+// finalWriteTimeout is how long outcomes may still be written after the
+// shutdown grace, while the database is slow or away.
+const finalWriteTimeout = 10 * time.Second
 
 // claimTimeout bounds one claim statement.
 const claimTimeout = 10 * time.Second

@@ -388,9 +388,9 @@ func (c *Cluster) run(name string, args ...string) ([]byte, error) {
 	cmd := exec.Command(filepath.Join(c.binDir, name), args...)
 	cmd.Dir = c.dir // the postgres user may not be able to enter our working directory
 	cmd.Env = append(os.Environ(), "LC_ALL=C")
-	if c.cred != nil {
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: c.cred}
-	}
+	// Its own process group keeps a Ctrl-C meant for the test (or the
+	// demo) from cutting pg_ctl short and stranding a server or its files.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: c.cred, Setpgid: true}
 	return cmd.CombinedOutput()
 }
 
