@@ -5,6 +5,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -691,5 +693,39 @@ func TestInvalidatedSlotIsRecreated(t *testing.T) {
 	waitFor(t, 5*time.Second, "a row through the new slot", func() bool { return rec.has(id) })
 	if n := b.logs.count("replication slot was invalidated"); n != 1 {
 		t.Errorf("logged the invalidation %d times, want once", n)
+	}
+}
+
+func TestReadOnlyServerIsWaitedFor(t *testing.T) {
+	t.Parallel()
+	c := pgtest.StartT(t)
+	b := setupURL(t, c.URL("postgres"))
+	// Restart the server as a standby without a primary: read-only, in
+	// recovery, as a failed-over address can be for a while.
+	if err := c.StopServer("fast"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(c.Dir(), "data", "standby.signal"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.StartServer(); err != nil {
+		t.Fatal(err)
+	}
+	rec := newRecorder()
+	s, _ := b.start(t, rec)
+	waitFor(t, 10*time.Second, "the stream to see recovery", func() bool {
+		return strings.Contains(s.State().LastError, "recovery")
+	})
+	// The pool's connections died with the restart: retry until a fresh
+	// one promotes.
+	waitFor(t, 10*time.Second, "the promotion", func() bool {
+		_, err := b.pool.Exec(context.Background(), `SELECT pg_promote()`)
+		return err == nil
+	})
+	waitStreaming(t, s)
+	id := b.insert(t)
+	waitFor(t, 5*time.Second, "a row after the promotion", func() bool { return rec.has(id) })
+	if n := b.logs.count("in recovery"); n != 1 {
+		t.Errorf("said the server is in recovery %d times, want once", n)
 	}
 }
