@@ -1,0 +1,108 @@
+package faults
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/outbox-relay/outbox-relay/internal/pgtest"
+)
+
+// withMetrics starts a relay that serves /metrics and returns its URL.
+func withMetrics(t *testing.T, d *db, rn *runner, extra ...string) (*proc, string) {
+	addr := freeAddr(t)
+	p := startRelay(t, relayEnv(d, rn, append([]string{"RELAY_LISTEN_ADDR=" + addr}, extra...)...))
+	url := "http://" + addr + "/metrics"
+	waitFor(t, "the metrics endpoint", 30*time.Second, func() bool { _, err := scrape(url, "go_goroutines"); return err == nil })
+	return p, url
+}
+
+func streaming(url string) bool {
+	v, err := scrape(url, `outbox_relay_cdc_role{role="streamer"}`)
+	return err == nil && v == 1
+}
+
+func insertRows(t *testing.T, d *db, sql string) {
+	t.Helper()
+	if _, err := d.pool.Exec(context.Background(), sql); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// With a minute between sweeps only the stream can deliver quickly: rows
+// committed while it streams arrive by the stream path, a rolled-back
+// transaction delivers nothing, a multi-row one all its rows.
+func TestStreamDelivers(t *testing.T) {
+	d := newDB(t, pgtest.NewDB(t))
+	rn := newRunner(t)
+	_, url := withMetrics(t, d, rn, "RELAY_SWEEP_INTERVAL=1m")
+	waitFor(t, "the stream", 30*time.Second, func() bool { return streaming(url) })
+
+	insertRows(t, d, `INSERT INTO portal_event_outbox (event_type) VALUES ('one')`)
+	insertRows(t, d, `BEGIN; INSERT INTO portal_event_outbox (event_type) VALUES ('rolled back'); ROLLBACK`)
+	insertRows(t, d, `INSERT INTO portal_event_outbox (event_type) SELECT 'multi' FROM generate_series(1, 50)`)
+	// Well before the next sweep (a minute away): the stream did it.
+	waitFor(t, "stream delivery", 20*time.Second, func() bool { return d.count(t, "status = 'delivered'") == 51 })
+	if n, _ := scrape(url, `outbox_relay_deliveries_total{outcome="delivered",path="stream"}`); n != 51 {
+		t.Errorf("%v deliveries by the stream, want 51", n)
+	}
+	if n := len(rn.delivered()); n != 51 {
+		t.Errorf("runner got %d events, want 51 (nothing from the rolled-back transaction)", n)
+	}
+}
+
+// Killed and restarted: rows inserted while it was down are delivered.
+func TestStreamAfterKill(t *testing.T) {
+	d := newDB(t, pgtest.NewDB(t))
+	rn := newRunner(t)
+	p, url := withMetrics(t, d, rn, "RELAY_SWEEP_INTERVAL=1m")
+	waitFor(t, "the stream", 30*time.Second, func() bool { return streaming(url) })
+	p.kill()
+	insertRows(t, d, `INSERT INTO portal_event_outbox (event_type) SELECT 'while down' FROM generate_series(1, 20)`)
+	_, url = withMetrics(t, d, rn, "RELAY_SWEEP_INTERVAL=1m")
+	insertRows(t, d, `INSERT INTO portal_event_outbox (event_type) SELECT 'after' FROM generate_series(1, 20)`)
+	r := verify(t, d, rn, 30*time.Second)
+	if r.Events != 40 || r.Duplicates != 0 {
+		t.Errorf("%+v, want 40 events and no duplicates", r)
+	}
+}
+
+// Two relays: one streams, the other stands by; kill the streamer and the
+// other takes the slot.
+func TestStandbyTakesOver(t *testing.T) {
+	d := newDB(t, pgtest.NewDB(t))
+	rn := newRunner(t)
+	first, firstURL := withMetrics(t, d, rn, "RELAY_SWEEP_INTERVAL=1m")
+	waitFor(t, "the first to stream", 30*time.Second, func() bool { return streaming(firstURL) })
+	_, secondURL := withMetrics(t, d, rn, "RELAY_SWEEP_INTERVAL=1m")
+	waitFor(t, "the second to stand by", 30*time.Second, func() bool {
+		v, err := scrape(secondURL, `outbox_relay_cdc_role{role="standby"}`)
+		return err == nil && v == 1
+	})
+	first.kill()
+	waitFor(t, "the standby to take the slot", 60*time.Second, func() bool { return streaming(secondURL) })
+	insertRows(t, d, `INSERT INTO portal_event_outbox (event_type) SELECT 'x' FROM generate_series(1, 10)`)
+	waitFor(t, "delivery by the new streamer", 20*time.Second, func() bool {
+		n, _ := scrape(secondURL, `outbox_relay_deliveries_total{outcome="delivered",path="stream"}`)
+		return n == 10
+	})
+}
+
+// Without logical replication: RELAY_CDC=on refuses to start with the
+// reason; auto warns and delivers sweep-only.
+func TestWithoutLogicalReplication(t *testing.T) {
+	c := pgtest.StartT(t, pgtest.WithWalLevel("replica"))
+	d := newDB(t, c.URL("postgres"))
+	rn := newRunner(t)
+	code, out := runOnce(t, relayEnv(d, rn, "RELAY_CDC=on"))
+	if code != 2 || !strings.Contains(out, "wal_level") || strings.Count(strings.TrimSpace(out), "\n") > 0 {
+		t.Errorf("RELAY_CDC=on on wal_level=replica: exit %d, want 2 and one line naming wal_level:\n%s", code, out)
+	}
+	p := startRelay(t, relayEnv(d, rn, "RELAY_CDC=auto"))
+	insertRows(t, d, `INSERT INTO portal_event_outbox (event_type) SELECT 'x' FROM generate_series(1, 5)`)
+	verify(t, d, rn, 30*time.Second)
+	if logs := p.logs.String(); !strings.Contains(logs, "wal_level") {
+		t.Errorf("RELAY_CDC=auto did not say why it runs sweep-only:\n%s", logs)
+	}
+}
