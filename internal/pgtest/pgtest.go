@@ -512,7 +512,7 @@ func NewDB(t testing.TB) string {
 		t.Fatalf("pgtest: create database %s: %v", name, err)
 	}
 	t.Cleanup(func() {
-		if err := adminExec("DROP DATABASE IF EXISTS " + ident + " WITH (FORCE)"); err != nil {
+		if err := dropDB(name); err != nil {
 			t.Errorf("pgtest: drop database %s: %v", name, err)
 		}
 	})
@@ -522,6 +522,23 @@ func NewDB(t testing.TB) string {
 	}
 	u.Path, u.RawPath = "/"+name, ""
 	return u.String()
+}
+
+// dropDB drops a test database and the replication slots made in it,
+// which DROP DATABASE refuses to drop for us. A walsender of a process the
+// test just killed may hold its slot for a moment: terminate it and retry.
+func dropDB(name string) error {
+	lit := "'" + strings.ReplaceAll(name, "'", "''") + "'"
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		_ = adminExec(`SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE database = ` + lit + ` AND active_pid IS NOT NULL`)
+		_ = adminExec(`SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = ` + lit + ` AND NOT active`)
+		err := adminExec("DROP DATABASE IF EXISTS " + pgx.Identifier{name}.Sanitize() + " WITH (FORCE)")
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // adminExec runs one statement on the shared admin connection, which is
