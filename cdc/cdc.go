@@ -59,7 +59,8 @@ type State struct {
 	ConfirmedLSN string
 }
 
-// Timings. Variables on the Stream so that tests can shorten them.
+// Timings and bounds. flushIdle and standbyRetry are copied into each
+// Stream, so that the benchmark can vary the one and tests the other.
 const (
 	// flushIdle is how long ids wait for a pause in the stream before
 	// they are handed off; 0 hands a transaction's ids off at its commit.

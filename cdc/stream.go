@@ -31,7 +31,9 @@ type reader struct {
 	// received is a position before which every change has arrived: the
 	// end of the last commit, or the server's WAL end from a keepalive
 	// that came between transactions. safe is the position before which
-	// every change has been handed off: what may be confirmed.
+	// every change has been handed off, that is put in the hand-off
+	// buffer: what may be confirmed, since from there on the table, not
+	// the slot, answers for the rows (a crash leaves them to the sweeper).
 	received, safe pglogrepl.LSN
 	sent           pglogrepl.LSN // last position confirmed
 	ackDue         bool          // ids were handed off since the last confirmation
