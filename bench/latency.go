@@ -1,0 +1,136 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// latencyResult is commit → runner receipt at one steady rate.
+type latencyResult struct {
+	Mode    string       `json:"mode"`
+	Rate    int          `json:"rate"`
+	Skipped string       `json:"skipped,omitempty"`
+	Load    loadStats    `json:"load"`
+	Latency distribution `json:"latency"`
+	// Missing were committed but not received within the wait.
+	Missing    int `json:"missing"`
+	Duplicates int `json:"duplicates"`
+	// Early were received before their COMMIT returned to the inserter
+	// (the relay can see a commit before the client hears of it); they
+	// count with their negative latency.
+	Early int `json:"early"`
+	// CPU is spent from the start of the measured load to the last receipt.
+	CPU cpuUse `json:"cpu"`
+	// Stream and Sweep are the relay's own delivery counts for the run.
+	Stream float64 `json:"stream_delivered"`
+	Sweep  float64 `json:"sweep_delivered"`
+}
+
+// latency measures every rate in every mode, one relay and one database
+// per mode.
+func (b *bench) latency(ctx context.Context) ([]latencyResult, error) {
+	var out []latencyResult
+	var errs []error
+	for _, m := range modes() {
+		rs, err := b.latencyMode(ctx, m)
+		out = append(out, rs...)
+		if err != nil {
+			if ctx.Err() != nil {
+				return out, err
+			}
+			errs = append(errs, err)
+		}
+	}
+	return out, errors.Join(errs...)
+}
+
+func (b *bench) latencyMode(ctx context.Context, m mode) ([]latencyResult, error) {
+	db, err := b.newDB(ctx, "latency_"+m.Name)
+	if err != nil {
+		return nil, err
+	}
+	defer b.dropDB(db)
+	p, err := b.startRelay(ctx, db, m, "latency, "+m.Name)
+	if errors.Is(err, errNoStream) {
+		var out []latencyResult
+		for _, rate := range b.plan.LatencyRates {
+			out = append(out, latencyResult{Mode: m.Name, Rate: rate, Skipped: b.stream.Reason})
+		}
+		return out, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer p.stop()
+	var out []latencyResult
+	for _, rate := range b.plan.LatencyRates {
+		r, err := b.latencyAt(ctx, db, p, m, rate)
+		out = append(out, r)
+		if err != nil {
+			return out, err
+		}
+		b.logf("latency %-10s %5d/s: p50 %.2f ms, p95 %.2f ms, p99 %.2f ms, max %.1f ms (%d events, %.0f/s achieved, %d missing)",
+			m.Name, rate, r.Latency.P50, r.Latency.P95, r.Latency.P99, r.Latency.Max, r.Latency.Count, r.Load.AchievedRate, r.Missing)
+	}
+	return out, nil
+}
+
+// latencyAt warms up at rate, then measures for the plan's duration.
+func (b *bench) latencyAt(ctx context.Context, db *database, p *relayProc, m mode, rate int) (latencyResult, error) {
+	res := latencyResult{Mode: m.Name, Rate: rate}
+	// The stream should deliver within milliseconds; an event it missed
+	// waits for the (1 min) sweep and counts as missing. Sweep-only gets
+	// two intervals.
+	wait := 10 * time.Second
+	if !m.stream() {
+		wait += 2 * m.Sweep
+	}
+	conns := b.plan.LatencyConns
+
+	b.waitQuiet(ctx, b.quiet)
+	// Warm-up: connections, statement caches and keep-alive on both sides.
+	b.runner.reset(true, int(float64(rate)*b.plan.LatencyWarmup.Seconds()))
+	warm, _, err := paced(ctx, db.pool, rate, conns, b.plan.LatencyWarmup)
+	if err != nil {
+		return res, err
+	}
+	if _, err := b.runner.waitFor(ctx, len(warm), wait); err != nil {
+		return res, err
+	}
+
+	b.runner.reset(true, int(float64(rate)*b.plan.LatencyDuration.Seconds()))
+	before, _ := p.deliveries()
+	cpu0 := b.cpuNow(p)
+	sends, st, err := paced(ctx, db.pool, rate, conns, b.plan.LatencyDuration)
+	res.Load = st
+	if err != nil {
+		return res, err
+	}
+	if _, err := b.runner.waitFor(ctx, len(sends), wait); err != nil {
+		return res, err
+	}
+	res.CPU = cpuBetween(cpu0, b.cpuNow(p))
+	if after, err := p.deliveries(); err == nil {
+		res.Stream = after["stream/delivered"] - before["stream/delivered"]
+		res.Sweep = after["sweep/delivered"] - before["sweep/delivered"]
+	}
+	c := b.runner.counts()
+	got := b.runner.receipts()
+	ms := make([]float64, 0, len(sends))
+	for _, s := range sends {
+		at, ok := got[s.id]
+		if !ok {
+			res.Missing++
+			continue
+		}
+		l := float64(at-s.at) / 1e6
+		if l < 0 {
+			res.Early++
+		}
+		ms = append(ms, l)
+	}
+	res.Duplicates = c.dups
+	res.Latency = summarise(ms)
+	return res, nil
+}

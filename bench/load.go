@@ -1,0 +1,191 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// insertOne is a single-row transaction as an application writes it. The
+// event_id is made here so the harness knows it without RETURNING.
+const insertOne = `INSERT INTO ` + table + ` (event_id, event_type, payload) VALUES ($1, 'bench.event', $2)`
+
+// insertBulk is one INSERT … SELECT of $1 rows in one transaction; event
+// ids come from the column default.
+const insertBulk = `INSERT INTO ` + table + ` (event_type, payload)
+SELECT 'bench.bulk', jsonb_build_object('n', g, 'bucket', 'bench', 'key', 'uploads/bench/' || g || '.bin', 'size', 1048576)
+FROM generate_series(1, $1::int) g`
+
+// newUUID is a random (version 4) UUID.
+func newUUID() string {
+	var u [16]byte
+	_, _ = rand.Read(u[:])
+	u[6] = u[6]&0x0f | 0x40
+	u[8] = u[8]&0x3f | 0x80
+	var s [36]byte
+	hex.Encode(s[0:8], u[0:4])
+	s[8] = '-'
+	hex.Encode(s[9:13], u[4:6])
+	s[13] = '-'
+	hex.Encode(s[14:18], u[6:8])
+	s[18] = '-'
+	hex.Encode(s[19:23], u[8:10])
+	s[23] = '-'
+	hex.Encode(s[24:], u[10:])
+	return string(s[:])
+}
+
+// payload is a small event body, about 80 bytes, like the same shape the
+// bulk insert builds.
+func payload(n int) []byte {
+	b := make([]byte, 0, 96)
+	b = append(b, `{"n": `...)
+	b = strconv.AppendInt(b, int64(n), 10)
+	b = append(b, `, "key": "uploads/bench/`...)
+	b = strconv.AppendInt(b, int64(n), 10)
+	b = append(b, `.bin", "size": 1048576, "bucket": "bench"}`...)
+	return b
+}
+
+// sent is one committed event: its id and when COMMIT returned.
+type sent struct {
+	id string
+	at int64
+}
+
+// loadStats describes how a load went.
+type loadStats struct {
+	Planned      int     `json:"planned"`
+	Committed    int     `json:"committed"`
+	Errors       int     `json:"errors"`
+	Seconds      float64 `json:"seconds"`
+	AchievedRate float64 `json:"achieved_rate"`
+	// MaxBehindMs is the longest any insert started after its slot in the
+	// schedule: how well the load kept its pace.
+	MaxBehindMs float64 `json:"max_behind_ms"`
+	FirstError  string  `json:"first_error,omitempty"`
+}
+
+// paced commits single-row transactions at rate per second for d, spread
+// over conns connections, each holding its own. Insert k of connection w
+// is due at (k·conns + w)/rate: a late insert goes at once, so the load
+// catches up rather than drifting. Every committed event is returned.
+func paced(ctx context.Context, pool *pgxpool.Pool, rate, conns int, d time.Duration) ([]sent, loadStats, error) {
+	total := int(float64(rate) * d.Seconds())
+	st := loadStats{Planned: total}
+	logs := make([][]sent, conns)
+	var errs atomic.Int64
+	var maxBehind atomic.Int64
+	var firstErr atomic.Value
+	var wg sync.WaitGroup
+	start := time.Now()
+	for w := range conns {
+		wg.Go(func() {
+			conn, err := pool.Acquire(ctx)
+			if err != nil {
+				firstErr.CompareAndSwap(nil, err.Error())
+				return
+			}
+			defer conn.Release()
+			log := make([]sent, 0, total/conns+1)
+			for k := 0; ; k++ {
+				i := k*conns + w
+				if i >= total {
+					break
+				}
+				due := start.Add(time.Duration(float64(i) / float64(rate) * float64(time.Second)))
+				if wait := time.Until(due); wait > 0 {
+					if sleep(ctx, wait) != nil {
+						break
+					}
+				} else if behind := int64(-wait); behind > maxBehind.Load() {
+					maxBehind.Store(behind)
+				}
+				id := newUUID()
+				if _, err := conn.Exec(ctx, insertOne, id, payload(i)); err != nil {
+					if ctx.Err() != nil {
+						break
+					}
+					errs.Add(1)
+					firstErr.CompareAndSwap(nil, err.Error())
+					continue
+				}
+				log = append(log, sent{id: id, at: now()})
+			}
+			logs[w] = log
+		})
+	}
+	wg.Wait()
+	st.Seconds = time.Since(start).Seconds()
+	var out []sent
+	for _, l := range logs {
+		out = append(out, l...)
+	}
+	st.Committed = len(out)
+	st.Errors = int(errs.Load())
+	st.AchievedRate = float64(st.Committed) / st.Seconds
+	st.MaxBehindMs = float64(maxBehind.Load()) / 1e6
+	if e, ok := firstErr.Load().(string); ok {
+		st.FirstError = e
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, st, err
+	}
+	return out, st, nil
+}
+
+// flood commits n single-row transactions as fast as conns connections
+// can, and returns when the last has committed.
+func flood(ctx context.Context, pool *pgxpool.Pool, n, conns int) (loadStats, error) {
+	st := loadStats{Planned: n}
+	var next, done, errs atomic.Int64
+	var firstErr atomic.Value
+	var wg sync.WaitGroup
+	start := time.Now()
+	for range conns {
+		wg.Go(func() {
+			conn, err := pool.Acquire(ctx)
+			if err != nil {
+				firstErr.CompareAndSwap(nil, err.Error())
+				return
+			}
+			defer conn.Release()
+			// Every pass takes a fresh index, failed or not: at most n.
+			for i := int(next.Add(1)) - 1; i < n; i = int(next.Add(1)) - 1 {
+				if _, err := conn.Exec(ctx, insertOne, newUUID(), payload(i)); err != nil {
+					if ctx.Err() != nil {
+						return
+					}
+					errs.Add(1)
+					firstErr.CompareAndSwap(nil, err.Error())
+					continue
+				}
+				done.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	st.Seconds = time.Since(start).Seconds()
+	st.Committed, st.Errors = int(done.Load()), int(errs.Load())
+	st.AchievedRate = float64(st.Committed) / st.Seconds
+	if e, ok := firstErr.Load().(string); ok {
+		st.FirstError = e
+	}
+	if st.Committed < n && ctx.Err() == nil {
+		return st, fmt.Errorf("only %d of %d inserts committed: %s", st.Committed, n, st.FirstError)
+	}
+	return st, ctx.Err()
+}
+
+// bulk inserts n rows in one INSERT … SELECT and returns when it committed.
+func bulk(ctx context.Context, pool *pgxpool.Pool, n int) error {
+	_, err := pool.Exec(ctx, insertBulk, n)
+	return err
+}

@@ -1,0 +1,191 @@
+// Command bench measures outbox-relay as its users would judge it: it
+// starts a throwaway PostgreSQL, a receiving runner on loopback and the
+// real binary, drives load, and writes docs/BENCHMARKS.md,
+// docs/bench-results.json and docs/bench-latency.svg.
+//
+//	go run ./bench              # the full run (make bench), a few minutes
+//	go run ./bench -quick       # about a minute, for development; prints only
+//	go run ./bench -only=latency,wal
+//
+// Every child process and the cluster are stopped on exit, Ctrl-C included.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+// measures are the parts -only can select, in the order they run.
+var measures = []string{"latency", "throughput", "backlog", "wal", "profile"}
+
+// plan is the size of every measure: the full run or -quick.
+type plan struct {
+	Quick bool `json:"quick"`
+
+	LatencyRates    []int         `json:"latency_rates"`
+	LatencyDuration time.Duration `json:"latency_duration_ns"`
+	LatencyWarmup   time.Duration `json:"latency_warmup_ns"`
+	LatencyConns    int           `json:"latency_conns"`
+
+	BulkSizes   []int `json:"bulk_sizes"`
+	SingleN     int   `json:"single_n"`
+	SingleConns int   `json:"single_conns"`
+
+	BacklogN     int           `json:"backlog_n"`
+	SmallTableN  int           `json:"small_table_n"`
+	DrainLimit   time.Duration `json:"drain_limit_ns"`
+	SweepPending int           `json:"sweep_pending"`
+
+	WALOutage    time.Duration `json:"wal_outage_ns"`
+	WALBytesRate int           `json:"wal_bytes_per_second"`
+	WALOutboxHz  int           `json:"wal_outbox_rate"`
+}
+
+func fullPlan() plan {
+	return plan{
+		LatencyRates:    []int{500, 1000, 5000},
+		LatencyDuration: 10 * time.Second,
+		LatencyWarmup:   time.Second,
+		LatencyConns:    8,
+		BulkSizes:       []int{20_000, 100_000},
+		SingleN:         20_000,
+		SingleConns:     8,
+		BacklogN:        1_000_000,
+		SmallTableN:     10_000,
+		DrainLimit:      150 * time.Second,
+		SweepPending:    1_000,
+		WALOutage:       60 * time.Second,
+		WALBytesRate:    5 << 20,
+		WALOutboxHz:     100,
+	}
+}
+
+func quickPlan() plan {
+	p := fullPlan()
+	p.Quick = true
+	p.LatencyDuration = 3 * time.Second
+	p.LatencyWarmup = 500 * time.Millisecond
+	p.BulkSizes = []int{20_000}
+	p.BacklogN = 100_000
+	p.DrainLimit = 60 * time.Second
+	p.WALOutage = 10 * time.Second
+	return p
+}
+
+func run(ctx context.Context, args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	quick := fs.Bool("quick", false, "small sizes and short runs (about a minute); results are printed, docs/ is left alone unless -out is given")
+	only := fs.String("only", "", "comma-separated subset of "+strings.Join(measures, ",")+" (cost comes with throughput, sweep cost with backlog)")
+	out := fs.String("out", "", "directory for BENCHMARKS.md, bench-results.json and bench-latency.svg (default docs for a full run of every measure, none otherwise)")
+	profile := fs.Bool("profile", true, "record a CPU profile of the relay with perf during an extra 20,000-row run, when perf is installed")
+	verbose := fs.Bool("v", false, "log progress in more detail")
+	quiet := fs.Duration("quiet", 30*time.Second, "before each measured run, wait up to this long for the machine to be less than 25 % busy with other work (0: don't)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	p := fullPlan()
+	if *quick {
+		p = quickPlan()
+	}
+	selected := map[string]bool{}
+	if *only == "" {
+		for _, m := range measures {
+			selected[m] = true
+		}
+	} else {
+		for _, m := range strings.Split(*only, ",") {
+			m = strings.TrimSpace(m)
+			if m == "cost" {
+				m = "throughput"
+			}
+			if !slices.Contains(measures, m) {
+				return fmt.Errorf("-only: unknown measure %q (have %s)", m, strings.Join(measures, ", "))
+			}
+			selected[m] = true
+		}
+	}
+	if !*profile {
+		delete(selected, "profile")
+	}
+	outDir := *out
+	if outDir == "" && !*quick && *only == "" {
+		outDir = "docs"
+	}
+
+	started := time.Now()
+	b, err := setup(ctx, p, stdout, *verbose)
+	if err == nil {
+		b.quiet = *quiet
+	}
+	if err != nil {
+		return err
+	}
+	defer b.close()
+
+	res := &results{Plan: p, Started: started.UTC().Format(time.RFC3339)}
+	res.Machine = b.machine(ctx)
+	res.Settings = b.settings(ctx)
+
+	// Each measure records its own failure and the rest still run: a
+	// partial report beats none. Only a cancelled context stops the run.
+	step := func(name string, f func() error) {
+		if !selected[name] || ctx.Err() != nil {
+			return
+		}
+		b.logf("== %s", name)
+		t := time.Now()
+		if err := f(); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			b.logf("%s failed: %v", name, err)
+			res.Errors = append(res.Errors, fmt.Sprintf("%s: %v", name, err))
+		}
+		b.logf("%s took %s", name, time.Since(t).Round(time.Second))
+	}
+	step("latency", func() (err error) { res.Latency, err = b.latency(ctx); return })
+	step("throughput", func() (err error) { res.Throughput, err = b.throughput(ctx); return })
+	step("backlog", func() (err error) { res.Backlog, res.SweepCost, err = b.backlog(ctx); return })
+	step("wal", func() (err error) { res.WAL, err = b.wal(ctx); return })
+	step("profile", func() (err error) { res.Profile, err = b.profile(ctx); return })
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("interrupted: %w", err)
+	}
+	res.Stream = b.stream
+	res.Relays = b.relays
+	res.Seconds = time.Since(started).Seconds()
+
+	report := renderMarkdown(res)
+	fmt.Fprintln(stdout)
+	fmt.Fprint(stdout, summaryTables(res))
+	if outDir != "" {
+		if err := res.write(outDir, report); err != nil {
+			return err
+		}
+		b.logf("wrote %s/BENCHMARKS.md, bench-results.json and bench-latency.svg", outDir)
+	}
+	b.logf("total %s", time.Since(started).Round(time.Second))
+	if len(res.Errors) > 0 {
+		return errors.New(strings.Join(res.Errors, "; "))
+	}
+	return nil
+}

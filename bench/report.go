@@ -1,0 +1,444 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+)
+
+// results is everything a run found; it is written as bench-results.json.
+type results struct {
+	Started  string            `json:"started"`
+	Seconds  float64           `json:"seconds"`
+	Plan     plan              `json:"plan"`
+	Machine  machine           `json:"machine"`
+	Settings map[string]string `json:"settings"`
+	Stream   streamState       `json:"stream"`
+
+	Latency    []latencyResult    `json:"latency"`
+	Throughput []throughputResult `json:"throughput"`
+	Backlog    []backlogResult    `json:"backlog"`
+	SweepCost  []sweepCost        `json:"sweep_cost"`
+	WAL        *walResult         `json:"wal,omitempty"`
+	Profile    *profileResult     `json:"profile,omitempty"`
+	Relays     []relayStats       `json:"relays"`
+	Errors     []string           `json:"errors,omitempty"`
+}
+
+func (r *results) write(dir, markdown string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	j, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	files := map[string][]byte{
+		"BENCHMARKS.md":      []byte(markdown),
+		"bench-results.json": append(j, '\n'),
+		"bench-latency.svg":  []byte(latencyChart(r)),
+	}
+	for name, b := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Targets of issue 6.
+const (
+	targetP50At500     = 1.5  // ms
+	targetP99At500     = 5.0  // ms
+	targetP99At5000    = 25.0 // ms
+	targetBulkRate     = 15_000
+	targetSingleRate   = 10_000
+	targetDrainRate    = 10_000
+	targetRSSMiB       = 48
+	targetWALBytes     = 16 << 20
+	sweepFlatFactor    = 2.0 // "flat": at most twice the small table's time…
+	sweepFlatAllowance = 0.5 // …plus half a millisecond
+)
+
+// target is one line of the summary.
+type target struct {
+	What, Goal, Measured, Verdict string
+}
+
+func verdictAtMost(v, limit float64) string {
+	if v <= limit {
+		return "✓"
+	}
+	return fmt.Sprintf("✗ (%.1f× the limit)", v/limit)
+}
+
+func verdictAtLeast(v, floor float64) string {
+	if v >= floor {
+		return "✓"
+	}
+	return fmt.Sprintf("✗ (%.0f %% of the target)", 100*v/floor)
+}
+
+func (r *results) latencyOf(mode string, rate int) *latencyResult {
+	for i := range r.Latency {
+		if l := &r.Latency[i]; l.Mode == mode && l.Rate == rate && l.Skipped == "" && l.Latency.Count > 0 {
+			return l
+		}
+	}
+	return nil
+}
+
+// throughputOf prefers the stream; without it, sweep-only stands in.
+func (r *results) throughputOf(kind string, n int) *throughputResult {
+	for _, mode := range []string{streamMode.Name, sweepMode.Name} {
+		for i := range r.Throughput {
+			if t := &r.Throughput[i]; t.Mode == mode && t.Kind == kind && t.Events == n && t.Skipped == "" && t.EventsPerSec > 0 {
+				return t
+			}
+		}
+	}
+	return nil
+}
+
+func (r *results) targets() []target {
+	var ts []target
+	lat := func(rate int, q string, limit float64, get func(distribution) float64) {
+		t := target{What: fmt.Sprintf("stream latency %s at %s events/s", q, thousands(rate)), Goal: fmt.Sprintf("≤ %s ms", num(limit))}
+		if l := r.latencyOf(streamMode.Name, rate); l != nil {
+			v := get(l.Latency)
+			t.Measured, t.Verdict = fmt.Sprintf("%s ms", num(v)), verdictAtMost(v, limit)
+		} else {
+			t.Measured, t.Verdict = "not measured", "–"
+		}
+		ts = append(ts, t)
+	}
+	lat(500, "p50", targetP50At500, func(d distribution) float64 { return d.P50 })
+	lat(500, "p99", targetP99At500, func(d distribution) float64 { return d.P99 })
+	lat(5000, "p99", targetP99At5000, func(d distribution) float64 { return d.P99 })
+
+	thr := func(kind string, n int, floor float64) {
+		t := target{Goal: fmt.Sprintf("≥ %s events/s", thousands(int(floor)))}
+		t.What = load{kind, n}.String()
+		if x := r.throughputOf(kind, n); x != nil {
+			t.What += " (" + x.Mode + ")"
+			t.Measured, t.Verdict = fmt.Sprintf("%s events/s", thousands(int(x.EventsPerSec))), verdictAtLeast(x.EventsPerSec, floor)
+		} else {
+			t.Measured, t.Verdict = "not measured", "–"
+		}
+		ts = append(ts, t)
+	}
+	thr("bulk", 20_000, targetBulkRate)
+	thr("single", r.Plan.SingleN, targetSingleRate)
+
+	drain := target{What: fmt.Sprintf("backlog drain of %s rows", thousands(r.Plan.BacklogN)), Goal: fmt.Sprintf("≥ %s events/s", thousands(targetDrainRate)), Measured: "not measured", Verdict: "–"}
+	for _, d := range r.Backlog {
+		if d.Rows == r.Plan.BacklogN && d.EventsPerSec > 0 {
+			drain.Measured = fmt.Sprintf("%s events/s", thousands(int(d.EventsPerSec)))
+			drain.Verdict = verdictAtLeast(d.EventsPerSec, targetDrainRate)
+			if d.TimedOut {
+				drain.Measured += fmt.Sprintf(" (stopped after %s)", time.Duration(r.Plan.DrainLimit))
+			}
+		}
+	}
+	ts = append(ts, drain)
+
+	flat := target{What: "sweep query, small vs large delivered table", Goal: "flat", Measured: "not measured", Verdict: "–"}
+	if len(r.SweepCost) == 2 {
+		s, l := r.SweepCost[0], r.SweepCost[1]
+		flat.What = fmt.Sprintf("sweep query, %s vs %s delivered rows", thousands(s.Delivered), thousands(l.Delivered))
+		flat.Measured = fmt.Sprintf("%s vs %s ms (first run after the drain: %s vs %s ms)", num(s.MedianMs), num(l.MedianMs), num(s.FirstMs), num(l.FirstMs))
+		flat.Goal = fmt.Sprintf("flat (≤ %.0f× + %.1f ms)", sweepFlatFactor, sweepFlatAllowance)
+		flat.Verdict = verdictAtMost(l.MedianMs, sweepFlatFactor*s.MedianMs+sweepFlatAllowance)
+	}
+	ts = append(ts, flat)
+
+	rss := target{What: "relay peak RSS (VmHWM), every run", Goal: fmt.Sprintf("≤ %d MiB", targetRSSMiB), Measured: "not measured", Verdict: "–"}
+	if peak, label := r.peakRSS(); peak > 0 {
+		rss.Measured = fmt.Sprintf("%.1f MiB (%s)", peak, label)
+		rss.Verdict = verdictAtMost(peak, targetRSSMiB)
+	}
+	ts = append(ts, rss)
+
+	lag := target{What: "slot confirmed-flush lag, runner down", Goal: "< 16 MiB, flat", Measured: "not measured", Verdict: "–"}
+	ret := target{What: "slot retained WAL after CHECKPOINT", Goal: "< 16 MiB", Measured: "not measured", Verdict: "–"}
+	if w := r.WAL; w != nil && w.Skipped == "" && len(w.Samples) > 0 {
+		lag.What = fmt.Sprintf("slot confirmed-flush lag, runner down %.0f s", w.OutageSeconds)
+		lag.Measured = "max " + mib(w.MaxLag)
+		lag.Verdict = verdictAtMost(float64(w.MaxLag), targetWALBytes)
+		ret.Measured = mib(w.RetainedAfterCheckpoint) + " (max before: " + mib(w.MaxRetained) + ")"
+		ret.Verdict = verdictAtMost(float64(w.RetainedAfterCheckpoint), targetWALBytes)
+	}
+	return append(ts, lag, ret)
+}
+
+func (r *results) peakRSS() (float64, string) {
+	peak, label := 0.0, ""
+	for _, s := range r.Relays {
+		if s.PeakRSSMiB > peak {
+			peak, label = s.PeakRSSMiB, s.Label
+		}
+	}
+	return peak, label
+}
+
+// num formats a figure with sensible precision.
+func num(v float64) string {
+	switch a := math.Abs(v); {
+	case a == 0:
+		return "0"
+	case a < 1:
+		return fmt.Sprintf("%.3f", v)
+	case a < 10:
+		return fmt.Sprintf("%.2f", v)
+	case a < 100:
+		return fmt.Sprintf("%.1f", v)
+	default:
+		return thousands(int(math.Round(v)))
+	}
+}
+
+func summaryTables(r *results) string {
+	var b strings.Builder
+	b.WriteString("| target | goal | measured | |\n|---|---|---|---|\n")
+	for _, t := range r.targets() {
+		fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", t.What, t.Goal, t.Measured, t.Verdict)
+	}
+	b.WriteString("\n")
+	b.WriteString(latencyTable(r))
+	b.WriteString("\n")
+	b.WriteString(throughputTable(r))
+	b.WriteString("\n")
+	b.WriteString(backlogTables(r))
+	b.WriteString("\n")
+	b.WriteString(walTable(r))
+	return b.String()
+}
+
+func latencyTable(r *results) string {
+	var b strings.Builder
+	b.WriteString("| mode | rate (events/s) | achieved | events | p50 ms | p95 ms | p99 ms | p99.9 ms | max ms | missing | dup | via stream / sweep | CPU s: relay / Postgres / harness / other | machine busy |\n")
+	b.WriteString("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|--:|\n")
+	for _, l := range r.Latency {
+		if l.Skipped != "" {
+			fmt.Fprintf(&b, "| %s | %s | skipped: stream not available | | | | | | | | | | | |\n", l.Mode, thousands(l.Rate))
+			continue
+		}
+		d := l.Latency
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %d | %s / %s | %s | %.0f %% |\n",
+			l.Mode, thousands(l.Rate), thousands(int(l.Load.AchievedRate)), thousands(d.Count),
+			num(d.P50), num(d.P95), num(d.P99), num(d.P999), num(d.Max), l.Missing, l.Duplicates,
+			thousands(int(l.Stream)), thousands(int(l.Sweep)), cpuCell(l.CPU), 100*l.CPU.Busy)
+	}
+	return b.String()
+}
+
+func throughputTable(r *results) string {
+	var b strings.Builder
+	b.WriteString("| mode | load | insert s | delivered in s | events/s | target | | relay CPU s / 10k | relay peak RSS MiB | CPU s: relay / Postgres / harness / other | machine busy |\n")
+	b.WriteString("|---|---|--:|--:|--:|--:|---|--:|--:|---|--:|\n")
+	for _, t := range r.Throughput {
+		if t.Skipped != "" {
+			fmt.Fprintf(&b, "| %s | %s | skipped: stream not available | | | | | | | | |\n", t.Mode, t.Load)
+			continue
+		}
+		goal, verdict := "", ""
+		switch {
+		case t.Kind == "bulk" && t.Events == 20_000:
+			goal, verdict = "≥ "+thousands(targetBulkRate), verdictAtLeast(t.EventsPerSec, targetBulkRate)
+		case t.Kind == "single":
+			goal, verdict = "≥ "+thousands(targetSingleRate), verdictAtLeast(t.EventsPerSec, targetSingleRate)
+		}
+		if t.TimedOut {
+			verdict += fmt.Sprintf(" (timed out, %d missing)", t.Missing)
+		}
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %.0f %% |\n",
+			t.Mode, t.Load, num(t.InsertSeconds), num(t.DeliverSeconds), thousands(int(t.EventsPerSec)), goal, verdict,
+			num(t.CPUPer10k), num(t.PeakRSSMiB), cpuCell(t.CPU), 100*t.CPU.Busy)
+	}
+	return b.String()
+}
+
+func cpuCell(c cpuUse) string {
+	return fmt.Sprintf("%s / %s / %s / %s", num(c.Relay), num(c.Postgres), num(c.Bench), num(c.Other))
+}
+
+func backlogTables(r *results) string {
+	var b strings.Builder
+	b.WriteString("| rows | mode | written in s | drained in s | first receipt s | events/s | target | | relay CPU s / 10k | relay peak RSS MiB | dup | CPU s: relay / Postgres / harness / other | machine busy |\n")
+	b.WriteString("|--:|---|--:|--:|--:|--:|--:|---|--:|--:|--:|---|--:|\n")
+	for _, d := range r.Backlog {
+		goal, verdict := "", ""
+		if d.Rows == r.Plan.BacklogN {
+			goal, verdict = "≥ "+thousands(targetDrainRate), verdictAtLeast(d.EventsPerSec, targetDrainRate)
+		}
+		if d.TimedOut {
+			verdict += fmt.Sprintf(" (stopped after %s: %s of %s)", time.Duration(r.Plan.DrainLimit), thousands(d.Received), thousands(d.Rows))
+		}
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %s | %.0f %% |\n",
+			thousands(d.Rows), d.Mode, num(d.InsertSeconds), num(d.DrainSeconds), num(d.FirstReceiptSeconds),
+			thousands(int(d.EventsPerSec)), goal, verdict, num(d.CPUPer10k), num(d.PeakRSSMiB), d.Duplicates,
+			cpuCell(d.CPU), 100*d.CPU.Busy)
+	}
+	b.WriteString("\n| delivered rows | pending rows | first run after the drain, ms (buffers) | next 4, median ms (buffers) | after VACUUM, ms | store.ClaimDue (100 rows, round trip), ms | plan |\n")
+	b.WriteString("|--:|--:|--:|--:|--:|--:|---|\n")
+	for _, c := range r.SweepCost {
+		fmt.Fprintf(&b, "| %s | %s | %s (%s) | %s (%s) | %s | %s | %s |\n",
+			thousands(c.Delivered), thousands(c.Pending), num(c.FirstMs), thousands(int(c.FirstBuffers)),
+			num(c.MedianMs), thousands(int(c.MedianBuffers)), num(c.VacuumedMs), num(c.ClaimMs), c.Plan)
+	}
+	return b.String()
+}
+
+func walTable(r *results) string {
+	w := r.WAL
+	if w == nil {
+		return ""
+	}
+	if w.Skipped != "" {
+		return "WAL: skipped: " + w.Skipped + "\n"
+	}
+	var b strings.Builder
+	b.WriteString("| runner outage | WAL written | outbox rows meanwhile | max confirmed-flush lag | max retained | retained after CHECKPOINT | lag after CHECKPOINT | delivered after the runner returned |\n")
+	b.WriteString("|--:|--:|--:|--:|--:|--:|--:|--:|\n")
+	rec := fmt.Sprintf("%s s", num(w.RecoverySeconds))
+	if !w.Recovered {
+		rec = "not within 30 s"
+	}
+	fmt.Fprintf(&b, "| %.0f s | %.1f MiB/s | %s (%d/s) | %s %s | %s | %s %s | %s | %s |\n",
+		w.OutageSeconds, w.WALRate/(1<<20), thousands(w.OutboxRows), w.OutboxRate,
+		mib(w.MaxLag), verdictAtMost(float64(w.MaxLag), targetWALBytes), mib(w.MaxRetained),
+		mib(w.RetainedAfterCheckpoint), verdictAtMost(float64(w.RetainedAfterCheckpoint), targetWALBytes),
+		mib(w.LagAfterCheckpoint), rec)
+	return b.String()
+}
+
+// renderMarkdown is docs/BENCHMARKS.md.
+func renderMarkdown(r *results) string {
+	var b strings.Builder
+	m := r.Machine
+	w := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
+
+	w("# Benchmarks\n\n")
+	w("Generated by `make bench` (`go run ./bench`) on %s at commit `%s`; the run took %s. ",
+		r.Started[:10], m.Commit, time.Duration(r.Seconds*float64(time.Second)).Round(time.Second))
+	w("Do not edit by hand: run it again. Raw figures: [bench-results.json](bench-results.json).\n\n")
+	if !r.Stream.Available {
+		w("> **The stream was not available in this build** (%s). Stream figures are missing and the targets are judged on what ran.\n\n", r.Stream.Reason)
+	}
+	if len(r.Errors) > 0 {
+		w("> **Errors during the run:** %s\n\n", strings.Join(r.Errors, "; "))
+	}
+
+	w("## Targets (issue 6)\n\n")
+	w("| target | goal | measured | |\n|---|---|---|---|\n")
+	for _, t := range r.targets() {
+		w("| %s | %s | %s | %s |\n", t.What, t.Goal, t.Measured, t.Verdict)
+	}
+
+	w("\n## Machine and settings\n\n")
+	w("- %d CPUs (%s), %.1f GiB memory, Linux %s — shared by PostgreSQL, the relay, and the harness (runner and load generator); loopback only.\n", m.CPUs, m.CPUModel, m.MemoryGiB, m.Kernel)
+	w("- %s, PostgreSQL %s, `%s`.\n", m.Go, m.Postgres, m.Relay)
+	w("- PostgreSQL is a throwaway cluster from `internal/pgtest`: ")
+	var keys []string
+	for k := range r.Settings {
+		if strings.HasPrefix(k, "server.") {
+			keys = append(keys, k)
+		}
+	}
+	slices.Sort(keys)
+	for i, k := range keys {
+		if i > 0 {
+			w(", ")
+		}
+		w("`%s=%s`", strings.TrimPrefix(k, "server."), r.Settings[k])
+	}
+	w(". The benchmark databases set `synchronous_commit = on` (`ALTER DATABASE`, which outranks the server's command line), so every commit — the load's and the relay's — waits for its WAL write as an application's would, and the walsender sees it at once (with the cluster's `off`, a commit reaches the stream only at the WAL writer's next flush, up to 3 × `wal_writer_delay` later).\n")
+	w("- **`fsync=off`**: a commit does not wait for the disk. On real storage add the device's flush time (about 0.1–2 ms on SSDs) to every commit — the application's and each outcome `UPDATE` of the relay — so single-row insert rates and the relay's throughput would be lower; on loopback with `fsync=off` the figures show the CPU cost of the relay and the database.\n")
+	w("- The relay is the real binary (`go build ./cmd/outbox-relay`) run as a child process with its defaults (`RELAY_CONCURRENCY=16`, `RELAY_BATCH_SIZE=100`, `RELAY_HTTP_TIMEOUT=10s`), `RELAY_LOG_LEVEL=warn`, and `RELAY_LISTEN_ADDR` on 127.0.0.1 for `/metrics`. **stream** is `RELAY_CDC=on`, `RELAY_SWEEP_INTERVAL=1m` (only the stream can be fast); **sweep-only** is `RELAY_CDC=off`, `RELAY_SWEEP_INTERVAL=1s`.\n")
+	w("- The runner is a `net/http` server in the harness process on 127.0.0.1: it reads the body, notes the receipt time under the `Idempotency-Key` (the event id) and answers 204.\n")
+	w("- CPU columns split the CPU seconds of each run between the relay, PostgreSQL, the harness (runner and load generator) and *other* processes; \"machine busy\" is the share of all %d CPUs in use. The machine may be shared with other work: a large *other* share means the run competed for CPU and its figures are pessimistic.\n", m.CPUs)
+
+	w("\n## 1. Latency: commit → runner receipt\n\n")
+	w("Single-row transactions from %d connections at a steady rate, %s per rate after a %s warm-up that is not counted. Each insert carries an `event_id` made by the harness (a random UUID), and its latency is the runner's receipt time minus the moment its `COMMIT` returned, both on the harness's monotonic clock. \"achieved\" is the rate the load really committed at; \"missing\" were not received within 10 s (stream) or 10 s plus two sweep intervals.\n\n",
+		r.Plan.LatencyConns, r.Plan.LatencyDuration, r.Plan.LatencyWarmup)
+	w("%s\n", latencyTable(r))
+	w("![Latency distribution, stream versus sweep-only](bench-latency.svg)\n\n")
+	early := 0
+	for _, l := range r.Latency {
+		early += l.Early
+	}
+	if early > 0 {
+		w("%d events reached the runner before their `COMMIT` returned to the inserter (the relay can hear of a commit before the client does); they count with their negative latency.\n\n", early)
+	}
+
+	w("## 2. Throughput\n\n")
+	w("A fresh relay per load, on an empty or lightly filled table. For an `INSERT … SELECT` (one transaction) the clock starts when its `COMMIT` returns; for single-row transactions (%d connections, as fast as they go) it starts at the first insert. It stops at the last receipt. One POST per event.\n\n", r.Plan.SingleConns)
+	w("%s\n", throughputTable(r))
+
+	w("## 3. Backlog drain and the sweep's cost\n\n")
+	w("The rows are written while no relay runs (the runner is \"down\"), in transactions of at most 100,000 rows; then the relay starts and the clock runs from its start to the last receipt. After the drain, with the relay stopped, %s pending rows are added and the sweep's row choice — the `SELECT … ORDER BY next_attempt_at LIMIT 100 FOR UPDATE SKIP LOCKED` inside the claim, copied from `internal/store/store.go` — is run under `EXPLAIN (ANALYZE, BUFFERS)`: once right after the drain, four more times, and five times after a `VACUUM`; then `store.ClaimDue` itself is timed from the client.\n\n", thousands(r.Plan.SweepPending))
+	w("%s\n", backlogTables(r))
+
+	w("## 4. Cost\n\n")
+	w("CPU is `utime + stime` from `/proc/<pid>/stat`; for PostgreSQL it is summed over the postmaster and its children, for the harness (runner and load generator) it is its own `getrusage`. Peak RSS is the relay's `VmHWM` from `/proc/<pid>/status`, read just before it stops. Per-load figures are in the throughput table; every relay process of the run:\n\n")
+	w("| relay run | lifetime s | CPU s | peak RSS MiB | RSS at end MiB | via stream | via sweep | retries |\n|---|--:|--:|--:|--:|--:|--:|--:|\n")
+	for _, s := range r.Relays {
+		w("| %s | %s | %s | %s | %s | %s | %s | %s |\n", s.Label, num(s.Seconds), num(s.CPUSeconds), num(s.PeakRSSMiB), num(s.RSSMiB),
+			thousands(int(s.Stream)), thousands(int(s.Sweep)), thousands(int(s.Retries)))
+	}
+
+	w("\n## 5. WAL during a runner outage\n\n")
+	if r.WAL != nil && r.WAL.Skipped == "" {
+		wl := r.WAL
+		w("The runner stops listening (connections refused) for %.0f s while another table in the same database takes about %.1f MiB/s of WAL (1 KiB rows, ten statements a second) and the outbox takes %d rows/s, which the relay claims, fails to send and backs off (`RELAY_BACKOFF_MAX=5s` here). Every second the slot's `pg_current_wal_lsn() - confirmed_flush_lsn` (the relay's own lag) and `pg_current_wal_lsn() - restart_lsn` (retained WAL) are read. Postgres moves `restart_lsn` only at running-transactions records and checkpoints, so retained WAL is read again each second for 5 s after the writes stop and a `CHECKPOINT`.\n\n",
+			wl.OutageSeconds, wl.WALRate/(1<<20), wl.OutboxRate)
+		w("%s\n", walTable(r))
+		w("Per second, MiB (lag / retained): ")
+		for i, s := range wl.Samples {
+			if i > 0 {
+				w(", ")
+			}
+			w("%.1f/%.1f", float64(s.Lag)/(1<<20), float64(s.Retained)/(1<<20))
+		}
+		w("; after the CHECKPOINT: ")
+		for i, s := range wl.After {
+			if i > 0 {
+				w(", ")
+			}
+			w("%.1f/%.1f", float64(s.Lag)/(1<<20), float64(s.Retained)/(1<<20))
+		}
+		w(".\n\n")
+	} else if r.WAL != nil {
+		w("Skipped: %s\n\n", r.WAL.Skipped)
+	} else {
+		w("Not run.\n\n")
+	}
+
+	w("## Where the relay's CPU goes\n\n")
+	if p := r.Profile; p != nil && p.Skipped == "" && len(p.Self) > 0 {
+		w("`perf record -F 999 -g -p <relay>` during an extra run of the %s (%s; not one of the measured runs: sampling slows it): %s s, CPU s relay / Postgres / harness / other: %s. The relay's activities, as shares of its samples (cumulative: a frame and everything it calls, so they overlap):\n\n",
+			p.Load, p.Mode, num(p.Seconds), cpuCell(p.CPU))
+		w("| activity | frame | share |\n|---|---|--:|\n")
+		for _, a := range p.Areas {
+			w("| %s | `%s` | %.1f %% |\n", a.What, a.Frame, a.Percent)
+		}
+		if len(p.DSOs) > 0 {
+			w("\nBy binary: %s.\n", strings.Join(p.DSOs, "; "))
+		}
+		w("\nFlat profile (own samples), top entries:\n\n```\n%s\n```\n\nCumulative, top entries, without the frames every goroutine passes through:\n\n```\n%s\n```\n\n", strings.Join(p.Self, "\n"), strings.Join(p.Children, "\n"))
+	} else if p != nil && p.Skipped != "" {
+		w("No profile: %s.\n\n", p.Skipped)
+	} else {
+		w("No profile in this run.\n\n")
+	}
+
+	w("## Reproduce\n\n")
+	w("```\nmake bench                                  # this report: docs/BENCHMARKS.md, bench-results.json, bench-latency.svg\ngo run ./bench -quick                       # about a minute, smaller sizes; prints the tables, writes nothing\ngo run ./bench -only=latency,wal -out /tmp/b # a subset, written elsewhere\n```\n\n")
+	w("Needs the PostgreSQL server binaries (as `make test` does) and, for the profile, `perf`.\n")
+	return b.String()
+}

@@ -1,0 +1,187 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+)
+
+// walSample is the relay's slot at one moment.
+type walSample struct {
+	T        float64 `json:"t_seconds"`
+	Lag      int64   `json:"confirmed_flush_lag_bytes"` // pg_current_wal_lsn() - confirmed_flush_lsn
+	Retained int64   `json:"retained_bytes"`            // pg_current_wal_lsn() - restart_lsn
+	Written  int64   `json:"wal_written_bytes"`         // since the outage began
+	Active   bool    `json:"active"`
+}
+
+// walResult is the slot during a runner outage with other tables busy.
+type walResult struct {
+	Mode    string `json:"mode"`
+	Skipped string `json:"skipped,omitempty"`
+
+	OutageSeconds float64 `json:"outage_seconds"`
+	// WALRate is the WAL written per second during the outage, nearly all
+	// of it by the background writes to another table.
+	WALRate    float64 `json:"wal_bytes_per_second"`
+	OutboxRate int     `json:"outbox_rate"`
+	OutboxRows int     `json:"outbox_rows"`
+
+	Samples     []walSample `json:"samples"`
+	MaxLag      int64       `json:"max_confirmed_flush_lag_bytes"`
+	MaxRetained int64       `json:"max_retained_bytes"`
+	// After is sampled every second for five seconds after the writes
+	// stop and a CHECKPOINT; RetainedAfterCheckpoint is the last of them.
+	After                   []walSample `json:"after_checkpoint"`
+	RetainedAfterCheckpoint int64       `json:"retained_after_checkpoint_bytes"`
+	LagAfterCheckpoint      int64       `json:"lag_after_checkpoint_bytes"`
+	// RecoverySeconds is from the runner's return to the last outbox row
+	// written during the outage being received.
+	RecoverySeconds float64 `json:"recovery_seconds"`
+	Recovered       bool    `json:"recovered"`
+}
+
+// wal takes the runner down, writes ~WALBytesRate to another table and a
+// trickle to the outbox, and watches the relay's slot.
+func (b *bench) wal(ctx context.Context) (*walResult, error) {
+	m := streamMode
+	res := &walResult{Mode: m.Name, OutboxRate: b.plan.WALOutboxHz}
+	db, err := b.newDB(ctx, "wal")
+	if err != nil {
+		return res, err
+	}
+	defer b.dropDB(db)
+	if _, err := db.pool.Exec(ctx, `CREATE TABLE filler (id bigserial PRIMARY KEY, pad text NOT NULL)`); err != nil {
+		return res, err
+	}
+	// Retries come back within seconds once the runner is up again.
+	p, err := b.startRelay(ctx, db, m, "wal, runner outage", "RELAY_BACKOFF_MAX=5s")
+	if errors.Is(err, errNoStream) {
+		res.Skipped = b.stream.Reason
+		return res, nil
+	}
+	if err != nil {
+		return res, err
+	}
+	defer p.stop()
+
+	b.waitQuiet(ctx, b.quiet)
+	b.runner.reset(false, 0)
+	b.runner.stop()
+	runnerDown := true
+	defer func() {
+		if runnerDown {
+			_ = b.runner.start(context.WithoutCancel(ctx))
+		}
+	}()
+
+	var startLSN string
+	if err := db.pool.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&startLSN); err != nil {
+		return res, err
+	}
+	wctx, stopWrites := context.WithCancel(ctx)
+	defer stopWrites()
+	var wg sync.WaitGroup
+	var outboxRows int
+	var fillErr error
+	wg.Go(func() {
+		sends, _, _ := paced(wctx, db.pool, b.plan.WALOutboxHz, 2, b.plan.WALOutage)
+		outboxRows = len(sends)
+	})
+	wg.Go(func() { fillErr = b.fill(wctx, db, b.plan.WALBytesRate) })
+
+	t0 := time.Now()
+	sample := func() (walSample, error) {
+		s := walSample{T: time.Since(t0).Seconds()}
+		err := b.admin.QueryRow(ctx, `SELECT
+	coalesce((pg_current_wal_lsn() - confirmed_flush_lsn)::bigint, -1),
+	coalesce((pg_current_wal_lsn() - restart_lsn)::bigint, -1),
+	(pg_current_wal_lsn() - $2::pg_lsn)::bigint,
+	active
+FROM pg_replication_slots WHERE slot_name = $1`, db.slot, startLSN).Scan(&s.Lag, &s.Retained, &s.Written, &s.Active)
+		return s, err
+	}
+	ticks := int(b.plan.WALOutage / time.Second)
+	for i := 1; i <= ticks; i++ {
+		if err := sleep(ctx, time.Until(t0.Add(time.Duration(i)*time.Second))); err != nil {
+			return res, err
+		}
+		s, err := sample()
+		if err != nil {
+			return res, err
+		}
+		res.Samples = append(res.Samples, s)
+		res.MaxLag, res.MaxRetained = max(res.MaxLag, s.Lag), max(res.MaxRetained, s.Retained)
+		b.debugf("wal t=%2.0fs lag %s retained %s written %s active %v", s.T, mib(s.Lag), mib(s.Retained), mib(s.Written), s.Active)
+	}
+	stopWrites()
+	wg.Wait()
+	res.OutageSeconds = time.Since(t0).Seconds()
+	res.OutboxRows = outboxRows
+	if fillErr != nil && !errors.Is(fillErr, context.Canceled) {
+		return res, fmt.Errorf("background writes: %w", fillErr)
+	}
+	if n := len(res.Samples); n > 0 {
+		res.WALRate = float64(res.Samples[n-1].Written) / res.Samples[n-1].T
+	}
+
+	if _, err := b.admin.Exec(ctx, `CHECKPOINT`); err != nil {
+		return res, err
+	}
+	t1 := time.Now()
+	for i := 1; i <= 5; i++ {
+		if err := sleep(ctx, time.Until(t1.Add(time.Duration(i)*time.Second))); err != nil {
+			return res, err
+		}
+		s, err := sample()
+		if err != nil {
+			return res, err
+		}
+		res.After = append(res.After, s)
+		res.RetainedAfterCheckpoint, res.LagAfterCheckpoint = s.Retained, s.Lag
+	}
+
+	if err := b.runner.start(ctx); err != nil {
+		return res, err
+	}
+	runnerDown = false
+	back := now()
+	ok, err := b.runner.waitFor(ctx, outboxRows, 30*time.Second)
+	if err != nil {
+		return res, err
+	}
+	res.Recovered = ok
+	res.RecoverySeconds = float64(b.runner.counts().last-back) / 1e9
+	b.logf("wal: %.1f MiB/s written for %.0f s with the runner down: max lag %s, max retained %s; after CHECKPOINT retained %s; %d outbox rows delivered %.1f s after the runner came back",
+		res.WALRate/(1<<20), res.OutageSeconds, mib(res.MaxLag), mib(res.MaxRetained), mib(res.RetainedAfterCheckpoint), outboxRows, res.RecoverySeconds)
+	if !ok {
+		return res, fmt.Errorf("wal: outbox rows written during the outage not all delivered 30 s after the runner came back")
+	}
+	return res, nil
+}
+
+// fill writes about rate bytes per second of WAL into the filler table,
+// ten statements a second of ~1 KiB rows, until ctx ends.
+func (b *bench) fill(ctx context.Context, db *database, rate int) error {
+	const rowBytes = 1100 // 1,024 bytes of text plus tuple and WAL record headers
+	perTick := max(rate/10/rowBytes, 1)
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
+		// md5 of random text does not compress, so the rows stay ~1 KiB.
+		if _, err := db.pool.Exec(ctx, `INSERT INTO filler (pad)
+SELECT string_agg(md5(random()::text), '') FROM generate_series(1, $1::int) r, generate_series(1, 32) k GROUP BY r`, perTick); err != nil {
+			return err
+		}
+	}
+}
+
+// mib formats bytes as MiB with one decimal.
+func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
