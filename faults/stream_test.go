@@ -106,3 +106,22 @@ func TestWithoutLogicalReplication(t *testing.T) {
 		t.Errorf("RELAY_CDC=auto did not say why it runs sweep-only:\n%s", logs)
 	}
 }
+
+// With tiny thresholds the slot guard drops the slot as soon as it
+// retains WAL; the stream recreates it and every row is still delivered.
+func TestSlotGuardRecreatesTheSlot(t *testing.T) {
+	d := newDB(t, pgtest.NewDB(t))
+	rn := newRunner(t)
+	p, url := withMetrics(t, d, rn, "RELAY_SLOT_WARN_BYTES=1024", "RELAY_SLOT_MAX_BYTES=4096", "RELAY_STATS_INTERVAL=200ms")
+	in := startInserter(t, d, 100, 2)
+	waitFor(t, "the guard to drop the slot", 60*time.Second, func() bool {
+		n, _ := scrape(url, "outbox_relay_slot_recreated_total")
+		return n >= 2
+	})
+	waitFor(t, "the stream to come back", 60*time.Second, func() bool { return streaming(url) })
+	in.stop()
+	verify(t, d, rn, 60*time.Second)
+	if logs := p.logs.String(); !strings.Contains(logs, "dropping the replication slot") || !strings.Contains(logs, "retained_bytes") {
+		t.Errorf("the guard did not log the drop with its figures:\n%s", tail(logs, 20))
+	}
+}

@@ -64,9 +64,9 @@ type bundle struct {
 	// written yet has next_attempt_at at claimedAt plus the lease.
 	claimedAt time.Time
 	pool      *pgxpool.Pool
-	store  *store.Store
-	runner *runner
-	d      *relay.Deliverer
+	store     *store.Store
+	runner    *runner
+	d         *relay.Deliverer
 }
 
 var table = store.Table{Schema: "public", Name: "portal_event_outbox"}

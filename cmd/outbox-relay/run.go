@@ -97,6 +97,20 @@ func runRelay(ctx context.Context, args, environ []string, stderr io.Writer) err
 		}
 	}
 
+	if stream != nil {
+		metrics.WatchCDC(watchCfg.CDC)
+	}
+	watcher := monitor.NewWatcher(watchCfg, st, metrics, log)
+	// Listen before anything starts, so a taken port stops start-up with
+	// nothing to unwind.
+	var srv *monitor.Server
+	if cfg.ListenAddr != "off" {
+		if srv, err = monitor.NewServer(cfg.ListenAddr, pool, metrics, watcher, log); err != nil {
+			return fmt.Errorf("listen on RELAY_LISTEN_ADDR: %w", err)
+		}
+		log.Info("serving /healthz, /readyz and /metrics", "addr", srv.Addr())
+	}
+
 	log.Info("outbox-relay starting", "version", relay.Version, "table", table.String(),
 		"cdc", cfg.CDC, "sweep_interval", cfg.SweepInterval.String(), "concurrency", cfg.Concurrency)
 
@@ -113,16 +127,8 @@ func runRelay(ctx context.Context, args, environ []string, stderr io.Writer) err
 		g.Go(func() error { return stream.Run(gctx) })
 	}
 	g.Go(func() error { return pruner.Run(gctx) })
-	watcher := monitor.NewWatcher(watchCfg, st, metrics, log)
 	g.Go(func() error { return watcher.Run(gctx) })
-	if cfg.ListenAddr != "off" {
-		srv, err := monitor.NewServer(cfg.ListenAddr, pool, metrics, watcher, log)
-		if err != nil {
-			stopDeliverer()
-			<-delivered
-			return fmt.Errorf("listen on RELAY_LISTEN_ADDR: %w", err)
-		}
-		log.Info("serving /healthz, /readyz and /metrics", "addr", srv.Addr())
+	if srv != nil {
 		g.Go(func() error { return srv.Run(gctx) })
 	}
 	err = g.Wait()

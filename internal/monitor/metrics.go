@@ -23,8 +23,7 @@ type Metrics struct {
 
 	pending, oldestPending, dead prometheus.Gauge
 
-	cdcEnabled, cdcConnected prometheus.Gauge
-	cdcRole                  *prometheus.GaugeVec
+	cdcEnabled prometheus.Gauge
 
 	slotActive, slotRetained, slotLag prometheus.Gauge
 	slotWALStatus                     *prometheus.GaugeVec
@@ -51,8 +50,6 @@ func NewMetrics() *Metrics {
 		oldestPending: f.gauge("oldest_pending_age_seconds", "Age of the oldest pending row; 0 when none."),
 		dead:          f.gauge("dead_rows", "Rows the relay gave up on."),
 		cdcEnabled:    f.gauge("cdc_enabled", "1 when the replication fast path is in use, 0 when the relay runs sweep-only."),
-		cdcConnected:  f.gauge("cdc_connected", "1 while the replication connection is up."),
-		cdcRole:       f.gaugeVec("cdc_role", "1 for the current role: streamer (holds the slot), standby or down.", "role"),
 		slotActive:    f.gauge("slot_active", "1 when some process streams from the slot."),
 		slotRetained:  f.gauge("slot_retained_wal_bytes", "WAL the slot keeps on disk: pg_current_wal_lsn() - restart_lsn."),
 		slotLag:       f.gauge("slot_confirmed_flush_lag_bytes", "WAL not yet confirmed by the relay: pg_current_wal_lsn() - confirmed_flush_lsn."),
@@ -95,11 +92,18 @@ func (m *Metrics) setStats(s store.Stats) {
 	m.oldestPending.Set(s.OldestPending.Seconds())
 }
 
-func (m *Metrics) setCDC(c CDCState) {
-	m.cdcEnabled.Set(b2f(c.Enabled))
-	m.cdcConnected.Set(b2f(c.Connected))
+// WatchCDC exports the stream's state, read at scrape time: it costs no
+// SQL, and a role change shows at once rather than at the next refresh.
+func (m *Metrics) WatchCDC(state func() CDCState) {
+	m.cdcEnabled.Set(1)
+	m.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "cdc_connected", Help: "1 while the replication connection streams.",
+	}, func() float64 { return b2f(state().Connected) }))
 	for _, r := range []string{"streamer", "standby", "down"} {
-		m.cdcRole.WithLabelValues(r).Set(b2f(c.Role == r))
+		m.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "cdc_role", ConstLabels: prometheus.Labels{"role": r},
+			Help: "1 for the current role: streamer (holds the slot), standby or down.",
+		}, func() float64 { return b2f(state().Role == r) }))
 	}
 }
 

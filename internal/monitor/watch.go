@@ -79,10 +79,7 @@ func (w *Watcher) RunOnce(ctx context.Context) Snapshot {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	snap := Snapshot{At: time.Now()}
-	if w.cfg.CDC != nil {
-		snap.CDC = w.cfg.CDC()
-		w.metrics.setCDC(snap.CDC)
-	}
+	snap.CDC = w.cdc()
 	err := w.refresh(ctx, &snap)
 	switch {
 	case err != nil && !w.failing:
@@ -143,9 +140,18 @@ func (w *Watcher) guard(ctx context.Context, slot store.Slot) error {
 	return nil
 }
 
-// Last is the most recent snapshot.
+// Last is the most recent snapshot, with the stream's state as it is now.
 func (w *Watcher) Last() Snapshot {
 	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.last
+	s := w.last
+	w.mu.Unlock()
+	s.CDC = w.cdc()
+	return s
+}
+
+func (w *Watcher) cdc() CDCState {
+	if w.cfg.CDC == nil {
+		return CDCState{Role: "off"}
+	}
+	return w.cfg.CDC()
 }

@@ -76,20 +76,21 @@ func SlotInfo(ctx context.Context, q Querier, slot string) (Slot, error) {
 
 // DropSlot terminates the walsender holding slot, if any, and drops it.
 // The relay recreates it when it reconnects; the sweeper covers the gap.
+// A stream reconnects within moments and may take the slot again between
+// the two steps, so each try does both, waiting for the walsender to exit.
 func DropSlot(ctx context.Context, q Querier, slot string) error {
-	if _, err := q.Exec(ctx, `SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots
-		WHERE slot_name = $1 AND active_pid IS NOT NULL`, slot); err != nil {
-		return fmt.Errorf("drop slot %s: %w", slot, err)
-	}
-	// The walsender takes a moment to exit and release the slot.
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		_, err := q.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1`, slot)
-		if err == nil || time.Now().After(deadline) || ctx.Err() != nil {
-			if err != nil {
-				return fmt.Errorf("drop slot %s: %w", slot, err)
-			}
+		_, err := q.Exec(ctx, `SELECT pg_terminate_backend(active_pid, 5000) FROM pg_replication_slots
+			WHERE slot_name = $1 AND active_pid IS NOT NULL`, slot)
+		if err == nil {
+			_, err = q.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1`, slot)
+		}
+		if err == nil {
 			return nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("drop slot %s: %w", slot, err)
 		}
 		select {
 		case <-ctx.Done():
