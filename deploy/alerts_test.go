@@ -4,6 +4,8 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"os"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -74,6 +76,27 @@ func loadRules(t *testing.T) []rulefmt.Rule {
 	return rules
 }
 
+var runbookLink = regexp.MustCompile(`deploy/README\.md#([a-z0-9-]+)`)
+
+// readmeAnchors lists the anchors of deploy/README.md's headings, as
+// GitHub makes them: lower case, spaces to hyphens, punctuation dropped.
+func readmeAnchors(t *testing.T) []string {
+	t.Helper()
+	b, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var anchors []string
+	for line := range strings.Lines(string(b)) {
+		if title, ok := strings.CutPrefix(strings.TrimSpace(line), "#"); ok {
+			title = strings.ToLower(strings.TrimSpace(strings.TrimLeft(title, "#")))
+			title = strings.ReplaceAll(title, " ", "-")
+			anchors = append(anchors, regexp.MustCompile(`[^a-z0-9_-]`).ReplaceAllString(title, ""))
+		}
+	}
+	return anchors
+}
+
 // metricNames lists the metric names an expression selects.
 func metricNames(t *testing.T, expr string) []string {
 	t.Helper()
@@ -114,6 +137,7 @@ func TestAlertRules(t *testing.T) {
 		exported[mf.GetName()] = true
 	}
 
+	anchors := readmeAnchors(t)
 	var names []string
 	for _, r := range rules {
 		if r.Alert == "" {
@@ -142,6 +166,11 @@ func TestAlertRules(t *testing.T) {
 		}
 		if !strings.Contains(r.Annotations["description"], "Runbook: README, section Production") {
 			t.Errorf("%s: the description should point to the runbook (README, section Production)", r.Alert)
+		}
+		if m := runbookLink.FindStringSubmatch(r.Annotations["description"]); m == nil {
+			t.Errorf("%s: the description has no deploy/README.md#entry link", r.Alert)
+		} else if !slices.Contains(anchors, m[1]) {
+			t.Errorf("%s: deploy/README.md has no heading for #%s; it has %v", r.Alert, m[1], anchors)
 		}
 	}
 	for _, want := range wantAlerts {
