@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -113,6 +114,7 @@ type runner struct {
 	mu   sync.Mutex
 	seen map[string]int
 	srv  *http.Server
+	open atomic.Int64 // connections open now
 	// answer decides the answer; nil answers 200.
 	answer func(w http.ResponseWriter, r *http.Request) bool
 }
@@ -132,7 +134,14 @@ func newRunner(t *testing.T) *runner {
 func (rn *runner) URL() string { return "http://" + rn.addr + "/events" }
 
 func (rn *runner) serve(ln net.Listener) {
-	srv := &http.Server{Handler: http.HandlerFunc(rn.handle)}
+	srv := &http.Server{Handler: http.HandlerFunc(rn.handle), ConnState: func(_ net.Conn, s http.ConnState) {
+		switch s {
+		case http.StateNew:
+			rn.open.Add(1)
+		case http.StateClosed, http.StateHijacked:
+			rn.open.Add(-1)
+		}
+	}}
 	rn.mu.Lock()
 	rn.srv = srv
 	rn.mu.Unlock()

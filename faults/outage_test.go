@@ -10,7 +10,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -136,17 +135,6 @@ func TestRunnerOutage(t *testing.T) {
 func TestFlakyRunner(t *testing.T) {
 	d := newDB(t, pgtest.NewDB(t))
 	rn := newRunner(t)
-	var open atomic.Int64
-	rn.mu.Lock()
-	rn.srv.ConnState = func(_ net.Conn, s http.ConnState) {
-		switch s {
-		case http.StateNew:
-			open.Add(1)
-		case http.StateClosed, http.StateHijacked:
-			open.Add(-1)
-		}
-	}
-	rn.mu.Unlock()
 	var mu sync.Mutex
 	rng := rand.New(rand.NewPCG(1, 2))
 	rn.setAnswer(func(w http.ResponseWriter, r *http.Request) bool {
@@ -198,11 +186,11 @@ func TestFlakyRunner(t *testing.T) {
 		after, _ = scrape(metricsURL, "go_goroutines")
 		return after <= before+2*concurrencyDefault
 	})
-	if n := open.Load(); n > 2*concurrencyDefault {
+	if n := rn.open.Load(); n > 2*concurrencyDefault {
 		t.Errorf("%d connections open at the runner after the run, want at most %d", n, 2*concurrencyDefault)
 	}
 	record(t, "flaky runner", r, map[string]string{
-		"goroutines_before": fmt.Sprint(before), "goroutines_after": fmt.Sprint(after), "runner_conns_after": fmt.Sprint(open.Load()),
+		"goroutines_before": fmt.Sprint(before), "goroutines_after": fmt.Sprint(after), "runner_conns_after": fmt.Sprint(rn.open.Load()),
 	})
 }
 
