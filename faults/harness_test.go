@@ -262,7 +262,7 @@ func startRelay(t *testing.T, env []string) *proc {
 	}()
 	t.Cleanup(func() {
 		p.kill()
-		if t.Failed() {
+		if t.Failed() || os.Getenv("RELAY_FAULTS_LOGS") != "" {
 			t.Logf("relay %d logs (tail):\n%s", p.cmd.Process.Pid, tail(p.logs.String(), 40))
 		}
 	})
@@ -373,6 +373,10 @@ func verify(t *testing.T, d *db, rn *runner, limit time.Duration) result {
 			r.Lost++
 		case n > 1:
 			r.Duplicates += n - 1
+			var attempts int
+			var lastErr *string
+			_ = d.pool.QueryRow(context.Background(), `SELECT attempts, last_error FROM portal_event_outbox WHERE event_id = $1`, id).Scan(&attempts, &lastErr)
+			t.Logf("event %s sent %d times; attempts %d, last_error %v", id, n, attempts, lastErr)
 		}
 	}
 	for id := range got {

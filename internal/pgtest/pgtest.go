@@ -98,12 +98,20 @@ type Option func(*config)
 
 type config struct {
 	walLevel string
+	settings []string
 }
 
 // WithWalLevel sets wal_level (default "logical"); "replica" lets a test
 // exercise the sweep-only fallback of a server without logical replication.
 func WithWalLevel(level string) Option {
 	return func(c *config) { c.walLevel = level }
+}
+
+// WithSetting sets a server setting (name=value), after and so over the
+// harness's own: e.g. synchronous_commit=on for a test that crashes the
+// server and must not lose acknowledged commits.
+func WithSetting(name, value string) Option {
+	return func(c *config) { c.settings = append(c.settings, name+"="+value) }
 }
 
 // Cluster is a throwaway PostgreSQL server in a temporary directory. Its
@@ -114,6 +122,7 @@ type Cluster struct {
 	port     int
 	password string
 	walLevel string
+	settings []string            // extra server settings, name=value
 	cred     *syscall.Credential // nil unless we run as root
 }
 
@@ -167,7 +176,7 @@ func Start(opts ...Option) (*Cluster, error) {
 	if err != nil {
 		return nil, fmt.Errorf("pgtest: temp dir: %w", err)
 	}
-	c := &Cluster{binDir: binDir, dir: dir, password: rand.Text(), walLevel: cfg.walLevel, cred: cred}
+	c := &Cluster{binDir: binDir, dir: dir, password: rand.Text(), walLevel: cfg.walLevel, settings: cfg.settings, cred: cred}
 	if err := c.initdb(); err != nil {
 		os.RemoveAll(dir)
 		return nil, err
@@ -330,6 +339,7 @@ func (c *Cluster) serverOptions() string {
 		"max_connections=200",
 		"logging_collector=off",
 	}
+	settings = append(settings, c.settings...) // the last -c of a name wins
 	var b strings.Builder
 	for _, s := range settings {
 		b.WriteString(" -c '" + strings.ReplaceAll(s, "'", `'\''`) + "'")
