@@ -100,6 +100,16 @@ const (
 	// hand-off goroutine before the reader waits too.
 	handoffLimit = 4
 
+	// handoffWait is how long the reader waits for room in a full
+	// hand-off buffer before it leaves the ids to the sweeper. Long enough
+	// to ride out a burst, short enough that keepalives are answered and
+	// WAL is confirmed while the runner is slow or down.
+	handoffWait = 200 * time.Millisecond
+
+	// shedHold is how long after dropping ids the stream counts as not
+	// keeping up, so the sweeper takes fresh rows too.
+	shedHold = 5 * time.Second
+
 	// queryTimeout bounds every set-up statement and connection attempt.
 	queryTimeout = 10 * time.Second
 
@@ -124,7 +134,9 @@ type Stream struct {
 	idle, standbyEvery time.Duration
 
 	streaming atomic.Bool
-	broken    bool // the slot must be made again; used by Run's goroutine only
+	shedding  atomic.Bool  // the last hand-off was dropped
+	lastShed  atomic.Int64 // unix nanoseconds of the last drop
+	broken    bool         // the slot must be made again; used by Run's goroutine only
 
 	mu        sync.Mutex
 	state     State
@@ -145,9 +157,27 @@ func New(cfg Config, d Deliverer, log *slog.Logger) *Stream {
 	}
 }
 
-// Streaming reports whether this process holds the slot and receives
-// changes.
-func (s *Stream) Streaming() bool { return s.streaming.Load() }
+// Streaming reports whether this process holds the slot, receives changes
+// and hands every insert to the deliverer: false as well for a few seconds
+// after it had to leave ids to the sweeper.
+func (s *Stream) Streaming() bool {
+	last := s.lastShed.Load()
+	return s.streaming.Load() && (last == 0 || time.Since(time.Unix(0, last)) > shedHold)
+}
+
+// shed notes whether a hand-off was dropped, logging once per change.
+func (s *Stream) shed(dropped bool, n int) {
+	was := s.shedding.Swap(dropped)
+	switch {
+	case dropped:
+		s.lastShed.Store(time.Now().UnixNano())
+		if !was {
+			s.log.Warn("replication: the deliverer is not keeping up; new rows are left to the sweeper", "ids", n)
+		}
+	case was:
+		s.log.Info("replication: the deliverer keeps up again")
+	}
+}
 
 // State is a snapshot for metrics and health.
 func (s *Stream) State() State {

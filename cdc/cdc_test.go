@@ -498,6 +498,15 @@ func TestSlotDoesNotPinWAL(t *testing.T) {
 				if _, err := b.pool.Exec(ctx, `INSERT INTO other (body) SELECT repeat(md5(g::text), 30) FROM generate_series(1, 5000) g`); err != nil {
 					t.Fatal(err)
 				}
+				if blocked {
+					// More outbox rows than the hand-off buffer holds:
+					// with the deliverer stuck, they must be left to the
+					// sweeper, not make the reader stop confirming.
+					outbox := pgx.Identifier{b.cfg.Schema, b.cfg.Table}.Sanitize()
+					if _, err := b.pool.Exec(ctx, `INSERT INTO `+outbox+` (event_type) SELECT 'flood' FROM generate_series(1, 300)`); err != nil {
+						t.Fatal(err)
+					}
+				}
 				waitFor(t, 10*time.Second, "confirmed_flush_lsn to follow", func() bool {
 					lag, _ := walLag(t, b.pool, b.cfg.Slot)
 					return lag >= 0 && lag < 4*mb
@@ -514,6 +523,9 @@ func TestSlotDoesNotPinWAL(t *testing.T) {
 			})
 			lag, retained := walLag(t, b.pool, b.cfg.Slot)
 			t.Logf("after ~50 MB of other WAL: flush lag %d kB, retained %d kB", lag/1024, retained/1024)
+			if blocked && s.Streaming() {
+				t.Error("Streaming() is true while ids are being left to the sweeper")
+			}
 		})
 	}
 }

@@ -34,22 +34,33 @@ func signal(c chan struct{}) {
 	}
 }
 
-// put adds ids, waiting while the buffer is full (the confirmation of
-// their WAL waits with it).
-func (h *handoff) put(ctx context.Context, ids []int64) error {
+// put adds ids, waiting up to wait while the buffer is full. Past that it
+// drops them and returns false: the rows are safe in the table and the
+// sweeper delivers them, while the reader goes on reading and confirming.
+// Waiting longer would make a slow runner pin WAL in the slot, the very
+// thing the table-as-queue design avoids.
+func (h *handoff) put(ctx context.Context, ids []int64, wait time.Duration) (bool, error) {
+	var timeout <-chan time.Time
 	for {
 		h.mu.Lock()
 		if len(h.ids) < h.limit {
 			h.ids = append(h.ids, ids...)
 			h.mu.Unlock()
 			signal(h.ready)
-			return nil
+			return true, nil
 		}
 		h.mu.Unlock()
+		if timeout == nil {
+			t := time.NewTimer(wait)
+			defer t.Stop()
+			timeout = t.C
+		}
 		select {
 		case <-h.space:
+		case <-timeout:
+			return false, nil
 		case <-ctx.Done():
-			return ctx.Err()
+			return false, ctx.Err()
 		}
 	}
 }

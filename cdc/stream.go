@@ -231,12 +231,15 @@ func (r *reader) id(m *pglogrepl.InsertMessage) (int64, bool) {
 	return id, true
 }
 
-// flush hands the pending ids to the hand-off goroutine, waiting while its
-// buffer is full (confirmation waits with it).
+// flush hands the pending ids to the hand-off goroutine, waiting a little
+// while its buffer is full; when the deliverer cannot keep up the ids are
+// left to the sweeper (see handoff.put) and the stream reads on.
 func (r *reader) flush(ctx context.Context) error {
-	if err := r.h.put(ctx, r.pending); err != nil {
+	ok, err := r.h.put(ctx, r.pending, handoffWait)
+	if err != nil {
 		return err
 	}
+	r.s.shed(!ok, len(r.pending))
 	r.pending = r.pending[:0]
 	// Everything up to the last position received is handed off now:
 	// the table holds the rows, so the slot need not.
