@@ -499,12 +499,15 @@ func TestSlotDoesNotPinWAL(t *testing.T) {
 					t.Fatal(err)
 				}
 				if blocked {
-					// More outbox rows than the hand-off buffer holds:
-					// with the deliverer stuck, they must be left to the
-					// sweeper, not make the reader stop confirming.
+					// More outbox rows than the hand-off buffer holds, one
+					// transaction each: with the deliverer stuck they must
+					// be left to the sweeper at once, not slow the reader
+					// down or stop it confirming.
 					outbox := pgx.Identifier{b.cfg.Schema, b.cfg.Table}.Sanitize()
-					if _, err := b.pool.Exec(ctx, `INSERT INTO `+outbox+` (event_type) SELECT 'flood' FROM generate_series(1, 300)`); err != nil {
-						t.Fatal(err)
+					for range 300 {
+						if _, err := b.pool.Exec(ctx, `INSERT INTO `+outbox+` (event_type) VALUES ('flood')`); err != nil {
+							t.Fatal(err)
+						}
 					}
 				}
 				waitFor(t, 10*time.Second, "confirmed_flush_lsn to follow", func() bool {

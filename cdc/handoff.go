@@ -50,6 +50,9 @@ func (h *handoff) put(ctx context.Context, ids []int64, wait time.Duration) (boo
 			return true, nil
 		}
 		h.mu.Unlock()
+		if wait <= 0 {
+			return false, nil
+		}
 		if timeout == nil {
 			t := time.NewTimer(wait)
 			defer t.Stop()

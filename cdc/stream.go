@@ -235,7 +235,13 @@ func (r *reader) id(m *pglogrepl.InsertMessage) (int64, bool) {
 // while its buffer is full; when the deliverer cannot keep up the ids are
 // left to the sweeper (see handoff.put) and the stream reads on.
 func (r *reader) flush(ctx context.Context) error {
-	ok, err := r.h.put(ctx, r.pending, handoffWait)
+	// Once shedding, waiting again at every commit would slow reading
+	// below the rate WAL is written: drop at once until there is room.
+	wait := handoffWait
+	if r.s.shedding.Load() {
+		wait = 0
+	}
+	ok, err := r.h.put(ctx, r.pending, wait)
 	if err != nil {
 		return err
 	}
