@@ -109,7 +109,7 @@ func metricNames(t *testing.T, expr string) []string {
 		if vs, ok := n.(*parser.VectorSelector); ok {
 			name := vs.Name
 			for _, m := range vs.LabelMatchers {
-				if m.Name == labels.MetricName {
+				if m.Name == model.MetricNameLabel {
 					if m.Type != labels.MatchEqual {
 						t.Errorf("%s: select metrics by exact name, not %s", expr, m)
 					}
@@ -288,7 +288,7 @@ func TestAlertExpressions(t *testing.T) {
 					samples = append(samples, floatSample{t: start.Add(d).UnixMilli(), f: s.f(d)})
 				}
 				lb := labels.NewBuilder(s.lset)
-				lb.Set(labels.MetricName, s.name)
+				lb.Set(model.MetricNameLabel, s.name)
 				series = append(series, storage.NewListSeries(lb.Labels(), samples))
 			}
 			q, err := engine.NewInstantQuery(context.Background(), memQueryable(series), nil, expr, start.Add(span))
