@@ -58,7 +58,7 @@ func runStatus(ctx context.Context, args, environ []string, stdout, stderr io.Wr
 	defer st.Pool().Close()
 
 	r := statusReport{Table: table.String(), CDC: cfg.CDC, SlotName: cfg.SlotName}
-	if r.Outbox, err = st.Stats(cctx); err != nil {
+	if r.Outbox, err = st.Stats(cctx, true); err != nil {
 		return usageError{err}
 	}
 	if r.Slot, err = store.SlotInfo(cctx, st.Pool(), cfg.SlotName); err != nil {

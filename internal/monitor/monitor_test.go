@@ -141,7 +141,7 @@ func TestMetricsAfterDeliveries(t *testing.T) {
 	}
 	// Wait for the outcomes to be written, then refresh the SQL gauges.
 	for {
-		if s := w.RunOnce(context.Background()); s.Stats.Dead == 1 && s.Stats.Delivered == 3 {
+		if s := w.RunOnce(context.Background()); s.Stats.Dead == 1 && s.Stats.Pending == 1 {
 			break
 		}
 		if time.Now().After(deadline) {

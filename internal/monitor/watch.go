@@ -99,7 +99,7 @@ func (w *Watcher) RunOnce(ctx context.Context) Snapshot {
 }
 
 func (w *Watcher) refresh(ctx context.Context, snap *Snapshot) error {
-	stats, err := w.store.Stats(ctx)
+	stats, err := w.store.Stats(ctx, false)
 	if err != nil {
 		return err
 	}

@@ -33,6 +33,10 @@ func MigrateSQL(t Table, publication string) []string {
 		// The sweep reads only pending rows in due order: this index keeps
 		// it O(batch) however many delivered rows the table holds.
 		fmt.Sprintf(`CREATE INDEX IF NOT EXISTS %s ON %s (next_attempt_at) WHERE status = 'pending'`, idxName, id),
+		// Dead rows are few; this keeps counting them (every metrics
+		// refresh) and requeueing them from scanning the whole table.
+		fmt.Sprintf(`CREATE INDEX IF NOT EXISTS %s ON %s (created_at) WHERE status = 'dead'`,
+			pgx.Identifier{t.Name + "_dead_idx"}.Sanitize(), id),
 	}
 	if publication != "" {
 		stmts = append(stmts, PublicationSQL(t, publication))
