@@ -263,7 +263,6 @@ type relayProc struct {
 	addr    string // of /metrics
 	done    chan struct{}
 	started int64
-	stopped bool
 }
 
 // errNoStream means the relay runs but never streamed from its slot.

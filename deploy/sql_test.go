@@ -184,7 +184,7 @@ func TestLeastPrivilegeSQL(t *testing.T) {
 	if err := st.Release(ctx, rows[2:]); err != nil {
 		t.Fatalf("release as outbox_relay: %v", err)
 	}
-	if stats, err := st.Stats(ctx); err != nil || stats.Pending != 1 || stats.Dead != 1 || stats.Delivered != 1 {
+	if stats, err := st.Stats(ctx, true); err != nil || stats.Pending != 1 || stats.Dead != 1 || stats.Delivered != 1 {
 		t.Errorf("stats as outbox_relay: %+v, %v; want one row of each status", stats, err)
 	}
 	if n, err := st.Requeue(ctx, store.RequeueFilter{}, false); err != nil || n != 1 {
