@@ -192,7 +192,7 @@ func openPool(ctx context.Context, cfg config.Config, log *slog.Logger) (*pgxpoo
 		return nil, &config.Error{Var: "DATABASE_URL", Msg: "cannot be parsed as a connection string"}
 	}
 	pcfg.MaxConns = 8
-	pcfg.ConnConfig.RuntimeParams["application_name"] = "outbox-relay"
+	store.Configure(pcfg)
 	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
 	if err != nil {
 		return nil, fmt.Errorf("database pool: %w", err)

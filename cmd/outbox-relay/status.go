@@ -155,6 +155,7 @@ func connectStore(ctx context.Context, cfg config.Config, table store.Table) (*s
 		return nil, &config.Error{Var: "DATABASE_URL", Msg: "cannot be parsed as a connection string"}
 	}
 	pcfg.MaxConns = 1
+	store.Configure(pcfg)
 	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
 	if err == nil {
 		err = pool.Ping(ctx)

@@ -61,6 +61,20 @@ type Store struct {
 	claimIDs, claimDue, record, release, nextDue string
 }
 
+// Configure sets what the relay's sessions need on a pool configuration.
+//
+// Bitmap scans are off: right after a burst of inserts the table's
+// statistics still say it is small, and the planner then answers the sweep's
+// ORDER BY next_attempt_at LIMIT n with a bitmap scan of every pending row
+// and a sort: 48 ms a claim at 80,000 pending rows, so a 100,000-row burst
+// took quadratic time. Without bitmap scans it walks the partial index in
+// order and stops after n rows (0.1 ms). None of the relay's statements
+// gains from a bitmap scan.
+func Configure(cfg *pgxpool.Config) {
+	cfg.ConnConfig.RuntimeParams["application_name"] = "outbox-relay"
+	cfg.ConnConfig.RuntimeParams["enable_bitmapscan"] = "off"
+}
+
 // New prepares the statements for table. Queries go through pgx's
 // statement cache, so each is parsed once per connection.
 func New(pool *pgxpool.Pool, table Table) *Store {
