@@ -12,12 +12,14 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"slices"
 	"strings"
 	"syscall"
@@ -99,8 +101,12 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	profile := fs.Bool("profile", true, "record a CPU profile of the relay with perf during an extra 20,000-row run, when perf is installed")
 	verbose := fs.Bool("v", false, "log progress in more detail")
 	quiet := fs.Duration("quiet", 30*time.Second, "before each measured run, wait up to this long for the machine to be less than 25 % busy with other work (0: don't)")
+	render := fs.String("render", "", "re-render BENCHMARKS.md and the chart from this bench-results.json, into its directory, without measuring")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *render != "" {
+		return rerender(*render)
 	}
 	p := fullPlan()
 	if *quick {
@@ -188,4 +194,18 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		return errors.New(strings.Join(res.Errors, "; "))
 	}
 	return nil
+}
+
+// rerender writes the report again from saved results, so a change to the
+// report's wording does not cost a whole run.
+func rerender(path string) error {
+	j, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	var res results
+	if err := json.Unmarshal(j, &res); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return res.write(filepath.Dir(path), renderMarkdown(&res))
 }
