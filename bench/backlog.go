@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/outbox-relay/outbox-relay/internal/store"
 )
 
@@ -159,16 +161,29 @@ LIMIT 100
 FOR UPDATE SKIP LOCKED`
 
 // sweepCost adds pending rows to a drained table (no relay running) and
-// times the sweep on it as it is, then after a VACUUM.
+// times the sweep on it as it is, then after a VACUUM. The queries run in
+// sessions set up as the relay's are (store.Configure), so that the plan
+// is the one the relay gets.
 func (b *bench) sweepCost(ctx context.Context, db *database, delivered int) (sweepCost, error) {
 	c := sweepCost{Delivered: delivered, Pending: b.plan.SweepPending}
-	if _, err := db.pool.Exec(ctx, `INSERT INTO `+table+` (event_type, payload) SELECT 'bench.pending', '{}' FROM generate_series(1, $1::int)`, c.Pending); err != nil {
+	cfg, err := pgxpool.ParseConfig(db.url)
+	if err != nil {
+		return c, err
+	}
+	cfg.MaxConns = 2
+	store.Configure(cfg)
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return c, err
+	}
+	defer pool.Close()
+	if _, err := pool.Exec(ctx, `INSERT INTO `+table+` (event_type, payload) SELECT 'bench.pending', '{}' FROM generate_series(1, $1::int)`, c.Pending); err != nil {
 		return c, err
 	}
 	var times []float64
 	var bufs []int64
 	for i := range 5 {
-		ms, buffers, plan, err := explain(ctx, db, sweepSelect)
+		ms, buffers, plan, err := explain(ctx, pool, sweepSelect)
 		if err != nil {
 			return c, err
 		}
@@ -180,7 +195,7 @@ func (b *bench) sweepCost(ctx context.Context, db *database, delivered int) (swe
 	}
 	c.MedianMs, c.MedianBuffers = median(times), int64(median(int64s(bufs)))
 
-	st := store.New(db.pool, store.Table{Schema: "public", Name: "portal_event_outbox"})
+	st := store.New(pool, store.Table{Schema: "public", Name: "portal_event_outbox"})
 	var claims []float64
 	for range 5 {
 		t := time.Now()
@@ -195,12 +210,12 @@ func (b *bench) sweepCost(ctx context.Context, db *database, delivered int) (swe
 	}
 	c.ClaimMs = median(claims)
 
-	if _, err := db.pool.Exec(ctx, `VACUUM `+table); err != nil {
+	if _, err := pool.Exec(ctx, `VACUUM `+table); err != nil {
 		return c, err
 	}
 	times = times[:0]
 	for range 5 {
-		ms, _, _, err := explain(ctx, db, sweepSelect)
+		ms, _, _, err := explain(ctx, pool, sweepSelect)
 		if err != nil {
 			return c, err
 		}
@@ -212,9 +227,9 @@ func (b *bench) sweepCost(ctx context.Context, db *database, delivered int) (swe
 
 // explain runs EXPLAIN (ANALYZE, BUFFERS) and returns the execution time,
 // the shared buffers touched and a one-line plan.
-func explain(ctx context.Context, db *database, query string) (float64, int64, string, error) {
+func explain(ctx context.Context, pool *pgxpool.Pool, query string) (float64, int64, string, error) {
 	var raw []byte
-	if err := db.pool.QueryRow(ctx, `EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) `+query).Scan(&raw); err != nil {
+	if err := pool.QueryRow(ctx, `EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) `+query).Scan(&raw); err != nil {
 		return 0, 0, "", err
 	}
 	var out []struct {

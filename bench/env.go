@@ -50,6 +50,7 @@ type bench struct {
 
 	dbSeq  int
 	quiet  time.Duration // longest wait for a quiet machine before a run
+	waited time.Duration // spent waiting so far, bounded by quietBudget
 	stream streamState
 	relays []relayStats // one per relay process, for the cost table
 
@@ -729,15 +730,21 @@ func (b *bench) settings(ctx context.Context) map[string]string {
 // quietBusy is the machine's busy share below which it counts as quiet.
 const quietBusy = 0.25
 
+// quietBudget bounds all the waits for a quiet machine in one run, so
+// that a busy machine cannot stretch make bench by minutes.
+const quietBudget = 90 * time.Second
+
 // waitQuiet waits, at most limit, for the machine to be quiet: other work
 // on a shared machine (a test suite, a build) takes CPU from every process
 // measured here. It samples half a second at a time and reports the busy
 // share it last saw.
 func (b *bench) waitQuiet(ctx context.Context, limit time.Duration) float64 {
+	limit = min(limit, quietBudget-b.waited)
 	if limit <= 0 {
 		return 0
 	}
 	start := time.Now()
+	defer func() { b.waited += time.Since(start) }()
 	for {
 		t0, busy0 := time.Now(), machineBusy()
 		if sleep(ctx, 500*time.Millisecond) != nil {

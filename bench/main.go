@@ -100,7 +100,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	out := fs.String("out", "", "directory for BENCHMARKS.md, bench-results.json and bench-latency.svg (default docs for a full run of every measure, none otherwise)")
 	profile := fs.Bool("profile", true, "record a CPU profile of the relay with perf during an extra 20,000-row run, when perf is installed")
 	verbose := fs.Bool("v", false, "log progress in more detail")
-	quiet := fs.Duration("quiet", 30*time.Second, "before each measured run, wait up to this long for the machine to be less than 25 % busy with other work (0: don't)")
+	quiet := fs.Duration("quiet", 10*time.Second, "before each measured run, wait up to this long for the machine to be less than 25 % busy with other work (0: don't); at most 90 s in all")
 	render := fs.String("render", "", "re-render BENCHMARKS.md and the chart from this bench-results.json, into its directory, without measuring")
 	if err := fs.Parse(args); err != nil {
 		return err

@@ -382,7 +382,7 @@ func renderMarkdown(r *results) string {
 	w("%s", ceilingNote(r))
 
 	w("## 3. Backlog drain and the sweep's cost\n\n")
-	w("The rows are written while no relay runs (the runner is \"down\"), in transactions of at most 100,000 rows; then the relay starts and the clock runs from its start to the last receipt. After the drain, with the relay stopped, %s pending rows are added and the sweep's row choice — the `SELECT … ORDER BY next_attempt_at LIMIT 100 FOR UPDATE SKIP LOCKED` inside the claim, copied from `internal/store/store.go` — is run under `EXPLAIN (ANALYZE, BUFFERS)`: once right after the drain, four more times, and five times after a `VACUUM`; then `store.ClaimDue` itself is timed from the client.\n\n", thousands(r.Plan.SweepPending))
+	w("The rows are written while no relay runs (the runner is \"down\"), in transactions of at most 100,000 rows; then the relay starts and the clock runs from its start to the last receipt. After the drain, with the relay stopped, %s pending rows are added and the sweep's row choice — the `SELECT … ORDER BY next_attempt_at LIMIT 100 FOR UPDATE SKIP LOCKED` inside the claim, copied from `internal/store/store.go` — is run under `EXPLAIN (ANALYZE, BUFFERS)`: once right after the drain, four more times, and five times after a `VACUUM`; then `store.ClaimDue` itself is timed from the client. These sessions are set up as the relay's are (`store.Configure`: bitmap scans off), so the plan is the relay's.\n\n", thousands(r.Plan.SweepPending))
 	w("%s\n", backlogTables(r))
 
 	w("## 4. Cost\n\n")
