@@ -37,7 +37,11 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	binary = filepath.Join(dir, "outbox-relay")
-	out, err := exec.Command("go", "build", "-o", binary, "../cmd/outbox-relay").CombinedOutput()
+	args := []string{"build", "-o", binary}
+	if raceEnabled {
+		args = append(args, "-race")
+	}
+	out, err := exec.Command("go", append(args, "../cmd/outbox-relay")...).CombinedOutput()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "build outbox-relay: %v\n%s", err, out)
 		os.Exit(1)
