@@ -266,6 +266,9 @@ func startRelay(t *testing.T, env []string) *proc {
 	}()
 	t.Cleanup(func() {
 		p.kill()
+		if strings.Contains(p.logs.String(), "WARNING: DATA RACE") {
+			t.Errorf("the race detector fired in relay %d:\n%s", p.cmd.Process.Pid, p.logs.String())
+		}
 		if t.Failed() || os.Getenv("RELAY_FAULTS_LOGS") != "" {
 			t.Logf("relay %d logs (tail):\n%s", p.cmd.Process.Pid, tail(p.logs.String(), 40))
 		}
