@@ -42,7 +42,7 @@ func latencyChart(r *results) string {
 				dash = "6 4"
 			}
 			curves = append(curves, curve{
-				label: fmt.Sprintf("%s, %s events/s — p50 %s ms, p99 %s ms", m.Name, thousands(rate), num(l.Latency.P50), num(l.Latency.P99)),
+				label: fmt.Sprintf("%s, %s events/s — p50 %s ms, p99 %s ms", m.Name, thousands(rate), l.Latency.cell(l.Latency.P50), l.Latency.cell(l.Latency.P99)),
 				color: colors[m.Name], dash: dash, d: l.Latency,
 			})
 		}

@@ -230,6 +230,16 @@ func (b *bench) dropDB(d *database) {
 	d.pool.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
+	// A relay killed in the middle of a stream leaves its walsender
+	// running until it notices: end it, and wait for the slot to be free.
+	for range 50 {
+		var active int
+		err := b.admin.QueryRow(ctx, `SELECT count(pg_terminate_backend(active_pid)) FROM pg_replication_slots WHERE database = $1 AND active`, d.name).Scan(&active)
+		if err != nil || active == 0 {
+			break
+		}
+		_ = sleep(ctx, 100*time.Millisecond)
+	}
 	if _, err := b.admin.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1 AND NOT active`, d.name); err != nil {
 		b.logf("drop slots of %s: %v", d.name, err)
 	}

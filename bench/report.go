@@ -111,7 +111,10 @@ func (r *results) targets() []target {
 		t := target{What: fmt.Sprintf("stream latency %s at %s events/s", q, thousands(rate)), Goal: fmt.Sprintf("≤ %s ms", num(limit))}
 		if l := r.latencyOf(streamMode.Name, rate); l != nil {
 			v := get(l.Latency)
-			t.Measured, t.Verdict = fmt.Sprintf("%s ms", num(v)), verdictAtMost(v, limit)
+			t.Measured, t.Verdict = fmt.Sprintf("%s ms", l.Latency.cell(v)), verdictAtMost(v, limit)
+			if l.Missing > 0 {
+				t.Measured += fmt.Sprintf(" (%d of %d events missing)", l.Missing, l.Latency.Count)
+			}
 		} else {
 			t.Measured, t.Verdict = "not measured", "–"
 		}
@@ -231,7 +234,7 @@ func latencyTable(r *results) string {
 		d := l.Latency
 		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %d | %s / %s | %s | %.0f %% |\n",
 			l.Mode, thousands(l.Rate), thousands(int(l.Load.AchievedRate)), thousands(d.Count),
-			num(d.P50), num(d.P95), num(d.P99), num(d.P999), num(d.Max), l.Missing, l.Duplicates,
+			d.cell(d.P50), d.cell(d.P95), d.cell(d.P99), d.cell(d.P999), d.cell(d.Max), l.Missing, l.Duplicates,
 			thousands(int(l.Stream)), thousands(int(l.Sweep)), cpuCell(l.CPU), 100*l.CPU.Busy)
 	}
 	return b.String()
@@ -364,7 +367,7 @@ func renderMarkdown(r *results) string {
 	w("- CPU columns split the CPU seconds of each run between the relay, PostgreSQL, the harness (runner and load generator) and *other* processes; \"machine busy\" is the share of all %d CPUs in use. The machine may be shared with other work: a large *other* share means the run competed for CPU and its figures are pessimistic.\n", m.CPUs)
 
 	w("\n## 1. Latency: commit → runner receipt\n\n")
-	w("Single-row transactions from %d connections at a steady rate, %s per rate after a %s warm-up that is not counted. Each insert carries an `event_id` made by the harness (a random UUID), and its latency is the runner's receipt time minus the moment its `COMMIT` returned, both on the harness's monotonic clock. \"achieved\" is the rate the load really committed at; \"missing\" were not received within 10 s (stream) or 10 s plus two sweep intervals.\n\n",
+	w("Single-row transactions from %d connections at a steady rate, %s per rate after a %s warm-up that is not counted. Each insert carries an `event_id` made by the harness (a random UUID), and its latency is the runner's receipt time minus the moment its `COMMIT` returned, both on the harness's monotonic clock. \"achieved\" is the rate the load really committed at; \"missing\" were not received within 10 s (stream) or 10 s plus two sweep intervals; they stay in the quantiles at that wait, shown as \"> wait\".\n\n",
 		r.Plan.LatencyConns, r.Plan.LatencyDuration, r.Plan.LatencyWarmup)
 	w("%s\n", latencyTable(r))
 	w("![Latency distribution, stream versus sweep-only](bench-latency.svg)\n\n")

@@ -16,6 +16,18 @@ type distribution struct {
 	Max   float64 `json:"max_ms"`
 	// CDF is the latency at each quantile of cdfGrid, for the chart.
 	CDF []float64 `json:"cdf_ms,omitempty"`
+	// CensoredMs, when set, is the wait after which an event counted as
+	// missing: missing events are in the figures at this value, so a
+	// quantile equal to it means "more than this".
+	CensoredMs float64 `json:"censored_ms,omitempty"`
+}
+
+// cell formats a quantile of d, "> wait" when it is a missing event.
+func (d distribution) cell(v float64) string {
+	if d.CensoredMs > 0 && v >= d.CensoredMs {
+		return "> " + num(d.CensoredMs)
+	}
+	return num(v)
 }
 
 // cdfGrid is the quantiles (in percent) kept for the chart: every half
