@@ -342,22 +342,37 @@ func (d *Deliverer) work(ctx context.Context) {
 		// claimed again elsewhere once its lease ends: sending it now could
 		// double it. Leave it; the lease brings it back.
 		if time.Since(j.claimedAt) > d.queueBudget {
-			d.log.Warn("dropped a claim that waited too long to be sent; it is retried when its lease ends",
+			// Still within the lease (two budgets), so nobody else holds
+			// it: give it back, attempt uncounted, rather than let the
+			// lease run out with an attempt counted that never happened.
+			d.log.Warn("gave back a claim that waited too long to be sent",
 				"id", j.row.ID, "waited", time.Since(j.claimedAt).Round(time.Millisecond))
+			d.release(ctx, []store.Row{j.row})
 			continue
 		}
-		d.results <- d.attempt(ctx, j)
+		res, sent := d.attempt(ctx, j)
+		if !sent {
+			// Cut by the end of the shutdown grace: not a failure of the
+			// runner, so neither a backoff nor a step towards dead.
+			d.giveBack([]store.Row{j.row})
+			continue
+		}
+		d.results <- res
 	}
 }
 
-// attempt POSTs one row and decides its outcome.
-func (d *Deliverer) attempt(ctx context.Context, j job) store.Result {
+// attempt POSTs one row and decides its outcome; sent is false when the
+// POST was cut short by the end of the shutdown grace.
+func (d *Deliverer) attempt(ctx context.Context, j job) (res store.Result, sent bool) {
 	r := &j.row
 	start := time.Now()
 	code, retryAfter, err := d.post(ctx, r)
 	took := time.Since(start)
+	if err != nil && ctx.Err() != nil {
+		return store.Result{}, false
+	}
 
-	res := store.Result{ID: r.ID, Attempt: r.Attempt}
+	res = store.Result{ID: r.ID, Attempt: r.Attempt}
 	switch {
 	case err == nil && code >= 200 && code < 300:
 		res.Status = store.StatusDelivered
@@ -393,7 +408,7 @@ func (d *Deliverer) attempt(ctx context.Context, j job) store.Result {
 	} else {
 		d.log.Debug("attempt", "id", r.ID, "path", j.path, "outcome", outcome, "took", took)
 	}
-	return res
+	return res, true
 }
 
 func retryAfterNote(d time.Duration) string {

@@ -586,3 +586,78 @@ func TestShutdownDrains(t *testing.T) {
 		t.Errorf("queued row after shutdown: %+v, want pending, due, attempts 0", s)
 	}
 }
+
+// Every counted attempt is a POST the runner saw: a row that waited in the
+// queue past its budget is given back uncounted, not left to its lease
+// with a phantom attempt (which could end in dead without a single send).
+func TestAttemptsCountOnlyRealPOSTs(t *testing.T) {
+	t.Parallel()
+	pool := newPool(t)
+	var mu sync.Mutex
+	posts := 0
+	rn := newRunner(t, func(w http.ResponseWriter, r *http.Request, _ []byte) {
+		mu.Lock()
+		posts++
+		mu.Unlock()
+		<-r.Context().Done() // every POST times out
+	})
+	d := relay.New(relay.Config{
+		RunnerURL: rn.URL, HTTPTimeout: 100 * time.Millisecond, Concurrency: 1, MaxAttempts: 25,
+		Backoff: relay.Backoff{Base: time.Hour, Max: time.Hour}, ShutdownGrace: time.Second,
+	}, store.New(pool, table), slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	startDeliverer(t, d)
+	if _, err := pool.Exec(context.Background(), `INSERT INTO portal_event_outbox (event_type) SELECT 'slow' FROM generate_series(1, 40)`); err != nil {
+		t.Fatal(err)
+	}
+	// One worker, 100 ms a POST: the last rows of the batch wait about
+	// 4 s in the queue, past the 2.3 s budget.
+	if _, err := d.DeliverDue(context.Background(), 40, 0); err != nil {
+		t.Fatal(err)
+	}
+	var attempts, inFlight int
+	waitFor(t, "every row to be settled", func() bool {
+		err := pool.QueryRow(context.Background(), `SELECT coalesce(sum(attempts), 0),
+			count(*) FILTER (WHERE attempts > 0 AND last_error IS NULL)
+			FROM portal_event_outbox`).Scan(&attempts, &inFlight)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return inFlight == 0
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if attempts != posts || attempts == 40 {
+		t.Errorf("attempts counted %d, POSTs %d; want equal, and fewer than 40 (some rows given back)", attempts, posts)
+	}
+}
+
+// A POST cut by the end of the shutdown grace is not a failed attempt:
+// the row is due again at once, its attempt not counted.
+func TestShutdownCutIsNotAFailure(t *testing.T) {
+	t.Parallel()
+	pool := newPool(t)
+	entered := make(chan struct{}, 1)
+	rn := newRunner(t, func(w http.ResponseWriter, r *http.Request, _ []byte) {
+		entered <- struct{}{}
+		<-r.Context().Done()
+	})
+	d := relay.New(relay.Config{
+		RunnerURL: rn.URL, HTTPTimeout: time.Minute, Concurrency: 1, MaxAttempts: 1,
+		Backoff: relay.Backoff{Base: time.Hour, Max: time.Hour}, ShutdownGrace: 100 * time.Millisecond,
+	}, store.New(pool, table), slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	id := insert(t, pool, "t", `{}`)
+	if _, err := d.DeliverIDs(ctx, []int64{id}); err != nil {
+		t.Fatal(err)
+	}
+	<-entered
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if s := state(t, pool, id); s.Status != store.StatusPending || s.Attempts != 0 || s.Next.After(time.Now()) {
+		t.Errorf("row cut at shutdown: %+v, want pending, due, attempts 0 (with MaxAttempts 1 a counted failure would be dead)", s)
+	}
+}

@@ -126,7 +126,9 @@ func (s *Store) Requeue(ctx context.Context, f RequeueFilter, dryRun bool) (int6
 	}
 	if f.Type != "" {
 		args = append(args, globToLike(f.Type))
-		where = append(where, fmt.Sprintf(`event_type LIKE $%d ESCAPE '\'`, len(args)))
+		// E'' spells the backslash the same whatever
+		// standard_conforming_strings says.
+		where = append(where, fmt.Sprintf(`event_type LIKE $%d ESCAPE E'\\'`, len(args)))
 	}
 	if !f.Since.IsZero() {
 		args = append(args, f.Since)

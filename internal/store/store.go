@@ -123,9 +123,15 @@ FROM unnest($1::bigint[], $2::int[]) AS r(id, attempt)
 WHERE o.id = r.id AND o.attempts = r.attempt AND o.status = 'pending'`, t),
 		// Measured on the server's clock, so a skewed relay clock cannot
 		// make the sweeper wake early or late.
-		nextDue: fmt.Sprintf(`SELECT extract(epoch FROM min(
-	CASE WHEN attempts > 0 THEN next_attempt_at ELSE next_attempt_at + $1::float8 * interval '1 second' END) - now())::float8
-FROM %s WHERE status = 'pending'`, t),
+		// Two walks of the partial index in due order, each stopping at
+		// its first row: a min() over a CASE would read every pending row,
+		// and the sweeper asks after every batch of recorded retries.
+		// Measured on the server's clock, so a skewed relay clock cannot
+		// make the sweeper wake early or late.
+		nextDue: fmt.Sprintf(`SELECT extract(epoch FROM least(
+	(SELECT next_attempt_at FROM %[1]s WHERE status = 'pending' AND attempts > 0 ORDER BY next_attempt_at LIMIT 1),
+	(SELECT next_attempt_at FROM %[1]s WHERE status = 'pending' AND attempts = 0 ORDER BY next_attempt_at LIMIT 1)
+		+ $1::float8 * interval '1 second') - now())::float8`, t),
 	}
 }
 
