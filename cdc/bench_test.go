@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/outbox-relay/outbox-relay/internal/pgtest"
 	"github.com/outbox-relay/outbox-relay/internal/store"
 )
 
@@ -78,7 +79,7 @@ func BenchmarkHandOff(b *testing.B) {
 					c.claimed, c.claims = map[int64]time.Time{}, 0
 					c.mu.Unlock()
 					starts := runLoad(b, bu, load)
-					waitFor(b, 30*time.Second, "every id claimed", func() bool {
+					pgtest.WaitFor(b, 30*time.Second, "every id claimed", func() bool {
 						c.mu.Lock()
 						defer c.mu.Unlock()
 						return len(c.claimed) >= len(starts)

@@ -89,18 +89,6 @@ func (r *recorder) count(id int64) int {
 }
 
 // waitFor polls cond until it holds, failing the test after timeout.
-func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	tick := time.NewTicker(2 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		<-tick.C
-	}
-}
 
 // logBuffer collects log lines so that tests can count them.
 type logBuffer struct {
@@ -238,7 +226,7 @@ func (b *bundle) insert(t testing.TB) int64 {
 
 func waitStreaming(t testing.TB, s *Stream) {
 	t.Helper()
-	waitFor(t, 20*time.Second, "the stream to hold the slot", s.Streaming)
+	pgtest.WaitFor(t, 20*time.Second, "the stream to hold the slot", s.Streaming)
 }
 
 func TestInsertsReachDelivererQuickly(t *testing.T) {
@@ -252,7 +240,7 @@ func TestInsertsReachDelivererQuickly(t *testing.T) {
 	for range 20 {
 		start := time.Now()
 		id := b.insert(t)
-		waitFor(t, 2*time.Second, fmt.Sprintf("id %d", id), func() bool { return rec.has(id) })
+		pgtest.WaitFor(t, 2*time.Second, fmt.Sprintf("id %d", id), func() bool { return rec.has(id) })
 		worst = max(worst, time.Since(start))
 	}
 	t.Logf("worst insert-to-DeliverIDs latency of 20: %s", worst)
@@ -286,7 +274,7 @@ func TestRolledBackTransactionDeliversNothing(t *testing.T) {
 	// The stream is ordered: once a later commit arrived, the rolled-back
 	// row would have come before it.
 	marker := b.insert(t)
-	waitFor(t, 5*time.Second, "the marker row", func() bool { return rec.has(marker) })
+	pgtest.WaitFor(t, 5*time.Second, "the marker row", func() bool { return rec.has(marker) })
 	if rec.count(rolledBack) != 0 {
 		t.Errorf("rolled-back id %d was handed to the deliverer", rolledBack)
 	}
@@ -308,7 +296,7 @@ func TestMultiRowTransactionDeliversAll(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "all 250 ids", func() bool { return rec.has(ids...) })
+	pgtest.WaitFor(t, 5*time.Second, "all 250 ids", func() bool { return rec.has(ids...) })
 	rec.mu.Lock()
 	defer rec.mu.Unlock()
 	for _, batch := range rec.batches {
@@ -335,7 +323,7 @@ func TestMissingIDsAreRetriedBriefly(t *testing.T) {
 	waitStreaming(t, s)
 
 	id := b.insert(t)
-	waitFor(t, 2*time.Second, "the retried id", func() bool { return rec.has(id) })
+	pgtest.WaitFor(t, 2*time.Second, "the retried id", func() bool { return rec.has(id) })
 
 	// An id never found is retried len(missingRetries) times, then left.
 	rec.mu.Lock()
@@ -344,7 +332,7 @@ func TestMissingIDsAreRetriedBriefly(t *testing.T) {
 	rec.mu.Unlock()
 	never := b.insert(t)
 	want := before + 1 + len(missingRetries)
-	waitFor(t, 2*time.Second, "every retry of a missing id", func() bool {
+	pgtest.WaitFor(t, 2*time.Second, "every retry of a missing id", func() bool {
 		rec.mu.Lock()
 		defer rec.mu.Unlock()
 		return len(rec.batches) >= want
@@ -354,7 +342,7 @@ func TestMissingIDsAreRetriedBriefly(t *testing.T) {
 	rec.missing = nil
 	rec.mu.Unlock()
 	marker := b.insert(t)
-	waitFor(t, 2*time.Second, "the marker", func() bool { return rec.has(marker) })
+	pgtest.WaitFor(t, 2*time.Second, "the marker", func() bool { return rec.has(marker) })
 	rec.mu.Lock()
 	defer rec.mu.Unlock()
 	n := 0
@@ -375,24 +363,24 @@ func TestSlotDroppedExternallyIsRecreated(t *testing.T) {
 	s, _ := b.start(t, rec)
 	waitStreaming(t, s)
 	first := b.insert(t)
-	waitFor(t, 5*time.Second, "the first row", func() bool { return rec.has(first) })
+	pgtest.WaitFor(t, 5*time.Second, "the first row", func() bool { return rec.has(first) })
 
 	// As an operator (or the slot guard) would: stop the walsender, then
 	// drop the slot before the relay takes it again.
 	ctx := context.Background()
-	waitFor(t, 10*time.Second, "the slot to be dropped", func() bool {
+	pgtest.WaitFor(t, 10*time.Second, "the slot to be dropped", func() bool {
 		_, _ = b.pool.Exec(ctx, `SELECT pg_terminate_backend(active_pid, 5000) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL`, b.cfg.Slot)
 		tag, err := b.pool.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1`, b.cfg.Slot)
 		return err == nil && tag.RowsAffected() == 1
 	})
 
 	var active bool
-	waitFor(t, 15*time.Second, "the slot to be recreated and streamed from", func() bool {
+	pgtest.WaitFor(t, 15*time.Second, "the slot to be recreated and streamed from", func() bool {
 		err := b.pool.QueryRow(ctx, `SELECT active FROM pg_replication_slots WHERE slot_name = $1`, b.cfg.Slot).Scan(&active)
 		return err == nil && active && s.Streaming()
 	})
 	second := b.insert(t)
-	waitFor(t, 5*time.Second, "a row after recovery", func() bool { return rec.has(second) })
+	pgtest.WaitFor(t, 5*time.Second, "a row after recovery", func() bool { return rec.has(second) })
 	if n := b.logs.count("replication stream down"); n != 1 {
 		t.Errorf("logged the outage %d times, want once", n)
 	}
@@ -406,7 +394,7 @@ func TestPostgresRestartIsSurvived(t *testing.T) {
 	s, _ := b.start(t, rec)
 	waitStreaming(t, s)
 	before := b.insert(t)
-	waitFor(t, 5*time.Second, "a row before the restart", func() bool { return rec.has(before) })
+	pgtest.WaitFor(t, 5*time.Second, "a row before the restart", func() bool { return rec.has(before) })
 
 	if err := c.Restart("immediate"); err != nil {
 		t.Fatal(err)
@@ -414,12 +402,12 @@ func TestPostgresRestartIsSurvived(t *testing.T) {
 	// Inserted at once, most likely before the stream is back: the slot
 	// keeps it for the stream.
 	var after int64
-	waitFor(t, 10*time.Second, "an insert after the restart", func() bool {
+	pgtest.WaitFor(t, 10*time.Second, "an insert after the restart", func() bool {
 		err := b.pool.QueryRow(context.Background(),
 			`INSERT INTO portal_event_outbox (event_type) VALUES ('after') RETURNING id`).Scan(&after)
 		return err == nil
 	})
-	waitFor(t, 15*time.Second, "the row inserted after the restart", func() bool { return rec.has(after) })
+	pgtest.WaitFor(t, 15*time.Second, "the row inserted after the restart", func() bool { return rec.has(after) })
 	if !s.Streaming() {
 		t.Error("not streaming after the restart")
 	}
@@ -432,20 +420,20 @@ func TestTwoStreamsOneSlot(t *testing.T) {
 	a, stopA := b.start(t, recA)
 	waitStreaming(t, a)
 	sb, _ := b.start(t, recB)
-	waitFor(t, 10*time.Second, "the second stream to stand by", func() bool { return sb.State().Role == RoleStandby })
+	pgtest.WaitFor(t, 10*time.Second, "the second stream to stand by", func() bool { return sb.State().Role == RoleStandby })
 	if sb.Streaming() {
 		t.Fatal("both streams claim the slot")
 	}
 	id := b.insert(t)
-	waitFor(t, 5*time.Second, "the streamer to get a row", func() bool { return recA.has(id) })
+	pgtest.WaitFor(t, 5*time.Second, "the streamer to get a row", func() bool { return recA.has(id) })
 	if recB.count(id) != 0 {
 		t.Error("the standby got a row")
 	}
 
 	stopA()
-	waitFor(t, 15*time.Second, "the standby to take over", sb.Streaming)
+	pgtest.WaitFor(t, 15*time.Second, "the standby to take over", sb.Streaming)
 	later := b.insert(t)
-	waitFor(t, 5*time.Second, "the new streamer to get a row", func() bool { return recB.has(later) })
+	pgtest.WaitFor(t, 5*time.Second, "the new streamer to get a row", func() bool { return recB.has(later) })
 	if n := b.logs.count("standing by"); n != 1 {
 		t.Errorf("logged standing by %d times, want once", n)
 	}
@@ -510,14 +498,14 @@ func TestSlotDoesNotPinWAL(t *testing.T) {
 						}
 					}
 				}
-				waitFor(t, 10*time.Second, "confirmed_flush_lsn to follow", func() bool {
+				pgtest.WaitFor(t, 10*time.Second, "confirmed_flush_lsn to follow", func() bool {
 					lag, _ := walLag(t, b.pool, b.cfg.Slot)
 					return lag >= 0 && lag < 4*mb
 				})
 			}
 			// restart_lsn moves at running-transactions records, which a
 			// checkpoint writes.
-			waitFor(t, 20*time.Second, "retained WAL to shrink after a checkpoint", func() bool {
+			pgtest.WaitFor(t, 20*time.Second, "retained WAL to shrink after a checkpoint", func() bool {
 				if _, err := b.pool.Exec(ctx, `CHECKPOINT`); err != nil {
 					t.Fatal(err)
 				}
@@ -617,7 +605,7 @@ func TestRunStopsOnCancel(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
-	waitFor(t, 5*time.Second, "the stream to report down", func() bool {
+	pgtest.WaitFor(t, 5*time.Second, "the stream to report down", func() bool {
 		st := s.State()
 		return st.LastError != "" && !strings.Contains(st.LastError, ":p@")
 	})
@@ -642,7 +630,7 @@ func TestPublicationDroppedIsRecreated(t *testing.T) {
 	s, _ := b.start(t, rec)
 	waitStreaming(t, s)
 	first := b.insert(t)
-	waitFor(t, 5*time.Second, "the first row", func() bool { return rec.has(first) })
+	pgtest.WaitFor(t, 5*time.Second, "the first row", func() bool { return rec.has(first) })
 
 	if _, err := b.pool.Exec(context.Background(), `DROP PUBLICATION `+b.cfg.Publication); err != nil {
 		t.Fatal(err)
@@ -652,7 +640,7 @@ func TestPublicationDroppedIsRecreated(t *testing.T) {
 	// one comes through.
 	var ids []int64
 	var last time.Time
-	waitFor(t, 20*time.Second, "a row after the publication came back", func() bool {
+	pgtest.WaitFor(t, 20*time.Second, "a row after the publication came back", func() bool {
 		if time.Since(last) > 50*time.Millisecond {
 			ids, last = append(ids, b.insert(t)), time.Now()
 		}
@@ -687,7 +675,7 @@ func TestInvalidatedSlotIsRecreated(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, 30*time.Second, "the slot to be invalidated", func() bool {
+	pgtest.WaitFor(t, 30*time.Second, "the slot to be invalidated", func() bool {
 		for _, sql := range []string{
 			`INSERT INTO other (body) SELECT repeat(md5(g::text), 30) FROM generate_series(1, 20000) g`,
 			`SELECT pg_switch_wal()`,
@@ -705,7 +693,7 @@ func TestInvalidatedSlotIsRecreated(t *testing.T) {
 	s2, _ := b.start(t, rec)
 	waitStreaming(t, s2)
 	id := b.insert(t)
-	waitFor(t, 5*time.Second, "a row through the new slot", func() bool { return rec.has(id) })
+	pgtest.WaitFor(t, 5*time.Second, "a row through the new slot", func() bool { return rec.has(id) })
 	if n := b.logs.count("replication slot was invalidated"); n != 1 {
 		t.Errorf("logged the invalidation %d times, want once", n)
 	}
@@ -728,18 +716,18 @@ func TestReadOnlyServerIsWaitedFor(t *testing.T) {
 	}
 	rec := newRecorder()
 	s, _ := b.start(t, rec)
-	waitFor(t, 10*time.Second, "the stream to see recovery", func() bool {
+	pgtest.WaitFor(t, 10*time.Second, "the stream to see recovery", func() bool {
 		return strings.Contains(s.State().LastError, "recovery")
 	})
 	// The pool's connections died with the restart: retry until a fresh
 	// one promotes.
-	waitFor(t, 10*time.Second, "the promotion", func() bool {
+	pgtest.WaitFor(t, 10*time.Second, "the promotion", func() bool {
 		_, err := b.pool.Exec(context.Background(), `SELECT pg_promote()`)
 		return err == nil
 	})
 	waitStreaming(t, s)
 	id := b.insert(t)
-	waitFor(t, 5*time.Second, "a row after the promotion", func() bool { return rec.has(id) })
+	pgtest.WaitFor(t, 5*time.Second, "a row after the promotion", func() bool { return rec.has(id) })
 	if n := b.logs.count("in recovery"); n != 1 {
 		t.Errorf("said the server is in recovery %d times, want once", n)
 	}

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/outbox-relay/outbox-relay/internal/pgtest"
 	"github.com/outbox-relay/outbox-relay/internal/store"
 	"github.com/outbox-relay/outbox-relay/relay"
 )
@@ -67,7 +68,7 @@ func TestEndToEnd(t *testing.T) {
 			VALUES ('file.finalized', '{"n": 1}') RETURNING event_id::text`).Scan(&eventID); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, 5*time.Second, "the runner to get "+eventID, func() bool {
+		pgtest.WaitFor(t, 5*time.Second, "the runner to get "+eventID, func() bool {
 			mu.Lock()
 			defer mu.Unlock()
 			_, ok := got[eventID]
@@ -81,7 +82,7 @@ func TestEndToEnd(t *testing.T) {
 			t.Errorf("event %s took %s to reach the runner", eventID, took)
 		}
 		var status string
-		waitFor(t, 5*time.Second, "the row to be marked delivered", func() bool {
+		pgtest.WaitFor(t, 5*time.Second, "the row to be marked delivered", func() bool {
 			err := b.pool.QueryRow(ctx, `SELECT status FROM portal_event_outbox WHERE event_id = $1`, eventID).Scan(&status)
 			return err == nil && status == store.StatusDelivered
 		})

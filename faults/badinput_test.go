@@ -61,7 +61,7 @@ func TestBadRowsDoNotBlockOthers(t *testing.T) {
 		t.Fatal(err)
 	}
 	startRelay(t, relayEnv(d, rn))
-	waitFor(t, "every row to settle", 60*time.Second, func() bool { return d.count(t, "status = 'pending'") == 0 })
+	pgtest.WaitFor(t, 60*time.Second, "every row to settle", func() bool { return d.count(t, "status = 'pending'") == 0 })
 	var status, lastErr string
 	if err := d.pool.QueryRow(ctx, `SELECT status, coalesce(last_error, '') FROM portal_event_outbox WHERE event_type = 'big'`).Scan(&status, &lastErr); err != nil {
 		t.Fatal(err)
@@ -93,7 +93,7 @@ func TestHugeAnswerBody(t *testing.T) {
 		t.Fatal(err)
 	}
 	startRelay(t, relayEnv(d, rn))
-	waitFor(t, "delivery", 60*time.Second, func() bool { return d.count(t, "status = 'delivered'") == 5 })
+	pgtest.WaitFor(t, 60*time.Second, "delivery", func() bool { return d.count(t, "status = 'delivered'") == 5 })
 }
 
 // An unreachable or unresolvable runner host is a retry with the reason,
@@ -110,7 +110,7 @@ func TestUnreachableRunner(t *testing.T) {
 			}
 			env := append(relayEnv(d, &runner{}), "RELAY_RUNNER_URL="+url)
 			p := startRelay(t, env)
-			waitFor(t, "a recorded failure", 30*time.Second, func() bool {
+			pgtest.WaitFor(t, 30*time.Second, "a recorded failure", func() bool {
 				return d.count(t, "attempts >= 1 AND last_error LIKE 'runner unreachable%'") == 1
 			})
 			if code := p.term(10 * time.Second); code != 0 {

@@ -50,7 +50,7 @@ func TestPostgresRestarted(t *testing.T) {
 	p := startRelay(t, relayEnv(d, rn))
 	restarts := 2
 	for range restarts {
-		waitFor(t, "deliveries before the restart", 30*time.Second, func() bool { return len(rn.delivered()) > 0 })
+		pgtest.WaitFor(t, 30*time.Second, "deliveries before the restart", func() bool { return len(rn.delivered()) > 0 })
 		time.Sleep(time.Second) // load runs for a while: the fault's timing
 		if err := c.Restart("immediate"); err != nil {
 			t.Fatal(err)
@@ -82,7 +82,7 @@ func TestThreeReplicas(t *testing.T) {
 	}
 	events := scale(1000, 10000)
 	in := startInserter(t, d, 1000, 4)
-	waitFor(t, "the inserts", 5*time.Minute, func() bool { return in.count() >= events })
+	pgtest.WaitFor(t, 5*time.Minute, "the inserts", func() bool { return in.count() >= events })
 	in.stop()
 	r := verify(t, d, rn, 2*time.Minute)
 	if r.Duplicates != 0 {
@@ -107,7 +107,7 @@ func TestSIGTERM(t *testing.T) {
 	terms := scale(2, 5)
 	for range terms {
 		p := startRelay(t, env)
-		waitFor(t, "deliveries", 30*time.Second, func() bool { return len(rn.delivered()) > 0 })
+		pgtest.WaitFor(t, 30*time.Second, "deliveries", func() bool { return len(rn.delivered()) > 0 })
 		time.Sleep(500 * time.Millisecond)
 		if code := p.term(10 * time.Second); code != 0 {
 			t.Fatalf("exit %d after SIGTERM, want 0 within the deadline", code)

@@ -190,7 +190,7 @@ func (rn *runner) start(t *testing.T) {
 	var ln net.Listener
 	var err error
 	// The port was ours a moment ago; TIME_WAIT does not block a listen.
-	waitFor(t, "the runner port", 10*time.Second, func() bool {
+	pgtest.WaitFor(t, 10*time.Second, "the runner port", func() bool {
 		ln, err = net.Listen("tcp", rn.addr)
 		return err == nil
 	})
@@ -349,17 +349,6 @@ func (in *inserter) count() int {
 	return in.n
 }
 
-func waitFor(t *testing.T, what string, limit time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(limit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", limit, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // result is one row of docs/RELIABILITY.md.
 type result struct {
 	Events, Lost, Duplicates int
@@ -370,7 +359,7 @@ type result struct {
 // the extra sends.
 func verify(t *testing.T, d *db, rn *runner, limit time.Duration) result {
 	t.Helper()
-	waitFor(t, "every row to be delivered", limit, func() bool { return d.count(t, "status <> 'delivered'") == 0 })
+	pgtest.WaitFor(t, limit, "every row to be delivered", func() bool { return d.count(t, "status <> 'delivered'") == 0 })
 	ids := d.eventIDs(t)
 	got := rn.delivered()
 	r := result{Events: len(ids)}

@@ -58,7 +58,7 @@ func TestRunnerOutage(t *testing.T) {
 	d := newDB(t, pgtest.NewDB(t))
 	rn := newRunner(t)
 	startRelay(t, relayEnv(d, rn, "RELAY_BACKOFF_BASE=200ms", "RELAY_BACKOFF_MAX=2s"))
-	waitFor(t, "the slot", 30*time.Second, func() bool { _, _, ok := slotFigures(t, d); return ok })
+	pgtest.WaitFor(t, 30*time.Second, "the slot", func() bool { _, _, ok := slotFigures(t, d); return ok })
 
 	outage := time.Duration(scale(6, 30)) * time.Second
 	walBytes := int64(scale(40, 300)) * mib
@@ -170,19 +170,19 @@ func TestFlakyRunner(t *testing.T) {
 		"RELAY_MAX_ATTEMPTS=50", "RELAY_LISTEN_ADDR="+addr)
 	startRelay(t, env)
 	metricsURL := "http://" + addr + "/metrics"
-	waitFor(t, "the metrics endpoint", 30*time.Second, func() bool { _, err := scrape(metricsURL, "go_goroutines"); return err == nil })
+	pgtest.WaitFor(t, 30*time.Second, "the metrics endpoint", func() bool { _, err := scrape(metricsURL, "go_goroutines"); return err == nil })
 	before, _ := scrape(metricsURL, "go_goroutines")
 
 	events := scale(300, 2000)
 	in := startInserter(t, d, 200, 2)
-	waitFor(t, "the inserts", 2*time.Minute, func() bool { return in.count() >= events })
+	pgtest.WaitFor(t, 2*time.Minute, "the inserts", func() bool { return in.count() >= events })
 	in.stop()
 	r := verify(t, d, rn, 3*time.Minute)
 
 	// Idle connections close after the transport's idle timeout; what
 	// must not happen is growth with the number of events.
 	var after float64
-	waitFor(t, "goroutines to settle", 30*time.Second, func() bool {
+	pgtest.WaitFor(t, 30*time.Second, "goroutines to settle", func() bool {
 		after, _ = scrape(metricsURL, "go_goroutines")
 		return after <= before+2*concurrencyDefault
 	})
@@ -236,25 +236,25 @@ func TestSlotAndPublicationDropped(t *testing.T) {
 		_ = d.pool.QueryRow(ctx, `SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'outbox_relay' AND active`).Scan(&n)
 		return n == 1
 	}
-	waitFor(t, "the stream", 30*time.Second, active)
+	pgtest.WaitFor(t, 30*time.Second, "the stream", active)
 	exec := func(sql string) error { _, err := d.pool.Exec(ctx, sql); return err }
 	// The walsender holds the slot until it exits: terminate it, then
 	// drop, and retry while the relay wins the race to take it again.
-	waitFor(t, "the slot drop", 30*time.Second, func() bool {
+	pgtest.WaitFor(t, 30*time.Second, "the slot drop", func() bool {
 		_ = exec(`SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = 'outbox_relay'`)
 		return exec(`SELECT pg_drop_replication_slot('outbox_relay')`) == nil
 	})
-	waitFor(t, "the stream to come back after the slot drop", 60*time.Second, active)
+	pgtest.WaitFor(t, 60*time.Second, "the stream to come back after the slot drop", active)
 
 	if err := exec(`DROP PUBLICATION outbox_relay`); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the publication to be recreated", 60*time.Second, func() bool {
+	pgtest.WaitFor(t, 60*time.Second, "the publication to be recreated", func() bool {
 		var n int
 		_ = d.pool.QueryRow(ctx, `SELECT count(*) FROM pg_publication_tables WHERE pubname = 'outbox_relay'`).Scan(&n)
 		return n == 1
 	})
-	waitFor(t, "the stream to come back after the publication drop", 60*time.Second, active)
+	pgtest.WaitFor(t, 60*time.Second, "the stream to come back after the publication drop", active)
 	in.stop()
 	r := verify(t, d, rn, 60*time.Second)
 	record(t, "slot and publication dropped", r, nil)

@@ -14,7 +14,7 @@ func withMetrics(t *testing.T, d *db, rn *runner, extra ...string) (*proc, strin
 	addr := freeAddr(t)
 	p := startRelay(t, relayEnv(d, rn, append([]string{"RELAY_LISTEN_ADDR=" + addr}, extra...)...))
 	url := "http://" + addr + "/metrics"
-	waitFor(t, "the metrics endpoint", 30*time.Second, func() bool { _, err := scrape(url, "go_goroutines"); return err == nil })
+	pgtest.WaitFor(t, 30*time.Second, "the metrics endpoint", func() bool { _, err := scrape(url, "go_goroutines"); return err == nil })
 	return p, url
 }
 
@@ -37,13 +37,13 @@ func TestStreamDelivers(t *testing.T) {
 	d := newDB(t, pgtest.NewDB(t))
 	rn := newRunner(t)
 	_, url := withMetrics(t, d, rn, "RELAY_SWEEP_INTERVAL=1m")
-	waitFor(t, "the stream", 30*time.Second, func() bool { return streaming(url) })
+	pgtest.WaitFor(t, 30*time.Second, "the stream", func() bool { return streaming(url) })
 
 	insertRows(t, d, `INSERT INTO portal_event_outbox (event_type) VALUES ('one')`)
 	insertRows(t, d, `BEGIN; INSERT INTO portal_event_outbox (event_type) VALUES ('rolled back'); ROLLBACK`)
 	insertRows(t, d, `INSERT INTO portal_event_outbox (event_type) SELECT 'multi' FROM generate_series(1, 50)`)
 	// Well before the next sweep (a minute away): the stream did it.
-	waitFor(t, "stream delivery", 20*time.Second, func() bool { return d.count(t, "status = 'delivered'") == 51 })
+	pgtest.WaitFor(t, 20*time.Second, "stream delivery", func() bool { return d.count(t, "status = 'delivered'") == 51 })
 	if n, _ := scrape(url, `outbox_relay_deliveries_total{outcome="delivered",path="stream"}`); n != 51 {
 		t.Errorf("%v deliveries by the stream, want 51", n)
 	}
@@ -57,7 +57,7 @@ func TestStreamAfterKill(t *testing.T) {
 	d := newDB(t, pgtest.NewDB(t))
 	rn := newRunner(t)
 	p, url := withMetrics(t, d, rn, "RELAY_SWEEP_INTERVAL=1m")
-	waitFor(t, "the stream", 30*time.Second, func() bool { return streaming(url) })
+	pgtest.WaitFor(t, 30*time.Second, "the stream", func() bool { return streaming(url) })
 	p.kill()
 	insertRows(t, d, `INSERT INTO portal_event_outbox (event_type) SELECT 'while down' FROM generate_series(1, 20)`)
 	_, url = withMetrics(t, d, rn, "RELAY_SWEEP_INTERVAL=1m")
@@ -74,16 +74,16 @@ func TestStandbyTakesOver(t *testing.T) {
 	d := newDB(t, pgtest.NewDB(t))
 	rn := newRunner(t)
 	first, firstURL := withMetrics(t, d, rn, "RELAY_SWEEP_INTERVAL=1m")
-	waitFor(t, "the first to stream", 30*time.Second, func() bool { return streaming(firstURL) })
+	pgtest.WaitFor(t, 30*time.Second, "the first to stream", func() bool { return streaming(firstURL) })
 	_, secondURL := withMetrics(t, d, rn, "RELAY_SWEEP_INTERVAL=1m")
-	waitFor(t, "the second to stand by", 30*time.Second, func() bool {
+	pgtest.WaitFor(t, 30*time.Second, "the second to stand by", func() bool {
 		v, err := scrape(secondURL, `outbox_relay_cdc_role{role="standby"}`)
 		return err == nil && v == 1
 	})
 	first.kill()
-	waitFor(t, "the standby to take the slot", 60*time.Second, func() bool { return streaming(secondURL) })
+	pgtest.WaitFor(t, 60*time.Second, "the standby to take the slot", func() bool { return streaming(secondURL) })
 	insertRows(t, d, `INSERT INTO portal_event_outbox (event_type) SELECT 'x' FROM generate_series(1, 10)`)
-	waitFor(t, "delivery by the new streamer", 20*time.Second, func() bool {
+	pgtest.WaitFor(t, 20*time.Second, "delivery by the new streamer", func() bool {
 		n, _ := scrape(secondURL, `outbox_relay_deliveries_total{outcome="delivered",path="stream"}`)
 		return n == 10
 	})
@@ -114,11 +114,11 @@ func TestSlotGuardRecreatesTheSlot(t *testing.T) {
 	rn := newRunner(t)
 	p, url := withMetrics(t, d, rn, "RELAY_SLOT_WARN_BYTES=1024", "RELAY_SLOT_MAX_BYTES=4096", "RELAY_STATS_INTERVAL=200ms")
 	in := startInserter(t, d, 100, 2)
-	waitFor(t, "the guard to drop the slot", 60*time.Second, func() bool {
+	pgtest.WaitFor(t, 60*time.Second, "the guard to drop the slot", func() bool {
 		n, _ := scrape(url, "outbox_relay_slot_recreated_total")
 		return n >= 2
 	})
-	waitFor(t, "the stream to come back", 60*time.Second, func() bool { return streaming(url) })
+	pgtest.WaitFor(t, 60*time.Second, "the stream to come back", func() bool { return streaming(url) })
 	in.stop()
 	verify(t, d, rn, 60*time.Second)
 	if logs := p.logs.String(); !strings.Contains(logs, "dropping the replication slot") || !strings.Contains(logs, "retained_bytes") {

@@ -151,22 +151,12 @@ func state(t *testing.T, pool *pgxpool.Pool, id int64) rowState {
 }
 
 // waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
 
 // settled waits until the row's outcome is written: not leased any more.
 func settled(t *testing.T, b *bundle, id int64, attempts int) rowState {
 	t.Helper()
 	var s rowState
-	waitFor(t, "the outcome to be recorded", func() bool {
+	pgtest.WaitFor(t, 20*time.Second, "the outcome to be recorded", func() bool {
 		s = state(t, b.pool, id)
 		leaseEnd := b.claimedAt.Add(b.d.Lease())
 		return s.Attempts == attempts && (s.Status != store.StatusPending || s.Next.Sub(leaseEnd).Abs() > 2*time.Second)
@@ -324,7 +314,7 @@ func TestRetriesBackOffUntilTheCap(t *testing.T) {
 	var prev time.Time
 	for attempt := 1; attempt <= 7; attempt++ {
 		var claimedAt time.Time
-		waitFor(t, "the row to be due", func() bool {
+		pgtest.WaitFor(t, 20*time.Second, "the row to be due", func() bool {
 			claimedAt = time.Now()
 			n, err := b.d.DeliverDue(context.Background(), 10, 0)
 			if err != nil {
@@ -422,7 +412,7 @@ func TestMaxAttemptsIsDead(t *testing.T) {
 		c.Backoff = relay.Backoff{Base: time.Millisecond, Max: time.Millisecond}
 	})
 	id := insert(t, b.pool, "t", `{}`)
-	waitFor(t, "the row to die", func() bool {
+	pgtest.WaitFor(t, 20*time.Second, "the row to die", func() bool {
 		if _, err := b.d.DeliverDue(context.Background(), 10, 0); err != nil {
 			t.Fatal(err)
 		}
@@ -511,7 +501,7 @@ func TestRacingDeliverersSendOnce(t *testing.T) {
 		})
 	}
 	claimers.Wait()
-	waitFor(t, "every row to be delivered", func() bool {
+	pgtest.WaitFor(t, 20*time.Second, "every row to be delivered", func() bool {
 		var delivered int
 		_ = pool.QueryRow(context.Background(), `SELECT count(*) FROM portal_event_outbox WHERE status = 'delivered'`).Scan(&delivered)
 		return delivered == n
@@ -615,7 +605,7 @@ func TestAttemptsCountOnlyRealPOSTs(t *testing.T) {
 		t.Fatal(err)
 	}
 	var attempts, inFlight int
-	waitFor(t, "every row to be settled", func() bool {
+	pgtest.WaitFor(t, 20*time.Second, "every row to be settled", func() bool {
 		err := pool.QueryRow(context.Background(), `SELECT coalesce(sum(attempts), 0),
 			count(*) FILTER (WHERE attempts > 0 AND last_error IS NULL)
 			FROM portal_event_outbox`).Scan(&attempts, &inFlight)

@@ -88,17 +88,6 @@ func count(t *testing.T, pool *pgxpool.Pool, status string) int {
 	return n
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // RunOnce claims batch after batch until the due rows are gone.
 func TestRunOnceTakesEveryDueRow(t *testing.T) {
 	t.Parallel()
@@ -109,7 +98,7 @@ func TestRunOnceTakesEveryDueRow(t *testing.T) {
 	if err != nil || n != 250 {
 		t.Fatalf("RunOnce = %d, %v; want 250", n, err)
 	}
-	waitFor(t, "all delivered", func() bool { return count(t, b.pool, "delivered") == 250 })
+	pgtest.WaitFor(t, 30*time.Second, "all delivered", func() bool { return count(t, b.pool, "delivered") == 250 })
 	if n, err := s.RunOnce(context.Background()); err != nil || n != 0 {
 		t.Errorf("second RunOnce = %d, %v; want 0", n, err)
 	}
@@ -140,7 +129,7 @@ func TestRetryPickedUpOnTime(t *testing.T) {
 	insertN(t, b.pool, 1)
 	s := sweeper.New(sweeper.Config{Interval: time.Hour, BatchSize: 100}, b.d, quiet)
 	run(t, s.Run)
-	waitFor(t, "the retry to be delivered", func() bool { return count(t, b.pool, "delivered") == 1 })
+	pgtest.WaitFor(t, 30*time.Second, "the retry to be delivered", func() bool { return count(t, b.pool, "delivered") == 1 })
 	if got := b.calls.Load(); got != 2 {
 		t.Errorf("runner called %d times, want 2", got)
 	}
@@ -178,10 +167,10 @@ func TestSurvivesDatabaseOutage(t *testing.T) {
 	if err := cluster.StopServer("fast"); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "a failed sweep", func() bool { return failed.Load() > 0 })
+	pgtest.WaitFor(t, 30*time.Second, "a failed sweep", func() bool { return failed.Load() > 0 })
 	if err := cluster.StartServer(); err != nil {
 		t.Fatal(err)
 	}
 	insertN(t, pool, 5)
-	waitFor(t, "delivery after the outage", func() bool { return count(t, pool, "delivered") == 5 })
+	pgtest.WaitFor(t, 30*time.Second, "delivery after the outage", func() bool { return count(t, pool, "delivered") == 5 })
 }

@@ -534,6 +534,19 @@ func NewDB(t testing.TB) string {
 	return u.String()
 }
 
+// WaitFor polls cond until it holds, failing the test with what once limit
+// has passed: tests synchronise on conditions, never on sleeps.
+func WaitFor(t testing.TB, limit time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", limit, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 // dropDB drops a test database and the replication slots made in it,
 // which DROP DATABASE refuses to drop for us. A walsender of a process the
 // test just killed may hold its slot for a moment: terminate it and retry.
