@@ -36,7 +36,7 @@ func runRelay(ctx context.Context, args, environ []string, stderr io.Writer) err
 		key, _ = config.DecodeSecret(cfg.RunnerSecret) // validated
 	}
 
-	pool, err := openPool(ctx, cfg, log)
+	pool, err := openPool(ctx, cfg, 8)
 	if err != nil {
 		return err
 	}
@@ -184,23 +184,6 @@ func startupCDC(ctx context.Context, cfg config.Config, table store.Table, d cdc
 			"sweep_interval", cfg.SweepInterval.String())
 		return nil, nil
 	}
-}
-
-// openPool connects, retrying with backoff while the database is not up
-// yet: a sidecar often starts before its database accepts connections.
-func openPool(ctx context.Context, cfg config.Config, log *slog.Logger) (*pgxpool.Pool, error) {
-	pcfg, err := pgxpool.ParseConfig(cfg.DatabaseURL)
-	if err != nil {
-		// pgx's parse errors can quote the URL; never echo it.
-		return nil, &config.Error{Var: "DATABASE_URL", Msg: "cannot be parsed as a connection string"}
-	}
-	pcfg.MaxConns = 8
-	store.Configure(pcfg)
-	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
-	if err != nil {
-		return nil, fmt.Errorf("database pool: %w", err)
-	}
-	return pool, nil
 }
 
 // waitForSchema checks the outbox table, waiting while the database is

@@ -8,8 +8,6 @@ import (
 	"io"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"github.com/outbox-relay/outbox-relay/internal/config"
 	"github.com/outbox-relay/outbox-relay/internal/store"
 )
@@ -145,26 +143,4 @@ func bytesHuman(n int64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
-}
-
-// connectStore opens a one-connection pool for the short-lived commands,
-// failing at once when the database cannot be reached.
-func connectStore(ctx context.Context, cfg config.Config, table store.Table) (*store.Store, error) {
-	pcfg, err := pgxpool.ParseConfig(cfg.DatabaseURL)
-	if err != nil {
-		return nil, &config.Error{Var: "DATABASE_URL", Msg: "cannot be parsed as a connection string"}
-	}
-	pcfg.MaxConns = 1
-	store.Configure(pcfg)
-	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
-	if err == nil {
-		err = pool.Ping(ctx)
-	}
-	if err != nil {
-		if pool != nil {
-			pool.Close()
-		}
-		return nil, fmt.Errorf("connect: %w", err)
-	}
-	return store.New(pool, table), nil
 }

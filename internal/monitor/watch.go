@@ -6,8 +6,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"github.com/outbox-relay/outbox-relay/internal/store"
 )
 
@@ -44,7 +42,6 @@ type Snapshot struct {
 // table, not the slot, is the queue: the sweeper covers the gap.
 type Watcher struct {
 	cfg     WatchConfig
-	pool    *pgxpool.Pool
 	store   *store.Store
 	metrics *Metrics
 	log     *slog.Logger
@@ -57,7 +54,7 @@ type Watcher struct {
 
 // NewWatcher makes a Watcher; Run starts it.
 func NewWatcher(cfg WatchConfig, st *store.Store, m *Metrics, log *slog.Logger) *Watcher {
-	return &Watcher{cfg: cfg, pool: st.Pool(), store: st, metrics: m, log: log}
+	return &Watcher{cfg: cfg, store: st, metrics: m, log: log}
 }
 
 // Run refreshes at once and then every Interval until ctx is done.
@@ -108,7 +105,7 @@ func (w *Watcher) refresh(ctx context.Context, snap *Snapshot) error {
 	if w.cfg.Slot == "" {
 		return nil
 	}
-	slot, err := store.SlotInfo(ctx, w.pool, w.cfg.Slot)
+	slot, err := store.SlotInfo(ctx, w.store.Pool(), w.cfg.Slot)
 	if err != nil {
 		return err
 	}
@@ -133,7 +130,7 @@ func (w *Watcher) guard(ctx context.Context, slot store.Slot) error {
 	}
 	w.log.Error("dropping the replication slot to protect the database's disk; the stream recreates it and the sweeper covers the gap",
 		"slot", w.cfg.Slot, "retained_bytes", slot.RetainedBytes, "max_bytes", w.cfg.SlotMaxBytes, "wal_status", slot.WALStatus)
-	if err := store.DropSlot(ctx, w.pool, w.cfg.Slot); err != nil {
+	if err := store.DropSlot(ctx, w.store.Pool(), w.cfg.Slot); err != nil {
 		return err
 	}
 	w.metrics.slotRecreated.Inc()

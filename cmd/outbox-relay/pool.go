@@ -1,0 +1,43 @@
+package main
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/outbox-relay/outbox-relay/internal/config"
+	"github.com/outbox-relay/outbox-relay/internal/store"
+)
+
+// openPool makes a pool of at most maxConns sessions set up as the relay's
+// (store.Configure). pgxpool connects lazily, so this does not wait for the
+// database: run waits in waitForSchema, the short commands in connectStore.
+func openPool(ctx context.Context, cfg config.Config, maxConns int32) (*pgxpool.Pool, error) {
+	pcfg, err := pgxpool.ParseConfig(cfg.DatabaseURL)
+	if err != nil {
+		// pgx's parse errors can quote the URL; never echo it.
+		return nil, &config.Error{Var: "DATABASE_URL", Msg: "cannot be parsed as a connection string"}
+	}
+	pcfg.MaxConns = maxConns
+	store.Configure(pcfg)
+	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
+	if err != nil {
+		return nil, fmt.Errorf("database pool: %w", err)
+	}
+	return pool, nil
+}
+
+// connectStore opens a one-connection store for the short-lived commands,
+// failing at once when the database cannot be reached.
+func connectStore(ctx context.Context, cfg config.Config, table store.Table) (*store.Store, error) {
+	pool, err := openPool(ctx, cfg, 1)
+	if err != nil {
+		return nil, err
+	}
+	if err := pool.Ping(ctx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("connect: %w", err)
+	}
+	return store.New(pool, table), nil
+}
