@@ -96,11 +96,3 @@ func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) 
 	}
 }
 
-// loadConfig reads and validates the settings a command needs.
-func loadConfig(environ []string, forRun bool) (config.Config, error) {
-	cfg, err := config.Load(environ)
-	if err != nil {
-		return cfg, err
-	}
-	return cfg, cfg.Validate(forRun)
-}

@@ -225,3 +225,55 @@ func TestSecretsStayOutOfLogs(t *testing.T) {
 		}
 	}
 }
+
+// Every command refuses a connection string it cannot parse with exit 2,
+// and no form of the string, a key=value password with spaces included,
+// is ever printed.
+func TestBadDatabaseURLExits2EverywhereWithoutThePassword(t *testing.T) {
+	const pw = "pw-never-shown"
+	for _, url := range []string{
+		"host=127.0.0.1 port=notaport password = " + pw,
+		"postgres://u:" + pw + "@127.0.0.1:99999999/db",
+		"host=127.0.0.1 port=1 password = '" + pw + "' sslmode=bogus",
+	} {
+		for _, args := range [][]string{nil, {"migrate"}, {"status"}, {"requeue", "--all"}} {
+			env := []string{"RELAY_DATABASE_URL=" + url, "RELAY_RUNNER_URL=http://127.0.0.1:1/"}
+			code, out, stderr := runCmd(t, context.Background(), env, args...)
+			if code != exitUsage || !strings.Contains(stderr, "RELAY_DATABASE_URL") {
+				t.Errorf("%v with %q: exit %d, stderr %q; want 2 naming RELAY_DATABASE_URL", args, url, code, stderr)
+			}
+			if strings.Contains(out+stderr, pw) {
+				t.Errorf("%v printed the password: %q", args, out+stderr)
+			}
+		}
+	}
+	// A parsable string with a wrong password, written with spaces.
+	url := "host=127.0.0.1 port=1 user=nobody password = " + pw + " connect_timeout=2"
+	for _, args := range [][]string{nil, {"migrate"}, {"status"}} {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		_, out, stderr := runCmd(t, ctx, []string{"RELAY_DATABASE_URL=" + url, "RELAY_RUNNER_URL=http://127.0.0.1:1/", "RELAY_LISTEN_ADDR=off"}, args...)
+		cancel()
+		if strings.Contains(out+stderr, pw) {
+			t.Errorf("%v printed the password: %q", args, out+stderr)
+		}
+	}
+}
+
+// SIGTERM (a cancelled context) while run waits for the database at
+// start-up is a clean stop: exit 0.
+func TestStopWhileWaitingForTheDatabaseExits0(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var logs syncBuffer
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, nil, []string{"RELAY_DATABASE_URL=postgres://u:p@127.0.0.1:1/db?connect_timeout=1",
+			"RELAY_RUNNER_URL=http://127.0.0.1:1/", "RELAY_LISTEN_ADDR=off"}, &logs, &logs)
+	}()
+	pgtest.WaitFor(t, 10*time.Second, "the relay to wait for the database", func() bool {
+		return strings.Contains(logs.String(), "waiting for the database")
+	})
+	cancel()
+	if code := <-done; code != exitOK {
+		t.Errorf("exit %d, want 0; logs:\n%s", code, logs.String())
+	}
+}

@@ -14,11 +14,7 @@ import (
 // (store.Configure). pgxpool connects lazily, so this does not wait for the
 // database: run waits in waitForSchema, the short commands in connectStore.
 func openPool(ctx context.Context, cfg config.Config, maxConns int32) (*pgxpool.Pool, error) {
-	pcfg, err := pgxpool.ParseConfig(cfg.DatabaseURL)
-	if err != nil {
-		// pgx's parse errors can quote the URL; never echo it.
-		return nil, &config.Error{Var: "DATABASE_URL", Msg: "cannot be parsed as a connection string"}
-	}
+	pcfg := cfg.DB.Copy()
 	pcfg.MaxConns = maxConns
 	store.Configure(pcfg)
 	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
@@ -30,7 +26,7 @@ func openPool(ctx context.Context, cfg config.Config, maxConns int32) (*pgxpool.
 
 // connectStore opens a one-connection store for the short-lived commands,
 // failing at once when the database cannot be reached.
-func connectStore(ctx context.Context, cfg config.Config, table store.Table) (*store.Store, error) {
+func connectStore(ctx context.Context, cfg config.Config) (*store.Store, error) {
 	pool, err := openPool(ctx, cfg, 1)
 	if err != nil {
 		return nil, err
@@ -39,5 +35,5 @@ func connectStore(ctx context.Context, cfg config.Config, table store.Table) (*s
 		pool.Close()
 		return nil, fmt.Errorf("connect: %w", err)
 	}
-	return store.New(pool, table), nil
+	return store.New(pool, cfg.Table), nil
 }

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/outbox-relay/outbox-relay/internal/config"
 	"github.com/outbox-relay/outbox-relay/internal/store"
 )
 
@@ -51,14 +52,13 @@ func runRequeue(ctx context.Context, args, environ []string, stdout, stderr io.W
 	if len(f.IDs) == 0 && f.Type == "" && f.Since.IsZero() && !*all {
 		return usageError{errors.New("requeue needs --id, --type, --since or --all")}
 	}
-	cfg, err := loadConfig(environ, false)
+	cfg, err := config.Load(environ, config.NeedDatabase)
 	if err != nil {
 		return err
 	}
-	table, _ := tableOf(cfg)
 	cctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	st, err := connectStore(cctx, cfg, table)
+	st, err := connectStore(cctx, cfg)
 	if err != nil {
 		return err
 	}

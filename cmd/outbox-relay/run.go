@@ -21,122 +21,80 @@ import (
 	"github.com/outbox-relay/outbox-relay/sweeper"
 )
 
+// service is every long-running part: it runs until ctx is done.
+type service interface {
+	Run(ctx context.Context) error
+}
+
 func runRelay(ctx context.Context, args, environ []string, stderr io.Writer) error {
 	if len(args) > 0 {
 		return usageError{fmt.Errorf("run takes no arguments, got %q; settings are RELAY_* variables (see --help)", args[0])}
 	}
-	cfg, err := loadConfig(environ, true)
+	cfg, err := config.Load(environ, config.NeedRunner)
 	if err != nil {
 		return err
 	}
 	log := newLogger(cfg, stderr)
-	table, _ := tableOf(cfg) // validated
-	var key []byte
-	if cfg.RunnerSecret != "" {
-		key, _ = config.DecodeSecret(cfg.RunnerSecret) // validated
-	}
-
 	pool, err := openPool(ctx, cfg, 8)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
-	if err := waitForSchema(ctx, pool, table, log); err != nil {
+	if err := waitForSchema(ctx, pool, cfg.Table, log); err != nil {
+		if ctx.Err() != nil {
+			log.Info("stopped before start-up completed")
+			return nil
+		}
 		return err
 	}
-	st := store.New(pool, table)
+	st := store.New(pool, cfg.Table)
 	metrics := monitor.NewMetrics()
-
-	d := relay.New(relay.Config{
-		RunnerURL:     cfg.RunnerURL,
-		SigningKey:    key,
-		Token:         cfg.RunnerToken,
-		HTTPTimeout:   cfg.HTTPTimeout,
-		Concurrency:   cfg.Concurrency,
-		MaxAttempts:   cfg.MaxAttempts,
-		Backoff:       relay.Backoff{Base: cfg.BackoffBase, Max: cfg.BackoffMax, Jitter: cfg.BackoffJitter},
-		ShutdownGrace: cfg.ShutdownGrace,
-	}, st, log, metrics)
-	stream, err := startupCDC(ctx, cfg, table, d, log)
+	d := relay.New(delivererConfig(cfg), st, log, metrics)
+	stream, err := startupCDC(ctx, cfg, d, log)
 	if err != nil {
 		return err
 	}
-	swCfg := sweeper.Config{
-		Interval:  cfg.SweepInterval,
-		BatchSize: cfg.BatchSize,
-		OnSweep:   metrics.ObserveSweep,
+	watcher := monitor.NewWatcher(watchConfig(cfg, stream, metrics), st, metrics, log)
+	services := []service{
+		sweeper.New(sweepConfig(cfg, stream, metrics), d, log),
+		retention.New(retentionConfig(cfg, metrics), st, log),
+		watcher,
 	}
 	if stream != nil {
-		// While the stream delivers, fresh rows are its own: the sweeper
-		// takes them only if the stream has not within the grace.
-		swCfg.Grace = func() time.Duration {
-			if stream.Streaming() {
-				return streamGrace
-			}
-			return 0
-		}
+		services = append(services, stream)
 	}
-	sw := sweeper.New(swCfg, d, log)
-	pruner := retention.New(retention.Config{
-		Keep: cfg.Retention,
-		// A pass with nothing to delete scans the table (no index
-		// serves delivered_at), so passes are rare and large: up to
-		// 200,000 rows per 10 minutes, a thousand per DELETE.
-		Interval:  10 * time.Minute,
-		BatchSize: 1000,
-		MaxBatch:  200,
-		OnDelete:  metrics.AddRetentionDeleted,
-	}, st, log)
-	watchCfg := monitor.WatchConfig{
-		Interval:      cfg.StatsInterval,
-		SlotWarnBytes: cfg.SlotWarnBytes,
-		SlotMaxBytes:  cfg.SlotMaxBytes,
-	}
-	if stream != nil {
-		watchCfg.Slot = cfg.SlotName
-		watchCfg.CDC = func() monitor.CDCState {
-			st := stream.State()
-			return monitor.CDCState{Enabled: true, Connected: st.Connected, Role: st.Role}
-		}
-	}
-
-	if stream != nil {
-		metrics.WatchCDC(watchCfg.CDC)
-	}
-	watcher := monitor.NewWatcher(watchCfg, st, metrics, log)
 	// Listen before anything starts, so a taken port stops start-up with
 	// nothing to unwind.
-	var srv *monitor.Server
 	if cfg.ListenAddr != "off" {
-		if srv, err = monitor.NewServer(cfg.ListenAddr, pool, metrics, watcher, log); err != nil {
+		srv, err := monitor.NewServer(cfg.ListenAddr, pool, metrics, watcher, log)
+		if err != nil {
 			return fmt.Errorf("listen on RELAY_LISTEN_ADDR: %w", err)
 		}
 		log.Info("serving /healthz, /readyz and /metrics", "addr", srv.Addr())
+		services = append(services, srv)
 	}
-
-	log.Info("outbox-relay starting", "version", relay.Version, "table", table.String(),
+	log.Info("outbox-relay starting", "version", relay.Version, "table", cfg.Table.String(),
 		"cdc", cfg.CDC, "sweep_interval", cfg.SweepInterval.String(), "concurrency", cfg.Concurrency)
+	return serve(ctx, d, services, cfg.ShutdownGrace, log)
+}
 
-	// The deliverer gets its own context: it must outlive the claimers so
-	// that it can drain what they queued, and it stops when they have.
+// serve runs the services until ctx is done or one fails, then lets the
+// deliverer drain. The deliverer gets its own context: it must outlive the
+// claimers so that it can finish what they queued, and it stops when they
+// have.
+func serve(ctx context.Context, d *relay.Deliverer, services []service, grace time.Duration, log *slog.Logger) error {
 	dctx, stopDeliverer := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopDeliverer()
 	delivered := make(chan error, 1)
 	go func() { delivered <- d.Run(dctx) }()
 
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return sw.Run(gctx) })
-	if stream != nil {
-		g.Go(func() error { return stream.Run(gctx) })
+	for _, s := range services {
+		g.Go(func() error { return s.Run(gctx) })
 	}
-	g.Go(func() error { return pruner.Run(gctx) })
-	g.Go(func() error { return watcher.Run(gctx) })
-	if srv != nil {
-		g.Go(func() error { return srv.Run(gctx) })
-	}
-	err = g.Wait()
+	err := g.Wait()
 
-	log.Info("stopping: finishing in-flight deliveries", "grace", cfg.ShutdownGrace.String())
+	log.Info("stopping: finishing in-flight deliveries", "grace", grace.String())
 	stopDeliverer()
 	if derr := <-delivered; err == nil {
 		err = derr
@@ -148,9 +106,65 @@ func runRelay(ctx context.Context, args, environ []string, stderr io.Writer) err
 	return nil
 }
 
+func delivererConfig(cfg config.Config) relay.Config {
+	return relay.Config{
+		RunnerURL:     cfg.RunnerURL,
+		SigningKey:    cfg.SigningKey,
+		Token:         cfg.RunnerToken,
+		HTTPTimeout:   cfg.HTTPTimeout,
+		Concurrency:   cfg.Concurrency,
+		MaxAttempts:   cfg.MaxAttempts,
+		Backoff:       relay.Backoff{Base: cfg.BackoffBase, Max: cfg.BackoffMax, Jitter: cfg.BackoffJitter},
+		ShutdownGrace: cfg.ShutdownGrace,
+	}
+}
+
 // streamGrace is how long the sweeper leaves fresh rows to a healthy
 // stream: far above the stream's milliseconds, far below a sweep interval.
 const streamGrace = 2 * time.Second
+
+func sweepConfig(cfg config.Config, stream *cdc.Stream, metrics *monitor.Metrics) sweeper.Config {
+	c := sweeper.Config{Interval: cfg.SweepInterval, BatchSize: cfg.BatchSize, OnSweep: metrics.ObserveSweep}
+	if stream != nil {
+		// While the stream delivers, fresh rows are its own: the sweeper
+		// takes them only if the stream has not within the grace.
+		c.Grace = func() time.Duration {
+			if stream.Streaming() {
+				return streamGrace
+			}
+			return 0
+		}
+	}
+	return c
+}
+
+func retentionConfig(cfg config.Config, metrics *monitor.Metrics) retention.Config {
+	return retention.Config{
+		Keep: cfg.Retention,
+		// A pass with nothing to delete scans the table (no index
+		// serves delivered_at), so passes are rare and large: up to
+		// 200,000 rows per 10 minutes, a thousand per DELETE.
+		Interval:  10 * time.Minute,
+		BatchSize: 1000,
+		MaxBatch:  200,
+		OnDelete:  metrics.AddRetentionDeleted,
+	}
+}
+
+// watchConfig watches the slot only when this process streams; it also
+// exports the stream's state as metrics, read at scrape time.
+func watchConfig(cfg config.Config, stream *cdc.Stream, metrics *monitor.Metrics) monitor.WatchConfig {
+	c := monitor.WatchConfig{Interval: cfg.StatsInterval, SlotWarnBytes: cfg.SlotWarnBytes, SlotMaxBytes: cfg.SlotMaxBytes}
+	if stream != nil {
+		c.Slot = cfg.SlotName
+		c.CDC = func() monitor.CDCState {
+			st := stream.State()
+			return monitor.CDCState{Enabled: true, Connected: st.Connected, Role: st.Role}
+		}
+		metrics.WatchCDC(c.CDC)
+	}
+	return c
+}
 
 // cdcCheckTimeout bounds the start-up check of logical replication.
 const cdcCheckTimeout = 10 * time.Second
@@ -159,14 +173,14 @@ const cdcCheckTimeout = 10 * time.Second
 // RELAY_CDC=off; with on, a server that cannot do it stops the relay (exit
 // 2); with auto, the relay says why once and runs sweep-only. It returns
 // nil when the relay runs sweep-only.
-func startupCDC(ctx context.Context, cfg config.Config, table store.Table, d cdc.Deliverer, log *slog.Logger) (*cdc.Stream, error) {
+func startupCDC(ctx context.Context, cfg config.Config, d cdc.Deliverer, log *slog.Logger) (*cdc.Stream, error) {
 	if cfg.CDC == "off" {
 		return nil, nil
 	}
 	ccfg := cdc.Config{
 		DatabaseURL: cfg.DatabaseURL,
-		Schema:      table.Schema,
-		Table:       table.Name,
+		Schema:      cfg.Table.Schema,
+		Table:       cfg.Table.Name,
 		Slot:        cfg.SlotName,
 		Publication: cfg.Publication,
 		BatchSize:   cfg.BatchSize,

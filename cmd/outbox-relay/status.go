@@ -42,20 +42,19 @@ func runStatus(ctx context.Context, args, environ []string, stdout, stderr io.Wr
 	if err := fs.Parse(args); err != nil {
 		return usageError{err}
 	}
-	cfg, err := loadConfig(environ, false)
+	cfg, err := config.Load(environ, config.NeedDatabase)
 	if err != nil {
 		return err
 	}
-	table, _ := tableOf(cfg)
 	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
-	st, err := connectStore(cctx, cfg, table)
+	st, err := connectStore(cctx, cfg)
 	if err != nil {
 		return usageError{err} // exit 2: no status could be taken
 	}
 	defer st.Pool().Close()
 
-	r := statusReport{Table: table.String(), CDC: cfg.CDC, SlotName: cfg.SlotName}
+	r := statusReport{Table: cfg.Table.String(), CDC: cfg.CDC, SlotName: cfg.SlotName}
 	if r.Outbox, err = st.Stats(cctx, true); err != nil {
 		return usageError{err}
 	}

@@ -6,15 +6,20 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/url"
 	"reflect"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/caarlos0/env/v11"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/outbox-relay/outbox-relay/internal/store"
 )
 
 // Prefix is put in front of every variable name.
@@ -48,7 +53,35 @@ type Config struct {
 	SlotMaxBytes  int64         `env:"SLOT_MAX_BYTES" envDefault:"2147483648" help:"retained WAL past which the slot is dropped and recreated"`
 	Retention     time.Duration `env:"RETENTION" envDefault:"168h" help:"delivered rows older than this are deleted; 0 keeps them"`
 	StatsInterval time.Duration `env:"STATS_INTERVAL" envDefault:"15s" help:"refresh interval of the SQL-backed gauges and the slot guard"`
+
+	ColumnMap    string `env:"COLUMNS" help:"columns of an existing table by role: role=column,… (id, event_id, event_type, payload, status, attempts, next_attempt_at, last_error, created_at, delivered_at)"`
+	StatusValues string `env:"STATUS_VALUES" help:"stored status values: pending=…,delivered=…,dead=… (default pending, delivered, dead)"`
+
+	Parsed
 }
+
+// Parsed are the values Load derives from the variables, so that nothing
+// is parsed twice. They have no env tag: the environment never sets them.
+type Parsed struct {
+	// DB is RELAY_DATABASE_URL parsed; copy it (DB.Copy()) before changing
+	// it. Nil when the command does not need the database.
+	DB         *pgxpool.Config
+	Table      store.Table
+	Columns    store.Columns
+	Statuses   store.Statuses
+	SigningKey []byte // nil: no Standard Webhooks signature
+	Level      slog.Level
+}
+
+// Need says what a command needs of the settings: Load validates that much.
+type Need int
+
+// What commands need, each including the one before.
+const (
+	NeedTable    Need = iota // migrate --print: the table, its columns and the publication
+	NeedDatabase             // migrate, status, requeue: and the database
+	NeedRunner               // run: everything
+)
 
 // Error is a setting that is wrong. It names the variable and never
 // carries the value of a secret.
@@ -59,10 +92,24 @@ type Error struct {
 
 func (e *Error) Error() string { return Prefix + e.Var + ": " + e.Msg }
 
-// Load reads the configuration from environ (KEY=VALUE pairs, as os.Environ
-// returns them) and fills in defaults; a variable set to the empty string
-// counts as unset. It does not validate: see Validate.
-func Load(environ []string) (Config, error) {
+// Load reads the settings from environ (KEY=VALUE pairs, as os.Environ
+// returns them), checks what need asks for and fills in the parsed values.
+// Every error is a *Error naming one variable.
+func Load(environ []string, need Need) (Config, error) {
+	c, err := Read(environ)
+	if err != nil {
+		return c, err
+	}
+	if err := c.Validate(need); err != nil {
+		return c, err
+	}
+	return c, nil
+}
+
+// Read reads the configuration from environ and fills in defaults; a
+// variable set to the empty string counts as unset. It does not validate:
+// see Load.
+func Read(environ []string) (Config, error) {
 	m := make(map[string]string, len(environ))
 	for _, kv := range environ {
 		if k, v, ok := strings.Cut(kv, "="); ok {
@@ -97,60 +144,119 @@ func parseReason(err error) string {
 	return s
 }
 
-// Validate checks every setting that the command needs; run is true for
-// the relay itself, false for migrate, status and requeue, which need only
-// the database and the table.
-func (c *Config) Validate(run bool) error {
+// Validate checks every setting that need asks for and fills in Parsed.
+func (c *Config) Validate(need Need) error {
+	if err := c.validateTable(); err != nil {
+		return err
+	}
+	if need == NeedTable {
+		return nil
+	}
+	if err := c.validateDatabase(); err != nil {
+		return err
+	}
+	if need == NeedDatabase {
+		return nil
+	}
+	for _, check := range []func() error{c.validateRunner, c.validateReplication, c.validateTimings, c.validateSizes, c.validateOutput} {
+		if err := check(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *Config) validateTable() error {
+	schema, name, err := ParseTable(c.OutboxTable)
+	if err != nil {
+		return &Error{"OUTBOX_TABLE", err.Error()}
+	}
+	c.Table = store.Table{Schema: schema, Name: name}
+	if c.Columns, err = store.ParseColumns(c.ColumnMap); err != nil {
+		return &Error{"COLUMNS", err.Error()}
+	}
+	if c.Statuses, err = store.ParseStatuses(c.StatusValues); err != nil {
+		return &Error{"STATUS_VALUES", err.Error()}
+	}
+	if !identRE.MatchString(c.Publication) {
+		return &Error{"PUBLICATION", "must be a plain SQL identifier (letters, digits, _; at most 63)"}
+	}
+	return nil
+}
+
+func (c *Config) validateDatabase() error {
 	if c.DatabaseURL == "" {
 		return &Error{"DATABASE_URL", "is required"}
 	}
-	if err := checkDatabaseURL(c.DatabaseURL); err != nil {
+	db, err := parseDatabaseURL(c.DatabaseURL)
+	if err != nil {
 		return err
 	}
-	if _, _, err := ParseTable(c.OutboxTable); err != nil {
-		return &Error{"OUTBOX_TABLE", err.Error()}
-	}
-	if !run {
-		return nil
-	}
+	c.DB = db
+	return nil
+}
+
+func (c *Config) validateRunner() error {
 	if c.RunnerURL == "" {
 		return &Error{"RUNNER_URL", "is required"}
 	}
 	if err := checkRunnerURL(c.RunnerURL); err != nil {
 		return &Error{"RUNNER_URL", err.Error()}
 	}
+	c.SigningKey = nil
 	if c.RunnerSecret != "" {
-		if _, err := DecodeSecret(c.RunnerSecret); err != nil {
+		key, err := DecodeSecret(c.RunnerSecret)
+		if err != nil {
 			return &Error{"RUNNER_SECRET", err.Error()}
 		}
+		c.SigningKey = key
 	}
-	if strings.ContainsAny(c.RunnerToken, "\r\n") {
-		return &Error{"RUNNER_TOKEN", "must be a single line"}
+	// A header value cannot hold control characters: Go's client would
+	// refuse every request, and the error would quote the token.
+	if strings.ContainsFunc(c.RunnerToken, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+		return &Error{"RUNNER_TOKEN", "must not contain control characters (a line break, a tab, …)"}
 	}
+	return nil
+}
+
+func (c *Config) validateReplication() error {
 	if !identRE.MatchString(c.SlotName) || strings.ToLower(c.SlotName) != c.SlotName {
 		return &Error{"SLOT_NAME", "must be lower-case letters, digits and underscores, at most 63"}
-	}
-	if !identRE.MatchString(c.Publication) {
-		return &Error{"PUBLICATION", "must be a plain SQL identifier (letters, digits, _; at most 63)"}
 	}
 	switch c.CDC {
 	case "auto", "on", "off":
 	default:
 		return &Error{"CDC", fmt.Sprintf("must be auto, on or off, not %q", c.CDC)}
 	}
-	for _, d := range []struct {
-		name string
-		v    time.Duration
-	}{
-		{"SWEEP_INTERVAL", c.SweepInterval},
-		{"BACKOFF_BASE", c.BackoffBase},
-		{"BACKOFF_MAX", c.BackoffMax},
-		{"HTTP_TIMEOUT", c.HTTPTimeout},
-		{"SHUTDOWN_TIMEOUT", c.ShutdownGrace},
-		{"STATS_INTERVAL", c.StatsInterval},
-	} {
-		if d.v <= 0 {
-			return &Error{d.name, fmt.Sprintf("must be a positive duration, not %s", d.v)}
+	if c.SlotWarnBytes <= 0 {
+		return &Error{"SLOT_WARN_BYTES", "must be positive"}
+	}
+	if c.SlotMaxBytes < c.SlotWarnBytes {
+		return &Error{"SLOT_MAX_BYTES", "must be at least RELAY_SLOT_WARN_BYTES"}
+	}
+	return nil
+}
+
+// durationBounds keep each duration where the relay works: below the lower
+// bound a loop would spin or every attempt time out; above the upper one a
+// lease or a timer would overflow or never fire in practice.
+var durationBounds = []struct {
+	name     string
+	get      func(*Config) time.Duration
+	min, max time.Duration
+}{
+	{"SWEEP_INTERVAL", func(c *Config) time.Duration { return c.SweepInterval }, 10 * time.Millisecond, 24 * time.Hour},
+	{"BACKOFF_BASE", func(c *Config) time.Duration { return c.BackoffBase }, time.Millisecond, 24 * time.Hour},
+	{"BACKOFF_MAX", func(c *Config) time.Duration { return c.BackoffMax }, time.Millisecond, 7 * 24 * time.Hour},
+	{"HTTP_TIMEOUT", func(c *Config) time.Duration { return c.HTTPTimeout }, 10 * time.Millisecond, time.Hour},
+	{"SHUTDOWN_TIMEOUT", func(c *Config) time.Duration { return c.ShutdownGrace }, 10 * time.Millisecond, time.Hour},
+	{"STATS_INTERVAL", func(c *Config) time.Duration { return c.StatsInterval }, 100 * time.Millisecond, 24 * time.Hour},
+}
+
+func (c *Config) validateTimings() error {
+	for _, d := range durationBounds {
+		if v := d.get(c); v < d.min || v > d.max {
+			return &Error{d.name, fmt.Sprintf("must be between %s and %s, not %s", d.min, d.max, v)}
 		}
 	}
 	if c.BackoffBase > c.BackoffMax {
@@ -162,6 +268,10 @@ func (c *Config) Validate(run bool) error {
 	if c.Retention < 0 {
 		return &Error{"RETENTION", "must be 0 (keep forever) or a positive duration"}
 	}
+	return nil
+}
+
+func (c *Config) validateSizes() error {
 	for _, n := range []struct {
 		name   string
 		v, max int
@@ -174,21 +284,17 @@ func (c *Config) Validate(run bool) error {
 			return &Error{n.name, fmt.Sprintf("must be between 1 and %d, not %d", n.max, n.v)}
 		}
 	}
-	if c.SlotWarnBytes <= 0 {
-		return &Error{"SLOT_WARN_BYTES", "must be positive"}
-	}
-	if c.SlotMaxBytes < c.SlotWarnBytes {
-		return &Error{"SLOT_MAX_BYTES", "must be at least RELAY_SLOT_WARN_BYTES"}
-	}
+	return nil
+}
+
+func (c *Config) validateOutput() error {
 	if c.ListenAddr != "off" {
 		_, port, err := net.SplitHostPort(c.ListenAddr)
 		if n, perr := strconv.Atoi(port); err != nil || perr != nil || n < 0 || n > 65535 {
 			return &Error{"LISTEN_ADDR", fmt.Sprintf("must be host:port or :port, not %q", c.ListenAddr)}
 		}
 	}
-	switch c.LogLevel {
-	case "debug", "info", "warn", "error":
-	default:
+	if err := c.Level.UnmarshalText([]byte(c.LogLevel)); err != nil || !slices.Contains([]string{"debug", "info", "warn", "error"}, c.LogLevel) {
 		return &Error{"LOG_LEVEL", fmt.Sprintf("must be debug, info, warn or error, not %q", c.LogLevel)}
 	}
 	switch c.LogFormat {
@@ -199,23 +305,26 @@ func (c *Config) Validate(run bool) error {
 	return nil
 }
 
-func checkDatabaseURL(s string) error {
-	// Key/value DSNs ("host=... dbname=...") are accepted by pgx as well.
-	if !strings.Contains(s, "://") {
-		if !strings.Contains(s, "=") {
-			return &Error{"DATABASE_URL", "must be a postgres:// URL or a key=value connection string"}
+// parseDatabaseURL parses the connection string as the relay will use it.
+// Its errors are our own words: pgx's quote the string, and its redaction
+// misses a key=value password written with spaces (password = x).
+func parseDatabaseURL(s string) (*pgxpool.Config, error) {
+	if strings.Contains(s, "://") {
+		u, err := url.Parse(s)
+		if err != nil {
+			return nil, &Error{"DATABASE_URL", "is not a valid URL"}
 		}
-		return nil
+		if u.Scheme != "postgres" && u.Scheme != "postgresql" {
+			return nil, &Error{"DATABASE_URL", fmt.Sprintf("scheme must be postgres or postgresql, not %q", u.Scheme)}
+		}
+	} else if !strings.Contains(s, "=") {
+		return nil, &Error{"DATABASE_URL", "must be a postgres:// URL or a key=value connection string"}
 	}
-	u, err := url.Parse(s)
+	db, err := pgxpool.ParseConfig(s)
 	if err != nil {
-		// url.Parse's message quotes the whole URL, password included.
-		return &Error{"DATABASE_URL", "is not a valid URL"}
+		return nil, &Error{"DATABASE_URL", "cannot be parsed as a connection string (check the host, port and parameters)"}
 	}
-	if u.Scheme != "postgres" && u.Scheme != "postgresql" {
-		return &Error{"DATABASE_URL", fmt.Sprintf("scheme must be postgres or postgresql, not %q", u.Scheme)}
-	}
-	return nil
+	return db, nil
 }
 
 func checkRunnerURL(s string) error {
@@ -265,6 +374,9 @@ func Help() string {
 	t := reflect.TypeFor[Config]()
 	for i := range t.NumField() {
 		f := t.Field(i)
+		if f.Tag.Get("env") == "" {
+			continue
+		}
 		def := f.Tag.Get("envDefault")
 		if def == "" {
 			def = "-"

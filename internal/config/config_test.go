@@ -1,9 +1,13 @@
 package config
 
 import (
+	"log/slog"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/outbox-relay/outbox-relay/internal/store"
 )
 
 var valid = []string{
@@ -12,13 +16,16 @@ var valid = []string{
 }
 
 func TestDefaults(t *testing.T) {
-	c, err := Load(valid)
+	c, err := Load(valid, NeedRunner)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Validate(true); err != nil {
-		t.Fatal(err)
+	if c.DB == nil || c.DB.ConnConfig.Password != "s3cret-pw" || c.Table.String() != "public.portal_event_outbox" ||
+		c.Columns.String() != store.DefaultColumns().String() || c.Statuses != store.DefaultStatuses() ||
+		c.SigningKey != nil || c.Level != slog.LevelInfo {
+		t.Errorf("parsed values: %+v", c.Parsed)
 	}
+	c.Parsed = Parsed{}
 	want := Config{
 		DatabaseURL: "postgres://relay:s3cret-pw@127.0.0.1:5432/app", RunnerURL: "http://127.0.0.1:8000/hooks",
 		OutboxTable: "public.portal_event_outbox", SlotName: "outbox_relay", Publication: "outbox_relay", CDC: "auto",
@@ -27,14 +34,14 @@ func TestDefaults(t *testing.T) {
 		LogLevel: "info", LogFormat: "json", ShutdownGrace: 30 * time.Second, SlotWarnBytes: 256 << 20,
 		SlotMaxBytes: 2 << 30, Retention: 168 * time.Hour, StatsInterval: 15 * time.Second,
 	}
-	if c != want {
+	if !reflect.DeepEqual(c, want) {
 		t.Errorf("defaults:\n got %+v\nwant %+v", c, want)
 	}
 }
 
 // An empty variable counts as unset (caarlos0/env), so it takes the default.
 func TestEmptyIsDefault(t *testing.T) {
-	c, err := Load(append(append([]string{}, valid...), "RELAY_CDC=", "RELAY_OUTBOX_TABLE="))
+	c, err := Load(append(append([]string{}, valid...), "RELAY_CDC=", "RELAY_OUTBOX_TABLE="), NeedRunner)
 	if err != nil || c.CDC != "auto" || c.OutboxTable != "public.portal_event_outbox" {
 		t.Errorf("got %q %q %v", c.CDC, c.OutboxTable, err)
 	}
@@ -60,6 +67,17 @@ func TestBadValues(t *testing.T) {
 		{"RUNNER_SECRET", "whsec_!!!notbase64"},
 		{"RUNNER_SECRET", "whsec_c2hvcnQ="},
 		{"RUNNER_TOKEN", "abc\ndef"},
+		{"RUNNER_TOKEN", "abc\tdef"},
+		{"RUNNER_TOKEN", "abc\x00def"},
+		{"DATABASE_URL", "host=h port=notaport password = s3cret-pw"},
+		{"DATABASE_URL", "postgres://u:s3cret-pw@h:99999999/db"},
+		{"COLUMNS", "id"},
+		{"COLUMNS", "colour=hue"},
+		{"COLUMNS", "id=a,id=b"},
+		{"COLUMNS", "status=x,attempts=x"},
+		{"STATUS_VALUES", "pending=A,delivered=A"},
+		{"STATUS_VALUES", "waiting=W"},
+		{"STATUS_VALUES", "pending"},
 		{"OUTBOX_TABLE", "a.b.c"},
 		{"OUTBOX_TABLE", "outbox; drop table x"},
 		{"OUTBOX_TABLE", "1table"},
@@ -73,6 +91,10 @@ func TestBadValues(t *testing.T) {
 		{"SWEEP_INTERVAL", "0s"},
 		{"SWEEP_INTERVAL", "-1s"},
 		{"SWEEP_INTERVAL", "5"},
+		{"SWEEP_INTERVAL", "1ns"},
+		{"HTTP_TIMEOUT", "100000h"}, // the lease would overflow
+		{"BACKOFF_MAX", "1000000h"},
+		{"SHUTDOWN_TIMEOUT", "9999h"},
 		{"BACKOFF_BASE", "0"},
 		{"BACKOFF_BASE", "20m"}, // greater than the max
 		{"BACKOFF_MAX", "-1m"},
@@ -111,10 +133,7 @@ func TestBadValues(t *testing.T) {
 		t.Run(tc.v+"="+tc.val, func(t *testing.T) {
 			environ := append([]string{}, valid...)
 			environ = append(environ, "RELAY_RUNNER_SECRET=", "RELAY_"+tc.v+"="+tc.val)
-			c, err := Load(environ)
-			if err == nil {
-				err = c.Validate(true)
-			}
+			_, err := Load(environ, NeedRunner)
 			if err == nil {
 				t.Fatalf("RELAY_%s=%q accepted", tc.v, tc.val)
 			}
@@ -125,7 +144,7 @@ func TestBadValues(t *testing.T) {
 			if strings.Contains(msg, "\n") {
 				t.Errorf("error is not one line: %q", msg)
 			}
-			for _, secret := range []string{"s3cret-pw", "!!!notbase64", "c2hvcnQ=", "abc\ndef"} {
+			for _, secret := range []string{"s3cret-pw", "!!!notbase64", "c2hvcnQ=", "abc\ndef", "abc\tdef"} {
 				if strings.Contains(msg, secret) {
 					t.Errorf("error quotes a secret: %q", msg)
 				}
@@ -153,12 +172,14 @@ func TestGoodValues(t *testing.T) {
 		"RELAY_RETENTION=0",
 		"RELAY_BACKOFF_JITTER=0",
 		"RELAY_CDC=off",
+		"RELAY_DATABASE_URL=host=localhost dbname=app password = 'with spaces'",
+		"RELAY_COLUMNS=id=uuid,event_id=uuid,event_type=topic,payload=body,status=state,attempts=tries,next_attempt_at=available_at,last_error=error,created_at=created,delivered_at=sent_at",
+		"RELAY_COLUMNS= id = Id , event_id=EventID",
+		"RELAY_STATUS_VALUES=pending=NEW,delivered=SENT,dead=FAILED",
+		"RELAY_STATUS_VALUES=pending=0,delivered=1,dead=2",
+		"RELAY_PUBLICATION=PortalEvents",
 	} {
-		c, err := Load(append(append([]string{}, valid...), kv))
-		if err == nil {
-			err = c.Validate(true)
-		}
-		if err != nil {
+		if _, err := Load(append(append([]string{}, valid...), kv), NeedRunner); err != nil {
 			t.Errorf("%s refused: %v", kv, err)
 		}
 	}
@@ -166,15 +187,16 @@ func TestGoodValues(t *testing.T) {
 
 // migrate, status and requeue need only the database and the table.
 func TestValidateWithoutRunner(t *testing.T) {
-	c, err := Load([]string{"RELAY_DATABASE_URL=postgres://localhost/app", "RELAY_CDC=bogus"})
-	if err != nil {
-		t.Fatal(err)
+	environ := []string{"RELAY_DATABASE_URL=postgres://localhost/app", "RELAY_CDC=bogus"}
+	if _, err := Load(environ, NeedDatabase); err != nil {
+		t.Errorf("Load(NeedDatabase) = %v, want nil", err)
 	}
-	if err := c.Validate(false); err != nil {
-		t.Errorf("Validate(false) = %v, want nil", err)
+	if _, err := Load(environ, NeedRunner); err == nil {
+		t.Error("Load(NeedRunner) accepted a missing runner URL")
 	}
-	if err := c.Validate(true); err == nil {
-		t.Error("Validate(true) accepted a missing runner URL")
+	// migrate --print needs no database at all.
+	if _, err := Load([]string{"RELAY_COLUMNS=id=uuid,event_id=uuid"}, NeedTable); err != nil {
+		t.Errorf("Load(NeedTable) = %v, want nil", err)
 	}
 }
 
@@ -199,15 +221,12 @@ func FuzzLoad(f *testing.F) {
 	f.Add("LISTEN_ADDR", "[::]:1")
 	f.Fuzz(func(t *testing.T, name, value string) {
 		environ := append(append([]string{}, valid...), "RELAY_"+name+"="+value)
-		c, err := Load(environ)
-		if err != nil {
-			if strings.Contains(err.Error(), "\n") {
-				t.Fatalf("multi-line error %q", err)
-			}
-			return
-		}
-		if err := c.Validate(true); err != nil && strings.Contains(err.Error(), "\n") {
+		_, err := Load(environ, NeedRunner)
+		if err != nil && strings.Contains(err.Error(), "\n") {
 			t.Fatalf("multi-line error %q", err)
+		}
+		if err != nil && strings.Contains(err.Error(), "s3cret-pw") {
+			t.Fatalf("error quotes the password: %q", err)
 		}
 	})
 }

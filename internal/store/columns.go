@@ -1,0 +1,184 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// Role is a part the relay plays on a column of the outbox table. Users
+// with a table of their own name the column that plays each role
+// (RELAY_COLUMNS); a role not named is played by the column of its own name.
+type Role string
+
+// The roles, in the order of DESIGN.md's table contract.
+const (
+	RoleID            Role = "id"
+	RoleEventID       Role = "event_id"
+	RoleEventType     Role = "event_type"
+	RolePayload       Role = "payload"
+	RoleStatus        Role = "status"
+	RoleAttempts      Role = "attempts"
+	RoleNextAttemptAt Role = "next_attempt_at"
+	RoleLastError     Role = "last_error"
+	RoleCreatedAt     Role = "created_at"
+	RoleDeliveredAt   Role = "delivered_at"
+)
+
+// Roles lists every role.
+var Roles = []Role{RoleID, RoleEventID, RoleEventType, RolePayload, RoleStatus,
+	RoleAttempts, RoleNextAttemptAt, RoleLastError, RoleCreatedAt, RoleDeliveredAt}
+
+// readOnly roles are only read by the relay, so one column may play two of
+// them (event_id=id when the primary key is a UUID). A column the relay
+// writes must play one role only, or one write would clobber another.
+var readOnly = []Role{RoleID, RoleEventID, RoleEventType, RolePayload, RoleCreatedAt}
+
+// Columns maps each role to the column that plays it. Column names are
+// exact (case-sensitive) and always quoted in SQL.
+type Columns map[Role]string
+
+// DefaultColumns is the table that `migrate` creates: every role played by
+// the column of its own name.
+func DefaultColumns() Columns {
+	c := make(Columns, len(Roles))
+	for _, r := range Roles {
+		c[r] = string(r)
+	}
+	return c
+}
+
+// ParseColumns reads "role=column,…" over DefaultColumns. An unknown role,
+// a malformed pair, a role named twice, or a written column playing two
+// roles is an error naming the culprit.
+func ParseColumns(s string) (Columns, error) {
+	c := DefaultColumns()
+	if strings.TrimSpace(s) == "" {
+		return c, nil
+	}
+	named := map[Role]bool{}
+	for _, pair := range strings.Split(s, ",") {
+		k, v, ok := strings.Cut(pair, "=")
+		role, col := Role(strings.TrimSpace(k)), strings.TrimSpace(v)
+		switch {
+		case !ok || role == "" || col == "":
+			return nil, fmt.Errorf("%q is not role=column", strings.TrimSpace(pair))
+		case !slices.Contains(Roles, role):
+			return nil, fmt.Errorf("unknown role %q (roles: %s)", role, roleList())
+		case named[role]:
+			return nil, fmt.Errorf("role %s is named twice", role)
+		case len(col) > 63 || strings.ContainsRune(col, 0):
+			return nil, fmt.Errorf("column %q for role %s is not a valid column name (at most 63 bytes)", col, role)
+		}
+		named[role] = true
+		c[role] = col
+	}
+	return c, c.checkShared()
+}
+
+func (c Columns) checkShared() error {
+	players := map[string][]Role{}
+	for _, r := range Roles {
+		players[c[r]] = append(players[c[r]], r)
+	}
+	for _, r := range Roles {
+		roles := players[c[r]]
+		if len(roles) < 2 {
+			continue
+		}
+		for _, x := range roles {
+			if !slices.Contains(readOnly, x) {
+				return fmt.Errorf("column %q plays %s and %s; a column the relay writes (%s) must play one role only",
+					c[r], roles[0], roles[1], x)
+			}
+		}
+	}
+	return nil
+}
+
+func roleList() string {
+	s := make([]string, len(Roles))
+	for i, r := range Roles {
+		s[i] = string(r)
+	}
+	return strings.Join(s, ", ")
+}
+
+// String is the mapping as RELAY_COLUMNS spells it, roles in order.
+func (c Columns) String() string {
+	s := make([]string, len(Roles))
+	for i, r := range Roles {
+		s[i] = string(r) + "=" + c[r]
+	}
+	return strings.Join(s, ",")
+}
+
+// Statuses are the values the status column holds for the three states.
+type Statuses struct {
+	Pending, Delivered, Dead string
+}
+
+// DefaultStatuses are the values `migrate` uses.
+func DefaultStatuses() Statuses {
+	return Statuses{Pending: StatusPending, Delivered: StatusDelivered, Dead: StatusDead}
+}
+
+// ParseStatuses reads "pending=NEW,delivered=SENT,dead=FAILED" over
+// DefaultStatuses. The three values must differ.
+func ParseStatuses(s string) (Statuses, error) {
+	st := DefaultStatuses()
+	if strings.TrimSpace(s) == "" {
+		return st, nil
+	}
+	named := map[string]bool{}
+	for _, pair := range strings.Split(s, ",") {
+		k, v, ok := strings.Cut(pair, "=")
+		k, v = strings.TrimSpace(k), strings.TrimSpace(v)
+		if !ok || k == "" || v == "" {
+			return st, fmt.Errorf("%q is not state=value", strings.TrimSpace(pair))
+		}
+		if named[k] {
+			return st, fmt.Errorf("state %s is named twice", k)
+		}
+		named[k] = true
+		switch k {
+		case StatusPending:
+			st.Pending = v
+		case StatusDelivered:
+			st.Delivered = v
+		case StatusDead:
+			st.Dead = v
+		default:
+			return st, fmt.Errorf("unknown state %q (states: pending, delivered, dead)", k)
+		}
+	}
+	if st.Pending == st.Delivered || st.Pending == st.Dead || st.Delivered == st.Dead {
+		return st, errors.New("pending, delivered and dead need three different values")
+	}
+	return st, nil
+}
+
+// Integer reports whether every value is an integer, as an integer status
+// column (Django's IntegerChoices) needs.
+func (s Statuses) Integer() bool {
+	for _, v := range []string{s.Pending, s.Delivered, s.Dead} {
+		if _, err := strconv.ParseInt(v, 10, 32); err != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// stored is the value the status column holds for one of the relay's
+// states (StatusPending, StatusDelivered, StatusDead).
+func (s Statuses) stored(state string) string {
+	switch state {
+	case StatusDelivered:
+		return s.Delivered
+	case StatusDead:
+		return s.Dead
+	}
+	return s.Pending
+}
