@@ -95,4 +95,3 @@ func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) 
 		return exitFailure
 	}
 }
-
