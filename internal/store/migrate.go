@@ -2,46 +2,77 @@ package store
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"slices"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
-// MigrateSQL is the idempotent DDL for table and its publication. The
-// publication is last and separate: Migrate tolerates its failure.
-func MigrateSQL(t Table, publication string) []string {
-	id := t.Ident()
-	idxName := pgx.Identifier{t.Name + "_due_idx"}.Sanitize()
+// MigrateSQL is the idempotent DDL for the table of s and its publication.
+// On a table that exists it changes no column: CREATE TABLE IF NOT EXISTS
+// leaves it as it is, and the indexes are made on the mapped columns with
+// the mapped pending and dead values. The publication is last and
+// separate: Migrate tolerates its failure.
+func MigrateSQL(s *Schema, publication string) []string {
+	t := s.Table
 	stmts := []string{
-		fmt.Sprintf(`CREATE SCHEMA IF NOT EXISTS %s`, pgx.Identifier{t.Schema}.Sanitize()),
-		fmt.Sprintf(`CREATE TABLE IF NOT EXISTS %s (
-	id              bigserial PRIMARY KEY,
-	event_id        uuid NOT NULL UNIQUE DEFAULT gen_random_uuid(),
-	event_type      text NOT NULL,
-	payload         jsonb NOT NULL DEFAULT '{}',
-	status          text NOT NULL DEFAULT 'pending',
-	attempts        integer NOT NULL DEFAULT 0,
-	next_attempt_at timestamptz NOT NULL DEFAULT now(),
-	last_error      text,
-	created_at      timestamptz NOT NULL DEFAULT now(),
-	delivered_at    timestamptz
-)`, id),
+		fmt.Sprintf(`CREATE SCHEMA IF NOT EXISTS %s`, quoteIdent(t.Schema)),
+		s.createTable(),
 		// The sweep reads only pending rows in due order: this index keeps
 		// it O(batch) however many delivered rows the table holds.
-		fmt.Sprintf(`CREATE INDEX IF NOT EXISTS %s ON %s (next_attempt_at) WHERE status = 'pending'`, idxName, id),
+		s.expand(`CREATE INDEX IF NOT EXISTS ` + quoteIdent(t.Name+"_due_idx") +
+			` ON {table} ({next_attempt_at}) WHERE {status} = {pending}`),
 		// Dead rows are few; this keeps counting them (every metrics
 		// refresh) and requeueing them from scanning the whole table.
-		fmt.Sprintf(`CREATE INDEX IF NOT EXISTS %s ON %s (created_at) WHERE status = 'dead'`,
-			pgx.Identifier{t.Name + "_dead_idx"}.Sanitize(), id),
+		s.expand(`CREATE INDEX IF NOT EXISTS ` + quoteIdent(t.Name+"_dead_idx") +
+			` ON {table} ({created_at}) WHERE {status} = {dead}`),
 	}
 	if publication != "" {
 		stmts = append(stmts, PublicationSQL(t, publication))
 	}
 	return stmts
+}
+
+// createTable is the CREATE TABLE of DESIGN.md with the mapped names: a
+// uuid primary key when the id also serves as event_id, an integer status
+// when the status values are integers.
+func (s *Schema) createTable() string {
+	status := "text NOT NULL DEFAULT {pending}"
+	if s.Statuses.Integer() {
+		status = "integer NOT NULL DEFAULT {pending}"
+	}
+	cols := []struct {
+		role Role
+		def  string
+	}{
+		{RoleID, "bigserial PRIMARY KEY"},
+		{RoleEventID, "uuid NOT NULL UNIQUE DEFAULT gen_random_uuid()"},
+		{RoleEventType, "text NOT NULL"},
+		{RolePayload, "jsonb NOT NULL DEFAULT '{}'"},
+		{RoleStatus, status},
+		{RoleAttempts, "integer NOT NULL DEFAULT 0"},
+		{RoleNextAttemptAt, "timestamptz NOT NULL DEFAULT now()"},
+		{RoleLastError, "text"},
+		{RoleCreatedAt, "timestamptz NOT NULL DEFAULT now()"},
+		{RoleDeliveredAt, "timestamptz"},
+	}
+	shared := s.Columns[RoleID].Name == s.Columns[RoleEventID].Name
+	var b strings.Builder
+	for _, c := range cols {
+		def := c.def
+		switch {
+		case shared && c.role == RoleID:
+			def = "uuid PRIMARY KEY DEFAULT gen_random_uuid()"
+		case shared && c.role == RoleEventID:
+			continue
+		}
+		if b.Len() > 0 {
+			b.WriteString(",\n")
+		}
+		fmt.Fprintf(&b, "\t%-15s %s", s.col(c.role), def)
+	}
+	return s.expand("CREATE TABLE IF NOT EXISTS {table} (\n" + b.String() + "\n)")
 }
 
 // PublicationSQL creates the insert-only publication of table if missing.
@@ -55,21 +86,25 @@ END $$`, quoteLiteral(publication), pgx.Identifier{publication}.Sanitize(), t.Id
 
 func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
 
-// Migrate creates the table, its index and the publication when missing,
-// then checks the table's columns. A failure to create the publication
-// (not the owner, no privilege) is returned as pubErr and is not fatal:
-// the relay can still run sweep-only.
-func Migrate(ctx context.Context, conn Querier, t Table, publication string) (pubErr error, err error) {
-	stmts := MigrateSQL(t, publication)
+// Migrate creates the table, its indexes and the publication when missing,
+// then checks the table's columns (Inspect). A failure to create the
+// publication (not the owner, no privilege) is returned as pubErr and is
+// not fatal: the relay can still run sweep-only.
+func Migrate(ctx context.Context, conn Querier, planned *Schema, publication string) (pubErr error, err error) {
+	stmts := MigrateSQL(planned, publication)
+	check := func() error {
+		_, err := Inspect(ctx, conn, planned.Table, planned.names(), planned.Statuses)
+		return err
+	}
 	for i, s := range stmts {
 		if _, err := conn.Exec(ctx, s); err != nil {
 			if publication != "" && i == len(stmts)-1 {
-				return fmt.Errorf("create publication %s: %w", publication, err), CheckSchema(ctx, conn, t)
+				return fmt.Errorf("create publication %s: %w", publication, err), check()
 			}
-			return nil, fmt.Errorf("migrate %s: %w", t, err)
+			return nil, fmt.Errorf("migrate %s: %w", planned.Table, err)
 		}
 	}
-	return nil, CheckSchema(ctx, conn, t)
+	return nil, check()
 }
 
 // Querier is a connection, a pool or a transaction: what the functions of
@@ -80,61 +115,3 @@ type Querier interface {
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
-// The columns the relay reads and writes, with the types that are accepted
-// for each (udt names, as information_schema reports them).
-var requiredColumns = []struct {
-	name  string
-	types []string
-}{
-	{"id", []string{"int8", "int4"}},
-	{"event_id", []string{"uuid"}},
-	{"event_type", []string{"text", "varchar"}},
-	{"payload", []string{"jsonb"}},
-	{"status", []string{"text", "varchar"}},
-	{"attempts", []string{"int4", "int8", "int2"}},
-	{"next_attempt_at", []string{"timestamptz"}},
-	{"last_error", []string{"text", "varchar"}},
-	{"created_at", []string{"timestamptz"}},
-	{"delivered_at", []string{"timestamptz"}},
-}
-
-// ErrNoTable is returned by CheckSchema when the table does not exist.
-var ErrNoTable = errors.New("table does not exist")
-
-// CheckSchema verifies that table has every required column with a
-// compatible type, and names each one that is missing or wrong.
-func CheckSchema(ctx context.Context, conn Querier, t Table) error {
-	rows, err := conn.Query(ctx, `SELECT column_name, udt_name FROM information_schema.columns
-		WHERE table_schema = $1 AND table_name = $2`, t.Schema, t.Name)
-	if err != nil {
-		return fmt.Errorf("read columns of %s: %w", t, err)
-	}
-	have := map[string]string{}
-	for rows.Next() {
-		var name, typ string
-		if err := rows.Scan(&name, &typ); err != nil {
-			return fmt.Errorf("read columns of %s: %w", t, err)
-		}
-		have[name] = typ
-	}
-	if err := rows.Err(); err != nil {
-		return fmt.Errorf("read columns of %s: %w", t, err)
-	}
-	if len(have) == 0 {
-		return fmt.Errorf("outbox table %s: %w (run outbox-relay migrate)", t, ErrNoTable)
-	}
-	var problems []string
-	for _, c := range requiredColumns {
-		typ, ok := have[c.name]
-		switch {
-		case !ok:
-			problems = append(problems, fmt.Sprintf("missing column %s (%s)", c.name, c.types[0]))
-		case !slices.Contains(c.types, typ):
-			problems = append(problems, fmt.Sprintf("column %s is %s, want %s", c.name, typ, strings.Join(c.types, " or ")))
-		}
-	}
-	if len(problems) > 0 {
-		return fmt.Errorf("outbox table %s: %s", t, strings.Join(problems, "; "))
-	}
-	return nil
-}

@@ -25,14 +25,13 @@ func (s *Store) Stats(ctx context.Context, delivered bool) (Stats, error) {
 	var st Stats
 	countDelivered := "0"
 	if delivered {
-		countDelivered = fmt.Sprintf(`(SELECT count(*) FROM (SELECT 1 FROM %s WHERE status = 'delivered' LIMIT 1000000) d)`, s.table.Ident())
+		countDelivered = `(SELECT count(*) FROM (SELECT 1 FROM {table} WHERE {status} = {delivered} LIMIT 1000000) d)`
 	}
-	q := fmt.Sprintf(`SELECT
-		(SELECT count(*) FROM %[1]s WHERE status = 'pending'),
-		(SELECT count(*) FROM %[1]s WHERE status = 'dead'),
-		%[2]s,
-		coalesce((SELECT extract(epoch FROM now() - min(created_at)) FROM %[1]s WHERE status = 'pending'), 0)::float8`,
-		s.table.Ident(), countDelivered)
+	q := s.schema.expand(`SELECT
+		(SELECT count(*) FROM {table} WHERE {status} = {pending}),
+		(SELECT count(*) FROM {table} WHERE {status} = {dead}),
+		` + countDelivered + `,
+		coalesce((SELECT extract(epoch FROM now() - min({created_at})::timestamptz) FROM {table} WHERE {status} = {pending}), 0)::float8`)
 	var oldest float64
 	if err := s.pool.QueryRow(ctx, q).Scan(&st.Pending, &st.Dead, &st.Delivered, &oldest); err != nil {
 		return st, fmt.Errorf("outbox stats: %w", err)
@@ -109,7 +108,7 @@ func DropSlot(ctx context.Context, q Querier, slot string) error {
 // RequeueFilter selects dead rows to move back to pending. Empty fields
 // match everything.
 type RequeueFilter struct {
-	IDs   []int64
+	IDs   []string // in the id column's text form
 	Type  string    // a glob: * and ? wildcards
 	Since time.Time // rows created at or after
 }
@@ -118,31 +117,31 @@ type RequeueFilter struct {
 // attempts reset. With dryRun it only counts them. Delivered rows are never
 // touched.
 func (s *Store) Requeue(ctx context.Context, f RequeueFilter, dryRun bool) (int64, error) {
-	where := []string{"status = 'dead'"}
+	where := []string{"{status} = {dead}"}
 	var args []any
 	if len(f.IDs) > 0 {
 		args = append(args, f.IDs)
-		where = append(where, fmt.Sprintf("id = ANY($%d::bigint[])", len(args)))
+		where = append(where, fmt.Sprintf("{id} = ANY($%d::text[]::{idtype}[])", len(args)))
 	}
 	if f.Type != "" {
 		args = append(args, globToLike(f.Type))
 		// E'' spells the backslash the same whatever
 		// standard_conforming_strings says.
-		where = append(where, fmt.Sprintf(`event_type LIKE $%d ESCAPE E'\\'`, len(args)))
+		where = append(where, fmt.Sprintf(`{event_type} LIKE $%d ESCAPE E'\\'`, len(args)))
 	}
 	if !f.Since.IsZero() {
 		args = append(args, f.Since)
-		where = append(where, fmt.Sprintf("created_at >= $%d", len(args)))
+		where = append(where, fmt.Sprintf("{created_at}::timestamptz >= $%d", len(args)))
 	}
 	cond := strings.Join(where, " AND ")
 	var n int64
 	var err error
 	if dryRun {
-		err = s.pool.QueryRow(ctx, fmt.Sprintf(`SELECT count(*) FROM %s WHERE %s`, s.table.Ident(), cond), args...).Scan(&n)
+		err = s.pool.QueryRow(ctx, s.schema.expand(`SELECT count(*) FROM {table} WHERE `+cond), args...).Scan(&n)
 	} else {
 		var tag interface{ RowsAffected() int64 }
-		tag, err = s.pool.Exec(ctx, fmt.Sprintf(`UPDATE %s SET status = 'pending', attempts = 0, next_attempt_at = now(),
-			last_error = NULL WHERE %s`, s.table.Ident(), cond), args...)
+		tag, err = s.pool.Exec(ctx, s.schema.expand(`UPDATE {table} SET {status} = {pending}, {attempts} = 0, {next_attempt_at} = now(),
+			{last_error} = {no_error} WHERE `+cond), args...)
 		if err == nil {
 			n = tag.RowsAffected()
 		}
@@ -176,9 +175,9 @@ func globToLike(g string) string {
 // cutoff and returns how many it deleted. Small batches keep locks short
 // and WAL bursts small.
 func (s *Store) DeleteDelivered(ctx context.Context, cutoff time.Time, limit int) (int64, error) {
-	tag, err := s.pool.Exec(ctx, fmt.Sprintf(`DELETE FROM %[1]s WHERE id IN (
-		SELECT id FROM %[1]s WHERE status = 'delivered' AND delivered_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)`,
-		s.table.Ident()), cutoff, limit)
+	tag, err := s.pool.Exec(ctx, s.schema.expand(`DELETE FROM {table} WHERE {id} IN (
+		SELECT {id} FROM {table} WHERE {status} = {delivered} AND {delivered_at}::timestamptz < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)`),
+		cutoff, limit)
 	if err != nil {
 		return 0, fmt.Errorf("retention: %w", err)
 	}

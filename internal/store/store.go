@@ -8,13 +8,15 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
-// Outcome statuses, as stored in the status column.
+// The relay's own names for the three states; Statuses says what the
+// status column stores for each.
 const (
 	StatusPending   = "pending"
 	StatusDelivered = "delivered"
@@ -36,27 +38,30 @@ func (t Table) String() string { return t.Schema + "." + t.Name }
 
 // Row is a claimed outbox row, ready to be sent.
 type Row struct {
-	ID        int64
+	ID        string // the id column's text form, whatever its type
 	EventID   string
 	Type      string
-	Payload   json.RawMessage // the stored jsonb text, sent as it is
+	Payload   json.RawMessage // the stored JSON text, sent as it is
 	CreatedAt time.Time
 	Attempt   int // this attempt's number, 1 for the first
 }
 
 // Result is the outcome of one attempt, to be recorded.
 type Result struct {
-	ID      int64
+	ID      string
 	Attempt int    // the attempt the row was claimed with; guards the update
-	Status  string // pending (retry), delivered or dead
+	Status  string // StatusPending (retry), StatusDelivered or StatusDead
 	Next    time.Time
 	Error   string
+	// Recorded is set on rows the claim itself marked dead (every attempt
+	// used up): there is nothing left to write.
+	Recorded bool
 }
 
 // Store runs the outbox queries on a pool.
 type Store struct {
-	pool  *pgxpool.Pool
-	table Table
+	pool   *pgxpool.Pool
+	schema *Schema
 
 	claimIDs, claimDue, record, release, nextDue string
 }
@@ -75,83 +80,84 @@ func Configure(cfg *pgxpool.Config) {
 	cfg.ConnConfig.RuntimeParams["enable_bitmapscan"] = "off"
 }
 
-// New prepares the statements for table. Queries go through pgx's
+// New builds the statements for schema once. Queries go through pgx's
 // statement cache, so each is parsed once per connection.
-func New(pool *pgxpool.Pool, table Table) *Store {
-	t := table.Ident()
+func New(pool *pgxpool.Pool, schema *Schema) *Store {
+	x := schema.expand
 	// One statement claims: the subquery picks pending, due rows and locks
 	// them with SKIP LOCKED so racing claimers never get the same row; the
 	// UPDATE moves next_attempt_at past the lease and counts the attempt.
 	// A row that already used every attempt (the relay died holding it each
 	// time) is buried instead of sent again.
 	const claim = `
-UPDATE %[1]s o SET
-	attempts = o.attempts + 1,
-	next_attempt_at = now() + $1::float8 * interval '1 second',
-	status = CASE WHEN o.attempts >= $2 THEN 'dead' ELSE o.status END,
-	last_error = CASE WHEN o.attempts >= $2 THEN 'gave up: the relay stopped during each of the last attempts' ELSE o.last_error END
+UPDATE {table} o SET
+	{attempts} = coalesce(o.{attempts}, 0) + 1,
+	{next_attempt_at} = now() + $1::float8 * interval '1 second',
+	{status} = CASE WHEN coalesce(o.{attempts}, 0) >= $2 THEN {dead} ELSE o.{status} END,
+	{last_error} = CASE WHEN coalesce(o.{attempts}, 0) >= $2 THEN {gave_up} ELSE o.{last_error} END
 FROM (
-	SELECT id FROM %[1]s
-	WHERE status = 'pending' AND next_attempt_at <= now() %[2]s
-	ORDER BY next_attempt_at
+	SELECT {id} FROM {table}
+	WHERE {status} = {pending} AND {next_attempt_at} <= now() %s
+	ORDER BY {next_attempt_at}
 	LIMIT $3
 	FOR UPDATE SKIP LOCKED
 ) due
-WHERE o.id = due.id
-RETURNING o.id, o.event_id::text, o.event_type, coalesce(o.payload::text, 'null'),
-	coalesce(o.created_at, now()), o.attempts, o.status`
+WHERE o.{id} = due.{id}
+RETURNING o.{id}::text, o.{event_id}::text, o.{event_type}::text, coalesce(o.{payload}::text, 'null'),
+	coalesce(o.{created_at}::timestamptz, now()), o.{attempts}::int, o.{status} = {dead}`
 	return &Store{
 		pool:     pool,
-		table:    table,
-		claimIDs: fmt.Sprintf(claim, t, "AND id = ANY($4::bigint[])"),
-		claimDue: fmt.Sprintf(claim, t, "AND (attempts > 0 OR next_attempt_at <= now() - $4::float8 * interval '1 second')"),
+		schema:   schema,
+		claimIDs: x(fmt.Sprintf(claim, "AND {id} = ANY($4::text[]::{idtype}[])")),
+		claimDue: x(fmt.Sprintf(claim, "AND ({attempts} > 0 OR {next_attempt_at} <= now() - $4::float8 * interval '1 second')")),
 		// The attempts guard makes a late writer (whose lease ran out and
 		// whose row was claimed again) a no-op instead of a lie.
-		record: fmt.Sprintf(`
-UPDATE %[1]s o SET
-	status = r.status,
-	next_attempt_at = CASE WHEN r.status = 'pending' THEN r.next ELSE o.next_attempt_at END,
-	delivered_at = CASE WHEN r.status = 'delivered' THEN now() ELSE o.delivered_at END,
-	last_error = CASE WHEN r.status = 'delivered' THEN NULL ELSE r.err END
-FROM unnest($1::bigint[], $2::int[], $3::text[], $4::timestamptz[], $5::text[]) AS r(id, attempt, status, next, err)
-WHERE o.id = r.id AND o.attempts = r.attempt AND o.status = 'pending'`, t),
+		record: x(`
+UPDATE {table} o SET
+	{status} = CASE r.status WHEN 'delivered' THEN {delivered} WHEN 'dead' THEN {dead} ELSE o.{status} END,
+	{next_attempt_at} = CASE WHEN r.status = 'pending' THEN r.next ELSE o.{next_attempt_at} END,
+	{delivered_at} = CASE WHEN r.status = 'delivered' THEN now() ELSE o.{delivered_at} END,
+	{last_error} = CASE WHEN r.status = 'delivered' THEN {no_error} ELSE {r_err} END
+FROM unnest($1::text[], $2::int[], $3::text[], $4::timestamptz[], $5::text[]) AS r(id, attempt, status, next, err)
+WHERE o.{id} = r.id::{idtype} AND o.{attempts} = r.attempt AND o.{status} = {pending}`),
 		// Giving a lease back on shutdown un-counts the attempt that never
 		// happened and makes the row due at once.
-		release: fmt.Sprintf(`
-UPDATE %[1]s o SET attempts = o.attempts - 1, next_attempt_at = now()
-FROM unnest($1::bigint[], $2::int[]) AS r(id, attempt)
-WHERE o.id = r.id AND o.attempts = r.attempt AND o.status = 'pending'`, t),
-		// Measured on the server's clock, so a skewed relay clock cannot
-		// make the sweeper wake early or late.
+		release: x(`
+UPDATE {table} o SET {attempts} = o.{attempts} - 1, {next_attempt_at} = now()
+FROM unnest($1::text[], $2::int[]) AS r(id, attempt)
+WHERE o.{id} = r.id::{idtype} AND o.{attempts} = r.attempt AND o.{status} = {pending}`),
 		// Two walks of the partial index in due order, each stopping at
 		// its first row: a min() over a CASE would read every pending row,
 		// and the sweeper asks after every batch of recorded retries.
 		// Measured on the server's clock, so a skewed relay clock cannot
 		// make the sweeper wake early or late.
-		nextDue: fmt.Sprintf(`SELECT extract(epoch FROM least(
-	(SELECT next_attempt_at FROM %[1]s WHERE status = 'pending' AND attempts > 0 ORDER BY next_attempt_at LIMIT 1),
-	(SELECT next_attempt_at FROM %[1]s WHERE status = 'pending' AND attempts = 0 ORDER BY next_attempt_at LIMIT 1)
-		+ $1::float8 * interval '1 second') - now())::float8`, t),
+		nextDue: x(`SELECT extract(epoch FROM least(
+	(SELECT {next_attempt_at} FROM {table} WHERE {status} = {pending} AND {attempts} > 0 ORDER BY {next_attempt_at} LIMIT 1),
+	(SELECT {next_attempt_at} FROM {table} WHERE {status} = {pending} AND {attempts} = 0 ORDER BY {next_attempt_at} LIMIT 1)
+		+ $1::float8 * interval '1 second') - now()::timestamptz)::float8`),
 	}
 }
 
 // Table is the table this store works on.
-func (s *Store) Table() Table { return s.table }
+func (s *Store) Table() Table { return s.schema.Table }
+
+// Schema is the table as the store uses it.
+func (s *Store) Schema() *Schema { return s.schema }
 
 // Pool is the connection pool the store uses.
 func (s *Store) Pool() *pgxpool.Pool { return s.pool }
 
 // ClaimIDs claims those of ids that are pending and due, for lease.
-// maxAttempts buries rows that have used every attempt; they come back with
-// Status dead and must not be sent.
-func (s *Store) ClaimIDs(ctx context.Context, ids []int64, lease time.Duration, maxAttempts int) ([]Row, []Result, error) {
+// maxAttempts buries rows that have used every attempt; they come back in
+// dead and must not be sent, as do rows that cannot be read.
+func (s *Store) ClaimIDs(ctx context.Context, ids []string, lease time.Duration, maxAttempts int) (rows []Row, dead []Result, err error) {
 	return s.claim(ctx, s.claimIDs, lease, maxAttempts, len(ids), ids)
 }
 
 // ClaimDue claims up to limit pending rows that are due. Rows never tried
 // are taken only once they are older than grace, which leaves fresh rows to
 // the replication stream while it is healthy; retries are taken when due.
-func (s *Store) ClaimDue(ctx context.Context, limit int, grace, lease time.Duration, maxAttempts int) ([]Row, []Result, error) {
+func (s *Store) ClaimDue(ctx context.Context, limit int, grace, lease time.Duration, maxAttempts int) (rows []Row, dead []Result, err error) {
 	return s.claim(ctx, s.claimDue, lease, maxAttempts, limit, grace.Seconds())
 }
 
@@ -162,30 +168,65 @@ func (s *Store) claim(ctx context.Context, sql string, lease time.Duration, maxA
 	}
 	defer rows.Close()
 	var claimed []Row
-	var buried []Result
+	var dead []Result
 	for rows.Next() {
-		var r Row
-		var payload, status string
-		if err := rows.Scan(&r.ID, &r.EventID, &r.Type, &payload, &r.CreatedAt, &r.Attempt, &status); err != nil {
+		var c claimedRow
+		if err := rows.Scan(&c.id, &c.eventID, &c.eventType, &c.payload, &c.createdAt, &c.attempt, &c.buried); err != nil {
 			return nil, nil, fmt.Errorf("claim: %w", err)
 		}
-		if status == StatusDead {
-			buried = append(buried, Result{ID: r.ID, Attempt: r.Attempt, Status: StatusDead})
+		r, res := s.schema.read(c)
+		if res != nil {
+			dead = append(dead, *res)
 			continue
 		}
-		r.Payload = json.RawMessage(payload)
 		claimed = append(claimed, r)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, nil, fmt.Errorf("claim: %w", err)
 	}
-	return claimed, buried, nil
+	return claimed, dead, nil
+}
+
+// claimedRow is a row as the claim returns it, before it is checked.
+type claimedRow struct {
+	id                 string
+	eventID, eventType *string
+	payload            string
+	createdAt          time.Time
+	attempt            int
+	buried             bool
+}
+
+// read turns a claimed row into one to send, or into a dead result when it
+// was buried by the claim or cannot be sent: a row without an event id or
+// type is the application's mistake, and sending it again will not help.
+func (s *Schema) read(c claimedRow) (Row, *Result) {
+	res := &Result{ID: c.id, Attempt: c.attempt, Status: StatusDead}
+	switch {
+	case c.buried:
+		res.Recorded = true
+		return Row{}, res
+	case c.eventID == nil || *c.eventID == "":
+		res.Error = fmt.Sprintf("cannot be sent: %s is empty", s.Columns[RoleEventID].Name)
+		return Row{}, res
+	case c.eventType == nil:
+		res.Error = fmt.Sprintf("cannot be sent: %s is NULL", s.Columns[RoleEventType].Name)
+		return Row{}, res
+	}
+	r := Row{ID: c.id, EventID: *c.eventID, Type: *c.eventType, Payload: json.RawMessage(c.payload),
+		CreatedAt: c.createdAt, Attempt: c.attempt}
+	if s.Columns[RolePayload].Type == "text" && !json.Valid(r.Payload) {
+		// Text that is not JSON is sent as a JSON string of itself.
+		q, _ := json.Marshal(c.payload)
+		r.Payload = q
+	}
+	return r, nil
 }
 
 // Record stores the outcomes of attempts in one statement.
 func (s *Store) Record(ctx context.Context, results []Result) error {
 	n := len(results)
-	ids, attempts := make([]int64, n), make([]int32, n)
+	ids, attempts := make([]string, n), make([]int32, n)
 	statuses, errs := make([]string, n), make([]string, n)
 	nexts := make([]time.Time, n)
 	for i, r := range results {
@@ -199,7 +240,7 @@ func (s *Store) Record(ctx context.Context, results []Result) error {
 
 // Release gives back the leases of rows that were claimed but not sent.
 func (s *Store) Release(ctx context.Context, rows []Row) error {
-	ids, attempts := make([]int64, len(rows)), make([]int32, len(rows))
+	ids, attempts := make([]string, len(rows)), make([]int32, len(rows))
 	for i, r := range rows {
 		ids[i], attempts[i] = r.ID, int32(r.Attempt)
 	}
@@ -222,3 +263,63 @@ func (s *Store) NextDue(ctx context.Context, grace time.Duration) (d time.Durati
 	}
 	return time.Duration(*secs * float64(time.Second)), true, nil
 }
+
+// expand fills the placeholders of a statement: {table}, a role's column
+// ({status}), a status value ({pending}), the id's type for casts
+// ({idtype}), and the last_error values that fit the column.
+func (s *Schema) expand(sql string) string {
+	pairs := []string{"{table}", s.Table.Ident(), "{idtype}", s.idType(),
+		"{pending}", s.statusLiteral(s.Statuses.Pending),
+		"{delivered}", s.statusLiteral(s.Statuses.Delivered),
+		"{dead}", s.statusLiteral(s.Statuses.Dead),
+		"{no_error}", s.noError(),
+		"{r_err}", s.errorValue("r.err"),
+		"{gave_up}", s.errorValue(quoteLiteral("gave up: the relay stopped during each of the last attempts")),
+	}
+	for _, r := range Roles {
+		pairs = append(pairs, "{"+string(r)+"}", s.col(r))
+	}
+	return strings.NewReplacer(pairs...).Replace(sql)
+}
+
+// idType is the type ids are cast to from their text form.
+func (s *Schema) idType() string {
+	switch s.Columns[RoleID].Type {
+	case "int2":
+		return "smallint"
+	case "int4":
+		return "integer"
+	case "int8":
+		return "bigint"
+	case "uuid":
+		return "uuid"
+	}
+	return "text"
+}
+
+// statusLiteral is v as SQL: a number for an integer status column.
+func (s *Schema) statusLiteral(v string) string {
+	if isInteger(s.Columns[RoleStatus].Type) {
+		return v // Inspect checked that it is an integer
+	}
+	return quoteLiteral(v)
+}
+
+// noError is what last_error holds when there is none.
+func (s *Schema) noError() string {
+	if s.Columns[RoleLastError].NotNull {
+		return "''"
+	}
+	return "NULL"
+}
+
+// errorValue is expr cut to what the last_error column holds: left()
+// counts characters, as varchar(n) does.
+func (s *Schema) errorValue(expr string) string {
+	if n := s.Columns[RoleLastError].Length; n > 0 {
+		return fmt.Sprintf("left(%s, %d)", expr, n)
+	}
+	return expr
+}
+
+func quoteIdent(name string) string { return pgx.Identifier{name}.Sanitize() }

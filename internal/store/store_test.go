@@ -29,15 +29,15 @@ func TestClaimWalksTheDueIndexAfterABurst(t *testing.T) {
 	}
 	defer pool.Close()
 	table := Table{Schema: "public", Name: "portal_event_outbox"}
-	if _, err := Migrate(ctx, pool, table, ""); err != nil {
+	if _, err := Migrate(ctx, pool, DefaultSchema(table), ""); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := pool.Exec(ctx, `INSERT INTO portal_event_outbox (event_type) SELECT 'burst' FROM generate_series(1, 50000)`); err != nil {
 		t.Fatal(err)
 	}
-	st := New(pool, table)
+	st := New(pool, DefaultSchema(table))
 	// The claim's row choice, as the statement has it.
-	sel := st.claimDue[strings.Index(st.claimDue, "SELECT id"):strings.Index(st.claimDue, ") due")]
+	sel := st.claimDue[strings.Index(st.claimDue, `SELECT "id"`):strings.Index(st.claimDue, ") due")]
 	sel = strings.NewReplacer("$3", "100", "$4", "0").Replace(sel) // limit, grace
 	rows, err := pool.Query(ctx, "EXPLAIN "+sel)
 	if err != nil {
