@@ -209,9 +209,10 @@ func exerciseStore(t *testing.T, pool *pgxpool.Pool, st *Store) {
 	s := st.Schema()
 	x := s.expand
 	mustExec(t, pool, x(`INSERT INTO {table} ({event_type}, {payload}) VALUES ('a', '{"n": 1}'), ('b', '{"n": 2}'), ('c', '{"n": 3}')`))
-	rows, dead, err := st.ClaimDue(ctx, 10, 0, time.Minute, 25)
-	if err != nil || len(rows) != 3 || len(dead) != 0 {
-		t.Fatalf("ClaimDue = %d rows, %d dead, %v", len(rows), len(dead), err)
+	c, err := st.ClaimDue(ctx, 10, 0, time.Minute, 25, nil)
+	rows := c.Rows
+	if err != nil || len(rows) != 3 || c.Len() != 3 {
+		t.Fatalf("ClaimDue = %+v, %v", c, err)
 	}
 	byType := map[string]Row{}
 	for _, r := range rows {
@@ -229,12 +230,12 @@ func exerciseStore(t *testing.T, pool *pgxpool.Pool, st *Store) {
 	}
 	longErr := strings.Repeat("é", 300) // 600 bytes, 300 characters
 	next := time.Now().Add(time.Hour).Truncate(time.Second)
-	err = st.Record(ctx, []Result{
+	refused, err := st.Record(ctx, []Result{
 		{ID: byType["a"].ID, Attempt: 1, Status: StatusDelivered},
 		{ID: byType["b"].ID, Attempt: 1, Status: StatusPending, Next: next, Error: longErr},
 		{ID: byType["c"].ID, Attempt: 1, Status: StatusDead, Error: "runner answered 422 (permanent)"},
 	})
-	if err != nil {
+	if err != nil || refused != nil {
 		t.Fatal(err)
 	}
 	check := func(typ, wantStatus string, wantErr func(string) bool, wantDelivered bool) {
@@ -273,11 +274,12 @@ func exerciseStore(t *testing.T, pool *pgxpool.Pool, st *Store) {
 	}
 	// Made due, the retry is claimed by id (attempt 2) and given back.
 	mustExec(t, pool, x(`UPDATE {table} SET {next_attempt_at} = now() - interval '1 second' WHERE {event_type} = 'b'`))
-	again, _, err := st.ClaimIDs(ctx, []string{byType["b"].ID, byType["a"].ID}, time.Minute, 25)
-	if err != nil || len(again) != 1 || again[0].Attempt != 2 {
-		t.Fatalf("ClaimIDs = %+v, %v; want row b at attempt 2", again, err)
+	c, err = st.ClaimIDs(ctx, []string{byType["b"].ID, byType["a"].ID}, time.Minute, 25)
+	again := c.Rows
+	if err != nil || len(again) != 1 || again[0].Attempt != 2 || c.Len() != 1 {
+		t.Fatalf("ClaimIDs = %+v, %v; want row b at attempt 2", c, err)
 	}
-	if err := st.Release(ctx, again); err != nil {
+	if _, err := st.Release(ctx, again); err != nil {
 		t.Fatal(err)
 	}
 	var tries int
@@ -305,16 +307,17 @@ func TestUnreadableRowsComeBackDead(t *testing.T) {
 	mustExec(t, pool, `ALTER TABLE outbox ALTER COLUMN "EventId" DROP NOT NULL`)
 	mustExec(t, pool, `INSERT INTO outbox (topic, state) VALUES (NULL, 'pending'), ('ok', 'pending')`)
 	mustExec(t, pool, `INSERT INTO outbox ("EventId", topic, state) VALUES (NULL, 'no id', 'pending')`)
-	rows, dead, err := st.ClaimDue(context.Background(), 10, 0, time.Minute, 25)
+	c, err := st.ClaimDue(context.Background(), 10, 0, time.Minute, 25, nil)
+	rows, dead := c.Rows, c.Dead
 	if err != nil || len(rows) != 1 || rows[0].Type != "ok" || len(dead) != 2 {
-		t.Fatalf("ClaimDue = %+v, %+v, %v", rows, dead, err)
+		t.Fatalf("ClaimDue = %+v, %v", c, err)
 	}
 	for _, d := range dead {
 		if d.Status != StatusDead || d.Recorded || !strings.Contains(d.Error, "cannot be sent") {
 			t.Errorf("dead %+v", d)
 		}
 	}
-	if err := st.Record(context.Background(), dead); err != nil {
+	if _, err := st.Record(context.Background(), dead); err != nil {
 		t.Fatal(err)
 	}
 	var n int
@@ -325,7 +328,8 @@ func TestUnreadableRowsComeBackDead(t *testing.T) {
 	pool2 := openPool(t)
 	st2 := mappedTable(t, pool2, variant{RolePayload, `body text`, false}, "")
 	mustExec(t, pool2, `INSERT INTO outbox (topic, body, state) VALUES ('t', 'not json at all', 'pending')`)
-	rows, _, err = st2.ClaimDue(context.Background(), 10, 0, time.Minute, 25)
+	c, err = st2.ClaimDue(context.Background(), 10, 0, time.Minute, 25, nil)
+	rows = c.Rows
 	if err != nil || len(rows) != 1 || string(rows[0].Payload) != `"not json at all"` {
 		t.Fatalf("text payload: %+v, %v", rows, err)
 	}

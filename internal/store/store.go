@@ -63,7 +63,7 @@ type Store struct {
 	pool   *pgxpool.Pool
 	schema *Schema
 
-	claimIDs, claimDue, record, release, nextDue string
+	claimIDs, claimDue, dueIDs, record, release, nextDue string
 }
 
 // Configure sets what the relay's sessions need on a pool configuration.
@@ -98,6 +98,7 @@ UPDATE {table} o SET
 FROM (
 	SELECT {id} FROM {table}
 	WHERE {status} = {pending} AND {next_attempt_at} <= now() %s
+		AND NOT {id} = ANY($5::text[]::{idtype}[])
 	ORDER BY {next_attempt_at}
 	LIMIT $3
 	FOR UPDATE SKIP LOCKED
@@ -105,11 +106,16 @@ FROM (
 WHERE o.{id} = due.{id}
 RETURNING o.{id}::text, o.{event_id}::text, o.{event_type}::text, coalesce(o.{payload}::text, 'null'),
 	coalesce(o.{created_at}::timestamptz, now()), o.{attempts}::int, o.{status} = {dead}`
+	const due = "AND ({attempts} > 0 OR {next_attempt_at} <= now() - $4::float8 * interval '1 second')"
 	return &Store{
 		pool:     pool,
 		schema:   schema,
 		claimIDs: x(fmt.Sprintf(claim, "AND {id} = ANY($4::text[]::{idtype}[])")),
-		claimDue: x(fmt.Sprintf(claim, "AND ({attempts} > 0 OR {next_attempt_at} <= now() - $4::float8 * interval '1 second')")),
+		claimDue: x(fmt.Sprintf(claim, due)),
+		dueIDs: x(`SELECT {id}::text FROM {table}
+	WHERE {status} = {pending} AND {next_attempt_at} <= now() ` + strings.ReplaceAll(due, "$4", "$2") + `
+		AND NOT {id} = ANY($3::text[]::{idtype}[])
+	ORDER BY {next_attempt_at} LIMIT $1`),
 		// The attempts guard makes a late writer (whose lease ran out and
 		// whose row was claimed again) a no-op instead of a lie.
 		record: x(`
@@ -147,44 +153,83 @@ func (s *Store) Schema() *Schema { return s.schema }
 // Pool is the connection pool the store uses.
 func (s *Store) Pool() *pgxpool.Pool { return s.pool }
 
+// Claim is what a claim took: rows to send, and rows that will not be
+// sent (dead: buried by the claim, or unreadable) or could not be claimed
+// at all (refused by the database).
+type Claim struct {
+	Rows    []Row
+	Dead    []Result
+	Refused []Refused
+}
+
+// Len is how many rows the claim took or tried.
+func (c Claim) Len() int { return len(c.Rows) + len(c.Dead) + len(c.Refused) }
+
 // ClaimIDs claims those of ids that are pending and due, for lease.
 // maxAttempts buries rows that have used every attempt; they come back in
-// dead and must not be sent, as do rows that cannot be read.
-func (s *Store) ClaimIDs(ctx context.Context, ids []string, lease time.Duration, maxAttempts int) (rows []Row, dead []Result, err error) {
-	return s.claim(ctx, s.claimIDs, lease, maxAttempts, len(ids), ids)
+// Dead and must not be sent, as do rows that cannot be read. Ids whose
+// claim the database refuses come back in Refused; the others are claimed.
+func (s *Store) ClaimIDs(ctx context.Context, ids []string, lease time.Duration, maxAttempts int) (Claim, error) {
+	var c Claim
+	refused, err := isolate(ctx, ids, func(id string) string { return id }, func(ctx context.Context, ids []string) error {
+		return s.claim(ctx, &c, s.claimIDs, lease, maxAttempts, len(ids), ids, []string{})
+	})
+	c.Refused = refused
+	return c, err
 }
 
-// ClaimDue claims up to limit pending rows that are due. Rows never tried
-// are taken only once they are older than grace, which leaves fresh rows to
+// ClaimDue claims up to limit pending rows that are due, but none of skip
+// (rows the database refused to write a moment ago). Rows never tried are
+// taken only once they are older than grace, which leaves fresh rows to
 // the replication stream while it is healthy; retries are taken when due.
-func (s *Store) ClaimDue(ctx context.Context, limit int, grace, lease time.Duration, maxAttempts int) (rows []Row, dead []Result, err error) {
-	return s.claim(ctx, s.claimDue, lease, maxAttempts, limit, grace.Seconds())
+// When the database refuses the claim, the due rows are claimed by id so
+// that the refused ones are found and the others go on.
+func (s *Store) ClaimDue(ctx context.Context, limit int, grace, lease time.Duration, maxAttempts int, skip []string) (Claim, error) {
+	if skip == nil {
+		skip = []string{}
+	}
+	var c Claim
+	err := s.claim(ctx, &c, s.claimDue, lease, maxAttempts, limit, grace.Seconds(), skip)
+	if _, ok := refusal(err); !ok {
+		return c, err
+	}
+	rows, err := s.pool.Query(ctx, s.dueIDs, limit, grace.Seconds(), skip)
+	if err != nil {
+		return c, fmt.Errorf("claim: %w", err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return c, fmt.Errorf("claim: %w", err)
+	}
+	return s.ClaimIDs(ctx, ids, lease, maxAttempts)
 }
 
-func (s *Store) claim(ctx context.Context, sql string, lease time.Duration, maxAttempts, limit int, arg any) ([]Row, []Result, error) {
-	rows, err := s.pool.Query(ctx, sql, lease.Seconds(), maxAttempts, limit, arg)
+func (s *Store) claim(ctx context.Context, c *Claim, sql string, lease time.Duration, maxAttempts, limit int, arg, skip any) error {
+	rows, err := s.pool.Query(ctx, sql, lease.Seconds(), maxAttempts, limit, arg, skip)
 	if err != nil {
-		return nil, nil, fmt.Errorf("claim: %w", err)
+		return fmt.Errorf("claim: %w", err)
 	}
 	defer rows.Close()
-	var claimed []Row
-	var dead []Result
+	var got Claim
 	for rows.Next() {
-		var c claimedRow
-		if err := rows.Scan(&c.id, &c.eventID, &c.eventType, &c.payload, &c.createdAt, &c.attempt, &c.buried); err != nil {
-			return nil, nil, fmt.Errorf("claim: %w", err)
+		var cr claimedRow
+		if err := rows.Scan(&cr.id, &cr.eventID, &cr.eventType, &cr.payload, &cr.createdAt, &cr.attempt, &cr.buried); err != nil {
+			return fmt.Errorf("claim: %w", err)
 		}
-		r, res := s.schema.read(c)
+		r, res := s.schema.read(cr)
 		if res != nil {
-			dead = append(dead, *res)
+			got.Dead = append(got.Dead, *res)
 			continue
 		}
-		claimed = append(claimed, r)
+		got.Rows = append(got.Rows, r)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, nil, fmt.Errorf("claim: %w", err)
+		return fmt.Errorf("claim: %w", err)
 	}
-	return claimed, dead, nil
+	// Only a statement that succeeded claimed anything: its transaction
+	// is the one that committed.
+	c.Rows, c.Dead = append(c.Rows, got.Rows...), append(c.Dead, got.Dead...)
+	return nil
 }
 
 // claimedRow is a row as the claim returns it, before it is checked.
@@ -223,8 +268,15 @@ func (s *Schema) read(c claimedRow) (Row, *Result) {
 	return r, nil
 }
 
-// Record stores the outcomes of attempts in one statement.
-func (s *Store) Record(ctx context.Context, results []Result) error {
+// Record stores the outcomes of attempts, in one statement unless the
+// database refuses some rows: those come back in refused, the others are
+// written. err is a failure of the database as a whole (unreachable, read
+// only): nothing need have been written, and the batch may be retried.
+func (s *Store) Record(ctx context.Context, results []Result) (refused []Refused, err error) {
+	return isolate(ctx, results, func(r Result) string { return r.ID }, s.record1)
+}
+
+func (s *Store) record1(ctx context.Context, results []Result) error {
 	n := len(results)
 	ids, attempts := make([]string, n), make([]int32, n)
 	statuses, errs := make([]string, n), make([]string, n)
@@ -238,8 +290,13 @@ func (s *Store) Record(ctx context.Context, results []Result) error {
 	return nil
 }
 
-// Release gives back the leases of rows that were claimed but not sent.
-func (s *Store) Release(ctx context.Context, rows []Row) error {
+// Release gives back the leases of rows that were claimed but not sent;
+// refused and err as for Record.
+func (s *Store) Release(ctx context.Context, rows []Row) (refused []Refused, err error) {
+	return isolate(ctx, rows, func(r Row) string { return r.ID }, s.release1)
+}
+
+func (s *Store) release1(ctx context.Context, rows []Row) error {
 	ids, attempts := make([]string, len(rows)), make([]int32, len(rows))
 	for i, r := range rows {
 		ids[i], attempts[i] = r.ID, int32(r.Attempt)

@@ -38,7 +38,7 @@ func TestClaimWalksTheDueIndexAfterABurst(t *testing.T) {
 	st := New(pool, DefaultSchema(table))
 	// The claim's row choice, as the statement has it.
 	sel := st.claimDue[strings.Index(st.claimDue, `SELECT "id"`):strings.Index(st.claimDue, ") due")]
-	sel = strings.NewReplacer("$3", "100", "$4", "0").Replace(sel) // limit, grace
+	sel = strings.NewReplacer("$3", "100", "$4", "0", "$5", "'{}'").Replace(sel) // limit, grace
 	rows, err := pool.Query(ctx, "EXPLAIN "+sel)
 	if err != nil {
 		t.Fatal(err)
@@ -55,8 +55,8 @@ func TestClaimWalksTheDueIndexAfterABurst(t *testing.T) {
 	if !strings.Contains(p, "Index Scan using portal_event_outbox_due_idx") || strings.Contains(p, "Sort") {
 		t.Errorf("the claim does not walk the due index in order:\n%s", p)
 	}
-	claimed, _, err := st.ClaimDue(ctx, 100, 0, time.Minute, 25)
-	if err != nil || len(claimed) != 100 {
-		t.Fatalf("ClaimDue = %d rows, %v", len(claimed), err)
+	claimed, err := st.ClaimDue(ctx, 100, 0, time.Minute, 25, nil)
+	if err != nil || len(claimed.Rows) != 100 {
+		t.Fatalf("ClaimDue = %d rows, %v", len(claimed.Rows), err)
 	}
 }

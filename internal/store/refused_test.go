@@ -1,0 +1,61 @@
+package store
+
+import (
+	"context"
+	"testing"
+	"time"
+)
+
+// A trigger that raises on one row stops neither the claim nor the outcome
+// write of the others: the refused row comes back with its SQLSTATE.
+func TestRefusedRowsAreIsolated(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := openPool(t)
+	st := New(pool, DefaultSchema(outbox))
+	for _, s := range MigrateSQL(st.Schema(), "")[1:] {
+		mustExec(t, pool, s)
+	}
+	mustExec(t, pool, `INSERT INTO outbox (event_type) SELECT 'e' || g FROM generate_series(1, 10) g`)
+	mustExec(t, pool, `CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	IF NEW.event_type = 'e7' AND NEW.status = 'delivered' THEN RAISE EXCEPTION 'no delivery for e7'; END IF;
+	IF NEW.event_type = 'e3' THEN RAISE EXCEPTION 'e3 is frozen' USING ERRCODE = '23514'; END IF;
+	RETURN NEW;
+END $$;
+CREATE TRIGGER refuse BEFORE UPDATE ON outbox FOR EACH ROW EXECUTE FUNCTION refuse()`)
+
+	c, err := st.ClaimDue(ctx, 100, 0, time.Minute, 25, nil)
+	if err != nil || len(c.Rows) != 9 || len(c.Refused) != 1 {
+		t.Fatalf("ClaimDue = %d rows, refused %+v, %v; want 9 and e3", len(c.Rows), c.Refused, err)
+	}
+	if r := c.Refused[0]; r.SQLState != "23514" || r.Message != "e3 is frozen" {
+		t.Errorf("refused %+v", r)
+	}
+	// Skipped, the refused row no longer sends the claim the long way.
+	mustExec(t, pool, `UPDATE outbox SET next_attempt_at = now() - interval '1 second' WHERE event_type = 'e1'`)
+	again, err := st.ClaimDue(ctx, 100, 0, time.Minute, 25, []string{c.Refused[0].ID})
+	if err != nil || len(again.Rows) != 1 || again.Rows[0].Type != "e1" || len(again.Refused) != 0 {
+		t.Fatalf("ClaimDue skipping e3 = %+v, %v", again, err)
+	}
+
+	var results []Result
+	for _, r := range c.Rows {
+		if r.Type != "e1" {
+			results = append(results, Result{ID: r.ID, Attempt: r.Attempt, Status: StatusDelivered})
+		}
+	}
+	refused, err := st.Record(ctx, results)
+	if err != nil || len(refused) != 1 || refused[0].SQLState != "P0001" {
+		t.Fatalf("Record refused %+v, %v; want e7 with P0001", refused, err)
+	}
+	var delivered int
+	var e7 string
+	if err := pool.QueryRow(ctx, `SELECT count(*) FILTER (WHERE status = 'delivered'),
+		(SELECT id::text FROM outbox WHERE event_type = 'e7') FROM outbox`).Scan(&delivered, &e7); err != nil {
+		t.Fatal(err)
+	}
+	if delivered != 7 || refused[0].ID != e7 {
+		t.Errorf("%d delivered, refused id %s; want 7 and e7's id %s", delivered, refused[0].ID, e7)
+	}
+}
