@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -123,6 +124,32 @@ func ids(rows []Row) []int64 {
 		out[i] = r.ID
 	}
 	return out
+}
+
+// claimOne claims the row id and returns it as the claim does.
+func claimOne(t *testing.T, st *Store, id int64) Row {
+	t.Helper()
+	claimed, _, err := st.ClaimIDs(context.Background(), []int64{id}, lease, 5)
+	if err != nil || len(claimed) != 1 {
+		t.Fatalf("claim row %d = %v, %v", id, ids(claimed), err)
+	}
+	return claimed[0]
+}
+
+func sameState(got, want state) bool {
+	sameErr := (got.LastError == nil) == (want.LastError == nil) &&
+		(got.LastError == nil || *got.LastError == *want.LastError)
+	return got.Status == want.Status && got.Attempts == want.Attempts && got.Delivered == want.Delivered &&
+		near(got.NextIn, want.NextIn) && sameErr
+}
+
+func show(s state) string {
+	e := "NULL"
+	if s.LastError != nil {
+		e = fmt.Sprintf("%q", *s.LastError)
+	}
+	return fmt.Sprintf("%s, attempts %d, next in %s, last_error %s, delivered_at set %v",
+		s.Status, s.Attempts, s.NextIn.Round(time.Second), e, s.Delivered)
 }
 
 // Right after a burst, before autovacuum has analyzed the table, the
