@@ -82,4 +82,3 @@ func TestRecordIgnoresLateWriters(t *testing.T) {
 		t.Errorf("a delivered row was overwritten: %s", show(got))
 	}
 }
-
