@@ -8,6 +8,24 @@ import (
 	"time"
 )
 
+// globToLike escapes LIKE's own wildcards and escape character, so that
+// only * and ? match more than themselves.
+func TestGlobToLike(t *testing.T) {
+	t.Parallel()
+	for glob, want := range map[string]string{
+		"order.created": "order.created",
+		"order.*":       "order.%",
+		"a?c":           "a_c",
+		"100%_done":     `100\%\_done`,
+		`back\slash`:    `back\\slash`,
+		"*.*":           "%.%",
+	} {
+		if got := globToLike(glob); got != want {
+			t.Errorf("globToLike(%q) = %q, want %q", glob, got, want)
+		}
+	}
+}
+
 // Requeue moves the dead rows a filter selects back to pending, due now,
 // with attempts and error reset; a dry run only counts them; delivered and
 // pending rows are never touched, whatever the filter.
@@ -86,24 +104,6 @@ func TestRequeue(t *testing.T) {
 				}
 			}
 		})
-	}
-}
-
-// globToLike escapes LIKE's own wildcards and escape character, so that
-// only * and ? match more than themselves.
-func TestGlobToLike(t *testing.T) {
-	t.Parallel()
-	for glob, want := range map[string]string{
-		"order.created": "order.created",
-		"order.*":       "order.%",
-		"a?c":           "a_c",
-		"100%_done":     `100\%\_done`,
-		`back\slash`:    `back\\slash`,
-		"*.*":           "%.%",
-	} {
-		if got := globToLike(glob); got != want {
-			t.Errorf("globToLike(%q) = %q, want %q", glob, got, want)
-		}
 	}
 }
 

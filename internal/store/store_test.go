@@ -126,16 +126,6 @@ func ids(rows []Row) []int64 {
 	return out
 }
 
-// claimOne claims the row id and returns it as the claim does.
-func claimOne(t *testing.T, st *Store, id int64) Row {
-	t.Helper()
-	claimed, _, err := st.ClaimIDs(context.Background(), []int64{id}, lease, 5)
-	if err != nil || len(claimed) != 1 {
-		t.Fatalf("claim row %d = %v, %v", id, ids(claimed), err)
-	}
-	return claimed[0]
-}
-
 func sameState(got, want state) bool {
 	sameErr := (got.LastError == nil) == (want.LastError == nil) &&
 		(got.LastError == nil || *got.LastError == *want.LastError)
