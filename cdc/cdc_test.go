@@ -88,8 +88,6 @@ func (r *recorder) count(id int64) int {
 	return r.seen[id]
 }
 
-// waitFor polls cond until it holds, failing the test after timeout.
-
 // logBuffer collects log lines so that tests can count them.
 type logBuffer struct {
 	mu  sync.Mutex
@@ -196,21 +194,15 @@ func (m multiWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// dropSlot drops the test's slot once its walsender has gone.
+// dropSlot drops the test's slot once its walsender has gone: dropping
+// fails while the slot is still active.
 func (b *bundle) dropSlot(t testing.TB) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	for {
+	pgtest.WaitFor(t, 10*time.Second, "slot "+b.cfg.Slot+" to be dropped", func() bool {
 		_, err := b.pool.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1`, b.cfg.Slot)
-		if err == nil {
-			return
-		}
-		if ctx.Err() != nil {
-			t.Errorf("drop slot %s: %v", b.cfg.Slot, err)
-			return
-		}
-		time.Sleep(10 * time.Millisecond) // the walsender is exiting
-	}
+		return err == nil
+	})
 }
 
 // insert commits one outbox row per call and returns its id.
