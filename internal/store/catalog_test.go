@@ -9,14 +9,20 @@ import (
 	"github.com/outbox-relay/outbox-relay/internal/pgtest"
 )
 
-func catalogConn(t *testing.T) *pgx.Conn {
+var catalogTable = Table{Schema: "public", Name: "portal_event_outbox"}
+
+// migrated is a fresh database with the outbox table, on one connection.
+func migrated(t *testing.T) *pgx.Conn {
 	t.Helper()
 	ctx := context.Background()
 	conn, err := pgx.Connect(ctx, pgtest.NewDB(t))
+	if err == nil {
+		t.Cleanup(func() { _ = conn.Close(context.Background()) })
+		_, err = Migrate(ctx, conn, catalogTable, "")
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = conn.Close(context.Background()) })
 	return conn
 }
 
@@ -25,11 +31,8 @@ func catalogConn(t *testing.T) *pgx.Conn {
 func TestEnsurePublication(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	conn := catalogConn(t)
-	table := Table{Schema: "public", Name: "portal_event_outbox"}
-	if _, err := Migrate(ctx, conn, table, ""); err != nil {
-		t.Fatal(err)
-	}
+	conn := migrated(t)
+	table := catalogTable
 	ensure := func(wantChanged bool) Publication {
 		t.Helper()
 		p, err := ReadPublication(ctx, conn, "outbox_relay", table)
@@ -79,7 +82,7 @@ func TestEnsurePublication(t *testing.T) {
 func TestSlotInfo(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	conn := catalogConn(t)
+	conn := migrated(t)
 	if sl, err := SlotInfo(ctx, conn, "catalog_slot"); err != nil || sl.Exists || sl.Name != "catalog_slot" || sl.WALLevel != "logical" {
 		t.Fatalf("no slot yet: %+v, %v", sl, err)
 	}
