@@ -24,6 +24,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/outbox-relay/outbox-relay/internal/pgtest"
+	"github.com/outbox-relay/outbox-relay/internal/store"
 )
 
 // epoch is the zero of every timestamp the harness keeps: offsets from it
@@ -231,17 +232,9 @@ func (b *bench) dropDB(d *database) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	// A relay killed in the middle of a stream leaves its walsender
-	// running until it notices: end it, and wait for the slot to be free.
-	for range 50 {
-		var active int
-		err := b.admin.QueryRow(ctx, `SELECT count(pg_terminate_backend(active_pid)) FROM pg_replication_slots WHERE database = $1 AND active`, d.name).Scan(&active)
-		if err != nil || active == 0 {
-			break
-		}
-		_ = sleep(ctx, 100*time.Millisecond)
-	}
-	if _, err := b.admin.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1 AND NOT active`, d.name); err != nil {
-		b.logf("drop slots of %s: %v", d.name, err)
+	// running until it notices: DropSlot ends it.
+	if err := store.DropSlot(ctx, b.admin, d.slot); err != nil {
+		b.logf("drop the slot of %s: %v", d.name, err)
 	}
 	if _, err := b.admin.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{d.name}.Sanitize()+" WITH (FORCE)"); err != nil {
 		b.logf("drop database %s: %v", d.name, err)

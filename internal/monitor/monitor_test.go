@@ -200,7 +200,7 @@ func TestSlotGuardDropsAnOverLimitSlot(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		_, _ = st.Pool().Exec(ctx, `SELECT pg_drop_replication_slot($1) FROM pg_replication_slots WHERE slot_name = $1`, slot)
+		_ = store.DropSlot(ctx, st.Pool(), slot)
 	})
 	// Write some WAL so the slot retains more than the tiny limit.
 	if _, err := st.Pool().Exec(ctx, `CREATE TABLE filler AS SELECT g, repeat('x', 200) AS pad FROM generate_series(1, 20000) g`); err != nil {

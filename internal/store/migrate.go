@@ -11,12 +11,22 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
-// MigrateSQL is the idempotent DDL for table and its publication. The
-// publication is last and separate: Migrate tolerates its failure.
+// MigrateSQL is the idempotent DDL for table and its publication, as
+// migrate --print shows it. The publication is last and separate: Migrate
+// makes it as the stream does (EnsurePublication) and tolerates a failure.
 func MigrateSQL(t Table, publication string) []string {
+	stmts := tableSQL(t)
+	if publication != "" {
+		stmts = append(stmts, PublicationSQL(t, publication))
+	}
+	return stmts
+}
+
+// tableSQL is the idempotent DDL for the table and its indexes.
+func tableSQL(t Table) []string {
 	id := t.Ident()
 	idxName := pgx.Identifier{t.Name + "_due_idx"}.Sanitize()
-	stmts := []string{
+	return []string{
 		fmt.Sprintf(`CREATE SCHEMA IF NOT EXISTS %s`, pgx.Identifier{t.Schema}.Sanitize()),
 		fmt.Sprintf(`CREATE TABLE IF NOT EXISTS %s (
 	id              bigserial PRIMARY KEY,
@@ -38,38 +48,28 @@ func MigrateSQL(t Table, publication string) []string {
 		fmt.Sprintf(`CREATE INDEX IF NOT EXISTS %s ON %s (created_at) WHERE status = 'dead'`,
 			pgx.Identifier{t.Name + "_dead_idx"}.Sanitize(), id),
 	}
-	if publication != "" {
-		stmts = append(stmts, PublicationSQL(t, publication))
-	}
-	return stmts
 }
-
-// PublicationSQL creates the insert-only publication of table if missing.
-func PublicationSQL(t Table, publication string) string {
-	return fmt.Sprintf(`DO $$ BEGIN
-	IF NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = %s) THEN
-		CREATE PUBLICATION %s FOR TABLE %s WITH (publish = 'insert');
-	END IF;
-END $$`, quoteLiteral(publication), pgx.Identifier{publication}.Sanitize(), t.Ident())
-}
-
-func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
 
 // Migrate creates the table, its index and the publication when missing,
 // then checks the table's columns. A failure to create the publication
 // (not the owner, no privilege) is returned as pubErr and is not fatal:
 // the relay can still run sweep-only.
 func Migrate(ctx context.Context, conn Querier, t Table, publication string) (pubErr error, err error) {
-	stmts := MigrateSQL(t, publication)
-	for i, s := range stmts {
+	for _, s := range tableSQL(t) {
 		if _, err := conn.Exec(ctx, s); err != nil {
-			if publication != "" && i == len(stmts)-1 {
-				return fmt.Errorf("create publication %s: %w", publication, err), CheckSchema(ctx, conn, t)
-			}
 			return nil, fmt.Errorf("migrate %s: %w", t, err)
 		}
 	}
-	return nil, CheckSchema(ctx, conn, t)
+	if publication != "" {
+		pub, err := ReadPublication(ctx, conn, publication, t)
+		if err == nil {
+			_, err = EnsurePublication(ctx, conn, pub)
+		}
+		if err != nil {
+			pubErr = fmt.Errorf("create publication %s: %w", publication, err)
+		}
+	}
+	return pubErr, CheckSchema(ctx, conn, t)
 }
 
 // Querier is a connection, a pool or a transaction: what the functions of
