@@ -84,23 +84,25 @@ func (rn *Runner) countConns(_ net.Conn, s http.ConnState) {
 func (rn *Runner) OpenConns() int64 { return rn.open.Load() }
 
 // ServeHTTP reads the body in full before answering, so that a refusal of
-// a large body reaches the relay as an answer, not as a reset connection.
+// a large body reaches the relay as an answer, not as a reset connection;
+// the receipt time is taken once the body is in.
 func (rn *Runner) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	at := time.Now()
-	key := r.Header.Get("Idempotency-Key")
 	rn.mu.Lock()
 	answer := rn.answer
-	rn.noteArrival(key, at)
 	rn.mu.Unlock()
-	accepted := true
+	var body []byte
 	if answer == nil {
 		_, _ = io.Copy(io.Discard, r.Body)
-		w.WriteHeader(http.StatusNoContent)
 	} else {
-		body, _ := io.ReadAll(r.Body)
-		accepted = answer(w, r, body)
+		body, _ = io.ReadAll(r.Body)
 	}
-	if !accepted || key == "" {
+	key := r.Header.Get("Idempotency-Key")
+	rn.mu.Lock()
+	rn.noteArrival(key, time.Now())
+	rn.mu.Unlock()
+	if answer == nil {
+		w.WriteHeader(http.StatusNoContent)
+	} else if !answer(w, r, body) {
 		return
 	}
 	rn.mu.Lock()
