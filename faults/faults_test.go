@@ -106,8 +106,11 @@ func TestSIGTERM(t *testing.T) {
 	in := startInserter(t, d, 300, 4)
 	terms := scale(2, 5)
 	for range terms {
+		// Deliveries by this relay, not the one before: until it has
+		// delivered, its signal handler may not be installed yet.
+		before := len(rn.Accepted())
 		p := startRelay(t, env)
-		pgtest.WaitFor(t, 30*time.Second, "deliveries", func() bool { return len(rn.Accepted()) > 0 })
+		pgtest.WaitFor(t, 30*time.Second, "deliveries", func() bool { return len(rn.Accepted()) > before })
 		time.Sleep(500 * time.Millisecond)
 		if code := p.Stop(10 * time.Second); code != 0 {
 			t.Fatalf("exit %d after SIGTERM, want 0 within the deadline", code)
