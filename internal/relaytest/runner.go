@@ -1,6 +1,7 @@
 package relaytest
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -94,7 +95,10 @@ func (rn *Runner) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if answer == nil {
 		_, _ = io.Copy(io.Discard, r.Body)
 	} else {
-		body, _ = io.ReadAll(r.Body)
+		// Sized from Content-Length (within reason): the faults send 10 MiB.
+		buf := bytes.NewBuffer(make([]byte, 0, min(max(r.ContentLength, 0), 64<<20)+bytes.MinRead))
+		_, _ = buf.ReadFrom(r.Body)
+		body = buf.Bytes()
 	}
 	key := r.Header.Get("Idempotency-Key")
 	rn.mu.Lock()
