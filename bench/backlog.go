@@ -100,30 +100,30 @@ func (b *bench) backlogOf(ctx context.Context, n int) (backlogResult, *sweepCost
 	b.logf("backlog: %s pending rows written in %.1f s", thousands(n), res.InsertSeconds)
 
 	b.waitQuiet(ctx, b.quiet)
-	b.runner.reset(n <= 200_000, n)
+	b.runner.Reset(n <= 200_000, n)
 	cpu0 := b.cpuNow(nil)
 	start := now()
 	p, err := b.startRelay(ctx, db, m, fmt.Sprintf("backlog %s, %s", thousands(n), m.Name))
 	if err != nil {
 		return res, nil, err
 	}
-	ok, err := b.runner.waitFor(ctx, n, b.plan.DrainLimit)
+	ok, err := b.runner.WaitDistinct(ctx, n, b.plan.DrainLimit)
 	cpu1 := b.cpuNow(p)
 	st := p.stop()
 	if err != nil {
 		return res, nil, err
 	}
-	c := b.runner.counts()
+	c := b.runner.Counts()
 	res.TimedOut = !ok
-	res.Received, res.Duplicates = c.n-c.dups, c.dups
-	res.DrainSeconds = float64(c.last-start) / 1e9
-	res.FirstReceiptSeconds = float64(c.first-start) / 1e9
+	res.Received, res.Duplicates = c.Distinct, c.Requests-c.Distinct
+	res.DrainSeconds = float64(since(c.Last)-start) / 1e9
+	res.FirstReceiptSeconds = float64(since(c.First)-start) / 1e9
 	if res.DrainSeconds > 0 {
 		res.EventsPerSec = float64(res.Received) / res.DrainSeconds
 	}
 	// cpu0 had no relay yet: its CPU is all since start.
 	res.CPU = cpuBetween(cpu0, cpu1)
-	res.CPUPer10k = res.CPU.Relay / float64(max(c.n, 1)) * 10_000
+	res.CPUPer10k = res.CPU.Relay / float64(max(c.Requests, 1)) * 10_000
 	res.PeakRSSMiB = st.PeakRSSMiB
 	b.logf("backlog %s: %s received in %.1f s, %.0f events/s, first after %.2f s, relay peak RSS %.1f MiB",
 		thousands(n), thousands(res.Received), res.DrainSeconds, res.EventsPerSec, res.FirstReceiptSeconds, res.PeakRSSMiB)
@@ -134,8 +134,8 @@ func (b *bench) backlogOf(ctx context.Context, n int) (backlogResult, *sweepCost
 	if err := db.pool.QueryRow(ctx, `SELECT count(*) FROM `+table+` WHERE status = 'delivered'`).Scan(&delivered); err != nil {
 		return res, nil, err
 	}
-	if c.dups == 0 && c.n > delivered {
-		res.Duplicates = c.n - delivered
+	if c.Requests-c.Distinct == 0 && c.Requests > delivered {
+		res.Duplicates = c.Requests - delivered
 		res.Received = delivered
 	}
 	cost, err := b.sweepCost(ctx, db, delivered)

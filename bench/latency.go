@@ -90,16 +90,16 @@ func (b *bench) latencyAt(ctx context.Context, db *database, p *relayProc, m mod
 
 	b.waitQuiet(ctx, b.quiet)
 	// Warm-up: connections, statement caches and keep-alive on both sides.
-	b.runner.reset(true, int(float64(rate)*b.plan.LatencyWarmup.Seconds()))
+	b.runner.Reset(true, int(float64(rate)*b.plan.LatencyWarmup.Seconds()))
 	warm, _, err := paced(ctx, db.pool, rate, conns, b.plan.LatencyWarmup)
 	if err != nil {
 		return res, err
 	}
-	if _, err := b.runner.waitFor(ctx, len(warm), wait); err != nil {
+	if _, err := b.runner.WaitDistinct(ctx, len(warm), wait); err != nil {
 		return res, err
 	}
 
-	b.runner.reset(true, int(float64(rate)*b.plan.LatencyDuration.Seconds()))
+	b.runner.Reset(true, int(float64(rate)*b.plan.LatencyDuration.Seconds()))
 	before, _ := p.deliveries()
 	cpu0 := b.cpuNow(p)
 	sends, st, err := paced(ctx, db.pool, rate, conns, b.plan.LatencyDuration)
@@ -107,7 +107,7 @@ func (b *bench) latencyAt(ctx context.Context, db *database, p *relayProc, m mod
 	if err != nil {
 		return res, err
 	}
-	if _, err := b.runner.waitFor(ctx, len(sends), wait); err != nil {
+	if _, err := b.runner.WaitDistinct(ctx, len(sends), wait); err != nil {
 		return res, err
 	}
 	res.CPU = cpuBetween(cpu0, b.cpuNow(p))
@@ -115,8 +115,8 @@ func (b *bench) latencyAt(ctx context.Context, db *database, p *relayProc, m mod
 		res.Stream = after["stream/delivered"] - before["stream/delivered"]
 		res.Sweep = after["sweep/delivered"] - before["sweep/delivered"]
 	}
-	c := b.runner.counts()
-	got := b.runner.receipts()
+	c := b.runner.Counts()
+	got := b.runner.FirstReceipts()
 	ms := make([]float64, 0, len(sends))
 	for _, s := range sends {
 		at, ok := got[s.id]
@@ -124,7 +124,7 @@ func (b *bench) latencyAt(ctx context.Context, db *database, p *relayProc, m mod
 			res.Missing++
 			continue
 		}
-		l := float64(at-s.at) / 1e6
+		l := float64(since(at)-s.at) / 1e6
 		if l < 0 {
 			res.Early++
 		}
@@ -136,7 +136,7 @@ func (b *bench) latencyAt(ctx context.Context, db *database, p *relayProc, m mod
 	for range res.Missing {
 		ms = append(ms, waitMs)
 	}
-	res.Duplicates = c.dups
+	res.Duplicates = c.Requests - c.Distinct
 	res.Latency = summarise(ms)
 	if res.Missing > 0 {
 		res.Latency.CensoredMs = waitMs

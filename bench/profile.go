@@ -11,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/outbox-relay/outbox-relay/internal/relaytest"
 )
 
 // perfNoise are frames every goroutine or syscall passes through, which
@@ -113,9 +115,8 @@ func (b *bench) profile(ctx context.Context) (*profileResult, error) {
 
 	data := filepath.Join(b.tmp, "perf.data")
 	rec := exec.Command(perf, "record", "-F", "999", "-g", "-p", fmt.Sprint(p.pid()), "-o", data)
-	var recOut tailBuffer
-	recOut.max = 8 << 10
-	rec.Stdout, rec.Stderr = &recOut, &recOut
+	recOut := &relaytest.Buffer{Limit: 8 << 10}
+	rec.Stdout, rec.Stderr = recOut, recOut
 	if err := rec.Start(); err != nil {
 		res.Skipped = "perf record: " + err.Error()
 		return res, nil
@@ -144,17 +145,17 @@ func (b *bench) profile(ctx context.Context) (*profileResult, error) {
 	}
 
 	b.waitQuiet(ctx, b.quiet)
-	b.runner.reset(false, 0)
+	b.runner.Reset(false, 0)
 	cpu0 := b.cpuNow(p)
 	t := now()
 	if err := bulk(ctx, db.pool, n); err != nil {
 		return res, err
 	}
-	ok, err := b.runner.waitFor(ctx, n, 2*time.Minute)
+	ok, err := b.runner.WaitDistinct(ctx, n, 2*time.Minute)
 	if err != nil {
 		return res, err
 	}
-	res.Seconds = float64(b.runner.counts().last-t) / 1e9
+	res.Seconds = float64(since(b.runner.Counts().Last)-t) / 1e9
 	res.CPU = cpuBetween(cpu0, b.cpuNow(p))
 	if err := stopRec(); err != nil {
 		// perf exits non-zero on SIGINT on some versions; the data is

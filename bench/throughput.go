@@ -100,7 +100,7 @@ func (b *bench) throughputRun(ctx context.Context, db *database, m mode, l load)
 		st := p.stop()
 		res.PeakRSSMiB, res.Stream, res.Sweep = st.PeakRSSMiB, st.Stream, st.Sweep
 	}()
-	b.runner.reset(true, l.n)
+	b.runner.Reset(true, l.n)
 	limit := 30*time.Second + time.Duration(l.n/2000)*time.Second
 	b.waitQuiet(ctx, b.quiet)
 	cpu0 := b.cpuNow(p)
@@ -121,24 +121,24 @@ func (b *bench) throughputRun(ctx context.Context, db *database, m mode, l load)
 		}
 		res.InsertSeconds = st.Seconds
 	}
-	ok, err := b.runner.waitFor(ctx, l.n, limit)
+	ok, err := b.runner.WaitDistinct(ctx, l.n, limit)
 	if err != nil {
 		return res, err
 	}
 	cpu1 := b.cpuNow(p)
-	c := b.runner.counts()
+	c := b.runner.Counts()
 	res.TimedOut = !ok
-	res.Missing = max(l.n-(c.n-c.dups), 0)
-	res.Duplicates = c.dups
-	res.DeliverSeconds = float64(c.last-start) / 1e9
-	res.FirstReceiptSeconds = float64(c.first-start) / 1e9
+	res.Missing = max(l.n-(c.Distinct), 0)
+	res.Duplicates = c.Requests - c.Distinct
+	res.DeliverSeconds = float64(since(c.Last)-start) / 1e9
+	res.FirstReceiptSeconds = float64(since(c.First)-start) / 1e9
 	if res.DeliverSeconds > 0 {
-		res.EventsPerSec = float64(c.n-c.dups) / res.DeliverSeconds
+		res.EventsPerSec = float64(c.Distinct) / res.DeliverSeconds
 	}
 	res.CPU = cpuBetween(cpu0, cpu1)
-	res.CPUPer10k = res.CPU.Relay / float64(max(c.n, 1)) * 10_000
+	res.CPUPer10k = res.CPU.Relay / float64(max(c.Requests, 1)) * 10_000
 	if res.TimedOut {
-		return res, fmt.Errorf("only %d of %d events delivered within %s", c.n-c.dups, l.n, limit)
+		return res, fmt.Errorf("only %d of %d events delivered within %s", c.Distinct, l.n, limit)
 	}
 	return res, nil
 }

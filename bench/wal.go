@@ -68,12 +68,12 @@ func (b *bench) wal(ctx context.Context) (*walResult, error) {
 	defer p.stop()
 
 	b.waitQuiet(ctx, b.quiet)
-	b.runner.reset(false, 0)
-	b.runner.stop()
+	b.runner.Reset(false, 0)
+	b.runner.Stop()
 	runnerDown := true
 	defer func() {
 		if runnerDown {
-			_ = b.runner.start(context.WithoutCancel(ctx))
+			_ = b.runner.Restart(context.WithoutCancel(ctx))
 		}
 	}()
 
@@ -143,17 +143,17 @@ FROM pg_replication_slots WHERE slot_name = $1`, db.slot, startLSN).Scan(&s.Lag,
 		res.RetainedAfterCheckpoint, res.LagAfterCheckpoint = s.Retained, s.Lag
 	}
 
-	if err := b.runner.start(ctx); err != nil {
+	if err := b.runner.Restart(ctx); err != nil {
 		return res, err
 	}
 	runnerDown = false
 	back := now()
-	ok, err := b.runner.waitFor(ctx, outboxRows, 30*time.Second)
+	ok, err := b.runner.WaitDistinct(ctx, outboxRows, 30*time.Second)
 	if err != nil {
 		return res, err
 	}
 	res.Recovered = ok
-	res.RecoverySeconds = float64(b.runner.counts().last-back) / 1e9
+	res.RecoverySeconds = float64(since(b.runner.Counts().Last)-back) / 1e9
 	b.logf("wal: %.1f MiB/s written for %.0f s with the runner down: max lag %s, max retained %s; after CHECKPOINT retained %s; %d outbox rows delivered %.1f s after the runner came back",
 		res.WALRate/(1<<20), res.OutageSeconds, mib(res.MaxLag), mib(res.MaxRetained), mib(res.RetainedAfterCheckpoint), outboxRows, res.RecoverySeconds)
 	if !ok {

@@ -59,20 +59,9 @@ type State struct {
 	ConfirmedLSN string
 }
 
-// Timings and bounds. flushIdle and standbyRetry are copied into each
-// Stream, so that the benchmark can vary the one and tests the other.
+// Timings and bounds. standbyRetry is copied into each Stream, so that
+// tests can vary it.
 const (
-	// flushIdle is how long ids wait for a pause in the stream before
-	// they are handed off; 0 hands a transaction's ids off at its commit.
-	// Measured (BenchmarkHandOff, bench_test.go): waiting for a pause adds
-	// at least a millisecond of timer latency to every lone insert, and a
-	// steady rate of inserts closer together than the wait never pauses,
-	// so ids then wait for a full BatchSize (100 ms and more at 500/s with
-	// a 5 ms wait). Handing off at each commit, while the hand-off
-	// goroutine takes whatever gathered whenever it is free, has the
-	// lowest latency and batches bursts by itself (see handoff).
-	flushIdle = 0
-
 	// statusInterval is the longest time between two standby status
 	// updates; each asks the server for a reply, which doubles as a
 	// liveness check of the connection.
@@ -131,7 +120,7 @@ type Stream struct {
 	d   Deliverer
 	log *slog.Logger
 
-	idle, standbyEvery time.Duration
+	standbyEvery time.Duration
 
 	streaming atomic.Bool
 	shedding  atomic.Bool  // the last hand-off was dropped
@@ -152,8 +141,8 @@ func New(cfg Config, d Deliverer, log *slog.Logger) *Stream {
 	}
 	return &Stream{
 		cfg: cfg, d: d, log: log.With("slot", cfg.Slot),
-		idle: flushIdle, standbyEvery: standbyRetry,
-		state: State{Role: RoleDown},
+		standbyEvery: standbyRetry,
+		state:        State{Role: RoleDown},
 	}
 }
 

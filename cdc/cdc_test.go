@@ -88,8 +88,6 @@ func (r *recorder) count(id int64) int {
 	return r.seen[id]
 }
 
-// waitFor polls cond until it holds, failing the test after timeout.
-
 // logBuffer collects log lines so that tests can count them.
 type logBuffer struct {
 	mu  sync.Mutex
@@ -196,20 +194,12 @@ func (m multiWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// dropSlot drops the test's slot once its walsender has gone.
+// dropSlot drops the test's slot, ending a walsender that still holds it.
 func (b *bundle) dropSlot(t testing.TB) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	for {
-		_, err := b.pool.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1`, b.cfg.Slot)
-		if err == nil {
-			return
-		}
-		if ctx.Err() != nil {
-			t.Errorf("drop slot %s: %v", b.cfg.Slot, err)
-			return
-		}
-		time.Sleep(10 * time.Millisecond) // the walsender is exiting
+	if err := store.DropSlot(ctx, b.pool, b.cfg.Slot); err != nil {
+		t.Error(err)
 	}
 }
 
@@ -368,16 +358,13 @@ func TestSlotDroppedExternallyIsRecreated(t *testing.T) {
 	// As an operator (or the slot guard) would: stop the walsender, then
 	// drop the slot before the relay takes it again.
 	ctx := context.Background()
-	pgtest.WaitFor(t, 10*time.Second, "the slot to be dropped", func() bool {
-		_, _ = b.pool.Exec(ctx, `SELECT pg_terminate_backend(active_pid, 5000) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL`, b.cfg.Slot)
-		tag, err := b.pool.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1`, b.cfg.Slot)
-		return err == nil && tag.RowsAffected() == 1
-	})
+	if err := store.DropSlot(ctx, b.pool, b.cfg.Slot); err != nil {
+		t.Fatal(err)
+	}
 
-	var active bool
 	pgtest.WaitFor(t, 15*time.Second, "the slot to be recreated and streamed from", func() bool {
-		err := b.pool.QueryRow(ctx, `SELECT active FROM pg_replication_slots WHERE slot_name = $1`, b.cfg.Slot).Scan(&active)
-		return err == nil && active && s.Streaming()
+		slot, err := store.SlotInfo(ctx, b.pool, b.cfg.Slot)
+		return err == nil && slot.Active && s.Streaming()
 	})
 	second := b.insert(t)
 	pgtest.WaitFor(t, 5*time.Second, "a row after recovery", func() bool { return rec.has(second) })
@@ -685,9 +672,8 @@ func TestInvalidatedSlotIsRecreated(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		var status string
-		err := b.pool.QueryRow(ctx, `SELECT coalesce(wal_status, '') FROM pg_replication_slots WHERE slot_name = $1`, b.cfg.Slot).Scan(&status)
-		return err == nil && status == "lost"
+		slot, err := store.SlotInfo(ctx, b.pool, b.cfg.Slot)
+		return err == nil && slot.WALStatus == "lost"
 	})
 
 	s2, _ := b.start(t, rec)

@@ -8,6 +8,8 @@ import (
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/outbox-relay/outbox-relay/internal/store"
 )
 
 // Check reports why logical replication cannot be used with cfg, or nil
@@ -35,47 +37,22 @@ func check(ctx context.Context, cfg Config, conf dbConfig) error {
 	}
 	defer closeConn(ctx, db)
 
-	var (
-		walLevel, user           string
-		canReplicate             bool
-		maxSlots, maxSenders     int
-		usedSlots                int
-		slotExists, slotFits     bool
-		slotType, plugin, slotDB string
-	)
-	err = db.QueryRow(ctx, `SELECT current_setting('wal_level'), current_user,
-	coalesce((SELECT rolsuper OR rolreplication FROM pg_roles WHERE rolname = current_user), false),
-	current_setting('max_replication_slots')::int, current_setting('max_wal_senders')::int,
-	(SELECT count(*) FROM pg_replication_slots)::int`).Scan(
-		&walLevel, &user, &canReplicate, &maxSlots, &maxSenders, &usedSlots)
+	st, err := store.ReadReplicationSettings(ctx, db)
 	if err != nil {
 		return fmt.Errorf("cannot read the replication settings: %w", err)
 	}
-	err = db.QueryRow(ctx, `SELECT slot_type, coalesce(plugin, ''), coalesce(database, ''),
-	slot_type = 'logical' AND plugin = 'pgoutput' AND database = current_database()
-FROM pg_replication_slots WHERE slot_name = $1`, cfg.Slot).Scan(&slotType, &plugin, &slotDB, &slotFits)
-	switch {
-	case err == nil:
-		slotExists = true
-	case !errors.Is(err, pgx.ErrNoRows):
+	slot, err := store.SlotInfo(ctx, db, cfg.Slot)
+	if err != nil {
 		return fmt.Errorf("cannot read replication slots: %w", err)
 	}
-
-	switch {
-	case walLevel != "logical":
-		return fmt.Errorf("wal_level is %s; logical replication needs wal_level = logical (and a server restart)", walLevel)
-	case !canReplicate:
-		return fmt.Errorf("role %s has neither the REPLICATION attribute nor superuser (ALTER ROLE %s REPLICATION)", user, pgx.Identifier{user}.Sanitize())
-	case maxSenders == 0:
-		return errors.New("max_wal_senders is 0; logical replication needs at least one WAL sender")
-	case slotExists && !slotFits:
-		return fmt.Errorf("replication slot %s exists but is not a pgoutput logical slot of this database (%s, %s, %s); drop it or choose another RELAY_SLOT_NAME",
-			cfg.Slot, slotType, plugin, slotDB)
-	case !slotExists && usedSlots >= maxSlots:
-		return fmt.Errorf("no free replication slot for %s: max_replication_slots = %d and %d are in use", cfg.Slot, maxSlots, usedSlots)
+	if err := checkSettings(st, slot, cfg); err != nil {
+		return err
 	}
-
-	if err := checkPublication(ctx, db, cfg); err != nil {
+	pub, err := store.ReadPublication(ctx, db, cfg.Publication, cfg.table())
+	if err != nil {
+		return fmt.Errorf("cannot read publication %s: %w", cfg.Publication, err)
+	}
+	if err := checkPublication(pub); err != nil {
 		return err
 	}
 
@@ -98,38 +75,43 @@ FROM pg_replication_slots WHERE slot_name = $1`, cfg.Slot).Scan(&slotType, &plug
 	return nil
 }
 
+// checkSettings reports a server or slot logical replication cannot work
+// with: wal_level not logical, a role that may not replicate, no WAL
+// sender, the slot name taken by a slot of another kind, or no free slot.
+func checkSettings(st store.ReplicationSettings, slot store.Slot, cfg Config) error {
+	switch {
+	case st.WALLevel != "logical":
+		return fmt.Errorf("wal_level is %s; logical replication needs wal_level = logical (and a server restart)", st.WALLevel)
+	case !st.CanReplicate:
+		return fmt.Errorf("role %s has neither the REPLICATION attribute nor superuser (ALTER ROLE %s REPLICATION)", st.User, pgx.Identifier{st.User}.Sanitize())
+	case st.MaxSenders == 0:
+		return errors.New("max_wal_senders is 0; logical replication needs at least one WAL sender")
+	case slot.Exists && !slotFits(slot):
+		return fmt.Errorf("replication slot %s exists but is not a pgoutput logical slot of this database (%s, %s, %s); drop it or choose another RELAY_SLOT_NAME",
+			cfg.Slot, slot.SlotType, slot.Plugin, slot.Database)
+	case !slot.Exists && st.UsedSlots >= st.MaxSlots:
+		return fmt.Errorf("no free replication slot for %s: max_replication_slots = %d and %d are in use", cfg.Slot, st.MaxSlots, st.UsedSlots)
+	}
+	return nil
+}
+
 // checkPublication reports a publication the stream could not set up: one
 // that does not publish inserts, or one that is missing (or lacks the
 // table) while the role may not create (or alter) it.
-func checkPublication(ctx context.Context, db *pgx.Conn, cfg Config) error {
-	var exists, hasTable, inserts, canCreate bool
-	var user string
-	err := db.QueryRow(ctx, `SELECT
-	EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1),
-	EXISTS (SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = $2 AND tablename = $3),
-	coalesce((SELECT pubinsert FROM pg_publication WHERE pubname = $1), true),
-	current_user,
-	(SELECT rolsuper FROM pg_roles WHERE rolname = current_user) OR (
-		has_database_privilege(current_database(), 'CREATE') AND coalesce((
-			SELECT pg_has_role(current_user, c.relowner, 'USAGE')
-			FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-			WHERE n.nspname = $2 AND c.relname = $3), false))`,
-		cfg.Publication, cfg.Schema, cfg.Table).Scan(&exists, &hasTable, &inserts, &user, &canCreate)
+func checkPublication(p store.Publication) error {
 	switch {
-	case err != nil:
-		return fmt.Errorf("cannot read publication %s: %w", cfg.Publication, err)
-	case !inserts:
+	case !p.Inserts:
 		return fmt.Errorf("publication %s does not publish inserts (ALTER PUBLICATION %s SET (publish = 'insert'))",
-			cfg.Publication, pgx.Identifier{cfg.Publication}.Sanitize())
-	case exists && hasTable:
+			p.Name, pgx.Identifier{p.Name}.Sanitize())
+	case p.Exists && p.HasTable:
 		return nil
-	case canCreate:
+	case p.CanCreate:
 		return nil
-	case !exists:
+	case !p.Exists:
 		return fmt.Errorf("publication %s does not exist and role %s cannot create it (it needs CREATE on the database and to own %s.%s); run outbox-relay migrate as the table's owner",
-			cfg.Publication, user, cfg.Schema, cfg.Table)
+			p.Name, p.User, p.Table.Schema, p.Table.Name)
 	default:
 		return fmt.Errorf("publication %s does not include %s.%s and role %s cannot add it (it must own the table)",
-			cfg.Publication, cfg.Schema, cfg.Table, user)
+			p.Name, p.Table.Schema, p.Table.Name, p.User)
 	}
 }

@@ -10,13 +10,14 @@ import (
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/outbox-relay/outbox-relay/internal/store"
 )
 
 // SQLSTATEs the stream acts on.
 const (
 	codeObjectInUse     = "55006" // the slot is active in another process
 	codeDuplicateObject = "42710" // made a moment ago by someone else
-	codeUniqueViolation = "23505" // likewise, for a catalog row
 	codeUndefinedObject = "42704" // dropped a moment ago by someone else
 )
 
@@ -56,7 +57,7 @@ func (s *Stream) session(ctx context.Context, conf dbConfig, h *handoff) (stream
 		Mode: pglogrepl.LogicalReplication,
 		PluginArgs: []string{
 			"proto_version '1'",
-			"publication_names " + quoteLiteral(s.cfg.Publication),
+			"publication_names " + store.QuoteLiteral(s.cfg.Publication),
 		},
 	})
 	cancel()
@@ -89,15 +90,17 @@ func (s *Stream) session(ctx context.Context, conf dbConfig, h *handoff) (stream
 }
 
 // startPoint is where a session starts: the slot's confirmed position, or
-// create when the slot has to be made first.
+// create when the slot has to be made first (and drop when the one there
+// must go before).
 type startPoint struct {
-	lsn    pglogrepl.LSN
-	create bool
+	lsn          pglogrepl.LSN
+	create, drop bool
 }
 
-// prepare checks the server, ensures the publication and reads the slot on
-// an ordinary connection. It returns errStandby when the slot is active in
-// another process and errInRecovery on a read-only server.
+// prepare reads the server and the slot, ensures the publication and drops
+// a slot that must be made again, on an ordinary connection. It returns
+// errStandby when the slot is active in another process and errInRecovery
+// on a read-only server.
 func (s *Stream) prepare(ctx context.Context, conf dbConfig) (startPoint, error) {
 	ctx, cancel := context.WithTimeout(ctx, queryTimeout)
 	defer cancel()
@@ -107,105 +110,82 @@ func (s *Stream) prepare(ctx context.Context, conf dbConfig) (startPoint, error)
 	}
 	defer closeConn(ctx, db)
 
-	var recovering bool
-	if err := db.QueryRow(ctx, `SELECT pg_is_in_recovery()`).Scan(&recovering); err != nil {
-		return startPoint{}, fmt.Errorf("check recovery: %w", err)
+	slot, err := store.SlotInfo(ctx, db, s.cfg.Slot)
+	if err != nil {
+		return startPoint{}, fmt.Errorf("read %w", err) // read slot <name>: …
 	}
-	if recovering {
+	if slot.InRecovery {
 		return startPoint{}, errInRecovery
 	}
 	if err := s.ensurePublication(ctx, db); err != nil {
 		return startPoint{}, err
 	}
-	return s.readSlot(ctx, db)
+	start, err := startFrom(slot, s.broken)
+	if err != nil || !start.drop {
+		return start, err
+	}
+	if s.broken {
+		s.log.Warn("replication slot cannot decode past the removal of its publication; recreating it, the sweeper covers the gap")
+	} else {
+		s.log.Warn("replication slot was invalidated (its WAL was removed); recreating it, the sweeper covers the gap")
+	}
+	if err := store.DropIdleSlot(ctx, db, s.cfg.Slot); err != nil {
+		if isCode(err, codeObjectInUse) {
+			return startPoint{}, &errStandby{}
+		}
+		return startPoint{}, fmt.Errorf("drop slot %s: %w", s.cfg.Slot, err)
+	}
+	s.broken = false
+	return start, nil
+}
+
+// startFrom decides where a session starts from the slot's state and
+// whether the stream found it broken. A slot that was invalidated (its WAL
+// is gone) or broken is dropped and made again: the sweeper covers the
+// rows it would have announced.
+func startFrom(slot store.Slot, broken bool) (startPoint, error) {
+	switch {
+	case !slot.Exists:
+		return startPoint{create: true}, nil
+	case !slotFits(slot):
+		return startPoint{}, fmt.Errorf("slot %s exists but is not a pgoutput logical slot of database %s (%s, %s, %s); drop it or set RELAY_SLOT_NAME",
+			slot.Name, slot.CurrentDatabase, slot.SlotType, slot.Plugin, slot.Database)
+	case slot.Active:
+		return startPoint{}, &errStandby{pid: slot.ActivePID}
+	case slot.WALStatus == "lost" || broken:
+		return startPoint{create: true, drop: true}, nil
+	}
+	lsn, err := pglogrepl.ParseLSN(slot.ConfirmedFlushLSN)
+	if err != nil {
+		return startPoint{}, fmt.Errorf("slot %s: confirmed_flush_lsn: %w", slot.Name, err)
+	}
+	return startPoint{lsn: lsn}, nil
+}
+
+// slotFits reports whether an existing slot is one the stream can use: a
+// pgoutput logical slot of the database it connects to.
+func slotFits(slot store.Slot) bool {
+	return slot.SlotType == "logical" && slot.Plugin == "pgoutput" && slot.Database == slot.CurrentDatabase
 }
 
 // ensurePublication creates the insert-only publication of the outbox, or
 // adds the table to a publication that lacks it.
 func (s *Stream) ensurePublication(ctx context.Context, db *pgx.Conn) error {
-	var exists, hasTable, inserts bool
-	err := db.QueryRow(ctx, `SELECT
-	EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1),
-	EXISTS (SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = $2 AND tablename = $3),
-	coalesce((SELECT pubinsert FROM pg_publication WHERE pubname = $1), true)`,
-		s.cfg.Publication, s.cfg.Schema, s.cfg.Table).Scan(&exists, &hasTable, &inserts)
+	pub, err := store.ReadPublication(ctx, db, s.cfg.Publication, s.cfg.table())
 	if err != nil {
 		return fmt.Errorf("read publication %s: %w", s.cfg.Publication, err)
 	}
-	pub := pgx.Identifier{s.cfg.Publication}.Sanitize()
-	table := pgx.Identifier{s.cfg.Schema, s.cfg.Table}.Sanitize()
-	var sql string
-	switch {
-	case !inserts:
+	if !pub.Inserts {
 		return fmt.Errorf("publication %s does not publish inserts; alter it with publish = 'insert'", s.cfg.Publication)
-	case !exists:
-		sql = fmt.Sprintf(`CREATE PUBLICATION %s FOR TABLE %s WITH (publish = 'insert')`, pub, table)
-	case !hasTable:
-		sql = fmt.Sprintf(`ALTER PUBLICATION %s ADD TABLE %s`, pub, table)
-	default:
-		return nil
 	}
-	if _, err := db.Exec(ctx, sql); err != nil {
-		// Another relay may have done it a moment ago.
-		if isCode(err, codeDuplicateObject) || isCode(err, codeUniqueViolation) {
-			return nil
-		}
+	changed, err := store.EnsurePublication(ctx, db, pub)
+	if err != nil {
 		return fmt.Errorf("publication %s: %w", s.cfg.Publication, err)
 	}
-	s.log.Info("replication: publication set up", "publication", s.cfg.Publication, "table", s.cfg.Schema+"."+s.cfg.Table)
+	if changed {
+		s.log.Info("replication: publication set up", "publication", s.cfg.Publication, "table", s.cfg.Schema+"."+s.cfg.Table)
+	}
 	return nil
-}
-
-// readSlot reads the slot's state. A slot that was invalidated (its WAL is
-// gone) is dropped so that it is made again: the sweeper covers the rows
-// it would have announced.
-func (s *Stream) readSlot(ctx context.Context, db *pgx.Conn) (startPoint, error) {
-	var (
-		active            bool
-		pid               int32
-		walStatus, plugin string
-		slotType, dbName  string
-		thisDB            string
-		confirmed         pglogrepl.LSN
-	)
-	err := db.QueryRow(ctx, `SELECT active, coalesce(active_pid, 0), coalesce(wal_status, ''),
-	coalesce(plugin, ''), slot_type, coalesce(database, ''), current_database(),
-	coalesce(confirmed_flush_lsn, '0/0')::text
-FROM pg_replication_slots WHERE slot_name = $1`, s.cfg.Slot).Scan(
-		&active, &pid, &walStatus, &plugin, &slotType, &dbName, &thisDB, &confirmed)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return startPoint{create: true}, nil
-	}
-	if err != nil {
-		return startPoint{}, fmt.Errorf("read slot %s: %w", s.cfg.Slot, err)
-	}
-	if slotType != "logical" || plugin != "pgoutput" || dbName != thisDB {
-		return startPoint{}, fmt.Errorf("slot %s exists but is not a pgoutput logical slot of database %s (%s, %s, %s); drop it or set RELAY_SLOT_NAME",
-			s.cfg.Slot, thisDB, slotType, plugin, dbName)
-	}
-	if active {
-		return startPoint{}, &errStandby{pid: pid}
-	}
-	if walStatus == "lost" || s.broken {
-		if s.broken {
-			s.log.Warn("replication slot cannot decode past the removal of its publication; recreating it, the sweeper covers the gap")
-		} else {
-			s.log.Warn("replication slot was invalidated (its WAL was removed); recreating it, the sweeper covers the gap")
-		}
-		if _, err := db.Exec(ctx, `SELECT pg_drop_replication_slot($1)`, s.cfg.Slot); err != nil {
-			switch {
-			case isCode(err, codeUndefinedObject):
-				// Dropped by someone else meanwhile.
-			case isCode(err, codeObjectInUse):
-				return startPoint{}, &errStandby{}
-			default:
-				return startPoint{}, fmt.Errorf("drop slot %s: %w", s.cfg.Slot, err)
-			}
-		}
-		s.broken = false
-		return startPoint{create: true}, nil
-	}
-	return startPoint{lsn: confirmed}, nil
 }
 
 // createSlot makes the persistent pgoutput slot and returns its consistent
@@ -233,15 +213,5 @@ func (s *Stream) createSlot(ctx context.Context, conn *pgconn.PgConn) (pglogrepl
 	return lsn, nil
 }
 
-// quoteLiteral quotes s as an SQL string literal.
-func quoteLiteral(s string) string {
-	b := make([]byte, 0, len(s)+2)
-	b = append(b, '\'')
-	for i := range len(s) {
-		if s[i] == '\'' {
-			b = append(b, '\'')
-		}
-		b = append(b, s[i])
-	}
-	return string(append(b, '\''))
-}
+// table is the outbox table as store names it.
+func (c Config) table() store.Table { return store.Table{Schema: c.Schema, Name: c.Table} }

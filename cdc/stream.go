@@ -23,10 +23,9 @@ type reader struct {
 	// relation that is not the outbox (or has no id column).
 	rels map[uint32]int
 
-	pending  []int64   // ids not yet handed off
-	lastData time.Time // when the last change arrived
-	inTx     bool      // between a Begin and its Commit
-	txIDs    bool      // the current transaction had outbox inserts
+	pending []int64 // ids not yet handed off
+	inTx    bool    // between a Begin and its Commit
+	txIDs   bool    // the current transaction had outbox inserts
 
 	// received is a position before which every change has arrived: the
 	// end of the last commit, or the server's WAL end from a keepalive
@@ -52,11 +51,7 @@ func (s *Stream) stream(ctx context.Context, conn *pgconn.PgConn, h *handoff) er
 		lastRecv: now, nextStatus: now.Add(statusInterval),
 	}
 	for {
-		deadline := r.nextStatus
-		if len(r.pending) > 0 && s.idle > 0 {
-			deadline = earliest(deadline, r.lastData.Add(s.idle))
-		}
-		rctx, cancel := context.WithDeadline(ctx, deadline)
+		rctx, cancel := context.WithDeadline(ctx, r.nextStatus)
 		msg, err := conn.ReceiveMessage(rctx)
 		cancel()
 		switch {
@@ -73,11 +68,6 @@ func (s *Stream) stream(ctx context.Context, conn *pgconn.PgConn, h *handoff) er
 		}
 
 		now := time.Now()
-		if len(r.pending) > 0 && s.idle > 0 && !now.Before(r.lastData.Add(s.idle)) {
-			if err := r.flush(ctx); err != nil {
-				return err
-			}
-		}
 		switch {
 		case !now.Before(r.nextStatus):
 			if now.Sub(r.lastRecv) > silenceLimit {
@@ -93,13 +83,6 @@ func (s *Stream) stream(ctx context.Context, conn *pgconn.PgConn, h *handoff) er
 			}
 		}
 	}
-}
-
-func earliest(a, b time.Time) time.Time {
-	if b.Before(a) {
-		return b
-	}
-	return a
 }
 
 // handle processes one message from the server.
@@ -156,7 +139,6 @@ func (r *reader) change(ctx context.Context, data []byte) error {
 	if len(data) == 0 {
 		return nil
 	}
-	r.lastData = time.Now()
 	m, err := pglogrepl.Parse(data)
 	if err != nil {
 		// A message type protocol 1 does not send (or a newer one):
@@ -170,15 +152,15 @@ func (r *reader) change(ctx context.Context, data []byte) error {
 	case *pglogrepl.CommitMessage:
 		r.inTx = false
 		r.received = max(r.received, m.TransactionEndLSN)
-		if len(r.pending) > 0 && r.s.idle == 0 {
+		if len(r.pending) > 0 {
+			// Hand off at every commit: the hand-off goroutine batches
+			// whatever gathers while it is busy (docs/BENCHMARKS.md).
 			return r.flush(ctx)
 		}
-		if len(r.pending) == 0 {
-			// Every id of this transaction was handed off already
-			// (BatchSize flushes), or it had none.
-			r.safe = max(r.safe, r.received)
-			r.ackDue = r.ackDue || r.txIDs
-		}
+		// Every id of this transaction was handed off already
+		// (BatchSize flushes), or it had none.
+		r.safe = max(r.safe, r.received)
+		r.ackDue = r.ackDue || r.txIDs
 	case *pglogrepl.RelationMessage:
 		r.relation(m)
 	case *pglogrepl.InsertMessage:

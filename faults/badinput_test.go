@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/outbox-relay/outbox-relay/internal/pgtest"
+	"github.com/outbox-relay/outbox-relay/internal/relaytest"
 )
 
 // runOnce runs the binary to completion with a deadline and returns its
@@ -48,7 +49,7 @@ func TestBadRowsDoNotBlockOthers(t *testing.T) {
 	d := newDB(t, pgtest.NewDB(t))
 	rn := newRunner(t)
 	huge := strings.Repeat("x", 10<<20)
-	rn.setAnswer(func(w http.ResponseWriter, r *http.Request) bool {
+	rn.SetAnswer(func(w http.ResponseWriter, r *http.Request, _ []byte) bool {
 		if r.ContentLength > 5<<20 {
 			w.WriteHeader(http.StatusRequestEntityTooLarge)
 			return false
@@ -79,7 +80,7 @@ func TestBadRowsDoNotBlockOthers(t *testing.T) {
 func TestHugeAnswerBody(t *testing.T) {
 	d := newDB(t, pgtest.NewDB(t))
 	rn := newRunner(t)
-	rn.setAnswer(func(w http.ResponseWriter, r *http.Request) bool {
+	rn.SetAnswer(func(w http.ResponseWriter, r *http.Request, _ []byte) bool {
 		w.WriteHeader(200)
 		chunk := []byte(strings.Repeat("garbage ", 8192))
 		for i := 0; i < 2000; i++ { // 128 MiB unless the client hangs up
@@ -108,12 +109,12 @@ func TestUnreachableRunner(t *testing.T) {
 			if _, err := d.pool.Exec(context.Background(), `INSERT INTO portal_event_outbox (event_type) VALUES ('x')`); err != nil {
 				t.Fatal(err)
 			}
-			env := append(relayEnv(d, &runner{}), "RELAY_RUNNER_URL="+url)
+			env := append(relayEnv(d, &relaytest.Runner{}), "RELAY_RUNNER_URL="+url)
 			p := startRelay(t, env)
 			pgtest.WaitFor(t, 30*time.Second, "a recorded failure", func() bool {
 				return d.count(t, "attempts >= 1 AND last_error LIKE 'runner unreachable%'") == 1
 			})
-			if code := p.term(10 * time.Second); code != 0 {
+			if code := p.Stop(10 * time.Second); code != 0 {
 				t.Errorf("exit %d after SIGTERM", code)
 			}
 		})

@@ -26,7 +26,7 @@ func TestRelayKilled(t *testing.T) {
 	for range kills {
 		// A random moment: this is the fault, not a wait for a condition.
 		time.Sleep(time.Duration(100+rand.IntN(700)) * time.Millisecond)
-		p.kill()
+		p.Kill()
 		p = startRelay(t, env)
 	}
 	in.stop()
@@ -50,7 +50,7 @@ func TestPostgresRestarted(t *testing.T) {
 	p := startRelay(t, relayEnv(d, rn))
 	restarts := 2
 	for range restarts {
-		pgtest.WaitFor(t, 30*time.Second, "deliveries before the restart", func() bool { return len(rn.delivered()) > 0 })
+		pgtest.WaitFor(t, 30*time.Second, "deliveries before the restart", func() bool { return len(rn.Accepted()) > 0 })
 		time.Sleep(time.Second) // load runs for a while: the fault's timing
 		if err := c.Restart("immediate"); err != nil {
 			t.Fatal(err)
@@ -66,8 +66,8 @@ func TestPostgresRestarted(t *testing.T) {
 		t.Errorf("%d duplicates after %d crashes of Postgres", r.Duplicates, restarts)
 	}
 	select {
-	case <-p.done:
-		t.Fatalf("the relay exited during the restarts: %v", p.err)
+	case <-p.Done():
+		t.Fatalf("the relay exited during the restarts: %v", p.Err())
 	default:
 	}
 	record(t, "postgres restarted", r, map[string]string{"restarts": strconv.Itoa(restarts)})
@@ -98,7 +98,7 @@ func TestSIGTERM(t *testing.T) {
 	d := newDB(t, pgtest.NewDB(t))
 	rn := newRunner(t)
 	// Slow answers keep POSTs in flight at the moment of the signal.
-	rn.setAnswer(func(w http.ResponseWriter, r *http.Request) bool {
+	rn.SetAnswer(func(w http.ResponseWriter, r *http.Request, _ []byte) bool {
 		time.Sleep(time.Duration(rand.IntN(200)) * time.Millisecond)
 		return true
 	})
@@ -106,10 +106,13 @@ func TestSIGTERM(t *testing.T) {
 	in := startInserter(t, d, 300, 4)
 	terms := scale(2, 5)
 	for range terms {
+		// Deliveries by this relay, not the one before: until it has
+		// delivered, its signal handler may not be installed yet.
+		before := len(rn.Accepted())
 		p := startRelay(t, env)
-		pgtest.WaitFor(t, 30*time.Second, "deliveries", func() bool { return len(rn.delivered()) > 0 })
+		pgtest.WaitFor(t, 30*time.Second, "deliveries", func() bool { return len(rn.Accepted()) > before })
 		time.Sleep(500 * time.Millisecond)
-		if code := p.term(10 * time.Second); code != 0 {
+		if code := p.Stop(10 * time.Second); code != 0 {
 			t.Fatalf("exit %d after SIGTERM, want 0 within the deadline", code)
 		}
 	}

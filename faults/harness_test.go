@@ -6,25 +6,18 @@
 package faults
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/outbox-relay/outbox-relay/internal/pgtest"
+	"github.com/outbox-relay/outbox-relay/internal/relaytest"
 	"github.com/outbox-relay/outbox-relay/internal/store"
 )
 
@@ -36,14 +29,11 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	binary = filepath.Join(dir, "outbox-relay")
-	args := []string{"build", "-o", binary}
-	if raceEnabled {
-		args = append(args, "-race")
-	}
-	out, err := exec.Command("go", append(args, "../cmd/outbox-relay")...).CombinedOutput()
+	// Under -race (make test) the relay is race-built too: the faults then
+	// also hunt data races in the real binary.
+	binary, err = relaytest.Build(context.Background(), dir, relaytest.BuildOptions{Race: relaytest.Race})
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "build outbox-relay: %v\n%s", err, out)
+		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
 	defer os.RemoveAll(dir)
@@ -111,130 +101,27 @@ func (d *db) eventIDs(t *testing.T) map[string]bool {
 	return ids
 }
 
-// runner is a real HTTP server on a fixed loopback port, so that it can
-// be stopped (connections refused) and started again at the same URL.
-type runner struct {
-	addr string
-	mu   sync.Mutex
-	seen map[string]int
-	srv  *http.Server
-	open atomic.Int64 // connections open now
-	// answer decides the answer; nil answers 200.
-	answer func(w http.ResponseWriter, r *http.Request) bool
-}
-
-func newRunner(t *testing.T) *runner {
+// newRunner starts a runner that the test's cleanup stops.
+func newRunner(t *testing.T) *relaytest.Runner {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	rn, err := relaytest.StartRunner()
 	if err != nil {
 		t.Fatal(err)
 	}
-	rn := &runner{addr: ln.Addr().String(), seen: map[string]int{}}
-	rn.serve(ln)
-	t.Cleanup(rn.stop)
+	t.Cleanup(rn.Stop)
 	return rn
 }
 
-func (rn *runner) URL() string { return "http://" + rn.addr + "/events" }
-
-func (rn *runner) serve(ln net.Listener) {
-	srv := &http.Server{Handler: http.HandlerFunc(rn.handle), ConnState: func(_ net.Conn, s http.ConnState) {
-		switch s {
-		case http.StateNew:
-			rn.open.Add(1)
-		case http.StateClosed, http.StateHijacked:
-			rn.open.Add(-1)
-		}
-	}}
-	rn.mu.Lock()
-	rn.srv = srv
-	rn.mu.Unlock()
-	go func() { _ = srv.Serve(ln) }()
-}
-
-func (rn *runner) handle(w http.ResponseWriter, r *http.Request) {
-	_, _ = io.Copy(io.Discard, r.Body)
-	rn.mu.Lock()
-	answer := rn.answer
-	rn.mu.Unlock()
-	if answer != nil && !answer(w, r) {
-		return // answered with a failure: not delivered
-	}
-	rn.mu.Lock()
-	rn.seen[r.Header.Get("Idempotency-Key")]++
-	rn.mu.Unlock()
-}
-
-func (rn *runner) setAnswer(f func(w http.ResponseWriter, r *http.Request) bool) {
-	rn.mu.Lock()
-	rn.answer = f
-	rn.mu.Unlock()
-}
-
-// stop closes the listener: connections are refused until start.
-func (rn *runner) stop() {
-	rn.mu.Lock()
-	srv := rn.srv
-	rn.srv = nil
-	rn.mu.Unlock()
-	if srv != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(ctx)
-		_ = srv.Close()
-	}
-}
-
-func (rn *runner) start(t *testing.T) {
+// restartRunner brings a stopped runner back at the same URL.
+func restartRunner(t *testing.T, rn *relaytest.Runner) {
 	t.Helper()
-	var ln net.Listener
-	var err error
-	// The port was ours a moment ago; TIME_WAIT does not block a listen.
-	pgtest.WaitFor(t, 10*time.Second, "the runner port", func() bool {
-		ln, err = net.Listen("tcp", rn.addr)
-		return err == nil
-	})
-	rn.serve(ln)
-}
-
-// delivered is how many times each event was accepted.
-func (rn *runner) delivered() map[string]int {
-	rn.mu.Lock()
-	defer rn.mu.Unlock()
-	out := make(map[string]int, len(rn.seen))
-	for k, v := range rn.seen {
-		out[k] = v
+	if err := rn.Restart(context.Background()); err != nil {
+		t.Fatal(err)
 	}
-	return out
-}
-
-// proc is a running relay process.
-type proc struct {
-	cmd  *exec.Cmd
-	logs *lockedBuffer
-	done chan struct{}
-	err  error
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // relayEnv is the environment of a relay under test; extra overrides.
-func relayEnv(d *db, rn *runner, extra ...string) []string {
+func relayEnv(d *db, rn *relaytest.Runner, extra ...string) []string {
 	env := []string{
 		"PATH=" + os.Getenv("PATH"),
 		"RELAY_DATABASE_URL=" + d.url,
@@ -251,54 +138,26 @@ func relayEnv(d *db, rn *runner, extra ...string) []string {
 	return append(env, extra...)
 }
 
-func startRelay(t *testing.T, env []string) *proc {
+// startRelay starts the relay with env; the test's cleanup kills it, fails
+// the test when the race detector fired in it, and shows its logs when the
+// test failed.
+func startRelay(t *testing.T, env []string) *relaytest.Process {
 	t.Helper()
-	p := &proc{cmd: exec.Command(binary), logs: &lockedBuffer{}, done: make(chan struct{})}
-	p.cmd.Env = env
-	p.cmd.Stdout = p.logs
-	p.cmd.Stderr = p.logs
-	if err := p.cmd.Start(); err != nil {
+	p, err := relaytest.Start(relaytest.Command{Binary: binary, Env: env})
+	if err != nil {
 		t.Fatal(err)
 	}
-	go func() {
-		p.err = p.cmd.Wait()
-		close(p.done)
-	}()
 	t.Cleanup(func() {
-		p.kill()
-		if strings.Contains(p.logs.String(), "WARNING: DATA RACE") {
-			t.Errorf("the race detector fired in relay %d:\n%s", p.cmd.Process.Pid, p.logs.String())
+		p.Kill()
+		logs := p.Logs()
+		if strings.Contains(logs, "WARNING: DATA RACE") {
+			t.Errorf("the race detector fired in relay %d:\n%s", p.Pid(), logs)
 		}
 		if t.Failed() || os.Getenv("RELAY_FAULTS_LOGS") != "" {
-			t.Logf("relay %d logs (tail):\n%s", p.cmd.Process.Pid, tail(p.logs.String(), 40))
+			t.Logf("relay %d logs (tail):\n%s", p.Pid(), relaytest.LastLines(logs, 40))
 		}
 	})
 	return p
-}
-
-func (p *proc) kill() {
-	_ = p.cmd.Process.Signal(syscall.SIGKILL)
-	<-p.done
-}
-
-// term sends SIGTERM and returns the exit code, or -1 past the deadline.
-func (p *proc) term(deadline time.Duration) int {
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-		return p.cmd.ProcessState.ExitCode()
-	case <-time.After(deadline):
-		p.kill()
-		return -1
-	}
-}
-
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }
 
 // inserter writes single-row transactions from a few connections at
@@ -357,11 +216,11 @@ type result struct {
 // verify waits until nothing is pending, then compares the table with
 // what the runner accepted: every event delivered (none lost), and counts
 // the extra sends.
-func verify(t *testing.T, d *db, rn *runner, limit time.Duration) result {
+func verify(t *testing.T, d *db, rn *relaytest.Runner, limit time.Duration) result {
 	t.Helper()
 	pgtest.WaitFor(t, limit, "every row to be delivered", func() bool { return d.count(t, "status <> 'delivered'") == 0 })
 	ids := d.eventIDs(t)
-	got := rn.delivered()
+	got := rn.Accepted()
 	r := result{Events: len(ids)}
 	for id := range ids {
 		switch n := got[id]; {

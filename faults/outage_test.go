@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/outbox-relay/outbox-relay/internal/pgtest"
+	"github.com/outbox-relay/outbox-relay/internal/relaytest"
 )
 
 const mib = 1 << 20
@@ -63,7 +64,7 @@ func TestRunnerOutage(t *testing.T) {
 	outage := time.Duration(scale(6, 30)) * time.Second
 	walBytes := int64(scale(40, 300)) * mib
 	in := startInserter(t, d, 50, 2)
-	rn.setAnswer(func(w http.ResponseWriter, _ *http.Request) bool {
+	rn.SetAnswer(func(w http.ResponseWriter, _ *http.Request, _ []byte) bool {
 		w.WriteHeader(http.StatusServiceUnavailable)
 		return false
 	})
@@ -80,7 +81,7 @@ func TestRunnerOutage(t *testing.T) {
 	for time.Since(start) < outage {
 		<-tick.C // sample once a second: the measurement's own rate
 		if !refusing && time.Since(start) > outage/2 {
-			rn.stop() // now connections are refused
+			rn.Stop() // now connections are refused
 			refusing = true
 		}
 		if lag, retained, ok := slotFigures(t, d); ok {
@@ -117,8 +118,8 @@ func TestRunnerOutage(t *testing.T) {
 		t.Error("no row was retried with a later next_attempt_at during the outage")
 	}
 	in.stop()
-	rn.setAnswer(nil)
-	rn.start(t)
+	rn.SetAnswer(nil)
+	restartRunner(t, rn)
 	r := verify(t, d, rn, 90*time.Second)
 	record(t, "runner outage", r, map[string]string{
 		"outage":            outage.String(),
@@ -137,7 +138,7 @@ func TestFlakyRunner(t *testing.T) {
 	rn := newRunner(t)
 	var mu sync.Mutex
 	rng := rand.New(rand.NewPCG(1, 2))
-	rn.setAnswer(func(w http.ResponseWriter, r *http.Request) bool {
+	rn.SetAnswer(func(w http.ResponseWriter, r *http.Request, _ []byte) bool {
 		mu.Lock()
 		x := rng.IntN(100)
 		mu.Unlock()
@@ -186,11 +187,11 @@ func TestFlakyRunner(t *testing.T) {
 		after, _ = scrape(metricsURL, "go_goroutines")
 		return after <= before+2*concurrencyDefault
 	})
-	if n := rn.open.Load(); n > 2*concurrencyDefault {
+	if n := rn.OpenConns(); n > 2*concurrencyDefault {
 		t.Errorf("%d connections open at the runner after the run, want at most %d", n, 2*concurrencyDefault)
 	}
 	record(t, "flaky runner", r, map[string]string{
-		"goroutines_before": fmt.Sprint(before), "goroutines_after": fmt.Sprint(after), "runner_conns_after": fmt.Sprint(rn.open.Load()),
+		"goroutines_before": fmt.Sprint(before), "goroutines_after": fmt.Sprint(after), "runner_conns_after": fmt.Sprint(rn.OpenConns()),
 	})
 }
 
@@ -198,12 +199,11 @@ const concurrencyDefault = 16
 
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := relaytest.FreeAddr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return addr
 }
 
 // scrape reads one unlabelled sample from a Prometheus endpoint.

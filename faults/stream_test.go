@@ -7,10 +7,11 @@ import (
 	"time"
 
 	"github.com/outbox-relay/outbox-relay/internal/pgtest"
+	"github.com/outbox-relay/outbox-relay/internal/relaytest"
 )
 
 // withMetrics starts a relay that serves /metrics and returns its URL.
-func withMetrics(t *testing.T, d *db, rn *runner, extra ...string) (*proc, string) {
+func withMetrics(t *testing.T, d *db, rn *relaytest.Runner, extra ...string) (*relaytest.Process, string) {
 	addr := freeAddr(t)
 	p := startRelay(t, relayEnv(d, rn, append([]string{"RELAY_LISTEN_ADDR=" + addr}, extra...)...))
 	url := "http://" + addr + "/metrics"
@@ -47,7 +48,7 @@ func TestStreamDelivers(t *testing.T) {
 	if n, _ := scrape(url, `outbox_relay_deliveries_total{outcome="delivered",path="stream"}`); n != 51 {
 		t.Errorf("%v deliveries by the stream, want 51", n)
 	}
-	if n := len(rn.delivered()); n != 51 {
+	if n := len(rn.Accepted()); n != 51 {
 		t.Errorf("runner got %d events, want 51 (nothing from the rolled-back transaction)", n)
 	}
 }
@@ -58,7 +59,7 @@ func TestStreamAfterKill(t *testing.T) {
 	rn := newRunner(t)
 	p, url := withMetrics(t, d, rn, "RELAY_SWEEP_INTERVAL=1m")
 	pgtest.WaitFor(t, 30*time.Second, "the stream", func() bool { return streaming(url) })
-	p.kill()
+	p.Kill()
 	insertRows(t, d, `INSERT INTO portal_event_outbox (event_type) SELECT 'while down' FROM generate_series(1, 20)`)
 	_, url = withMetrics(t, d, rn, "RELAY_SWEEP_INTERVAL=1m")
 	insertRows(t, d, `INSERT INTO portal_event_outbox (event_type) SELECT 'after' FROM generate_series(1, 20)`)
@@ -80,7 +81,7 @@ func TestStandbyTakesOver(t *testing.T) {
 		v, err := scrape(secondURL, `outbox_relay_cdc_role{role="standby"}`)
 		return err == nil && v == 1
 	})
-	first.kill()
+	first.Kill()
 	pgtest.WaitFor(t, 60*time.Second, "the standby to take the slot", func() bool { return streaming(secondURL) })
 	insertRows(t, d, `INSERT INTO portal_event_outbox (event_type) SELECT 'x' FROM generate_series(1, 10)`)
 	pgtest.WaitFor(t, 20*time.Second, "delivery by the new streamer", func() bool {
@@ -102,7 +103,7 @@ func TestWithoutLogicalReplication(t *testing.T) {
 	p := startRelay(t, relayEnv(d, rn, "RELAY_CDC=auto"))
 	insertRows(t, d, `INSERT INTO portal_event_outbox (event_type) SELECT 'x' FROM generate_series(1, 5)`)
 	verify(t, d, rn, 30*time.Second)
-	if logs := p.logs.String(); !strings.Contains(logs, "wal_level") {
+	if logs := p.Logs(); !strings.Contains(logs, "wal_level") {
 		t.Errorf("RELAY_CDC=auto did not say why it runs sweep-only:\n%s", logs)
 	}
 }
@@ -121,7 +122,7 @@ func TestSlotGuardRecreatesTheSlot(t *testing.T) {
 	pgtest.WaitFor(t, 60*time.Second, "the stream to come back", func() bool { return streaming(url) })
 	in.stop()
 	verify(t, d, rn, 60*time.Second)
-	if logs := p.logs.String(); !strings.Contains(logs, "dropping the replication slot") || !strings.Contains(logs, "retained_bytes") {
-		t.Errorf("the guard did not log the drop with its figures:\n%s", tail(logs, 20))
+	if logs := p.Logs(); !strings.Contains(logs, "dropping the replication slot") || !strings.Contains(logs, "retained_bytes") {
+		t.Errorf("the guard did not log the drop with its figures:\n%s", relaytest.LastLines(logs, 20))
 	}
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/outbox-relay/outbox-relay/internal/pgtest"
+	"github.com/outbox-relay/outbox-relay/internal/relaytest"
 )
 
 func main() {
@@ -81,7 +82,9 @@ func run(ctx context.Context, out *console) error {
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	bin, err := buildRelay(ctx, tmp)
+	// Built as a release would be, with the version the relay sends in
+	// User-Agent.
+	bin, err := relaytest.Build(ctx, tmp, relaytest.BuildOptions{Version: "demo"})
 	if err != nil {
 		return err
 	}
@@ -97,18 +100,18 @@ func run(ctx context.Context, out *console) error {
 	if err != nil {
 		return err
 	}
-	defer rn.stop()
-	out.printf("== runner listening on %s (verifies Standard Webhooks signatures)", rn.url)
+	defer rn.Stop()
+	out.printf("== runner listening on %s (verifies Standard Webhooks signatures)", rn.URL())
 
 	// 4. The relay, as a child process configured by its environment only.
-	healthAddr, err := freeAddr()
+	healthAddr, err := relaytest.FreeAddr()
 	if err != nil {
 		return err
 	}
 	out.printf("== starting the relay (RELAY_CDC=auto, sweep every %s)", sweepInterval)
 	relay, err := startRelay(bin, relayEnv(
 		"RELAY_DATABASE_URL="+dbURL,
-		"RELAY_RUNNER_URL="+rn.url,
+		"RELAY_RUNNER_URL="+rn.URL(),
 		"RELAY_RUNNER_SECRET="+secret,
 		"RELAY_CDC=auto",
 		"RELAY_BACKOFF_BASE=200ms",
@@ -120,8 +123,8 @@ func run(ctx context.Context, out *console) error {
 	if err != nil {
 		return err
 	}
-	defer relay.stop(10 * time.Second) // on any early return; a no-op after the stop below
-	if err := relay.waitReady(ctx, healthAddr, 30*time.Second); err != nil {
+	defer relay.Stop(10 * time.Second) // on any early return; a no-op after the stop below
+	if err := relay.WaitReady(ctx, "http://"+healthAddr+"/readyz", 30*time.Second); err != nil {
 		return err
 	}
 
@@ -154,9 +157,9 @@ func run(ctx context.Context, out *console) error {
 
 	// 7. Shut down in order: the relay first, as an orchestrator would.
 	out.printf("== sending SIGTERM to the relay")
-	code := relay.stop(30 * time.Second)
+	code := relay.Stop(30 * time.Second)
 	out.printf("   relay exited with code %d", code)
-	rn.stop()
+	rn.Stop()
 	out.printf("== runner stopped")
 
 	problems := check(events, rows, badSigs)
@@ -174,7 +177,7 @@ func run(ctx context.Context, out *console) error {
 }
 
 // waitSettled polls the table until no row is pending.
-func waitSettled(ctx context.Context, db *pgx.Conn, relay *relayProcess, timeout time.Duration) error {
+func waitSettled(ctx context.Context, db *pgx.Conn, relay *relaytest.Process, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
 		var pending int
@@ -184,7 +187,7 @@ func waitSettled(ctx context.Context, db *pgx.Conn, relay *relayProcess, timeout
 		if pending == 0 {
 			return nil
 		}
-		if code, ok := relay.exited(); ok {
+		if code, ok := relay.Exited(); ok {
 			return fmt.Errorf("relay exited with code %d while %d rows were pending", code, pending)
 		}
 		if time.Now().After(deadline) {

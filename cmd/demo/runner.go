@@ -1,62 +1,43 @@
 package main
 
 import (
-	"context"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/outbox-relay/outbox-relay/internal/relaytest"
 )
 
 // runner is the demo's stand-in for the service that acts on events. It
 // checks each request's Standard Webhooks signature, prints what it got and
 // answers by event type, so that every outcome of the relay shows up.
 type runner struct {
-	key []byte
-	out *console
-	srv *http.Server
-	url string
-
-	mu        sync.Mutex
-	firstSeen map[string]time.Time // event id → when attempt 1 arrived
-	requests  int
-	badSigs   int
+	*relaytest.Runner
+	key     []byte
+	out     *console
+	badSigs atomic.Int64
 }
 
 func startRunner(key []byte, out *console) (*runner, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	rt, err := relaytest.StartRunner()
 	if err != nil {
-		return nil, fmt.Errorf("runner: %w", err)
+		return nil, err
 	}
-	rn := &runner{key: key, out: out, url: "http://" + ln.Addr().String() + "/events", firstSeen: map[string]time.Time{}}
-	rn.srv = &http.Server{Handler: rn, ReadHeaderTimeout: 5 * time.Second}
-	go func() { _ = rn.srv.Serve(ln) }()
+	rn := &runner{Runner: rt, key: key, out: out}
+	rt.SetAnswer(rn.answer)
 	return rn, nil
 }
 
-// stop lets requests under way finish, briefly; safe to call again.
-func (rn *runner) stop() {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	_ = rn.srv.Shutdown(ctx)
-}
-
-func (rn *runner) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+func (rn *runner) answer(w http.ResponseWriter, r *http.Request, body []byte) bool {
 	received := time.Now()
-	body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
-	if err != nil {
-		http.Error(w, "cannot read body", http.StatusBadRequest)
-		return
-	}
 	sigErr := verify(rn.key, r.Header, body, received)
 	var ev struct {
 		ID      string `json:"id"`
@@ -69,43 +50,27 @@ func (rn *runner) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	_ = json.Unmarshal(body, &ev) // a bad body shows as an empty type
 
 	code := http.StatusOK
+	sig := "ok"
 	switch {
 	case sigErr != nil:
 		code = http.StatusUnauthorized
+		sig = "BAD (" + sigErr.Error() + ")"
+		rn.badSigs.Add(1)
 	case ev.Type == "demo.rejected":
 		code = http.StatusUnprocessableEntity // permanent: the relay marks it dead
 	case ev.Type == "demo.flaky" && ev.Attempt <= 2:
 		code = http.StatusServiceUnavailable // temporary: the relay backs off and retries
 	}
-
-	rn.mu.Lock()
-	rn.requests++
-	if sigErr != nil {
-		rn.badSigs++
-	}
-	if _, seen := rn.firstSeen[ev.ID]; !seen && ev.Attempt == 1 {
-		rn.firstSeen[ev.ID] = received
-	}
-	rn.mu.Unlock()
-
-	sig := "ok"
-	if sigErr != nil {
-		sig = "BAD (" + sigErr.Error() + ")"
-	}
 	rn.out.printf("runner | %s %-15s id=%.8s… attempt=%d signature=%s name=%q → %d %s",
 		received.Format("15:04:05.000"), ev.Type, ev.ID, ev.Attempt, sig, ev.Data.Name, code, http.StatusText(code))
 	w.WriteHeader(code)
+	return code == http.StatusOK
 }
 
-// stats returns the first-attempt arrival times and the request counts.
+// stats returns when each event first arrived (its first attempt: the
+// relay numbers attempts from 1) and the request counts.
 func (rn *runner) stats() (first map[string]time.Time, requests, badSigs int) {
-	rn.mu.Lock()
-	defer rn.mu.Unlock()
-	first = make(map[string]time.Time, len(rn.firstSeen))
-	for k, v := range rn.firstSeen {
-		first[k] = v
-	}
-	return first, rn.requests, rn.badSigs
+	return rn.FirstReceipts(), rn.Counts().Requests, int(rn.badSigs.Load())
 }
 
 // signatureTolerance is how far webhook-timestamp may be from the runner's

@@ -203,13 +203,9 @@ func TestSecretsStayOutOfLogs(t *testing.T) {
 	var logs syncBuffer
 	done := make(chan int, 1)
 	go func() { done <- run(ctx, nil, env, &logs, &logs) }()
-	deadline := time.Now().Add(30 * time.Second)
-	for !strings.Contains(logs.String(), "dead-lettered") {
-		if time.Now().After(deadline) {
-			t.Fatal("no row reached dead")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	pgtest.WaitFor(t, 30*time.Second, "a row to reach dead", func() bool {
+		return strings.Contains(logs.String(), "dead-lettered")
+	})
 	cancel()
 	<-done
 	// A wrong password and an unreachable database are logged too.

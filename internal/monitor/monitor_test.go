@@ -119,20 +119,18 @@ func TestMetricsAfterDeliveries(t *testing.T) {
 	}
 	w := monitor.NewWatcher(monitor.WatchConfig{Interval: time.Hour}, st, m, quiet)
 	base := serve(t, st, m, w)
-	deadline := time.Now().Add(20 * time.Second)
 	var scrape string
-	for {
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("last scrape:\n%s", scrape)
+		}
+	})
+	pgtest.WaitFor(t, 20*time.Second, "the deliveries to be counted", func() bool {
 		_, scrape = get(t, base+"/metrics")
-		if strings.Contains(scrape, `outbox_relay_deliveries_total{outcome="delivered",path="sweep"} 3`) &&
+		return strings.Contains(scrape, `outbox_relay_deliveries_total{outcome="delivered",path="sweep"} 3`) &&
 			strings.Contains(scrape, `outbox_relay_deliveries_total{outcome="retry",path="sweep"} 1`) &&
-			strings.Contains(scrape, `outbox_relay_deliveries_total{outcome="dead",path="sweep"} 1`) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("deliveries not counted:\n%s", scrape)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+			strings.Contains(scrape, `outbox_relay_deliveries_total{outcome="dead",path="sweep"} 1`)
+	})
 	if n := metric(t, scrape, "outbox_relay_runner_request_duration_seconds_count"); n != 5 {
 		t.Errorf("request duration count = %v, want 5", n)
 	}
@@ -140,15 +138,10 @@ func TestMetricsAfterDeliveries(t *testing.T) {
 		t.Errorf("event age count = %v, want 3", n)
 	}
 	// Wait for the outcomes to be written, then refresh the SQL gauges.
-	for {
-		if s := w.RunOnce(context.Background()); s.Stats.Dead == 1 && s.Stats.Pending == 1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("outcomes not recorded")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	pgtest.WaitFor(t, 20*time.Second, "the outcomes to be recorded", func() bool {
+		s := w.RunOnce(context.Background())
+		return s.Stats.Dead == 1 && s.Stats.Pending == 1
+	})
 	_, scrape = get(t, base+"/metrics")
 	for sample, want := range map[string]float64{
 		"outbox_relay_pending_rows": 1,
@@ -191,13 +184,10 @@ func TestReadyzFollowsTheDatabase(t *testing.T) {
 	if err := c.StartServer(); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(20 * time.Second)
-	for code, _ := get(t, base+"/readyz"); code != 200; code, _ = get(t, base+"/readyz") {
-		if time.Now().After(deadline) {
-			t.Fatal("readyz did not recover")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	pgtest.WaitFor(t, 20*time.Second, "readyz to recover", func() bool {
+		code, _ := get(t, base+"/readyz")
+		return code == 200
+	})
 }
 
 // Past the maximum, the guard drops the slot; under it, it leaves it.
@@ -210,7 +200,7 @@ func TestSlotGuardDropsAnOverLimitSlot(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		_, _ = st.Pool().Exec(ctx, `SELECT pg_drop_replication_slot($1) FROM pg_replication_slots WHERE slot_name = $1`, slot)
+		_ = store.DropSlot(ctx, st.Pool(), slot)
 	})
 	// Write some WAL so the slot retains more than the tiny limit.
 	if _, err := st.Pool().Exec(ctx, `CREATE TABLE filler AS SELECT g, repeat('x', 200) AS pad FROM generate_series(1, 20000) g`); err != nil {

@@ -547,15 +547,14 @@ func WaitFor(t testing.TB, limit time.Duration, what string, cond func() bool) {
 	}
 }
 
-// dropDB drops a test database and the replication slots made in it,
-// which DROP DATABASE refuses to drop for us. A walsender of a process the
-// test just killed may hold its slot for a moment: terminate it and retry.
+// dropDB drops a test database. DROP DATABASE drops the database's logical
+// slots itself, but refuses while a walsender holds one (a process the test
+// just killed may not have noticed yet), and FORCE ends other sessions
+// only after that check: end those walsenders first, and retry.
 func dropDB(name string) error {
-	lit := "'" + strings.ReplaceAll(name, "'", "''") + "'"
 	deadline := time.Now().Add(15 * time.Second)
 	for {
-		_ = adminExec(`SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE database = ` + lit + ` AND active_pid IS NOT NULL`)
-		_ = adminExec(`SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = ` + lit + ` AND NOT active`)
+		_ = adminExec(`SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE database = $1 AND active_pid IS NOT NULL`, name)
 		err := adminExec("DROP DATABASE IF EXISTS " + pgx.Identifier{name}.Sanitize() + " WITH (FORCE)")
 		if err == nil || time.Now().After(deadline) {
 			return err
@@ -568,7 +567,7 @@ func dropDB(name string) error {
 // opened once because connecting costs more than CREATE DATABASE from
 // template0 with fsync off. A pgx.Conn serves one caller at a time, hence the
 // mutex. A broken connection (the server was restarted) is replaced once.
-func adminExec(sql string) error {
+func adminExec(sql string, args ...any) error {
 	adminMu.Lock()
 	defer adminMu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -581,7 +580,7 @@ func adminExec(sql string) error {
 				return fmt.Errorf("connect: %w", err)
 			}
 		}
-		if _, err = admin.Exec(ctx, sql); err == nil || !admin.IsClosed() {
+		if _, err = admin.Exec(ctx, sql, args...); err == nil || !admin.IsClosed() {
 			return err
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -161,5 +162,50 @@ func TestStopAndStartServer(t *testing.T) {
 	}
 	if got := queryString(t, connect(t, c.URL("postgres")), "SELECT id::text FROM kept"); got != "42" {
 		t.Errorf("data after restart = %q, want 42", got)
+	}
+}
+
+// A test's database goes with its replication slots, also one a walsender
+// still streams from (a relay the test killed that has not noticed yet).
+func TestNewDBDropsItsSlots(t *testing.T) {
+	t.Parallel()
+	tt := t
+	var dbName string
+	u, err := url.Parse(pgtest.NewDB(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Path = "/postgres"
+	t.Run("use", func(t *testing.T) {
+		dbURL := pgtest.NewDB(t)
+		conn := connect(t, dbURL)
+		ctx := context.Background()
+		dbName = queryString(t, conn, "SELECT current_database()")
+		for _, slot := range []string{dbName + "_idle", dbName + "_held"} {
+			if _, err := conn.Exec(ctx, `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, slot); err != nil {
+				t.Fatal(err)
+			}
+		}
+		cfg, err := pgconn.ParseConfig(dbURL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.RuntimeParams["replication"] = "database"
+		rc, err := pgconn.ConnectConfig(ctx, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Closed after the database is dropped, so dropping meets it active.
+		tt.Cleanup(func() { _ = rc.Close(context.Background()) })
+		err = pglogrepl.StartReplication(ctx, rc, dbName+"_held", 0, pglogrepl.StartReplicationOptions{
+			PluginArgs: []string{"proto_version '1'", "publication_names 'none'"},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	})
+	conn := connect(t, u.String())
+	if n := queryString(t, conn, fmt.Sprintf(`SELECT count(*)::text FROM pg_replication_slots WHERE slot_name LIKE '%s%%'`, dbName)); n != "0" {
+		t.Errorf("%s slots of the dropped database %s are left", n, dbName)
 	}
 }

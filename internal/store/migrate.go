@@ -9,14 +9,24 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
-// MigrateSQL is the idempotent DDL for the table of s and its publication.
-// On a table that exists it changes no column: CREATE TABLE IF NOT EXISTS
-// leaves it as it is, and the indexes are made on the mapped columns with
-// the mapped pending and dead values. The publication is last and
-// separate: Migrate tolerates its failure.
+// MigrateSQL is the idempotent DDL for the table of s and its publication,
+// as migrate --print shows it. On a table that exists it changes no
+// column: CREATE TABLE IF NOT EXISTS leaves it as it is, and the indexes
+// are made on the mapped columns with the mapped pending and dead values.
+// The publication is last and separate: Migrate makes it as the stream
+// does (EnsurePublication) and tolerates a failure.
 func MigrateSQL(s *Schema, publication string) []string {
+	stmts := s.tableSQL()
+	if publication != "" {
+		stmts = append(stmts, PublicationSQL(s.Table, publication))
+	}
+	return stmts
+}
+
+// tableSQL is the idempotent DDL for the table and its indexes.
+func (s *Schema) tableSQL() []string {
 	t := s.Table
-	stmts := []string{
+	return []string{
 		fmt.Sprintf(`CREATE SCHEMA IF NOT EXISTS %s`, quoteIdent(t.Schema)),
 		s.createTable(),
 		// The sweep reads only pending rows in due order: this index keeps
@@ -28,10 +38,6 @@ func MigrateSQL(s *Schema, publication string) []string {
 		s.expand(`CREATE INDEX IF NOT EXISTS ` + quoteIdent(t.Name+"_dead_idx") +
 			` ON {table} ({created_at}) WHERE {status} = {dead}`),
 	}
-	if publication != "" {
-		stmts = append(stmts, PublicationSQL(t, publication))
-	}
-	return stmts
 }
 
 // createTable is the CREATE TABLE of DESIGN.md with the mapped names: a
@@ -75,36 +81,28 @@ func (s *Schema) createTable() string {
 	return s.expand("CREATE TABLE IF NOT EXISTS {table} (\n" + b.String() + "\n)")
 }
 
-// PublicationSQL creates the insert-only publication of table if missing.
-func PublicationSQL(t Table, publication string) string {
-	return fmt.Sprintf(`DO $$ BEGIN
-	IF NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = %s) THEN
-		CREATE PUBLICATION %s FOR TABLE %s WITH (publish = 'insert');
-	END IF;
-END $$`, quoteLiteral(publication), pgx.Identifier{publication}.Sanitize(), t.Ident())
-}
-
-func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
-
 // Migrate creates the table, its indexes and the publication when missing,
 // then checks the table's columns (Inspect). A failure to create the
 // publication (not the owner, no privilege) is returned as pubErr and is
 // not fatal: the relay can still run sweep-only.
 func Migrate(ctx context.Context, conn Querier, planned *Schema, publication string) (pubErr error, err error) {
-	stmts := MigrateSQL(planned, publication)
-	check := func() error {
-		_, err := Inspect(ctx, conn, planned.Table, planned.names(), planned.Statuses)
-		return err
-	}
-	for i, s := range stmts {
+	t := planned.Table
+	for _, s := range planned.tableSQL() {
 		if _, err := conn.Exec(ctx, s); err != nil {
-			if publication != "" && i == len(stmts)-1 {
-				return fmt.Errorf("create publication %s: %w", publication, err), check()
-			}
-			return nil, fmt.Errorf("migrate %s: %w", planned.Table, err)
+			return nil, fmt.Errorf("migrate %s: %w", t, err)
 		}
 	}
-	return nil, check()
+	if publication != "" {
+		pub, err := ReadPublication(ctx, conn, publication, t)
+		if err == nil {
+			_, err = EnsurePublication(ctx, conn, pub)
+		}
+		if err != nil {
+			pubErr = fmt.Errorf("create publication %s: %w", publication, err)
+		}
+	}
+	_, err = Inspect(ctx, conn, t, planned.names(), planned.Statuses)
+	return pubErr, err
 }
 
 // Querier is a connection, a pool or a transaction: what the functions of
@@ -114,4 +112,3 @@ type Querier interface {
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
-

@@ -2,12 +2,9 @@ package store
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
-
-	"github.com/jackc/pgx/v5"
 )
 
 // Stats summarises the outbox.
@@ -38,71 +35,6 @@ func (s *Store) Stats(ctx context.Context, delivered bool) (Stats, error) {
 	}
 	st.OldestPending = time.Duration(max(oldest, 0) * float64(time.Second))
 	return st, nil
-}
-
-// Slot describes a replication slot as Postgres sees it.
-type Slot struct {
-	Exists             bool
-	Active             bool
-	ActivePID          int32
-	WALStatus          string // reserved, extended, unreserved, lost
-	RetainedBytes      int64  // pg_current_wal_lsn() - restart_lsn
-	ConfirmedLagBytes  int64  // pg_current_wal_lsn() - confirmed_flush_lsn
-	MaxSlotWALKeepSize string // the server setting; -1 means unlimited
-	WALLevel           string
-	InRecovery         bool
-}
-
-// SlotInfo reads the slot's state. On a standby pg_current_wal_lsn fails,
-// so the replay position stands in for it.
-func SlotInfo(ctx context.Context, q Querier, slot string) (Slot, error) {
-	var sl Slot
-	err := q.QueryRow(ctx, `SELECT current_setting('max_slot_wal_keep_size'), current_setting('wal_level'), pg_is_in_recovery()`).
-		Scan(&sl.MaxSlotWALKeepSize, &sl.WALLevel, &sl.InRecovery)
-	if err != nil {
-		return sl, fmt.Errorf("slot %s: %w", slot, err)
-	}
-	current := "pg_current_wal_lsn()"
-	if sl.InRecovery {
-		current = "pg_last_wal_replay_lsn()"
-	}
-	err = q.QueryRow(ctx, `SELECT active, coalesce(active_pid, 0), coalesce(wal_status, ''),
-		coalesce(`+current+` - restart_lsn, 0)::int8, coalesce(`+current+` - confirmed_flush_lsn, 0)::int8
-		FROM pg_replication_slots WHERE slot_name = $1`, slot).
-		Scan(&sl.Active, &sl.ActivePID, &sl.WALStatus, &sl.RetainedBytes, &sl.ConfirmedLagBytes)
-	switch {
-	case errors.Is(err, pgx.ErrNoRows):
-		return sl, nil
-	case err != nil:
-		return sl, fmt.Errorf("slot %s: %w", slot, err)
-	}
-	sl.Exists = true
-	return sl, nil
-}
-
-// DropSlot terminates the walsender holding slot, if any, and drops it.
-// The relay recreates it when it reconnects; the sweeper covers the gap.
-// A stream reconnects within moments and may take the slot again between
-// the two steps, so each try does both, waiting for the walsender to exit.
-func DropSlot(ctx context.Context, q Querier, slot string) error {
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		_, err := q.Exec(ctx, `SELECT pg_terminate_backend(active_pid, 5000) FROM pg_replication_slots
-			WHERE slot_name = $1 AND active_pid IS NOT NULL`, slot)
-		if err == nil {
-			_, err = q.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1`, slot)
-		}
-		if err == nil {
-			return nil
-		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			return fmt.Errorf("drop slot %s: %w", slot, err)
-		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
 }
 
 // RequeueFilter selects dead rows to move back to pending. Empty fields

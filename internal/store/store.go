@@ -331,7 +331,7 @@ func (s *Schema) expand(sql string) string {
 		"{dead}", s.statusLiteral(s.Statuses.Dead),
 		"{no_error}", s.noError(),
 		"{r_err}", s.errorValue("r.err"),
-		"{gave_up}", s.errorValue(quoteLiteral("gave up: the relay stopped during each of the last attempts")),
+		"{gave_up}", s.errorValue(QuoteLiteral("gave up: the relay stopped during each of the last attempts")),
 	}
 	for _, r := range Roles {
 		pairs = append(pairs, "{"+string(r)+"}", s.col(r))
@@ -359,7 +359,7 @@ func (s *Schema) statusLiteral(v string) string {
 	if isInteger(s.Columns[RoleStatus].Type) {
 		return v // Inspect checked that it is an integer
 	}
-	return quoteLiteral(v)
+	return QuoteLiteral(v)
 }
 
 // noError is what last_error holds when there is none.

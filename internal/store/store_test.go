@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -13,29 +14,145 @@ import (
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
 
-// Right after a burst, before autovacuum has analyzed the table, the
-// sweep's claim must still walk the partial index in due order rather than
-// fetch and sort every pending row.
-func TestClaimWalksTheDueIndexAfterABurst(t *testing.T) {
-	ctx := context.Background()
+// setup gives a test a fresh database with the outbox table, configured as
+// the relay configures its pool, and a Store on it.
+func setup(t *testing.T) *Store {
+	t.Helper()
 	cfg, err := pgxpool.ParseConfig(pgtest.NewDB(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	Configure(cfg)
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer pool.Close()
-	table := Table{Schema: "public", Name: "portal_event_outbox"}
-	if _, err := Migrate(ctx, pool, DefaultSchema(table), ""); err != nil {
+	t.Cleanup(pool.Close)
+	return withTable(t, pool, "portal_event_outbox")
+}
+
+// withTable makes another outbox table on the same database, so that the
+// subtests of a table test each start from their own rows without paying
+// for a database each.
+func withTable(t *testing.T, pool *pgxpool.Pool, name string) *Store {
+	t.Helper()
+	table := Table{Schema: "public", Name: name}
+	if _, err := Migrate(context.Background(), pool, DefaultSchema(table), ""); err != nil {
 		t.Fatal(err)
 	}
+	return New(pool, DefaultSchema(table))
+}
+
+// seed is a row as a test needs it; times are offsets from the server's
+// now(), so that they read the same whatever the two clocks say.
+type seed struct {
+	typ       string // default "test.event"
+	status    string // default pending
+	attempts  int
+	next      time.Duration // next_attempt_at
+	created   time.Duration // created_at
+	delivered time.Duration // delivered_at, for a delivered row
+	lastError string        // NULL when empty
+}
+
+// add inserts rows and returns their ids in order.
+func add(t *testing.T, st *Store, rows ...seed) []string {
+	t.Helper()
+	ids := make([]string, len(rows))
+	for i, r := range rows {
+		if r.typ == "" {
+			r.typ = "test.event"
+		}
+		if r.status == "" {
+			r.status = StatusPending
+		}
+		err := st.pool.QueryRow(context.Background(), `INSERT INTO `+st.Table().Ident()+`
+			(event_type, payload, status, attempts, next_attempt_at, created_at, delivered_at, last_error)
+			VALUES ($1, '{"n": 1}', $2, $3, now() + $4::float8 * interval '1 second', now() + $5::float8 * interval '1 second',
+				CASE WHEN $2 = 'delivered' THEN now() + $6::float8 * interval '1 second' END, nullif($7, ''))
+			RETURNING id::text`,
+			r.typ, r.status, r.attempts, r.next.Seconds(), r.created.Seconds(), r.delivered.Seconds(), r.lastError).Scan(&ids[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	return ids
+}
+
+// state is what a test checks of a row after a statement ran.
+type state struct {
+	Status    string
+	Attempts  int
+	NextIn    time.Duration // next_attempt_at - now()
+	LastError *string
+	Delivered bool // delivered_at is set
+}
+
+func get(t *testing.T, st *Store, id string) state {
+	t.Helper()
+	var s state
+	var next float64
+	err := st.pool.QueryRow(context.Background(), `SELECT status, attempts,
+		extract(epoch FROM next_attempt_at - now())::float8, last_error, delivered_at IS NOT NULL
+		FROM `+st.Table().Ident()+` WHERE id = $1::bigint`, id).Scan(&s.Status, &s.Attempts, &next, &s.LastError, &s.Delivered)
+	if err != nil {
+		t.Fatalf("row %s: %v", id, err)
+	}
+	s.NextIn = time.Duration(next * float64(time.Second))
+	return s
+}
+
+// expire ends the leases of rows as if their holder had died.
+func expire(t *testing.T, st *Store, ids ...string) {
+	t.Helper()
+	if _, err := st.pool.Exec(context.Background(), `UPDATE `+st.Table().Ident()+
+		` SET next_attempt_at = now() - interval '1 second' WHERE id = ANY($1::text[]::bigint[])`, ids); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// near reports whether d is within a few seconds of want: statements and
+// the test run at slightly different moments.
+func near(d, want time.Duration) bool {
+	diff := d - want
+	return diff > -3*time.Second && diff < 3*time.Second
+}
+
+func ids(rows []Row) []string {
+	out := make([]string, len(rows))
+	for i, r := range rows {
+		out[i] = r.ID
+	}
+	return out
+}
+
+func sameState(got, want state) bool {
+	sameErr := (got.LastError == nil) == (want.LastError == nil) &&
+		(got.LastError == nil || *got.LastError == *want.LastError)
+	return got.Status == want.Status && got.Attempts == want.Attempts && got.Delivered == want.Delivered &&
+		near(got.NextIn, want.NextIn) && sameErr
+}
+
+func show(s state) string {
+	e := "NULL"
+	if s.LastError != nil {
+		e = fmt.Sprintf("%q", *s.LastError)
+	}
+	return fmt.Sprintf("%s, attempts %d, next in %s, last_error %s, delivered_at set %v",
+		s.Status, s.Attempts, s.NextIn.Round(time.Second), e, s.Delivered)
+}
+
+// Right after a burst, before autovacuum has analyzed the table, the
+// sweep's claim must still walk the partial index in due order rather than
+// fetch and sort every pending row.
+func TestClaimWalksTheDueIndexAfterABurst(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st := setup(t)
+	pool := st.pool
 	if _, err := pool.Exec(ctx, `INSERT INTO portal_event_outbox (event_type) SELECT 'burst' FROM generate_series(1, 50000)`); err != nil {
 		t.Fatal(err)
 	}
-	st := New(pool, DefaultSchema(table))
 	// The claim's row choice, as the statement has it.
 	sel := st.claimDue[strings.Index(st.claimDue, `SELECT "id"`):strings.Index(st.claimDue, ") due")]
 	sel = strings.NewReplacer("$3", "100", "$4", "0", "$5", "'{}'").Replace(sel) // limit, grace
@@ -55,8 +172,9 @@ func TestClaimWalksTheDueIndexAfterABurst(t *testing.T) {
 	if !strings.Contains(p, "Index Scan using portal_event_outbox_due_idx") || strings.Contains(p, "Sort") {
 		t.Errorf("the claim does not walk the due index in order:\n%s", p)
 	}
-	claimed, err := st.ClaimDue(ctx, 100, 0, time.Minute, 25, nil)
-	if err != nil || len(claimed.Rows) != 100 {
-		t.Fatalf("ClaimDue = %d rows, %v", len(claimed.Rows), err)
+	c, err := st.ClaimDue(ctx, 100, 0, time.Minute, 25, nil)
+	claimed, _ := c.Rows, c.Dead
+	if err != nil || len(claimed) != 100 {
+		t.Fatalf("ClaimDue = %d rows, %v", len(claimed), err)
 	}
 }

@@ -1,0 +1,200 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/outbox-relay/outbox-relay/internal/relaytest"
+)
+
+// mode is a relay configuration under test.
+type mode struct {
+	Name  string
+	CDC   string
+	Sweep time.Duration
+}
+
+var (
+	streamMode = mode{Name: "stream", CDC: "on", Sweep: time.Minute}
+	sweepMode  = mode{Name: "sweep-only", CDC: "off", Sweep: time.Second}
+)
+
+func (m mode) stream() bool { return m.CDC != "off" }
+
+// modes is the configurations a measure compares.
+func modes() []mode { return []mode{streamMode, sweepMode} }
+
+// relayProc is a running relay.
+type relayProc struct {
+	b       *bench
+	label   string
+	proc    *relaytest.Process
+	addr    string // of /healthz and /metrics
+	started int64
+}
+
+// logLimit is how much of a relay's output the bench keeps: enough for the
+// tail that explains a failure.
+const logLimit = 64 << 10
+
+// errNoStream means the relay runs but never streamed from its slot.
+var errNoStream = errors.New("the relay did not start streaming")
+
+// startRelay runs the relay on db in mode m; extra are more RELAY_*
+// settings. It returns once /healthz answers and, for a streaming mode,
+// once the slot is active; errNoStream (with the relay running) when it
+// never becomes so.
+func (b *bench) startRelay(ctx context.Context, db *database, m mode, label string, extra ...string) (*relayProc, error) {
+	if m.stream() && b.stream.Checked && !b.stream.Available {
+		return nil, errNoStream
+	}
+	addr, err := relaytest.FreeAddr()
+	if err != nil {
+		return nil, err
+	}
+	env := []string{
+		"PATH=" + os.Getenv("PATH"),
+		"RELAY_DATABASE_URL=" + db.url,
+		"RELAY_RUNNER_URL=" + b.runner.URL(),
+		"RELAY_CDC=" + m.CDC,
+		"RELAY_SWEEP_INTERVAL=" + m.Sweep.String(),
+		"RELAY_SLOT_NAME=" + db.slot,
+		"RELAY_LOG_LEVEL=warn",
+		"RELAY_LISTEN_ADDR=" + addr,
+	}
+	p := &relayProc{b: b, label: label, addr: addr, started: now()}
+	if p.proc, err = relaytest.Start(relaytest.Command{Binary: b.binary, Env: append(env, extra...), LogLimit: logLimit}); err != nil {
+		return nil, err
+	}
+	b.mu.Lock()
+	b.procs[p] = true
+	b.mu.Unlock()
+
+	if err := p.proc.WaitReady(ctx, "http://"+p.addr+"/healthz", 20*time.Second); err != nil {
+		p.kill()
+		return nil, fmt.Errorf("%w\n%s", err, p.proc.Logs())
+	}
+	if !m.stream() {
+		return p, nil
+	}
+	active, err := b.waitSlotActive(ctx, p, db.slot, 15*time.Second)
+	if err != nil {
+		p.kill()
+		return nil, err
+	}
+	if !b.stream.Checked {
+		b.stream.Checked = true
+		b.stream.Available = active
+		if !active {
+			b.stream.Reason = "RELAY_CDC=on ran but slot " + db.slot + " never became active within 15 s (is cdc wired into cmd/outbox-relay?)"
+			b.logf("stream not available: %s; stream measures are skipped", b.stream.Reason)
+		}
+	}
+	if !active {
+		p.kill()
+		return nil, errNoStream
+	}
+	return p, nil
+}
+
+// waitSlotActive waits for some process to stream from slot.
+func (b *bench) waitSlotActive(ctx context.Context, p *relayProc, slot string, limit time.Duration) (bool, error) {
+	deadline := time.Now().Add(limit)
+	for time.Now().Before(deadline) {
+		select {
+		case <-p.proc.Done():
+			return false, nil
+		default:
+		}
+		var active bool
+		err := b.admin.QueryRow(ctx, `SELECT coalesce(bool_or(active), false) FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&active)
+		if err != nil {
+			return false, err
+		}
+		if active {
+			return true, nil
+		}
+		if err := sleep(ctx, 50*time.Millisecond); err != nil {
+			return false, err
+		}
+	}
+	return false, nil
+}
+
+// relayStats is what one relay process cost, read before it stopped.
+type relayStats struct {
+	Label      string  `json:"label"`
+	Seconds    float64 `json:"seconds"`
+	CPUSeconds float64 `json:"cpu_seconds"`
+	PeakRSSMiB float64 `json:"peak_rss_mib"` // VmHWM
+	RSSMiB     float64 `json:"rss_mib"`      // VmRSS at the end
+	Stream     float64 `json:"stream_delivered"`
+	Sweep      float64 `json:"sweep_delivered"`
+	Retries    float64 `json:"retries"`
+	LogTail    string  `json:"log_tail,omitempty"`
+}
+
+// stop reads the relay's figures, then sends SIGTERM and waits; past
+// 15 s it kills it.
+func (p *relayProc) stop() relayStats {
+	st := relayStats{Label: p.label, Seconds: float64(now()-p.started) / 1e9}
+	pid := p.pid()
+	if cpu, err := procCPU(pid); err == nil {
+		st.CPUSeconds = cpu.Seconds()
+	}
+	if m, err := procStatus(pid); err == nil {
+		st.PeakRSSMiB, st.RSSMiB = float64(m["VmHWM"])/1024, float64(m["VmRSS"])/1024
+	}
+	if d, err := p.deliveries(); err == nil {
+		st.Stream, st.Sweep, st.Retries = d["stream/delivered"], d["sweep/delivered"], d["stream/retry"]+d["sweep/retry"]
+	}
+	p.proc.Stop(15 * time.Second)
+	if tail := strings.TrimSpace(p.proc.Logs()); tail != "" {
+		st.LogTail = relaytest.LastLines(tail, 10)
+	}
+	p.b.mu.Lock()
+	delete(p.b.procs, p)
+	p.b.relays = append(p.b.relays, st)
+	p.b.mu.Unlock()
+	return st
+}
+
+// kill ends the process at once and waits for it.
+func (p *relayProc) kill() {
+	p.proc.Kill()
+	p.b.mu.Lock()
+	delete(p.b.procs, p)
+	p.b.mu.Unlock()
+}
+
+func (p *relayProc) pid() int { return p.proc.Pid() }
+
+var deliveriesLine = regexp.MustCompile(`^outbox_relay_deliveries_total\{outcome="(\w+)",path="(\w+)"\} (\S+)$`)
+
+// deliveries scrapes outbox_relay_deliveries_total as "path/outcome".
+func (p *relayProc) deliveries() (map[string]float64, error) {
+	client := &http.Client{Timeout: 2 * time.Second}
+	resp, err := client.Get("http://" + p.addr + "/metrics")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	out := map[string]float64{}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		if m := deliveriesLine.FindStringSubmatch(sc.Text()); m != nil {
+			v, _ := strconv.ParseFloat(m[3], 64)
+			out[m[2]+"/"+m[1]] = v
+		}
+	}
+	return out, sc.Err()
+}

@@ -1,0 +1,227 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// The catalog: what the server says about replication, the relay's slot and
+// its publication. Each is read in one statement shape here and judged by
+// its caller (cdc's checks, status, the watcher and its guard).
+
+// SQLSTATEs the catalog statements act on.
+const (
+	codeDuplicateObject = "42710" // made a moment ago by someone else
+	codeUniqueViolation = "23505" // likewise, for a catalog row
+	codeUndefinedObject = "42704" // dropped a moment ago by someone else
+)
+
+// isCode reports whether err is a server error with SQLSTATE code.
+func isCode(err error, code string) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == code
+}
+
+// QuoteLiteral quotes s as an SQL string literal, for the places where a
+// parameter cannot stand: a DO block, a replication command.
+func QuoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
+
+// Slot describes a replication slot as Postgres sees it, with the server
+// settings that judge it. The JSON keys are what `status --json` prints.
+type Slot struct {
+	Name               string
+	Exists             bool
+	Active             bool
+	ActivePID          int32
+	WALStatus          string // reserved, extended, unreserved, lost
+	RetainedBytes      int64  // pg_current_wal_lsn() - restart_lsn
+	ConfirmedLagBytes  int64  // pg_current_wal_lsn() - confirmed_flush_lsn
+	MaxSlotWALKeepSize string // the server setting; -1 means unlimited
+	WALLevel           string
+	InRecovery         bool
+
+	SlotType string // logical or physical
+	Plugin   string // the output plugin of a logical slot
+	// Database is the slot's database; CurrentDatabase the one the
+	// reading connection is in.
+	Database, CurrentDatabase string
+	// ConfirmedFlushLSN is as Postgres writes it (0/16B3748); 0/0 when the
+	// slot has confirmed nothing yet.
+	ConfirmedFlushLSN string
+}
+
+// SlotInfo reads the slot's state. On a standby pg_current_wal_lsn fails,
+// so the replay position stands in for it.
+func SlotInfo(ctx context.Context, q Querier, slot string) (Slot, error) {
+	sl := Slot{Name: slot}
+	err := q.QueryRow(ctx, `SELECT current_setting('max_slot_wal_keep_size'), current_setting('wal_level'),
+		pg_is_in_recovery(), current_database()`).
+		Scan(&sl.MaxSlotWALKeepSize, &sl.WALLevel, &sl.InRecovery, &sl.CurrentDatabase)
+	if err != nil {
+		return sl, fmt.Errorf("slot %s: %w", slot, err)
+	}
+	current := "pg_current_wal_lsn()"
+	if sl.InRecovery {
+		current = "pg_last_wal_replay_lsn()"
+	}
+	err = q.QueryRow(ctx, `SELECT active, coalesce(active_pid, 0), coalesce(wal_status, ''),
+		coalesce(`+current+` - restart_lsn, 0)::int8, coalesce(`+current+` - confirmed_flush_lsn, 0)::int8,
+		slot_type, coalesce(plugin, ''), coalesce(database, ''), coalesce(confirmed_flush_lsn, '0/0')::text
+		FROM pg_replication_slots WHERE slot_name = $1`, slot).
+		Scan(&sl.Active, &sl.ActivePID, &sl.WALStatus, &sl.RetainedBytes, &sl.ConfirmedLagBytes,
+			&sl.SlotType, &sl.Plugin, &sl.Database, &sl.ConfirmedFlushLSN)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return sl, nil
+	case err != nil:
+		return sl, fmt.Errorf("slot %s: %w", slot, err)
+	}
+	sl.Exists = true
+	return sl, nil
+}
+
+// DropSlot terminates the walsender holding slot, if any, and drops it.
+// The relay recreates it when it reconnects; the sweeper covers the gap.
+// A stream reconnects within moments and may take the slot again between
+// the two steps, so each try does both, waiting for the walsender to exit.
+// A slot that does not exist is not an error.
+func DropSlot(ctx context.Context, q Querier, slot string) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err := q.Exec(ctx, `SELECT pg_terminate_backend(active_pid, 5000) FROM pg_replication_slots
+			WHERE slot_name = $1 AND active_pid IS NOT NULL`, slot)
+		if err == nil {
+			err = DropIdleSlot(ctx, q, slot)
+		}
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("drop slot %s: %w", slot, err)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// DropIdleSlot drops slot without ending the process that holds it: while
+// one does, the server's error (SQLSTATE 55006, object in use) is returned
+// as it is. A slot that does not exist, or is dropped meanwhile by someone
+// else, is not an error.
+func DropIdleSlot(ctx context.Context, q Querier, slot string) error {
+	_, err := q.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1`, slot)
+	if isCode(err, codeUndefinedObject) {
+		return nil
+	}
+	return err
+}
+
+// ReplicationSettings are the server settings and role attributes logical
+// replication depends on.
+type ReplicationSettings struct {
+	WALLevel     string
+	User         string // current_user
+	CanReplicate bool   // the role has REPLICATION or is a superuser
+	MaxSlots     int    // max_replication_slots
+	MaxSenders   int    // max_wal_senders
+	UsedSlots    int    // slots of any kind that exist now
+}
+
+// ReadReplicationSettings reads the replication settings. Its error is the
+// server's, for the caller to say what it was doing.
+func ReadReplicationSettings(ctx context.Context, q Querier) (ReplicationSettings, error) {
+	var st ReplicationSettings
+	err := q.QueryRow(ctx, `SELECT current_setting('wal_level'), current_user,
+	coalesce((SELECT rolsuper OR rolreplication FROM pg_roles WHERE rolname = current_user), false),
+	current_setting('max_replication_slots')::int, current_setting('max_wal_senders')::int,
+	(SELECT count(*) FROM pg_replication_slots)::int`).Scan(
+		&st.WALLevel, &st.User, &st.CanReplicate, &st.MaxSlots, &st.MaxSenders, &st.UsedSlots)
+	return st, err
+}
+
+// Publication describes the relay's publication and whether the current
+// role could make it serve Table.
+type Publication struct {
+	Name  string
+	Table Table
+
+	Exists   bool
+	HasTable bool // publishes Table
+	// Inserts is whether it publishes inserts; true when it does not exist,
+	// since the relay would make it so.
+	Inserts bool
+	// CanCreate is whether the role may create it for Table or add Table
+	// to it: a superuser, or one with CREATE on the database that owns the
+	// table (directly or through a role it belongs to).
+	CanCreate bool
+	User      string // current_user
+}
+
+// ReadPublication reads publication name as it stands for t. Its error is
+// the server's, for the caller to say what it was doing.
+func ReadPublication(ctx context.Context, q Querier, name string, t Table) (Publication, error) {
+	p := Publication{Name: name, Table: t}
+	err := q.QueryRow(ctx, `SELECT
+	EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1),
+	EXISTS (SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = $2 AND tablename = $3),
+	coalesce((SELECT pubinsert FROM pg_publication WHERE pubname = $1), true),
+	current_user,
+	(SELECT rolsuper FROM pg_roles WHERE rolname = current_user) OR (
+		has_database_privilege(current_database(), 'CREATE') AND coalesce((
+			SELECT pg_has_role(current_user, c.relowner, 'USAGE')
+			FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+			WHERE n.nspname = $2 AND c.relname = $3), false))`,
+		name, t.Schema, t.Name).Scan(&p.Exists, &p.HasTable, &p.Inserts, &p.User, &p.CanCreate)
+	return p, err
+}
+
+// EnsurePublication makes p, as read by ReadPublication, publish inserts
+// into its table: it creates the insert-only publication when it is
+// missing and adds the table when the publication lacks it. It reports
+// whether it changed anything. A publication or table entry made by
+// another process a moment ago counts as done. It leaves alone a
+// publication that does not publish inserts: that is the caller's to judge.
+// Its error is the server's, for the caller to say what it was doing.
+func EnsurePublication(ctx context.Context, q Querier, p Publication) (changed bool, err error) {
+	var sql string
+	switch {
+	case !p.Exists:
+		sql = createPublicationSQL(p.Table, p.Name)
+	case !p.HasTable:
+		sql = fmt.Sprintf(`ALTER PUBLICATION %s ADD TABLE %s`, pgx.Identifier{p.Name}.Sanitize(), p.Table.Ident())
+	default:
+		return false, nil
+	}
+	if _, err := q.Exec(ctx, sql); err != nil {
+		if isCode(err, codeDuplicateObject) || isCode(err, codeUniqueViolation) {
+			return false, nil
+		}
+		return false, err
+	}
+	return true, nil
+}
+
+// createPublicationSQL is the one way the relay's publication is made:
+// inserts into the outbox table only.
+func createPublicationSQL(t Table, publication string) string {
+	return fmt.Sprintf(`CREATE PUBLICATION %s FOR TABLE %s WITH (publish = 'insert')`,
+		pgx.Identifier{publication}.Sanitize(), t.Ident())
+}
+
+// PublicationSQL creates the insert-only publication of table if missing,
+// as one statement an operator can run by hand (migrate --print).
+func PublicationSQL(t Table, publication string) string {
+	return fmt.Sprintf(`DO $$ BEGIN
+	IF NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = %s) THEN
+		%s;
+	END IF;
+END $$`, QuoteLiteral(publication), createPublicationSQL(t, publication))
+}

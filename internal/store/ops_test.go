@@ -1,0 +1,177 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+)
+
+// globToLike escapes LIKE's own wildcards and escape character, so that
+// only * and ? match more than themselves.
+func TestGlobToLike(t *testing.T) {
+	t.Parallel()
+	for glob, want := range map[string]string{
+		"order.created": "order.created",
+		"order.*":       "order.%",
+		"a?c":           "a_c",
+		"100%_done":     `100\%\_done`,
+		`back\slash`:    `back\\slash`,
+		"*.*":           "%.%",
+	} {
+		if got := globToLike(glob); got != want {
+			t.Errorf("globToLike(%q) = %q, want %q", glob, got, want)
+		}
+	}
+}
+
+// Requeue moves the dead rows a filter selects back to pending, due now,
+// with attempts and error reset; a dry run only counts them; delivered and
+// pending rows are never touched, whatever the filter.
+func TestRequeue(t *testing.T) {
+	t.Parallel()
+	st := setup(t)
+	const (
+		orderOld = iota // dead, created two hours ago
+		orderNew        // dead, just created
+		underscore
+		anyChar
+		percent
+		deliveredRow
+		pendingRow
+	)
+	rows := []seed{
+		orderOld:     {typ: "order.created", status: StatusDead, created: -2 * time.Hour},
+		orderNew:     {typ: "order.updated", status: StatusDead},
+		underscore:   {typ: "a_b", status: StatusDead},
+		anyChar:      {typ: "axb", status: StatusDead},
+		percent:      {typ: "a%b", status: StatusDead},
+		deliveredRow: {typ: "order.created", status: StatusDelivered, created: -2 * time.Hour},
+		pendingRow:   {typ: "order.created"},
+	}
+	for i := range rows {
+		rows[i].attempts, rows[i].lastError = 5, "runner: 400"
+	}
+	tests := []struct {
+		name   string
+		filter RequeueFilter
+		want   []int
+		ids    []int // indexes into rows, for filter.IDs
+	}{
+		{"every dead row", RequeueFilter{}, []int{orderOld, orderNew, underscore, anyChar, percent}, nil},
+		{"ids, dead ones only", RequeueFilter{}, []int{orderOld, underscore}, []int{orderOld, underscore, deliveredRow, pendingRow}},
+		{"type glob *", RequeueFilter{Type: "order.*"}, []int{orderOld, orderNew}, nil},
+		{"? is one character", RequeueFilter{Type: "a?b"}, []int{underscore, anyChar, percent}, nil},
+		{"_ is literal", RequeueFilter{Type: "a_b"}, []int{underscore}, nil},
+		{"% is literal", RequeueFilter{Type: "a%b"}, []int{percent}, nil},
+		{"since", RequeueFilter{Since: time.Now().Add(-time.Hour)}, []int{orderNew, underscore, anyChar, percent}, nil},
+		{"all filters at once", RequeueFilter{Type: "order.*", Since: time.Now().Add(-time.Hour)}, []int{orderNew}, []int{orderOld, orderNew, underscore}},
+		{"nothing matches", RequeueFilter{Type: "user.*"}, nil, nil},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := context.Background()
+			ts := withTable(t, st.pool, fmt.Sprintf("outbox_%d", i))
+			id := add(t, ts, rows...)
+			f := tt.filter
+			for _, k := range tt.ids {
+				f.IDs = append(f.IDs, id[k])
+			}
+			before := make([]state, len(id))
+			for k := range id {
+				before[k] = get(t, ts, id[k])
+			}
+			if n, err := ts.Requeue(ctx, f, true); err != nil || n != int64(len(tt.want)) {
+				t.Errorf("dry run = %d, %v; want %d", n, err, len(tt.want))
+			}
+			for k := range id {
+				if got := get(t, ts, id[k]); !sameState(got, before[k]) {
+					t.Errorf("the dry run changed row %d: %s", k, show(got))
+				}
+			}
+			if n, err := ts.Requeue(ctx, f, false); err != nil || n != int64(len(tt.want)) {
+				t.Errorf("requeue = %d, %v; want %d", n, err, len(tt.want))
+			}
+			requeued := state{Status: StatusPending}
+			for k := range id {
+				want := before[k]
+				if slices.Contains(tt.want, k) {
+					want = requeued
+				}
+				if got := get(t, ts, id[k]); !sameState(got, want) {
+					t.Errorf("row %d = %s, want %s", k, show(got), show(want))
+				}
+			}
+		})
+	}
+}
+
+// DeleteDelivered deletes only delivered rows delivered before the cutoff,
+// at most limit at a time.
+func TestDeleteDelivered(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st := setup(t)
+	old := seed{status: StatusDelivered, created: -3 * time.Hour, delivered: -2 * time.Hour}
+	id := add(t, st, old, old, old,
+		seed{status: StatusDelivered, created: -3 * time.Hour}, // delivered just now
+		seed{status: StatusDead, created: -3 * time.Hour},
+		seed{created: -3 * time.Hour, next: -3 * time.Hour},
+	)
+	cutoff := time.Now().Add(-time.Hour)
+	for _, want := range []int64{2, 1, 0} {
+		if n, err := st.DeleteDelivered(ctx, cutoff, 2); err != nil || n != want {
+			t.Fatalf("DeleteDelivered = %d, %v; want %d", n, err, want)
+		}
+	}
+	var left []string
+	rows, err := st.pool.Query(ctx, `SELECT id::text FROM portal_event_outbox ORDER BY id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var v string
+		if err := rows.Scan(&v); err != nil {
+			t.Fatal(err)
+		}
+		left = append(left, v)
+	}
+	if !sameSet(left, id[3:]) {
+		t.Errorf("rows left = %v, want %v", left, id[3:])
+	}
+}
+
+// Stats counts each status and ages the oldest pending row; delivered rows
+// are counted only when asked for.
+func TestStats(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st := setup(t)
+	if got, err := st.Stats(ctx, true); err != nil || got != (Stats{}) {
+		t.Fatalf("Stats of an empty table = %+v, %v; want zeros", got, err)
+	}
+	delivered := seed{status: StatusDelivered, created: -2 * time.Hour}
+	add(t, st,
+		seed{created: -time.Hour}, seed{},
+		delivered, delivered, delivered,
+		seed{status: StatusDead, created: -3 * time.Hour},
+	)
+	for _, withDelivered := range []bool{false, true} {
+		got, err := st.Stats(ctx, withDelivered)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := Stats{Pending: 2, Dead: 1}
+		if withDelivered {
+			want.Delivered = 3
+		}
+		if !near(got.OldestPending, time.Hour) {
+			t.Errorf("Stats(%v).OldestPending = %s, want about an hour", withDelivered, got.OldestPending)
+		}
+		got.OldestPending = 0
+		if got != want {
+			t.Errorf("Stats(%v) = %+v, want %+v", withDelivered, got, want)
+		}
+	}
+}
