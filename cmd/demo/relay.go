@@ -19,7 +19,7 @@ import (
 func buildRelay(ctx context.Context, dir string) (string, error) {
 	bin := dir + "/outbox-relay"
 	cmd := exec.CommandContext(ctx, "go", "build",
-		"-ldflags", "-X github.com/outbox-relay/outbox-relay/relay.Version=demo",
+		"-ldflags", "-X main.version=demo",
 		"-o", bin, "github.com/outbox-relay/outbox-relay/cmd/outbox-relay")
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Run(); err != nil {

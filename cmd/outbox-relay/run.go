@@ -51,6 +51,7 @@ func runRelay(ctx context.Context, args, environ []string, stderr io.Writer) err
 		RunnerURL:     cfg.RunnerURL,
 		SigningKey:    key,
 		Token:         cfg.RunnerToken,
+		UserAgent:     "outbox-relay/" + version,
 		HTTPTimeout:   cfg.HTTPTimeout,
 		Concurrency:   cfg.Concurrency,
 		MaxAttempts:   cfg.MaxAttempts,
@@ -76,7 +77,7 @@ func runRelay(ctx context.Context, args, environ []string, stderr io.Writer) err
 			return 0
 		}
 	}
-	sw := sweeper.New(swCfg, d, log)
+	sw := sweeper.New(swCfg, d, st, log)
 	pruner := retention.New(retention.Config{
 		Keep: cfg.Retention,
 		// A pass with nothing to delete scans the table (no index
@@ -114,7 +115,7 @@ func runRelay(ctx context.Context, args, environ []string, stderr io.Writer) err
 		log.Info("serving /healthz, /readyz and /metrics", "addr", srv.Addr())
 	}
 
-	log.Info("outbox-relay starting", "version", relay.Version, "table", table.String(),
+	log.Info("outbox-relay starting", "version", version, "table", table.String(),
 		"cdc", cfg.CDC, "sweep_interval", cfg.SweepInterval.String(), "concurrency", cfg.Concurrency)
 
 	// The deliverer gets its own context: it must outlive the claimers so
