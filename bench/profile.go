@@ -52,7 +52,7 @@ var profileAreas = []struct{ frame, what string }{
 	{"relay.(*Deliverer).work", "workers: build, sign and POST each event (HTTP client included)"},
 	{"net/http.(*persistConn).writeLoop", "HTTP transport: writing requests"},
 	{"net/http.(*persistConn).readLoop", "HTTP transport: reading answers"},
-	{"relay.(*Deliverer).record", "recorder: outcome UPDATE … FROM unnest"},
+	{"relay.(*recorder).run", "recorder: outcome UPDATE … FROM unnest"},
 	{"relay.(*Deliverer).DeliverIDs", "stream claims by id (UPDATE … RETURNING)"},
 	{"relay.(*Deliverer).DeliverDue", "sweep claims (UPDATE … RETURNING)"},
 	{"cdc.(*Stream).Run", "replication stream: receive, decode, hand off"},

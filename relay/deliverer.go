@@ -5,22 +5,13 @@ package relay
 import (
 	"context"
 	"errors"
-	"fmt"
-	"io"
 	"log/slog"
-	"net"
-	"net/http"
-	"net/url"
-	"strconv"
-	"strings"
+	"slices"
 	"sync"
 	"time"
-	"unicode/utf8"
 
 	"github.com/hashicorp/go-retryablehttp"
-	"github.com/sethvargo/go-retry"
 
-	"github.com/outbox-relay/outbox-relay/internal/retryafter"
 	"github.com/outbox-relay/outbox-relay/internal/store"
 )
 
@@ -30,18 +21,12 @@ const (
 	PathSweep  = "sweep"
 )
 
-// Outcomes of an attempt, as reported to the Observer.
-const (
-	OutcomeDelivered = "delivered"
-	OutcomeRetry     = "retry"
-	OutcomeDead      = "dead"
-)
-
 // Config is what the Deliverer needs to know.
 type Config struct {
 	RunnerURL   string
 	SigningKey  []byte // nil: no Standard Webhooks headers
 	Token       string // empty: no Authorization header
+	UserAgent   string // empty: "outbox-relay"
 	HTTPTimeout time.Duration
 	Concurrency int
 	MaxAttempts int
@@ -64,36 +49,53 @@ type Observer interface {
 	ObserveAttempt(Attempt)
 }
 
-// quickRetries is how many times one attempt retries a connection-level
-// failure in process before the row goes back to the table with a backoff.
-const quickRetries = 2
+const (
+	// quickRetries is how many times one attempt retries a connection-level
+	// failure in process before the row goes back to the table with a
+	// backoff.
+	quickRetries = 2
+	// claimTimeout bounds one claim statement.
+	claimTimeout = 10 * time.Second
+	// releaseTimeout bounds giving back claims that will not be sent; it
+	// runs after Run's context has ended.
+	releaseTimeout = 5 * time.Second
+	// recordBatch bounds one outcome UPDATE.
+	recordBatch = 256
+	// writeTimeout bounds one outcome UPDATE; writeRetryMin and
+	// writeRetryMax are the backoff between failed ones.
+	writeTimeout  = 10 * time.Second
+	writeRetryMin = 100 * time.Millisecond
+	writeRetryMax = 5 * time.Second
+	// finalWriteTimeout is how long outcomes may still be written after the
+	// shutdown grace, while the database is slow or away.
+	finalWriteTimeout = 10 * time.Second
+)
 
-// maxErrorLen bounds last_error.
-const maxErrorLen = 1024
+// errStopped is returned to claimers once the Deliverer is shutting down.
+var errStopped = errors.New("deliverer stopped")
 
 // Deliverer claims outbox rows and delivers them with a fixed pool of
 // Concurrency workers, which bounds the POSTs in flight for the process.
+// The workers POST (http.go), decide each outcome (outcome.go) and hand it
+// to the recorder (recorder.go), which writes it.
 type Deliverer struct {
 	cfg    Config
 	store  *store.Store
 	log    *slog.Logger
 	obs    Observer
 	client *retryablehttp.Client
+	rec    *recorder
 
 	// lease is how long a claim keeps other claimers off a row. It covers a
 	// wait in the queue (queueBudget) and the whole attempt after it.
 	lease, queueBudget time.Duration
 
-	jobs     chan job
-	results  chan store.Result
-	stopping chan struct{} // closed when Run's context ends
-	mu       sync.RWMutex  // held for reading while a claimer queues jobs
-	closed   bool
-
-	recorded chan struct{} // signalled after a write that scheduled a retry
-
-	releaseMu sync.Mutex
-	released  []store.Row
+	jobs chan job
+	// stop is closed when Run's context ends; see Run for the shutdown.
+	stop chan struct{}
+	// queueing is held for reading while a claimer puts jobs on the queue,
+	// so that Run can tell when no claimer will send on jobs again.
+	queueing sync.RWMutex
 }
 
 type job struct {
@@ -104,6 +106,9 @@ type job struct {
 
 // New makes a Deliverer; call Run to start its workers.
 func New(cfg Config, st *store.Store, log *slog.Logger, obs Observer) *Deliverer {
+	if cfg.UserAgent == "" {
+		cfg.UserAgent = "outbox-relay"
+	}
 	attemptBudget := time.Duration(quickRetries+1)*cfg.HTTPTimeout + 2*time.Second
 	d := &Deliverer{
 		cfg:    cfg,
@@ -111,14 +116,13 @@ func New(cfg Config, st *store.Store, log *slog.Logger, obs Observer) *Deliverer
 		log:    log,
 		obs:    obs,
 		client: newClient(cfg),
+		rec:    newRecorder(st, log, cfg.Concurrency),
 		// A row normally waits in the queue for milliseconds; one that
-		// waited longer than an attempt's budget is dropped unsent (see
+		// waited longer than an attempt's budget is given back unsent (see
 		// work), so the lease is two budgets.
 		queueBudget: attemptBudget,
 		jobs:        make(chan job, cfg.Concurrency),
-		results:     make(chan store.Result, cfg.Concurrency),
-		stopping:    make(chan struct{}),
-		recorded:    make(chan struct{}, 1),
+		stop:        make(chan struct{}),
 	}
 	d.lease = d.queueBudget + attemptBudget
 	return d
@@ -127,98 +131,77 @@ func New(cfg Config, st *store.Store, log *slog.Logger, obs Observer) *Deliverer
 // Lease is how long a claim holds a row.
 func (d *Deliverer) Lease() time.Duration { return d.lease }
 
-func newClient(cfg Config) *retryablehttp.Client {
-	tr := &http.Transport{
-		Proxy:                 http.ProxyFromEnvironment,
-		DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		MaxIdleConns:          cfg.Concurrency * 2,
-		MaxIdleConnsPerHost:   cfg.Concurrency * 2, // keep-alive for every worker
-		IdleConnTimeout:       90 * time.Second,
-		TLSHandshakeTimeout:   5 * time.Second,
-		ExpectContinueTimeout: time.Second,
-		ForceAttemptHTTP2:     true,
-	}
-	c := retryablehttp.NewClient()
-	c.HTTPClient = &http.Client{
-		Transport: tr,
-		Timeout:   cfg.HTTPTimeout,
-		// A redirect is an answer, not an instruction: the URL is
-		// configured, and following it could send events elsewhere.
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-	}
-	c.Logger = nil
-	c.RetryMax = quickRetries
-	c.RetryWaitMin = 50 * time.Millisecond
-	c.RetryWaitMax = 500 * time.Millisecond
-	c.CheckRetry = retryConnectionErrors
-	c.ErrorHandler = retryablehttp.PassthroughErrorHandler
-	return c
-}
-
-// retryConnectionErrors retries in process only when there is no answer at
-// all and no timeout: an answer, even a 503, goes back to the table with a
-// backoff, and a timeout has already spent the attempt's time.
-func retryConnectionErrors(ctx context.Context, resp *http.Response, err error) (bool, error) {
-	if ctx.Err() != nil || err == nil {
-		return false, nil
-	}
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
-		return false, nil
-	}
-	return true, nil
-}
+// Rescheduled is signalled after outcomes that scheduled retries were
+// written, so the sweeper can bring its next wake-up forward.
+func (d *Deliverer) Rescheduled() <-chan struct{} { return d.rec.rescheduled }
 
 // Run starts the workers and the recorder and returns when ctx is done and
-// in-flight work has finished: POSTs under way get ShutdownGrace, rows
-// claimed but not yet sent are given back, outcomes are written.
+// in-flight work has finished.
+//
+// The end of ctx is the only way to stop, and shutdown runs in order:
+//  1. stop is closed: claimers are refused, and one waiting for room in
+//     the queue gives its rows back.
+//  2. Once no claimer holds queueing, jobs is closed: nothing else will
+//     be queued.
+//  3. Workers finish the POSTs under way, which may run ShutdownGrace past
+//     ctx so that a SIGTERM does not cut a delivery the runner may already
+//     have acted on. Jobs still queued, and POSTs cut at the end of the
+//     grace, are kept as unsent.
+//  4. The recorder writes every outcome on a context that outlives the
+//     grace by finalWriteTimeout: a 2xx that came in just before the cut
+//     must be recorded, or the row is sent again after its lease.
+//  5. The unsent rows are released, due again at once, attempt uncounted.
 func (d *Deliverer) Run(ctx context.Context) error {
-	// POSTs outlive ctx by the grace, so a SIGTERM does not cut a delivery
-	// the runner may already have acted on.
 	sendCtx, cancelSend := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelSend()
-
-	var workers sync.WaitGroup
-	for range d.cfg.Concurrency {
-		workers.Go(func() { d.work(sendCtx) })
-	}
-	// Outcomes are written on a context of their own that outlives the
-	// grace: a 2xx that came in just before the cut must still be recorded,
-	// or the row is sent again after its lease.
 	recordCtx, cancelRecord := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelRecord()
+
+	unsent := make([][]store.Row, d.cfg.Concurrency) // one list per worker
+	var workers sync.WaitGroup
+	for i := range unsent {
+		workers.Go(func() { unsent[i] = d.work(sendCtx) })
+	}
 	recorded := make(chan struct{})
 	go func() {
 		defer close(recorded)
-		d.record(recordCtx)
+		d.rec.run(recordCtx)
 	}()
 
 	<-ctx.Done()
-	close(d.stopping)
+	close(d.stop)
 	grace := time.AfterFunc(d.cfg.ShutdownGrace, cancelSend)
 	defer grace.Stop()
 	lastWrite := time.AfterFunc(d.cfg.ShutdownGrace+finalWriteTimeout, cancelRecord)
 	defer lastWrite.Stop()
 
-	d.mu.Lock() // waits for claimers that are queueing
-	d.closed = true
+	d.queueing.Lock()
 	close(d.jobs)
-	d.mu.Unlock()
+	d.queueing.Unlock()
 	workers.Wait()
-	close(d.results)
+	d.rec.close()
 	<-recorded
 
-	if len(d.released) > 0 { // the workers are done: no lock needed
-		d.release(ctx, d.released)
+	if rows := slices.Concat(unsent...); len(rows) > 0 {
+		d.release(ctx, rows)
 	}
 	return nil
+}
+
+func (d *Deliverer) stopping() bool {
+	select {
+	case <-d.stop:
+		return true
+	default:
+		return false
+	}
 }
 
 // DeliverIDs claims those of ids that are pending and due and queues them
 // for delivery. It returns the ids it did not claim: already taken, already
 // done, not due, or not yet visible to this snapshot.
 func (d *Deliverer) DeliverIDs(ctx context.Context, ids []int64) (missing []int64, err error) {
-	if d.isStopping() {
+	if d.stopping() {
 		return nil, errStopped
 	}
 	start := time.Now()
@@ -229,28 +212,34 @@ func (d *Deliverer) DeliverIDs(ctx context.Context, ids []int64) (missing []int6
 		return nil, err
 	}
 	d.bury(PathStream, buried)
-	if len(rows)+len(buried) < len(ids) {
-		got := make(map[int64]bool, len(rows)+len(buried))
-		for _, r := range rows {
-			got[r.ID] = true
-		}
-		for _, r := range buried {
-			got[r.ID] = true
-		}
-		for _, id := range ids {
-			if !got[id] {
-				missing = append(missing, id)
-			}
+	return unclaimed(ids, rows, buried), d.enqueue(ctx, PathStream, start, rows)
+}
+
+// unclaimed is ids less those of rows and buried.
+func unclaimed(ids []int64, rows []store.Row, buried []store.Result) (missing []int64) {
+	if len(rows)+len(buried) == len(ids) {
+		return nil
+	}
+	got := make(map[int64]bool, len(rows)+len(buried))
+	for _, r := range rows {
+		got[r.ID] = true
+	}
+	for _, r := range buried {
+		got[r.ID] = true
+	}
+	for _, id := range ids {
+		if !got[id] {
+			missing = append(missing, id)
 		}
 	}
-	return missing, d.enqueue(ctx, PathStream, start, rows)
+	return missing
 }
 
 // DeliverDue claims up to limit due rows and queues them. Rows never tried
 // are taken only when older than grace (see store.ClaimDue). It returns
 // the number of rows claimed.
 func (d *Deliverer) DeliverDue(ctx context.Context, limit int, grace time.Duration) (int, error) {
-	if d.isStopping() {
+	if d.stopping() {
 		return 0, errStopped
 	}
 	start := time.Now()
@@ -274,27 +263,21 @@ func (d *Deliverer) bury(path string, buried []store.Result) {
 	}
 }
 
-// finalWriteTimeout is how long outcomes may still be written after the
-// shutdown grace, while the database is slow or away.
-const finalWriteTimeout = 10 * time.Second
-
-// claimTimeout bounds one claim statement.
-const claimTimeout = 10 * time.Second
-
-// errStopped is returned to claimers once the Deliverer is shutting down.
-var errStopped = errors.New("deliverer stopped")
-
+// enqueue queues claimed rows for the workers, blocking while the queue is
+// full; the rows it cannot queue are released.
 func (d *Deliverer) enqueue(ctx context.Context, path string, claimedAt time.Time, rows []store.Row) error {
-	d.mu.RLock()
-	defer d.mu.RUnlock()
+	d.queueing.RLock()
+	defer d.queueing.RUnlock()
+	// Run closes stop before it waits for queueing, and jobs only after:
+	// while stop is open here, jobs stays open until RUnlock.
+	if d.stopping() {
+		d.release(ctx, rows)
+		return errStopped
+	}
 	for i, r := range rows {
-		if d.closed {
-			d.release(ctx, rows[i:])
-			return errStopped
-		}
 		select {
 		case d.jobs <- job{row: r, path: path, claimedAt: claimedAt}:
-		case <-d.stopping:
+		case <-d.stop:
 			d.release(ctx, rows[i:])
 			return errStopped
 		case <-ctx.Done():
@@ -308,45 +291,29 @@ func (d *Deliverer) enqueue(ctx context.Context, path string, claimedAt time.Tim
 // release gives back the leases of claimed rows that will not be sent, so
 // they are due again at once instead of when the lease ends.
 func (d *Deliverer) release(ctx context.Context, rows []store.Row) {
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
 	defer cancel()
 	if err := d.store.Release(rctx, rows); err != nil {
 		d.log.Warn("could not give back unsent rows; they are retried when their lease ends", "rows", len(rows), "error", err)
 	}
 }
 
-func (d *Deliverer) isStopping() bool {
-	select {
-	case <-d.stopping:
-		return true
-	default:
-		return false
-	}
-}
-
-func (d *Deliverer) giveBack(rows []store.Row) {
-	d.releaseMu.Lock()
-	d.released = append(d.released, rows...)
-	d.releaseMu.Unlock()
-}
-
-func (d *Deliverer) work(ctx context.Context) {
+// work sends jobs until the queue is closed and returns the rows it did
+// not send because the Deliverer was stopping, for Run to release.
+func (d *Deliverer) work(ctx context.Context) (unsent []store.Row) {
 	for j := range d.jobs {
-		select {
-		case <-d.stopping:
-			d.giveBack([]store.Row{j.row})
+		if d.stopping() {
+			unsent = append(unsent, j.row)
 			continue
-		default:
 		}
 		// A row that waited in the queue past its budget may have been
 		// claimed again elsewhere once its lease ends: sending it now could
-		// double it. Leave it; the lease brings it back.
-		if time.Since(j.claimedAt) > d.queueBudget {
-			// Still within the lease (two budgets), so nobody else holds
-			// it: give it back, attempt uncounted, rather than let the
-			// lease run out with an attempt counted that never happened.
+		// double it. Still within the lease (two budgets), so nobody else
+		// holds it: release it, attempt uncounted, rather than let the
+		// lease run out with an attempt counted that never happened.
+		if waited := time.Since(j.claimedAt); waited > d.queueBudget {
 			d.log.Warn("gave back a claim that waited too long to be sent",
-				"id", j.row.ID, "waited", time.Since(j.claimedAt).Round(time.Millisecond))
+				"id", j.row.ID, "waited", waited.Round(time.Millisecond))
 			d.release(ctx, []store.Row{j.row})
 			continue
 		}
@@ -354,11 +321,12 @@ func (d *Deliverer) work(ctx context.Context) {
 		if !sent {
 			// Cut by the end of the shutdown grace: not a failure of the
 			// runner, so neither a backoff nor a step towards dead.
-			d.giveBack([]store.Row{j.row})
+			unsent = append(unsent, j.row)
 			continue
 		}
-		d.results <- res
+		d.rec.add(res)
 	}
+	return unsent
 }
 
 // attempt POSTs one row and decides its outcome; sent is false when the
@@ -366,42 +334,12 @@ func (d *Deliverer) work(ctx context.Context) {
 func (d *Deliverer) attempt(ctx context.Context, j job) (res store.Result, sent bool) {
 	r := &j.row
 	start := time.Now()
-	code, retryAfter, err := d.post(ctx, r)
+	ans := d.post(ctx, r)
 	took := time.Since(start)
-	if err != nil && ctx.Err() != nil {
+	if ans.err != nil && ctx.Err() != nil {
 		return store.Result{}, false
 	}
-
-	res = store.Result{ID: r.ID, Attempt: r.Attempt}
-	switch {
-	case err == nil && code >= 200 && code < 300:
-		res.Status = store.StatusDelivered
-	case err == nil && !retryable(code):
-		res.Status = store.StatusDead
-		res.Error = fmt.Sprintf("runner answered %d (permanent)", code)
-	default:
-		msg := ""
-		if err != nil {
-			msg = err.Error()
-		} else {
-			msg = fmt.Sprintf("runner answered %d%s", code, retryAfterNote(retryAfter))
-		}
-		if r.Attempt >= d.cfg.MaxAttempts {
-			res.Status = store.StatusDead
-			res.Error = fmt.Sprintf("gave up after %d attempts: %s", r.Attempt, msg)
-			break
-		}
-		res.Status = store.StatusPending
-		res.Next = time.Now().Add(max(d.cfg.Backoff.Delay(r.Attempt), retryAfter))
-		res.Error = msg
-	}
-	res.Error = truncate(res.Error, maxErrorLen)
-
-	outcome := map[string]string{
-		store.StatusDelivered: OutcomeDelivered,
-		store.StatusPending:   OutcomeRetry,
-		store.StatusDead:      OutcomeDead,
-	}[res.Status]
+	res, outcome := decide(r, ans, d.cfg.MaxAttempts, d.cfg.Backoff, time.Now())
 	d.observe(Attempt{Path: j.path, Outcome: outcome, Duration: took, Age: time.Since(r.CreatedAt)})
 	if res.Status == store.StatusDead {
 		d.log.Warn("event dead-lettered", "id", r.ID, "event_id", r.EventID, "type", r.Type, "attempts", r.Attempt, "reason", res.Error)
@@ -411,159 +349,8 @@ func (d *Deliverer) attempt(ctx context.Context, j job) (res store.Result, sent 
 	return res, true
 }
 
-func retryAfterNote(d time.Duration) string {
-	if d <= 0 {
-		return ""
-	}
-	return fmt.Sprintf(", Retry-After %s", d)
-}
-
-// retryable reports whether an HTTP status may succeed later.
-func retryable(code int) bool {
-	switch code {
-	case http.StatusRequestTimeout, http.StatusTooEarly, http.StatusTooManyRequests:
-		return true
-	}
-	return code >= 500
-}
-
-// maxDrain is how much of an answer is read so the connection can be
-// reused; a longer answer is cut and its connection closed.
-const maxDrain = 64 << 10
-
-func (d *Deliverer) post(ctx context.Context, r *store.Row) (code int, retryAfter time.Duration, err error) {
-	// A fresh buffer per request: the transport may still be reading the
-	// body when Do returns (an early answer), so it cannot be reused.
-	body := appendBody(make([]byte, 0, 160+len(r.Type)+len(r.Payload)), r)
-	req, err := retryablehttp.NewRequestWithContext(ctx, http.MethodPost, d.cfg.RunnerURL, body)
-	if err != nil {
-		return 0, 0, fmt.Errorf("build request: %w", err)
-	}
-	h := req.Header
-	h.Set("Content-Type", "application/json")
-	h.Set("User-Agent", "outbox-relay/"+Version)
-	h.Set("Idempotency-Key", r.EventID)
-	if d.cfg.SigningKey != nil {
-		ts := time.Now().Unix()
-		h.Set("webhook-id", r.EventID)
-		h.Set("webhook-timestamp", strconv.FormatInt(ts, 10))
-		h.Set("webhook-signature", sign(d.cfg.SigningKey, r.EventID, ts, body))
-	}
-	if d.cfg.Token != "" {
-		h.Set("Authorization", "Bearer "+d.cfg.Token)
-	}
-	resp, err := d.client.Do(req)
-	if err != nil {
-		return 0, 0, describe(err)
-	}
-	defer resp.Body.Close()
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxDrain))
-	ra, _ := retryafter.Parse(resp.Header.Get("Retry-After"), time.Now())
-	return resp.StatusCode, ra, nil
-}
-
-// describe turns a client error into a short reason. url.Error quotes the
-// URL, which may hold credentials: the runner is named by host only.
-func describe(err error) error {
-	var ne net.Error
-	switch {
-	case errors.As(err, &ne) && ne.Timeout():
-		return errors.New("runner timed out")
-	case errors.Is(err, context.Canceled):
-		return errors.New("cancelled at shutdown")
-	}
-	var ue *url.Error
-	if errors.As(err, &ue) {
-		err = ue.Err
-	}
-	return fmt.Errorf("runner unreachable: %w", err)
-}
-
-// truncate cuts s to at most n bytes of valid UTF-8 without NUL, which a
-// Postgres text column refuses.
-func truncate(s string, n int) string {
-	s = strings.ToValidUTF8(strings.ReplaceAll(s, "\x00", ""), "\uFFFD")
-	if len(s) <= n {
-		return s
-	}
-	for n > 0 && !utf8.RuneStart(s[n]) {
-		n--
-	}
-	return s[:n]
-}
-
 func (d *Deliverer) observe(a Attempt) {
 	if d.obs != nil {
 		d.obs.ObserveAttempt(a)
-	}
-}
-
-// recordBatch bounds one outcome UPDATE.
-const recordBatch = 256
-
-// record writes outcomes as they come, batching whatever has queued up
-// while the previous write ran: one UPDATE … FROM unnest per batch.
-func (d *Deliverer) record(ctx context.Context) {
-	batch := make([]store.Result, 0, recordBatch)
-	for r := range d.results {
-		batch = append(batch[:0], r)
-	fill:
-		for len(batch) < recordBatch {
-			select {
-			case r, ok := <-d.results:
-				if !ok {
-					break fill
-				}
-				batch = append(batch, r)
-			default:
-				break fill
-			}
-		}
-		d.write(ctx, batch)
-		for _, r := range batch {
-			if r.Status == store.StatusPending {
-				select {
-				case d.recorded <- struct{}{}:
-				default:
-				}
-				break
-			}
-		}
-	}
-}
-
-// Rescheduled is signalled after outcomes that scheduled retries were
-// written, so the sweeper can bring its next wake-up forward.
-func (d *Deliverer) Rescheduled() <-chan struct{} { return d.recorded }
-
-// NextDue is how long until the earliest pending row becomes due for the
-// sweeper (fresh rows count after grace); ok is false when none is pending.
-func (d *Deliverer) NextDue(ctx context.Context, grace time.Duration) (time.Duration, bool, error) {
-	return d.store.NextDue(ctx, grace)
-}
-
-// write retries a failed write while the database is away; if it never
-// comes back before shutdown the rows' leases end and they are sent again,
-// with the same event_id.
-func (d *Deliverer) write(ctx context.Context, batch []store.Result) {
-	b := retry.WithCappedDuration(5*time.Second, retry.NewExponential(100*time.Millisecond))
-	failed := false
-	err := retry.Do(ctx, b, func(ctx context.Context) error {
-		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		defer cancel()
-		if err := d.store.Record(wctx, batch); err != nil {
-			if !failed {
-				d.log.Error("cannot record delivery outcomes; retrying", "rows", len(batch), "error", err)
-				failed = true
-			}
-			return retry.RetryableError(err)
-		}
-		return nil
-	})
-	switch {
-	case err != nil:
-		d.log.Error("gave up recording delivery outcomes; the rows are retried when their lease ends", "rows", len(batch), "error", err)
-	case failed:
-		d.log.Info("recording delivery outcomes again")
 	}
 }

@@ -181,6 +181,7 @@ func TestDelivered(t *testing.T) {
 	b := setup(t, ok, func(c *relay.Config) {
 		c.SigningKey = []byte("0123456789abcdef0123456789abcdef")
 		c.Token = "tok-123"
+		c.UserAgent = "outbox-relay/test"
 	})
 	id := insert(t, b.pool, "file.finalized", `{"file": 42}`)
 	b.deliver(t, id)
@@ -201,7 +202,7 @@ func TestDelivered(t *testing.T) {
 	for h, want := range map[string]string{
 		"Content-Type":    "application/json",
 		"Idempotency-Key": eventID,
-		"User-Agent":      "outbox-relay/" + relay.Version,
+		"User-Agent":      "outbox-relay/test",
 		"Webhook-Id":      eventID,
 		"Authorization":   "Bearer tok-123",
 	} {
@@ -246,6 +247,9 @@ func TestNoSignatureWithoutSecret(t *testing.T) {
 	h := b.runner.requests()[0].Header
 	if h.Get("webhook-signature") != "" || h.Get("Authorization") != "" {
 		t.Errorf("unexpected auth headers: %v", h)
+	}
+	if got := h.Get("User-Agent"); got != "outbox-relay" {
+		t.Errorf("User-Agent without Config.UserAgent = %q, want outbox-relay", got)
 	}
 }
 

@@ -11,9 +11,6 @@ import (
 	"github.com/outbox-relay/outbox-relay/internal/store"
 )
 
-// Version is sent in User-Agent; the build sets it with -ldflags.
-var Version = "dev"
-
 // appendBody writes the request body of DESIGN.md. data is the stored
 // jsonb text copied as it is: it is valid JSON already, and re-encoding a
 // large payload would cost more than the POST.

@@ -15,10 +15,15 @@ type Deliverer interface {
 	// only when older than grace. It bounds its own query time and blocks
 	// while the delivery queue is full.
 	DeliverDue(ctx context.Context, limit int, grace time.Duration) (int, error)
-	// NextDue is the time until the next row is due (ok false: none).
-	NextDue(ctx context.Context, grace time.Duration) (time.Duration, bool, error)
 	// Rescheduled signals that retries were scheduled.
 	Rescheduled() <-chan struct{}
+}
+
+// Queue is what the sweeper needs from store.Store: when to wake up next.
+type Queue interface {
+	// NextDue is the time until the next row is due, fresh rows counting
+	// after grace (ok false: none is pending).
+	NextDue(ctx context.Context, grace time.Duration) (time.Duration, bool, error)
 }
 
 // Config tunes the sweeper.
@@ -44,12 +49,14 @@ type Pass struct {
 type Sweeper struct {
 	cfg Config
 	d   Deliverer
+	q   Queue
 	log *slog.Logger
 }
 
-// New makes a Sweeper; Run starts it.
-func New(cfg Config, d Deliverer, log *slog.Logger) *Sweeper {
-	return &Sweeper{cfg: cfg, d: d, log: log}
+// New makes a Sweeper that hands due rows to d and asks q when the next
+// one falls due; Run starts it.
+func New(cfg Config, d Deliverer, q Queue, log *slog.Logger) *Sweeper {
+	return &Sweeper{cfg: cfg, d: d, q: q, log: log}
 }
 
 // queryTimeout bounds every statement of a sweep.
@@ -109,7 +116,7 @@ func (s *Sweeper) pass(ctx context.Context) (time.Duration, error) {
 	}
 	qctx, cancel := context.WithTimeout(ctx, queryTimeout)
 	defer cancel()
-	next, ok, err := s.d.NextDue(qctx, s.grace())
+	next, ok, err := s.q.NextDue(qctx, s.grace())
 	if err != nil {
 		return 0, err
 	}

@@ -26,6 +26,7 @@ var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 type bundle struct {
 	pool  *pgxpool.Pool
+	st    *store.Store
 	d     *relay.Deliverer
 	calls atomic.Int64
 }
@@ -42,7 +43,7 @@ func setup(t *testing.T, failures int64) *bundle {
 	if _, err := store.Migrate(ctx, pool, table, ""); err != nil {
 		t.Fatal(err)
 	}
-	b := &bundle{pool: pool}
+	b := &bundle{pool: pool, st: store.New(pool, table)}
 	rn := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if b.calls.Add(1) <= failures {
 			w.WriteHeader(http.StatusServiceUnavailable)
@@ -53,7 +54,7 @@ func setup(t *testing.T, failures int64) *bundle {
 		RunnerURL: rn.URL, HTTPTimeout: 5 * time.Second, Concurrency: 4, MaxAttempts: 10,
 		Backoff:       relay.Backoff{Base: 300 * time.Millisecond, Max: time.Second},
 		ShutdownGrace: 5 * time.Second,
-	}, store.New(pool, table), quiet, nil)
+	}, b.st, quiet, nil)
 	run(t, b.d.Run)
 	return b
 }
@@ -93,7 +94,7 @@ func TestRunOnceTakesEveryDueRow(t *testing.T) {
 	t.Parallel()
 	b := setup(t, 0)
 	insertN(t, b.pool, 250)
-	s := sweeper.New(sweeper.Config{Interval: time.Hour, BatchSize: 100}, b.d, quiet)
+	s := sweeper.New(sweeper.Config{Interval: time.Hour, BatchSize: 100}, b.d, b.st, quiet)
 	n, err := s.RunOnce(context.Background())
 	if err != nil || n != 250 {
 		t.Fatalf("RunOnce = %d, %v; want 250", n, err)
@@ -109,7 +110,7 @@ func TestGraceLeavesFreshRowsToTheStream(t *testing.T) {
 	t.Parallel()
 	b := setup(t, 0)
 	insertN(t, b.pool, 3)
-	s := sweeper.New(sweeper.Config{Interval: time.Hour, BatchSize: 100, Grace: func() time.Duration { return time.Hour }}, b.d, quiet)
+	s := sweeper.New(sweeper.Config{Interval: time.Hour, BatchSize: 100, Grace: func() time.Duration { return time.Hour }}, b.d, b.st, quiet)
 	if n, err := s.RunOnce(context.Background()); err != nil || n != 0 {
 		t.Fatalf("RunOnce with a grace = %d, %v; want 0", n, err)
 	}
@@ -127,7 +128,7 @@ func TestRetryPickedUpOnTime(t *testing.T) {
 	t.Parallel()
 	b := setup(t, 1)
 	insertN(t, b.pool, 1)
-	s := sweeper.New(sweeper.Config{Interval: time.Hour, BatchSize: 100}, b.d, quiet)
+	s := sweeper.New(sweeper.Config{Interval: time.Hour, BatchSize: 100}, b.d, b.st, quiet)
 	run(t, s.Run)
 	pgtest.WaitFor(t, 30*time.Second, "the retry to be delivered", func() bool { return count(t, b.pool, "delivered") == 1 })
 	if got := b.calls.Load(); got != 2 {
@@ -151,17 +152,18 @@ func TestSurvivesDatabaseOutage(t *testing.T) {
 	}
 	rn := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
 	t.Cleanup(rn.Close)
+	st := store.New(pool, table)
 	d := relay.New(relay.Config{
 		RunnerURL: rn.URL, HTTPTimeout: 5 * time.Second, Concurrency: 4, MaxAttempts: 10,
 		Backoff: relay.Backoff{Base: 100 * time.Millisecond, Max: time.Second}, ShutdownGrace: 5 * time.Second,
-	}, store.New(pool, table), quiet, nil)
+	}, st, quiet, nil)
 	run(t, d.Run)
 	var failed atomic.Int64
 	s := sweeper.New(sweeper.Config{Interval: 200 * time.Millisecond, BatchSize: 100, OnSweep: func(p sweeper.Pass) {
 		if p.Err != nil {
 			failed.Add(1)
 		}
-	}}, d, quiet)
+	}}, d, st, quiet)
 	run(t, s.Run)
 
 	if err := cluster.StopServer("fast"); err != nil {

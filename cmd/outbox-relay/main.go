@@ -12,8 +12,11 @@ import (
 	"syscall"
 
 	"github.com/outbox-relay/outbox-relay/internal/config"
-	"github.com/outbox-relay/outbox-relay/relay"
 )
+
+// version is the release, set by the build with -ldflags "-X main.version=…";
+// the relay sends it in User-Agent.
+var version = "dev"
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
@@ -76,7 +79,7 @@ func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) 
 	case "requeue":
 		err = runRequeue(ctx, args, environ, stdout, stderr)
 	case "version":
-		fmt.Fprintln(stdout, "outbox-relay", relay.Version)
+		fmt.Fprintln(stdout, "outbox-relay", version)
 	default:
 		err = usageError{fmt.Errorf("unknown command %q (run, migrate, status, requeue, version)", cmd)}
 	}

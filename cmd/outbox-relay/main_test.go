@@ -72,6 +72,17 @@ func TestUsageErrorsExit2(t *testing.T) {
 	}
 }
 
+// The build sets the version with -X main.version=…, which only works on a
+// string variable: the assignment stops compiling if it becomes anything
+// else.
+func TestVersionIsSetByTheBuild(t *testing.T) {
+	var _ *string = &version
+	code, out, _ := runCmd(t, context.Background(), nil, "version")
+	if code != 0 || out != "outbox-relay "+version+"\n" {
+		t.Errorf("version: exit %d, %q", code, out)
+	}
+}
+
 func TestHelpListsEveryVariable(t *testing.T) {
 	code, out, _ := runCmd(t, context.Background(), nil, "--help")
 	if code != 0 {

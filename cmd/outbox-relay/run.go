@@ -56,7 +56,7 @@ func runRelay(ctx context.Context, args, environ []string, stderr io.Writer) err
 	}
 	watcher := monitor.NewWatcher(watchConfig(cfg, stream, metrics), st, metrics, log)
 	services := []service{
-		sweeper.New(sweepConfig(cfg, stream, metrics), d, log),
+		sweeper.New(sweepConfig(cfg, stream, metrics), d, st, log),
 		retention.New(retentionConfig(cfg, metrics), st, log),
 		watcher,
 	}
@@ -73,7 +73,7 @@ func runRelay(ctx context.Context, args, environ []string, stderr io.Writer) err
 		log.Info("serving /healthz, /readyz and /metrics", "addr", srv.Addr())
 		services = append(services, srv)
 	}
-	log.Info("outbox-relay starting", "version", relay.Version, "table", cfg.Table.String(),
+	log.Info("outbox-relay starting", "version", version, "table", cfg.Table.String(),
 		"cdc", cfg.CDC, "sweep_interval", cfg.SweepInterval.String(), "concurrency", cfg.Concurrency)
 	return serve(ctx, d, services, cfg.ShutdownGrace, log)
 }
@@ -111,6 +111,7 @@ func delivererConfig(cfg config.Config) relay.Config {
 		RunnerURL:     cfg.RunnerURL,
 		SigningKey:    cfg.SigningKey,
 		Token:         cfg.RunnerToken,
+		UserAgent:     "outbox-relay/" + version,
 		HTTPTimeout:   cfg.HTTPTimeout,
 		Concurrency:   cfg.Concurrency,
 		MaxAttempts:   cfg.MaxAttempts,

@@ -15,14 +15,8 @@ import (
 // works from any directory inside the module.
 const mainPackage = "github.com/outbox-relay/outbox-relay/cmd/outbox-relay"
 
-// versionSymbols are the variables -ldflags -X may set to the version. The
-// version is moving from the relay package to the command; the linker
-// ignores -X for a symbol that does not exist, so naming both is safe
-// during and after the move.
-var versionSymbols = []string{
-	"github.com/outbox-relay/outbox-relay/relay.Version",
-	"main.version",
-}
+// versionSymbols are the variables -ldflags -X sets to the version.
+var versionSymbols = []string{"main.version"}
 
 // BuildOptions are the choices of a Build.
 type BuildOptions struct {

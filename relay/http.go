@@ -1,0 +1,113 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/hashicorp/go-retryablehttp"
+
+	"github.com/outbox-relay/outbox-relay/internal/retryafter"
+	"github.com/outbox-relay/outbox-relay/internal/store"
+)
+
+// maxDrain is how much of an answer is read so the connection can be
+// reused; a longer answer is cut and its connection closed.
+const maxDrain = 64 << 10
+
+func newClient(cfg Config) *retryablehttp.Client {
+	tr := &http.Transport{
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:          cfg.Concurrency * 2,
+		MaxIdleConnsPerHost:   cfg.Concurrency * 2, // keep-alive for every worker
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   5 * time.Second,
+		ExpectContinueTimeout: time.Second,
+		ForceAttemptHTTP2:     true,
+	}
+	c := retryablehttp.NewClient()
+	c.HTTPClient = &http.Client{
+		Transport: tr,
+		Timeout:   cfg.HTTPTimeout,
+		// A redirect is an answer, not an instruction: the URL is
+		// configured, and following it could send events elsewhere.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	c.Logger = nil
+	c.RetryMax = quickRetries
+	c.RetryWaitMin = 50 * time.Millisecond
+	c.RetryWaitMax = 500 * time.Millisecond
+	c.CheckRetry = retryConnectionErrors
+	c.ErrorHandler = retryablehttp.PassthroughErrorHandler
+	return c
+}
+
+// retryConnectionErrors retries in process only when there is no answer at
+// all and no timeout: an answer, even a 503, goes back to the table with a
+// backoff, and a timeout has already spent the attempt's time.
+func retryConnectionErrors(ctx context.Context, resp *http.Response, err error) (bool, error) {
+	if ctx.Err() != nil || err == nil {
+		return false, nil
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return false, nil
+	}
+	return true, nil
+}
+
+// post sends one row to the runner and reads what it answered.
+func (d *Deliverer) post(ctx context.Context, r *store.Row) answer {
+	// A fresh buffer per request: the transport may still be reading the
+	// body when Do returns (an early answer), so it cannot be reused.
+	body := appendBody(make([]byte, 0, 160+len(r.Type)+len(r.Payload)), r)
+	req, err := retryablehttp.NewRequestWithContext(ctx, http.MethodPost, d.cfg.RunnerURL, body)
+	if err != nil {
+		return answer{err: fmt.Errorf("build request: %w", err)}
+	}
+	h := req.Header
+	h.Set("Content-Type", "application/json")
+	h.Set("User-Agent", d.cfg.UserAgent)
+	h.Set("Idempotency-Key", r.EventID)
+	if d.cfg.SigningKey != nil {
+		ts := time.Now().Unix()
+		h.Set("webhook-id", r.EventID)
+		h.Set("webhook-timestamp", strconv.FormatInt(ts, 10))
+		h.Set("webhook-signature", sign(d.cfg.SigningKey, r.EventID, ts, body))
+	}
+	if d.cfg.Token != "" {
+		h.Set("Authorization", "Bearer "+d.cfg.Token)
+	}
+	resp, err := d.client.Do(req)
+	if err != nil {
+		return answer{err: describe(err)}
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxDrain))
+	ra, _ := retryafter.Parse(resp.Header.Get("Retry-After"), time.Now())
+	return answer{code: resp.StatusCode, retryAfter: ra}
+}
+
+// describe turns a client error into a short reason. url.Error quotes the
+// URL, which may hold credentials: the runner is named by host only.
+func describe(err error) error {
+	var ne net.Error
+	switch {
+	case errors.As(err, &ne) && ne.Timeout():
+		return errors.New("runner timed out")
+	case errors.Is(err, context.Canceled):
+		return errors.New("cancelled at shutdown")
+	}
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		err = ue.Err
+	}
+	return fmt.Errorf("runner unreachable: %w", err)
+}
