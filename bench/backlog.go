@@ -195,16 +195,16 @@ func (b *bench) sweepCost(ctx context.Context, db *database, delivered int) (swe
 	}
 	c.MedianMs, c.MedianBuffers = median(times), int64(median(int64s(bufs)))
 
-	st := store.New(pool, store.Table{Schema: "public", Name: "portal_event_outbox"})
+	st := store.New(pool, store.DefaultSchema(store.Table{Schema: "public", Name: "portal_event_outbox"}))
 	var claims []float64
 	for range 5 {
 		t := time.Now()
-		rows, _, err := st.ClaimDue(ctx, 100, 0, time.Minute, 25)
+		claimed, err := st.ClaimDue(ctx, 100, 0, time.Minute, 25, nil)
 		if err != nil {
 			return c, err
 		}
 		claims = append(claims, float64(time.Since(t).Microseconds())/1000)
-		if len(rows) == 0 {
+		if len(claimed.Rows) == 0 {
 			break
 		}
 	}

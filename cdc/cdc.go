@@ -28,14 +28,14 @@ import (
 type Deliverer interface {
 	// DeliverIDs claims those of ids that are pending and due and queues
 	// them; it returns the ids it did not claim.
-	DeliverIDs(ctx context.Context, ids []int64) (missing []int64, err error)
+	DeliverIDs(ctx context.Context, ids []string) (missing []string, err error)
 }
 
 // Config is what the stream needs to know.
 type Config struct {
 	DatabaseURL string
-	// Schema and Table name the outbox table.
-	Schema, Table string
+	// Schema and Table name the outbox table, IDColumn its id column.
+	Schema, Table, IDColumn string
 	Slot          string
 	Publication   string
 	// BatchSize is the most ids handed to the Deliverer at once.
@@ -138,6 +138,9 @@ type Stream struct {
 func New(cfg Config, d Deliverer, log *slog.Logger) *Stream {
 	if cfg.BatchSize <= 0 {
 		cfg.BatchSize = 100
+	}
+	if cfg.IDColumn == "" {
+		cfg.IDColumn = "id"
 	}
 	return &Stream{
 		cfg: cfg, d: d, log: log.With("slot", cfg.Slot),

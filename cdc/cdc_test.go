@@ -29,19 +29,19 @@ var table = store.Table{Schema: "public", Name: "portal_event_outbox"}
 // set, calls wait for it to close.
 type recorder struct {
 	mu      sync.Mutex
-	seen    map[int64]int
-	batches [][]int64
+	seen    map[string]int
+	batches [][]string
 	gate    chan struct{}
 	entered chan struct{} // gets a value when a call starts waiting at gate
 	// missing, when set, decides which ids a call reports not found.
-	missing func(call int, id int64) bool
+	missing func(call int, id string) bool
 }
 
 func newRecorder() *recorder {
-	return &recorder{seen: map[int64]int{}, entered: make(chan struct{}, 1)}
+	return &recorder{seen: map[string]int{}, entered: make(chan struct{}, 1)}
 }
 
-func (r *recorder) DeliverIDs(ctx context.Context, ids []int64) ([]int64, error) {
+func (r *recorder) DeliverIDs(ctx context.Context, ids []string) ([]string, error) {
 	r.mu.Lock()
 	gate := r.gate
 	r.mu.Unlock()
@@ -60,7 +60,7 @@ func (r *recorder) DeliverIDs(ctx context.Context, ids []int64) ([]int64, error)
 	defer r.mu.Unlock()
 	call := len(r.batches)
 	r.batches = append(r.batches, slices.Clone(ids))
-	var missing []int64
+	var missing []string
 	for _, id := range ids {
 		if r.missing != nil && r.missing(call, id) {
 			missing = append(missing, id)
@@ -71,7 +71,7 @@ func (r *recorder) DeliverIDs(ctx context.Context, ids []int64) ([]int64, error)
 	return missing, nil
 }
 
-func (r *recorder) has(ids ...int64) bool {
+func (r *recorder) has(ids ...string) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, id := range ids {
@@ -82,7 +82,7 @@ func (r *recorder) has(ids ...int64) bool {
 	return true
 }
 
-func (r *recorder) count(id int64) int {
+func (r *recorder) count(id string) int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.seen[id]
@@ -139,7 +139,7 @@ func setupURL(t testing.TB, url string) *bundle {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	if _, err := store.Migrate(ctx, pool, table, ""); err != nil {
+	if _, err := store.Migrate(ctx, pool, store.DefaultSchema(table), ""); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := pool.Exec(ctx, `CREATE TABLE other (id bigserial PRIMARY KEY, body text)`); err != nil {
@@ -204,11 +204,11 @@ func (b *bundle) dropSlot(t testing.TB) {
 }
 
 // insert commits one outbox row per call and returns its id.
-func (b *bundle) insert(t testing.TB) int64 {
+func (b *bundle) insert(t testing.TB) string {
 	t.Helper()
-	var id int64
+	var id string
 	if err := b.pool.QueryRow(context.Background(),
-		`INSERT INTO portal_event_outbox (event_type) VALUES ('test.event') RETURNING id`).Scan(&id); err != nil {
+		`INSERT INTO portal_event_outbox (event_type) VALUES ('test.event') RETURNING id::text`).Scan(&id); err != nil {
 		t.Fatal(err)
 	}
 	return id
@@ -230,7 +230,7 @@ func TestInsertsReachDelivererQuickly(t *testing.T) {
 	for range 20 {
 		start := time.Now()
 		id := b.insert(t)
-		pgtest.WaitFor(t, 2*time.Second, fmt.Sprintf("id %d", id), func() bool { return rec.has(id) })
+		pgtest.WaitFor(t, 2*time.Second, fmt.Sprintf("id %s", id), func() bool { return rec.has(id) })
 		worst = max(worst, time.Since(start))
 	}
 	t.Logf("worst insert-to-DeliverIDs latency of 20: %s", worst)
@@ -254,8 +254,8 @@ func TestRolledBackTransactionDeliversNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var rolledBack int64
-	if err := tx.QueryRow(ctx, `INSERT INTO portal_event_outbox (event_type) VALUES ('x') RETURNING id`).Scan(&rolledBack); err != nil {
+	var rolledBack string
+	if err := tx.QueryRow(ctx, `INSERT INTO portal_event_outbox (event_type) VALUES ('x') RETURNING id::text`).Scan(&rolledBack); err != nil {
 		t.Fatal(err)
 	}
 	if err := tx.Rollback(ctx); err != nil {
@@ -266,7 +266,7 @@ func TestRolledBackTransactionDeliversNothing(t *testing.T) {
 	marker := b.insert(t)
 	pgtest.WaitFor(t, 5*time.Second, "the marker row", func() bool { return rec.has(marker) })
 	if rec.count(rolledBack) != 0 {
-		t.Errorf("rolled-back id %d was handed to the deliverer", rolledBack)
+		t.Errorf("rolled-back id %s was handed to the deliverer", rolledBack)
 	}
 }
 
@@ -278,11 +278,11 @@ func TestMultiRowTransactionDeliversAll(t *testing.T) {
 	waitStreaming(t, s)
 
 	rows, err := b.pool.Query(context.Background(),
-		`INSERT INTO portal_event_outbox (event_type) SELECT 'bulk' FROM generate_series(1, 250) RETURNING id`)
+		`INSERT INTO portal_event_outbox (event_type) SELECT 'bulk' FROM generate_series(1, 250) RETURNING id::text`)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -296,7 +296,7 @@ func TestMultiRowTransactionDeliversAll(t *testing.T) {
 	}
 	for _, id := range ids {
 		if rec.seen[id] != 1 {
-			t.Errorf("id %d handed off %d times", id, rec.seen[id])
+			t.Errorf("id %s handed off %d times", id, rec.seen[id])
 		}
 	}
 }
@@ -308,7 +308,7 @@ func TestMissingIDsAreRetriedBriefly(t *testing.T) {
 	var calls atomic.Int64
 	// The first claim misses every id, as when the commit is not yet
 	// visible; the retry finds them.
-	rec.missing = func(call int, id int64) bool { calls.Add(1); return call == 0 }
+	rec.missing = func(call int, id string) bool { calls.Add(1); return call == 0 }
 	s, _ := b.start(t, rec)
 	waitStreaming(t, s)
 
@@ -317,7 +317,7 @@ func TestMissingIDsAreRetriedBriefly(t *testing.T) {
 
 	// An id never found is retried len(missingRetries) times, then left.
 	rec.mu.Lock()
-	rec.missing = func(int, int64) bool { return true }
+	rec.missing = func(int, string) bool { return true }
 	before := len(rec.batches)
 	rec.mu.Unlock()
 	never := b.insert(t)
@@ -388,10 +388,10 @@ func TestPostgresRestartIsSurvived(t *testing.T) {
 	}
 	// Inserted at once, most likely before the stream is back: the slot
 	// keeps it for the stream.
-	var after int64
+	var after string
 	pgtest.WaitFor(t, 10*time.Second, "an insert after the restart", func() bool {
 		err := b.pool.QueryRow(context.Background(),
-			`INSERT INTO portal_event_outbox (event_type) VALUES ('after') RETURNING id`).Scan(&after)
+			`INSERT INTO portal_event_outbox (event_type) VALUES ('after') RETURNING id::text`).Scan(&after)
 		return err == nil
 	})
 	pgtest.WaitFor(t, 15*time.Second, "the row inserted after the restart", func() bool { return rec.has(after) })
@@ -625,7 +625,7 @@ func TestPublicationDroppedIsRecreated(t *testing.T) {
 	// Rows inserted before the stream is back are the sweeper's; the
 	// stream must come back for the rows after. Insert now and then until
 	// one comes through.
-	var ids []int64
+	var ids []string
 	var last time.Time
 	pgtest.WaitFor(t, 20*time.Second, "a row after the publication came back", func() bool {
 		if time.Since(last) > 50*time.Millisecond {

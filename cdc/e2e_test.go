@@ -44,7 +44,7 @@ func TestEndToEnd(t *testing.T) {
 		MaxAttempts:   5,
 		Backoff:       relay.Backoff{Base: time.Second, Max: time.Minute},
 		ShutdownGrace: time.Second,
-	}, store.New(b.pool, table), slog.New(slog.DiscardHandler), nil)
+	}, store.New(b.pool, store.DefaultSchema(table)), slog.New(slog.DiscardHandler), nil)
 	dctx, stopD := context.WithCancel(context.Background())
 	dDone := make(chan error, 1)
 	go func() { dDone <- d.Run(dctx) }()

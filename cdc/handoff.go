@@ -16,7 +16,7 @@ import (
 // (BenchmarkHandOff compares this with waiting for a pause in the stream.)
 type handoff struct {
 	mu    sync.Mutex
-	ids   []int64
+	ids   []string
 	limit int // ids buffered before put waits
 
 	ready chan struct{} // signalled when ids were put
@@ -39,7 +39,7 @@ func signal(c chan struct{}) {
 // sweeper delivers them, while the reader goes on reading and confirming.
 // Waiting longer would make a slow runner pin WAL in the slot, the very
 // thing the table-as-queue design avoids.
-func (h *handoff) put(ctx context.Context, ids []int64, wait time.Duration) (bool, error) {
+func (h *handoff) put(ctx context.Context, ids []string, wait time.Duration) (bool, error) {
 	var timeout <-chan time.Time
 	for {
 		h.mu.Lock()
@@ -69,7 +69,7 @@ func (h *handoff) put(ctx context.Context, ids []int64, wait time.Duration) (boo
 }
 
 // take removes and returns up to n ids, nil when there are none.
-func (h *handoff) take(n int) []int64 {
+func (h *handoff) take(n int) []string {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if len(h.ids) == 0 {
@@ -84,7 +84,7 @@ func (h *handoff) take(n int) []int64 {
 
 // retryIDs are ids the Deliverer did not find, to be claimed again at at.
 type retryIDs struct {
-	ids     []int64
+	ids     []string
 	attempt int // retries made so far
 	at      time.Time
 }
@@ -125,7 +125,7 @@ func (s *Stream) handOff(ctx context.Context, h *handoff) {
 }
 
 // deliver makes one claim and schedules a retry of the ids it missed.
-func (s *Stream) deliver(ctx context.Context, ids []int64, attempt int, retries []retryIDs, failing *bool) []retryIDs {
+func (s *Stream) deliver(ctx context.Context, ids []string, attempt int, retries []retryIDs, failing *bool) []retryIDs {
 	missing, err := s.d.DeliverIDs(ctx, ids)
 	switch {
 	case err != nil && ctx.Err() != nil:

@@ -146,8 +146,8 @@ func outboxInsert(id int64) *pgproto3.CopyData {
 type view struct {
 	received, safe, sent pglogrepl.LSN
 	ackDue               bool
-	pending              []int64 // gathered, not handed off
-	handedOff            []int64 // in the hand-off buffer, in order
+	pending              []string // gathered, not handed off
+	handedOff            []string // in the hand-off buffer, in order
 }
 
 func (r *reader) view() view {
@@ -173,7 +173,13 @@ type step struct {
 
 func TestReaderConfirmationRules(t *testing.T) {
 	conn := replicationConn(t)
-	ids := func(v ...int64) []int64 { return v }
+	ids := func(v ...int64) []string {
+		s := make([]string, len(v))
+		for i, id := range v {
+			s[i] = fmt.Sprint(id)
+		}
+		return s
+	}
 	tests := []struct {
 		name      string
 		batchSize int
@@ -287,7 +293,7 @@ func TestReaderConfirmationRules(t *testing.T) {
 func TestReaderKeepsPositionWhenHandOffFails(t *testing.T) {
 	r := newReader(t, nil, 0) // nothing here sends a status update
 	r.h = newHandoff(1)
-	r.h.ids = []int64{99}
+	r.h.ids = []string{"99"}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	for _, m := range []*pgproto3.CopyData{begin(), outboxRel, outboxInsert(1)} {
@@ -298,7 +304,7 @@ func TestReaderKeepsPositionWhenHandOffFails(t *testing.T) {
 	if err := r.handle(ctx, commit(0x100)); !errors.Is(err, context.Canceled) {
 		t.Fatalf("commit with the hand-off full and the context done: %v, want context.Canceled", err)
 	}
-	want := view{received: 0x100, pending: []int64{1}, handedOff: []int64{99}}
+	want := view{received: 0x100, pending: []string{"1"}, handedOff: []string{"99"}}
 	if got := r.view(); !got.equal(want) {
 		t.Errorf("after the failed hand-off:\n got %s\nwant %s", got, want)
 	}

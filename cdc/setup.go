@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -57,7 +56,10 @@ func (s *Stream) session(ctx context.Context, conf dbConfig, h *handoff) (stream
 		Mode: pglogrepl.LogicalReplication,
 		PluginArgs: []string{
 			"proto_version '1'",
-			"publication_names " + store.QuoteLiteral(s.cfg.Publication),
+			// pgoutput splits the list as SQL identifiers and folds unquoted
+			// ones to lower case: quote the name so that PortalEvents stays
+			// PortalEvents.
+			"publication_names " + store.QuoteLiteral(pgx.Identifier{s.cfg.Publication}.Sanitize()),
 		},
 	})
 	cancel()
@@ -79,11 +81,14 @@ func (s *Stream) session(ctx context.Context, conf dbConfig, h *handoff) (stream
 	}
 	err = s.stream(ctx, conn, h)
 	s.streaming.Store(false)
-	if isCode(err, codeUndefinedObject) && strings.Contains(err.Error(), "publication") {
+	if isCode(err, codeUndefinedObject) {
 		// The publication was dropped (and made again by the next
 		// prepare). pgoutput reads it as of each change's position, so
 		// this slot fails on every change from the drop to the new
-		// publication, for ever: make a new slot instead.
+		// publication, for ever: make a new slot instead. Once streaming,
+		// the publication is the only object the walsender looks up by
+		// name, so the SQLSTATE says it, whatever the language of the
+		// server's messages (lc_messages).
 		s.broken = true
 	}
 	return time.Since(began), err

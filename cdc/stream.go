@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -23,7 +22,7 @@ type reader struct {
 	// relation that is not the outbox (or has no id column).
 	rels map[uint32]int
 
-	pending []int64 // ids not yet handed off
+	pending []string // ids not yet handed off, as text
 	inTx    bool    // between a Begin and its Commit
 	txIDs   bool    // the current transaction had outbox inserts
 
@@ -183,34 +182,31 @@ func (r *reader) relation(m *pglogrepl.RelationMessage) {
 	idx := -1
 	if m.Namespace == r.s.cfg.Schema && m.RelationName == r.s.cfg.Table {
 		for i, c := range m.Columns {
-			if c.Name == "id" {
+			if c.Name == r.s.cfg.IDColumn {
 				idx = i
 				break
 			}
 		}
 		if idx < 0 && !r.warnedNoID {
 			r.warnedNoID = true
-			r.s.log.Error("replication: the outbox table has no id column; inserts are left to the sweeper")
+			r.s.log.Error("replication: the outbox table has no id column; inserts are left to the sweeper", "column", r.s.cfg.IDColumn)
 		}
 	}
 	r.rels[m.RelationID] = idx
 }
 
-// id is the id of a row inserted into the outbox table.
-func (r *reader) id(m *pglogrepl.InsertMessage) (int64, bool) {
+// id is the id of a row inserted into the outbox table, in its text form
+// whatever the column's type: the claim casts it back.
+func (r *reader) id(m *pglogrepl.InsertMessage) (string, bool) {
 	idx, ok := r.rels[m.RelationID]
 	if !ok || idx < 0 || m.Tuple == nil || idx >= len(m.Tuple.Columns) {
-		return 0, false
+		return "", false
 	}
 	col := m.Tuple.Columns[idx]
-	if col.DataType != pglogrepl.TupleDataTypeText {
-		return 0, false
+	if col.DataType != pglogrepl.TupleDataTypeText || len(col.Data) == 0 {
+		return "", false
 	}
-	id, err := strconv.ParseInt(string(col.Data), 10, 64)
-	if err != nil {
-		return 0, false
-	}
-	return id, true
+	return string(col.Data), true
 }
 
 // flush hands the pending ids to the hand-off goroutine, waiting a little

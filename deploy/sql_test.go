@@ -107,7 +107,7 @@ func TestLeastPrivilegeSQL(t *testing.T) {
 	defer appConn.Close(context.Background())
 	table := store.Table{Schema: "public", Name: "portal_event_outbox"}
 	// No publication yet: the script must create it.
-	if pubErr, err := store.Migrate(ctx, appConn, table, ""); pubErr != nil || err != nil {
+	if pubErr, err := store.Migrate(ctx, appConn, store.DefaultSchema(table), ""); pubErr != nil || err != nil {
 		t.Fatalf("migrate as the table owner: %v, %v", pubErr, err)
 	}
 
@@ -170,18 +170,19 @@ func TestLeastPrivilegeSQL(t *testing.T) {
 			t.Errorf("outbox_relay has %s on the table: %v, want %v", priv, has, want)
 		}
 	}
-	st := store.New(pool, table)
-	rows, buried, err := st.ClaimDue(ctx, 10, 0, time.Minute, 25)
-	if err != nil || len(rows) != 3 || len(buried) != 0 {
-		t.Fatalf("claim as outbox_relay: %d rows, %d buried, %v; want 3 rows", len(rows), len(buried), err)
+	st := store.New(pool, store.DefaultSchema(table))
+	claim, err := st.ClaimDue(ctx, 10, 0, time.Minute, 25, nil)
+	rows := claim.Rows
+	if err != nil || len(rows) != 3 || claim.Len() != 3 {
+		t.Fatalf("claim as outbox_relay: %+v, %v; want 3 rows", claim, err)
 	}
-	if err := st.Record(ctx, []store.Result{
+	if _, err := st.Record(ctx, []store.Result{
 		{ID: rows[0].ID, Attempt: rows[0].Attempt, Status: store.StatusDelivered},
 		{ID: rows[1].ID, Attempt: rows[1].Attempt, Status: store.StatusDead, Error: "HTTP 400"},
 	}); err != nil {
 		t.Fatalf("record as outbox_relay: %v", err)
 	}
-	if err := st.Release(ctx, rows[2:]); err != nil {
+	if _, err := st.Release(ctx, rows[2:]); err != nil {
 		t.Fatalf("release as outbox_relay: %v", err)
 	}
 	if stats, err := st.Stats(ctx, true); err != nil || stats.Pending != 1 || stats.Dead != 1 || stats.Delivered != 1 {

@@ -67,7 +67,7 @@ func newDB(t *testing.T, url string) *db {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	if _, err := store.Migrate(context.Background(), pool, table, "outbox_relay"); err != nil {
+	if _, err := store.Migrate(context.Background(), pool, store.DefaultSchema(table), "outbox_relay"); err != nil {
 		t.Fatal(err)
 	}
 	return &db{url: url, pool: pool}

@@ -44,9 +44,11 @@ type Attempt struct {
 	Age      time.Duration // created_at to now, meaningful when delivered
 }
 
-// Observer is told of every attempt; it must not block.
+// Observer is told of every attempt and of every write the database
+// refused; it must not block.
 type Observer interface {
 	ObserveAttempt(Attempt)
+	ObserveWriteError(statement string)
 }
 
 const (
@@ -85,6 +87,7 @@ type Deliverer struct {
 	obs    Observer
 	client *retryablehttp.Client
 	rec    *recorder
+	refuse *refusals
 
 	// lease is how long a claim keeps other claimers off a row. It covers a
 	// wait in the queue (queueBudget) and the whole attempt after it.
@@ -109,14 +112,19 @@ func New(cfg Config, st *store.Store, log *slog.Logger, obs Observer) *Deliverer
 	if cfg.UserAgent == "" {
 		cfg.UserAgent = "outbox-relay"
 	}
+	if obs == nil {
+		obs = nopObserver{}
+	}
 	attemptBudget := time.Duration(quickRetries+1)*cfg.HTTPTimeout + 2*time.Second
+	refuse := newRefusals(log, obs)
 	d := &Deliverer{
 		cfg:    cfg,
 		store:  st,
 		log:    log,
 		obs:    obs,
 		client: newClient(cfg),
-		rec:    newRecorder(st, log, cfg.Concurrency),
+		rec:    newRecorder(st, log, refuse, cfg.Concurrency),
+		refuse: refuse,
 		// A row normally waits in the queue for milliseconds; one that
 		// waited longer than an attempt's budget is given back unsent (see
 		// work), so the lease is two budgets.
@@ -200,31 +208,34 @@ func (d *Deliverer) stopping() bool {
 // DeliverIDs claims those of ids that are pending and due and queues them
 // for delivery. It returns the ids it did not claim: already taken, already
 // done, not due, or not yet visible to this snapshot.
-func (d *Deliverer) DeliverIDs(ctx context.Context, ids []int64) (missing []int64, err error) {
+func (d *Deliverer) DeliverIDs(ctx context.Context, ids []string) (missing []string, err error) {
 	if d.stopping() {
 		return nil, errStopped
 	}
 	start := time.Now()
 	cctx, cancel := context.WithTimeout(ctx, claimTimeout)
-	rows, buried, err := d.store.ClaimIDs(cctx, ids, d.lease, d.cfg.MaxAttempts)
+	c, err := d.store.ClaimIDs(cctx, ids, d.lease, d.cfg.MaxAttempts)
 	cancel()
 	if err != nil {
 		return nil, err
 	}
-	d.bury(PathStream, buried)
-	return unclaimed(ids, rows, buried), d.enqueue(ctx, PathStream, start, rows)
+	d.claimed(PathStream, c)
+	return unclaimed(ids, c), d.enqueue(ctx, PathStream, start, c)
 }
 
-// unclaimed is ids less those of rows and buried.
-func unclaimed(ids []int64, rows []store.Row, buried []store.Result) (missing []int64) {
-	if len(rows)+len(buried) == len(ids) {
+// unclaimed is ids less those the claim took or tried.
+func unclaimed(ids []string, c store.Claim) (missing []string) {
+	if c.Len() == len(ids) {
 		return nil
 	}
-	got := make(map[int64]bool, len(rows)+len(buried))
-	for _, r := range rows {
+	got := make(map[string]bool, c.Len())
+	for _, r := range c.Rows {
 		got[r.ID] = true
 	}
-	for _, r := range buried {
+	for _, r := range c.Dead {
+		got[r.ID] = true
+	}
+	for _, r := range c.Refused {
 		got[r.ID] = true
 	}
 	for _, id := range ids {
@@ -236,43 +247,70 @@ func unclaimed(ids []int64, rows []store.Row, buried []store.Result) (missing []
 }
 
 // DeliverDue claims up to limit due rows and queues them. Rows never tried
-// are taken only when older than grace (see store.ClaimDue). It returns
-// the number of rows claimed.
+// are taken only when older than grace (see store.ClaimDue), and rows the
+// database refused a moment ago not at all. It returns the number of rows
+// the claim took or tried.
 func (d *Deliverer) DeliverDue(ctx context.Context, limit int, grace time.Duration) (int, error) {
 	if d.stopping() {
 		return 0, errStopped
 	}
 	start := time.Now()
 	cctx, cancel := context.WithTimeout(ctx, claimTimeout)
-	rows, buried, err := d.store.ClaimDue(cctx, limit, grace, d.lease, d.cfg.MaxAttempts)
+	c, err := d.store.ClaimDue(cctx, limit, grace, d.lease, d.cfg.MaxAttempts, d.refuse.skip())
 	cancel()
 	if err != nil {
 		return 0, err
 	}
-	d.bury(PathSweep, buried)
-	return len(rows) + len(buried), d.enqueue(ctx, PathSweep, start, rows)
+	d.claimed(PathSweep, c)
+	return c.Len(), d.enqueue(ctx, PathSweep, start, c)
 }
 
-func (d *Deliverer) bury(path string, buried []store.Result) {
-	for range buried {
+// claimed deals with what a claim took besides rows to send: rows dead
+// already (every attempt used up) are counted, rows that cannot be sent
+// are logged (enqueue records them), refused rows are noted.
+func (d *Deliverer) claimed(path string, c store.Claim) {
+	d.refuse.note(StatementClaim, c.Refused)
+	if d.refuse.n.Load() > 0 {
+		for _, r := range c.Rows {
+			d.refuse.clear(r.ID)
+		}
+	}
+	buried := 0
+	for _, r := range c.Dead {
 		d.observe(Attempt{Path: path, Outcome: OutcomeDead})
+		if r.Recorded {
+			buried++
+			continue
+		}
+		d.log.Warn("event dead-lettered", "id", r.ID, "attempts", r.Attempt, "reason", r.Error)
 	}
-	if len(buried) > 0 {
+	if buried > 0 {
 		d.log.Warn("rows marked dead: the relay stopped during each of their attempts",
-			"rows", len(buried), "max_attempts", d.cfg.MaxAttempts)
+			"rows", buried, "max_attempts", d.cfg.MaxAttempts)
 	}
 }
 
-// enqueue queues claimed rows for the workers, blocking while the queue is
-// full; the rows it cannot queue are released.
-func (d *Deliverer) enqueue(ctx context.Context, path string, claimedAt time.Time, rows []store.Row) error {
+// WriteErrors lists the rows whose writes the database refuses now.
+func (d *Deliverer) WriteErrors() []WriteError { return d.refuse.list() }
+
+// enqueue queues the claimed rows for the workers, blocking while the
+// queue is full, and the rows that cannot be sent for the recorder; the
+// rows it cannot queue are released.
+func (d *Deliverer) enqueue(ctx context.Context, path string, claimedAt time.Time, c store.Claim) error {
 	d.queueing.RLock()
 	defer d.queueing.RUnlock()
-	// Run closes stop before it waits for queueing, and jobs only after:
-	// while stop is open here, jobs stays open until RUnlock.
+	// Run closes stop before it waits for queueing, and jobs and the
+	// recorder only after: while stop is open here, both stay open until
+	// RUnlock.
+	rows := c.Rows
 	if d.stopping() {
 		d.release(ctx, rows)
 		return errStopped
+	}
+	for _, r := range c.Dead {
+		if !r.Recorded {
+			d.rec.add(r)
+		}
 	}
 	for i, r := range rows {
 		select {
@@ -293,9 +331,11 @@ func (d *Deliverer) enqueue(ctx context.Context, path string, claimedAt time.Tim
 func (d *Deliverer) release(ctx context.Context, rows []store.Row) {
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
 	defer cancel()
-	if err := d.store.Release(rctx, rows); err != nil {
+	refused, err := d.store.Release(rctx, rows)
+	if err != nil {
 		d.log.Warn("could not give back unsent rows; they are retried when their lease ends", "rows", len(rows), "error", err)
 	}
+	d.refuse.note(StatementRelease, refused)
 }
 
 // work sends jobs until the queue is closed and returns the rows it did
@@ -349,8 +389,9 @@ func (d *Deliverer) attempt(ctx context.Context, j job) (res store.Result, sent 
 	return res, true
 }
 
-func (d *Deliverer) observe(a Attempt) {
-	if d.obs != nil {
-		d.obs.ObserveAttempt(a)
-	}
-}
+func (d *Deliverer) observe(a Attempt) { d.obs.ObserveAttempt(a) }
+
+type nopObserver struct{}
+
+func (nopObserver) ObserveAttempt(Attempt)    {}
+func (nopObserver) ObserveWriteError(string) {}

@@ -88,7 +88,7 @@ func setup(t *testing.T, answer func(http.ResponseWriter, *http.Request, []byte)
 	if tweak != nil {
 		tweak(&cfg)
 	}
-	st := store.New(pool, table)
+	st := store.New(pool, store.DefaultSchema(table))
 	d := relay.New(cfg, st, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
 	startDeliverer(t, d)
 	return &bundle{pool: pool, store: st, runner: rn, d: d}
@@ -102,7 +102,7 @@ func newPool(t *testing.T) *pgxpool.Pool {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	if _, err := store.Migrate(ctx, pool, table, ""); err != nil {
+	if _, err := store.Migrate(ctx, pool, store.DefaultSchema(table), ""); err != nil {
 		t.Fatal(err)
 	}
 	return pool
@@ -120,11 +120,11 @@ func startDeliverer(t *testing.T, d *relay.Deliverer) {
 	t.Cleanup(func() { cancel(); <-done })
 }
 
-func insert(t *testing.T, pool *pgxpool.Pool, typ, payload string) int64 {
+func insert(t *testing.T, pool *pgxpool.Pool, typ, payload string) string {
 	t.Helper()
-	var id int64
+	var id string
 	err := pool.QueryRow(context.Background(),
-		`INSERT INTO portal_event_outbox (event_type, payload) VALUES ($1, $2::jsonb) RETURNING id`, typ, payload).Scan(&id)
+		`INSERT INTO portal_event_outbox (event_type, payload) VALUES ($1, $2::jsonb) RETURNING id::text`, typ, payload).Scan(&id)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -139,21 +139,19 @@ type rowState struct {
 	Delivered *time.Time
 }
 
-func state(t *testing.T, pool *pgxpool.Pool, id int64) rowState {
+func state(t *testing.T, pool *pgxpool.Pool, id string) rowState {
 	t.Helper()
 	var s rowState
 	err := pool.QueryRow(context.Background(), `SELECT status, attempts, next_attempt_at, last_error, delivered_at
-		FROM portal_event_outbox WHERE id = $1`, id).Scan(&s.Status, &s.Attempts, &s.Next, &s.LastError, &s.Delivered)
+		FROM portal_event_outbox WHERE id = $1::bigint`, id).Scan(&s.Status, &s.Attempts, &s.Next, &s.LastError, &s.Delivered)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return s
 }
 
-// waitFor polls cond until it holds or the deadline passes.
-
 // settled waits until the row's outcome is written: not leased any more.
-func settled(t *testing.T, b *bundle, id int64, attempts int) rowState {
+func settled(t *testing.T, b *bundle, id string, attempts int) rowState {
 	t.Helper()
 	var s rowState
 	pgtest.WaitFor(t, 20*time.Second, "the outcome to be recorded", func() bool {
@@ -164,7 +162,7 @@ func settled(t *testing.T, b *bundle, id int64, attempts int) rowState {
 	return s
 }
 
-func (b *bundle) deliver(t *testing.T, ids ...int64) {
+func (b *bundle) deliver(t *testing.T, ids ...string) {
 	t.Helper()
 	b.claimedAt = time.Now()
 	missing, err := b.d.DeliverIDs(context.Background(), ids)
@@ -196,7 +194,7 @@ func TestDelivered(t *testing.T) {
 	r := reqs[0]
 	var eventID string
 	var created time.Time
-	if err := b.pool.QueryRow(context.Background(), `SELECT event_id::text, created_at FROM portal_event_outbox WHERE id = $1`, id).Scan(&eventID, &created); err != nil {
+	if err := b.pool.QueryRow(context.Background(), `SELECT event_id::text, created_at FROM portal_event_outbox WHERE id = $1::bigint`, id).Scan(&eventID, &created); err != nil {
 		t.Fatal(err)
 	}
 	for h, want := range map[string]string{
@@ -267,7 +265,7 @@ func TestPayloadFidelity(t *testing.T) {
 		`null`,
 		big,
 	}
-	ids := make([]int64, len(payloads))
+	ids := make([]string, len(payloads))
 	for i, p := range payloads {
 		ids[i] = insert(t, b.pool, "payload.test", strings.ReplaceAll(p, `\u0000-free`, "free"))
 	}
@@ -489,7 +487,7 @@ func TestRacingDeliverersSendOnce(t *testing.T) {
 		d := relay.New(relay.Config{
 			RunnerURL: rn.URL, HTTPTimeout: 5 * time.Second, Concurrency: 8, MaxAttempts: 5,
 			Backoff: relay.Backoff{Base: time.Second, Max: time.Second}, ShutdownGrace: 5 * time.Second,
-		}, store.New(pool, table), slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+		}, store.New(pool, store.DefaultSchema(table)), slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
 		startDeliverer(t, d)
 		claimers.Go(func() {
 			for {
@@ -531,7 +529,7 @@ func TestCrashLoopingRowIsBuried(t *testing.T) {
 	if _, err := b.pool.Exec(context.Background(), `UPDATE portal_event_outbox SET attempts = 3 WHERE id = $1`, id); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.d.DeliverIDs(context.Background(), []int64{id}); err != nil {
+	if _, err := b.d.DeliverIDs(context.Background(), []string{id}); err != nil {
 		t.Fatal(err)
 	}
 	s := state(t, b.pool, id)
@@ -557,14 +555,14 @@ func TestShutdownDrains(t *testing.T) {
 	d := relay.New(relay.Config{
 		RunnerURL: rn.URL, HTTPTimeout: 10 * time.Second, Concurrency: 1, MaxAttempts: 5,
 		Backoff: relay.Backoff{Base: time.Second, Max: time.Second}, ShutdownGrace: 10 * time.Second,
-	}, store.New(pool, table), slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	}, store.New(pool, store.DefaultSchema(table)), slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- d.Run(ctx) }()
 
 	first := insert(t, pool, "t", `{}`)
 	second := insert(t, pool, "t", `{}`)
-	if _, err := d.DeliverIDs(ctx, []int64{first, second}); err != nil {
+	if _, err := d.DeliverIDs(ctx, []string{first, second}); err != nil {
 		t.Fatal(err)
 	}
 	<-entered // the first POST is in flight; the second waits in the queue
@@ -598,7 +596,7 @@ func TestAttemptsCountOnlyRealPOSTs(t *testing.T) {
 	d := relay.New(relay.Config{
 		RunnerURL: rn.URL, HTTPTimeout: 100 * time.Millisecond, Concurrency: 1, MaxAttempts: 25,
 		Backoff: relay.Backoff{Base: time.Hour, Max: time.Hour}, ShutdownGrace: time.Second,
-	}, store.New(pool, table), slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	}, store.New(pool, store.DefaultSchema(table)), slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
 	startDeliverer(t, d)
 	if _, err := pool.Exec(context.Background(), `INSERT INTO portal_event_outbox (event_type) SELECT 'slow' FROM generate_series(1, 40)`); err != nil {
 		t.Fatal(err)
@@ -638,12 +636,12 @@ func TestShutdownCutIsNotAFailure(t *testing.T) {
 	d := relay.New(relay.Config{
 		RunnerURL: rn.URL, HTTPTimeout: time.Minute, Concurrency: 1, MaxAttempts: 1,
 		Backoff: relay.Backoff{Base: time.Hour, Max: time.Hour}, ShutdownGrace: 100 * time.Millisecond,
-	}, store.New(pool, table), slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	}, store.New(pool, store.DefaultSchema(table)), slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- d.Run(ctx) }()
 	id := insert(t, pool, "t", `{}`)
-	if _, err := d.DeliverIDs(ctx, []int64{id}); err != nil {
+	if _, err := d.DeliverIDs(ctx, []string{id}); err != nil {
 		t.Fatal(err)
 	}
 	<-entered

@@ -58,9 +58,9 @@ func TestDecide(t *testing.T) {
 		{"last attempt timed out", 25, answer{err: describe(timeoutErr{})}, store.StatusDead, OutcomeDead, 0, "gave up after 25 attempts: runner timed out"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			row := &store.Row{ID: 7, Attempt: tc.attempt}
+			row := &store.Row{ID: "7", Attempt: tc.attempt}
 			res, outcome := decide(row, tc.ans, 25, backoff, now)
-			want := store.Result{ID: 7, Attempt: tc.attempt, Status: tc.status, Error: tc.err}
+			want := store.Result{ID: "7", Attempt: tc.attempt, Status: tc.status, Error: tc.err}
 			if tc.next != 0 {
 				want.Next = now.Add(tc.next)
 			}

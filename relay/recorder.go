@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"slices"
+	"time"
 
 	"github.com/sethvargo/go-retry"
 
@@ -12,20 +13,33 @@ import (
 
 // recorder writes the outcomes the workers decide, batching whatever has
 // queued up while the previous write ran, and tells the sweeper when a
-// write scheduled a retry.
+// write scheduled a retry. An outcome the database refuses to write (a
+// trigger, a constraint) is held and tried again alone with backoff, while
+// every other outcome is written at once.
 type recorder struct {
 	store   *store.Store
 	log     *slog.Logger
+	refuse  *refusals
 	results chan store.Result
 	// rescheduled is signalled after a write that scheduled a retry; it
 	// holds one signal, so a burst of retries wakes the sweeper once.
 	rescheduled chan struct{}
+
+	held []heldResult // used by run's goroutine only
 }
 
-func newRecorder(st *store.Store, log *slog.Logger, buffer int) *recorder {
+// heldResult is an outcome the database refused, waiting for its next try.
+type heldResult struct {
+	res   store.Result
+	next  time.Time
+	tries int
+}
+
+func newRecorder(st *store.Store, log *slog.Logger, refuse *refusals, buffer int) *recorder {
 	return &recorder{
 		store:       st,
 		log:         log,
+		refuse:      refuse,
 		results:     make(chan store.Result, buffer),
 		rescheduled: make(chan struct{}, 1),
 	}
@@ -40,43 +54,98 @@ func (rec *recorder) add(r store.Result) { rec.results <- r }
 func (rec *recorder) close() { close(rec.results) }
 
 // run writes outcomes as they come, one UPDATE … FROM unnest per batch of
-// up to recordBatch, until close. Writes are retried until ctx ends.
+// up to recordBatch, until close; refused outcomes are tried again when
+// due. Writes are retried until ctx ends.
 func (rec *recorder) run(ctx context.Context) {
 	batch := make([]store.Result, 0, recordBatch)
-	for r := range rec.results {
-		batch = append(batch[:0], r)
-	fill:
-		for len(batch) < recordBatch {
-			select {
-			case r, ok := <-rec.results:
-				if !ok {
-					break fill
-				}
-				batch = append(batch, r)
-			default:
-				break fill
-			}
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	defer timer.Stop()
+	for {
+		var due <-chan time.Time
+		if len(rec.held) > 0 {
+			timer.Reset(time.Until(rec.held[0].next))
+			due = timer.C
 		}
-		rec.write(ctx, batch)
-		if slices.ContainsFunc(batch, func(r store.Result) bool { return r.Status == store.StatusPending }) {
-			select {
-			case rec.rescheduled <- struct{}{}:
-			default: // a wake-up is already pending
+		select {
+		case r, ok := <-rec.results:
+			if !ok {
+				rec.lastTry(ctx)
+				return
 			}
+			rec.write(ctx, rec.fill(append(batch[:0], r)))
+		case <-due:
+			rec.retryHeld(ctx, time.Now())
 		}
 	}
 }
 
-// write retries a failed write while the database is away; if it never
-// comes back before shutdown the rows' leases end and they are sent again,
-// with the same event_id.
+// fill adds to batch whatever outcomes have queued up, up to recordBatch.
+func (rec *recorder) fill(batch []store.Result) []store.Result {
+	for len(batch) < recordBatch {
+		select {
+		case r, ok := <-rec.results:
+			if !ok {
+				return batch
+			}
+			batch = append(batch, r)
+		default:
+			return batch
+		}
+	}
+	return batch
+}
+
+// retryHeld writes the held outcomes that are due, in one batch.
+func (rec *recorder) retryHeld(ctx context.Context, now time.Time) {
+	n := 0
+	for n < len(rec.held) && !rec.held[n].next.After(now) {
+		n++
+	}
+	if n == 0 {
+		return
+	}
+	due := rec.held[:n:n]
+	rec.held = slices.Clone(rec.held[n:])
+	tries := make(map[string]int, n)
+	batch := make([]store.Result, n)
+	for i, h := range due {
+		batch[i], tries[h.res.ID] = h.res, h.tries
+	}
+	rec.writeTried(ctx, batch, tries)
+}
+
+// lastTry writes the held outcomes once more at shutdown. Those still
+// refused keep their lease: the row is sent again when it ends.
+func (rec *recorder) lastTry(ctx context.Context) {
+	if len(rec.held) == 0 {
+		return
+	}
+	rec.retryHeld(ctx, time.Now().Add(365*24*time.Hour))
+	for _, h := range rec.held {
+		rec.log.Error("stopping with an outcome the database refuses to write; the row is sent again when its lease ends",
+			"id", h.res.ID, "status", h.res.Status)
+	}
+	rec.held = nil
+}
+
 func (rec *recorder) write(ctx context.Context, batch []store.Result) {
+	rec.writeTried(ctx, batch, nil)
+}
+
+// writeTried writes batch, retrying while the database is away; if it never
+// comes back before shutdown the rows' leases end and they are sent again,
+// with the same event_id. Rows the database refuses are held for another
+// try; tries counts the earlier tries of rows held before.
+func (rec *recorder) writeTried(ctx context.Context, batch []store.Result, tries map[string]int) {
 	b := retry.WithCappedDuration(writeRetryMax, retry.NewExponential(writeRetryMin))
 	failed := false
+	var refused []store.Refused
 	err := retry.Do(ctx, b, func(ctx context.Context) error {
 		wctx, cancel := context.WithTimeout(ctx, writeTimeout)
 		defer cancel()
-		if err := rec.store.Record(wctx, batch); err != nil {
+		var err error
+		if refused, err = rec.store.Record(wctx, batch); err != nil {
 			if !failed {
 				rec.log.Error("cannot record delivery outcomes; retrying", "rows", len(batch), "error", err)
 				failed = true
@@ -88,7 +157,38 @@ func (rec *recorder) write(ctx context.Context, batch []store.Result) {
 	switch {
 	case err != nil:
 		rec.log.Error("gave up recording delivery outcomes; the rows are retried when their lease ends", "rows", len(batch), "error", err)
+		return
 	case failed:
 		rec.log.Info("recording delivery outcomes again")
 	}
+	rec.hold(batch, refused, tries)
+	if slices.ContainsFunc(batch, func(r store.Result) bool { return r.Status == store.StatusPending }) {
+		select {
+		case rec.rescheduled <- struct{}{}:
+		default: // a wake-up is already pending
+		}
+	}
+}
+
+// hold keeps the refused outcomes of batch for another try and forgets the
+// refusals of those written.
+func (rec *recorder) hold(batch []store.Result, refused []store.Refused, tries map[string]int) {
+	rec.refuse.note(StatementRecord, refused)
+	if len(refused) == 0 && len(tries) == 0 && rec.refuse.n.Load() == 0 {
+		return
+	}
+	isRefused := make(map[string]bool, len(refused))
+	for _, r := range refused {
+		isRefused[r.ID] = true
+	}
+	now := time.Now()
+	for _, r := range batch {
+		if !isRefused[r.ID] {
+			rec.refuse.clear(r.ID)
+			continue
+		}
+		n := tries[r.ID] + 1
+		rec.held = append(rec.held, heldResult{res: r, next: now.Add(refusalBackoff(n)), tries: n})
+	}
+	slices.SortFunc(rec.held, func(a, b heldResult) int { return a.next.Compare(b.next) })
 }

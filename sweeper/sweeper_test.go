@@ -40,10 +40,10 @@ func setup(t *testing.T, failures int64) *bundle {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	if _, err := store.Migrate(ctx, pool, table, ""); err != nil {
+	if _, err := store.Migrate(ctx, pool, store.DefaultSchema(table), ""); err != nil {
 		t.Fatal(err)
 	}
-	b := &bundle{pool: pool, st: store.New(pool, table)}
+	b := &bundle{pool: pool, st: store.New(pool, store.DefaultSchema(table))}
 	rn := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if b.calls.Add(1) <= failures {
 			w.WriteHeader(http.StatusServiceUnavailable)
@@ -147,12 +147,12 @@ func TestSurvivesDatabaseOutage(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	if _, err := store.Migrate(ctx, pool, table, ""); err != nil {
+	if _, err := store.Migrate(ctx, pool, store.DefaultSchema(table), ""); err != nil {
 		t.Fatal(err)
 	}
 	rn := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
 	t.Cleanup(rn.Close)
-	st := store.New(pool, table)
+	st := store.New(pool, store.DefaultSchema(table))
 	d := relay.New(relay.Config{
 		RunnerURL: rn.URL, HTTPTimeout: 5 * time.Second, Concurrency: 4, MaxAttempts: 10,
 		Backoff: relay.Backoff{Base: 100 * time.Millisecond, Max: time.Second}, ShutdownGrace: 5 * time.Second,

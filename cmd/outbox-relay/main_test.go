@@ -110,7 +110,7 @@ func TestMigrateIsIdempotent(t *testing.T) {
 		}
 	}
 	code, out, _ := runCmd(t, context.Background(), env, "migrate", "--print")
-	if code != 0 || !strings.Contains(out, `CREATE TABLE IF NOT EXISTS "app"."outbox"`) || !strings.Contains(out, "WHERE status = 'pending'") {
+	if code != 0 || !strings.Contains(out, `CREATE TABLE IF NOT EXISTS "app"."outbox"`) || !strings.Contains(out, `WHERE "status" = 'pending'`) {
 		t.Errorf("migrate --print: exit %d\n%s", code, out)
 	}
 }
@@ -123,15 +123,15 @@ func TestMigrateNamesMissingColumns(t *testing.T) {
 	}
 	defer conn.Close(context.Background())
 	if _, err := conn.Exec(context.Background(), `CREATE TABLE portal_event_outbox (
-		id bigserial PRIMARY KEY, event_id uuid, event_type varchar(100), payload json,
-		status text, attempts int, next_attempt_at timestamptz, created_at timestamptz, delivered_at timestamptz)`); err != nil {
+		id bigserial PRIMARY KEY, event_id uuid, event_type varchar(100), payload bytea,
+		status text, attempts int, next_attempt_at timestamptz NOT NULL, created_at timestamptz, delivered_at timestamptz)`); err != nil {
 		t.Fatal(err)
 	}
 	code, _, stderr := runCmd(t, context.Background(), []string{"RELAY_DATABASE_URL=" + url}, "migrate")
 	if code != exitFailure {
 		t.Errorf("exit %d, want 1", code)
 	}
-	for _, want := range []string{"missing column last_error", "column payload is json, want jsonb"} {
+	for _, want := range []string{`missing column "last_error" for role last_error`, `column "payload" (role payload) is bytea, want jsonb or json or text`} {
 		if !strings.Contains(stderr, want) {
 			t.Errorf("stderr %q does not say %q", stderr, want)
 		}

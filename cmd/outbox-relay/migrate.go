@@ -30,7 +30,7 @@ func runMigrate(ctx context.Context, args, environ []string, stdout, stderr io.W
 		return err
 	}
 	if *print {
-		for _, s := range store.MigrateSQL(cfg.Table, cfg.Publication) {
+		for _, s := range store.MigrateSQL(store.Planned(cfg.Table, cfg.Columns, cfg.Statuses), cfg.Publication) {
 			fmt.Fprintf(stdout, "%s;\n\n", strings.TrimSpace(s))
 		}
 		return nil
@@ -42,7 +42,7 @@ func runMigrate(ctx context.Context, args, environ []string, stdout, stderr io.W
 		return fmt.Errorf("connect: %w", err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	pubErr, err := store.Migrate(cctx, conn, cfg.Table, cfg.Publication)
+	pubErr, err := store.Migrate(cctx, conn, store.Planned(cfg.Table, cfg.Columns, cfg.Statuses), cfg.Publication)
 	if err != nil {
 		return err
 	}

@@ -25,7 +25,8 @@ func openPool(ctx context.Context, cfg config.Config, maxConns int32) (*pgxpool.
 }
 
 // connectStore opens a one-connection store for the short-lived commands,
-// failing at once when the database cannot be reached.
+// failing at once when the database cannot be reached or the table cannot
+// be used (a *store.SchemaError naming the column and the fix).
 func connectStore(ctx context.Context, cfg config.Config) (*store.Store, error) {
 	pool, err := openPool(ctx, cfg, 1)
 	if err != nil {
@@ -35,5 +36,10 @@ func connectStore(ctx context.Context, cfg config.Config) (*store.Store, error) 
 		pool.Close()
 		return nil, fmt.Errorf("connect: %w", err)
 	}
-	return store.New(pool, cfg.Table), nil
+	schema, err := store.Inspect(ctx, pool, cfg.Table, cfg.Columns, cfg.Statuses)
+	if err != nil {
+		pool.Close()
+		return nil, err
+	}
+	return store.New(pool, schema), nil
 }

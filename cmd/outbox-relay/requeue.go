@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"strconv"
 	"strings"
 	"time"
 
@@ -18,10 +17,10 @@ func runRequeue(ctx context.Context, args, environ []string, stdout, stderr io.W
 	fs := flag.NewFlagSet("requeue", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var f store.RequeueFilter
-	fs.Func("id", "row id to requeue (repeat, or comma-separated)", func(s string) error {
+	fs.Func("id", "row id to requeue, as the id column holds it (repeat, or comma-separated)", func(s string) error {
 		for _, part := range strings.Split(s, ",") {
-			id, err := strconv.ParseInt(strings.TrimSpace(part), 10, 64)
-			if err != nil || id <= 0 {
+			id := strings.TrimSpace(part)
+			if id == "" {
 				return fmt.Errorf("not a row id: %q", part)
 			}
 			f.IDs = append(f.IDs, id)

@@ -40,14 +40,15 @@ func runRelay(ctx context.Context, args, environ []string, stderr io.Writer) err
 		return err
 	}
 	defer pool.Close()
-	if err := waitForSchema(ctx, pool, cfg.Table, log); err != nil {
+	schema, err := waitForSchema(ctx, pool, cfg, log)
+	if err != nil {
 		if ctx.Err() != nil {
 			log.Info("stopped before start-up completed")
 			return nil
 		}
 		return err
 	}
-	st := store.New(pool, cfg.Table)
+	st := store.New(pool, schema)
 	metrics := monitor.NewMetrics()
 	d := relay.New(delivererConfig(cfg), st, log, metrics)
 	stream, err := startupCDC(ctx, cfg, d, log)
@@ -66,7 +67,7 @@ func runRelay(ctx context.Context, args, environ []string, stderr io.Writer) err
 	// Listen before anything starts, so a taken port stops start-up with
 	// nothing to unwind.
 	if cfg.ListenAddr != "off" {
-		srv, err := monitor.NewServer(cfg.ListenAddr, pool, metrics, watcher, log)
+		srv, err := monitor.NewServer(cfg.ListenAddr, pool, metrics, watcher, d, log)
 		if err != nil {
 			return fmt.Errorf("listen on RELAY_LISTEN_ADDR: %w", err)
 		}
@@ -182,6 +183,7 @@ func startupCDC(ctx context.Context, cfg config.Config, d cdc.Deliverer, log *sl
 		DatabaseURL: cfg.DatabaseURL,
 		Schema:      cfg.Table.Schema,
 		Table:       cfg.Table.Name,
+		IDColumn:    cfg.Columns[store.RoleID],
 		Slot:        cfg.SlotName,
 		Publication: cfg.Publication,
 		BatchSize:   cfg.BatchSize,
@@ -201,13 +203,14 @@ func startupCDC(ctx context.Context, cfg config.Config, d cdc.Deliverer, log *sl
 	}
 }
 
-// waitForSchema checks the outbox table, waiting while the database is
-// unreachable. A missing table or column stops the relay: that needs a
-// migration, not patience.
-func waitForSchema(ctx context.Context, pool *pgxpool.Pool, table store.Table, log *slog.Logger) error {
+// waitForSchema checks the outbox table against the column mapping,
+// waiting while the database is unreachable. A table the relay cannot use
+// stops it: that needs a migration or a mapping, not patience.
+func waitForSchema(ctx context.Context, pool *pgxpool.Pool, cfg config.Config, log *slog.Logger) (*store.Schema, error) {
 	b := retry.WithCappedDuration(10*time.Second, retry.NewExponential(200*time.Millisecond))
 	warned := false
-	return retry.Do(ctx, b, func(ctx context.Context) error {
+	var schema *store.Schema
+	err := retry.Do(ctx, b, func(ctx context.Context) error {
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
 		if err := pool.Ping(cctx); err != nil {
@@ -217,6 +220,9 @@ func waitForSchema(ctx context.Context, pool *pgxpool.Pool, table store.Table, l
 			}
 			return retry.RetryableError(err)
 		}
-		return store.CheckSchema(cctx, pool, table)
+		var err error
+		schema, err = store.Inspect(cctx, pool, cfg.Table, cfg.Columns, cfg.Statuses)
+		return err
 	})
+	return schema, err
 }

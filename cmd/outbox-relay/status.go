@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -49,7 +50,11 @@ func runStatus(ctx context.Context, args, environ []string, stdout, stderr io.Wr
 	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
 	st, err := connectStore(cctx, cfg)
-	if err != nil {
+	var unusable *store.SchemaError
+	switch {
+	case errors.As(err, &unusable):
+		return err // exit 1: the relay cannot work on this table
+	case err != nil:
 		return usageError{err} // exit 2: no status could be taken
 	}
 	defer st.Pool().Close()

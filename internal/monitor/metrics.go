@@ -29,6 +29,8 @@ type Metrics struct {
 	slotWALStatus                     *prometheus.GaugeVec
 	slotRecreated                     prometheus.Counter
 
+	writeErrors *prometheus.CounterVec
+
 	lastSweep, lastSweepDuration prometheus.Gauge
 	retentionDeleted             prometheus.Counter
 }
@@ -59,6 +61,12 @@ func NewMetrics() *Metrics {
 		lastSweepDuration: f.gauge("last_sweep_duration_seconds",
 			"Duration of the last sweep pass."),
 		retentionDeleted: f.counter("retention_deleted_total", "Delivered rows deleted by retention."),
+		writeErrors: f.counterVec("write_errors_total",
+			"Writes of one row the database refused (a constraint, a trigger, row-level security), by statement (claim, record, release); each is retried with backoff while the other rows flow.",
+			"statement"),
+	}
+	for _, s := range []string{relay.StatementClaim, relay.StatementRecord, relay.StatementRelease} {
+		m.writeErrors.WithLabelValues(s) // present at 0 from the start
 	}
 	for _, p := range []string{relay.PathStream, relay.PathSweep} {
 		for _, o := range []string{relay.OutcomeDelivered, relay.OutcomeRetry, relay.OutcomeDead} {
@@ -79,6 +87,10 @@ func (m *Metrics) ObserveAttempt(a relay.Attempt) {
 		m.eventAge.Observe(a.Age.Seconds())
 	}
 }
+
+// ObserveWriteError counts a write the database refused; it implements
+// relay.Observer.
+func (m *Metrics) ObserveWriteError(statement string) { m.writeErrors.WithLabelValues(statement).Inc() }
 
 // ObserveSweep records a sweep pass.
 func (m *Metrics) ObserveSweep(p sweeper.Pass) {

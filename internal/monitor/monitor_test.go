@@ -34,15 +34,20 @@ func newStore(t *testing.T, url string) *store.Store {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	if _, err := store.Migrate(context.Background(), pool, table, ""); err != nil {
+	if _, err := store.Migrate(context.Background(), pool, store.DefaultSchema(table), ""); err != nil {
 		t.Fatal(err)
 	}
-	return store.New(pool, table)
+	return store.New(pool, store.DefaultSchema(table))
 }
+
+// noWriteErrors stands for a deliverer whose writes all succeed.
+type noWriteErrors struct{}
+
+func (noWriteErrors) WriteErrors() []relay.WriteError { return nil }
 
 func serve(t *testing.T, st *store.Store, m *monitor.Metrics, w *monitor.Watcher) string {
 	t.Helper()
-	srv, err := monitor.NewServer("127.0.0.1:0", st.Pool(), m, w, quiet)
+	srv, err := monitor.NewServer("127.0.0.1:0", st.Pool(), m, w, noWriteErrors{}, quiet)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,10 +11,17 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/outbox-relay/outbox-relay/relay"
 )
 
 // Server serves /healthz (the process is alive), /readyz (the database
-// answers; the body has the CDC state and slot figures) and /metrics.
+// answers; the body has the CDC state, slot figures and the rows whose
+// writes the database refuses) and /metrics.
+//
+// Refused writes show in the body but leave /readyz at 200: the relay is
+// usually a sidecar, and an unready sidecar takes the whole pod, the
+// application with it, out of its Service. One bad row must not do that.
 type Server struct {
 	srv *http.Server
 	ln  net.Listener
@@ -23,7 +30,7 @@ type Server struct {
 
 // NewServer listens on addr at once, so a port clash fails start-up
 // instead of surfacing later.
-func NewServer(addr string, pool *pgxpool.Pool, m *Metrics, w *Watcher, log *slog.Logger) (*Server, error) {
+func NewServer(addr string, pool *pgxpool.Pool, m *Metrics, w *Watcher, d WriteErrorLister, log *slog.Logger) (*Server, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err
@@ -36,11 +43,7 @@ func NewServer(addr string, pool *pgxpool.Pool, m *Metrics, w *Watcher, log *slo
 	mux.HandleFunc("GET /readyz", func(rw http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 		defer cancel()
-		body := struct {
-			Ready    bool     `json:"ready"`
-			Database string   `json:"database"`
-			Last     Snapshot `json:"last_refresh"`
-		}{Ready: true, Database: "ok", Last: w.Last()}
+		body := Readiness{Ready: true, Database: "ok", Last: w.Last(), WriteErrors: d.WriteErrors()}
 		if err := pool.Ping(ctx); err != nil {
 			body.Ready, body.Database = false, err.Error()
 		}
@@ -56,6 +59,19 @@ func NewServer(addr string, pool *pgxpool.Pool, m *Metrics, w *Watcher, log *slo
 		ln:  ln,
 		log: log,
 	}, nil
+}
+
+// WriteErrorLister lists the rows whose writes the database refuses.
+type WriteErrorLister interface {
+	WriteErrors() []relay.WriteError
+}
+
+// Readiness is the body of /readyz; `outbox-relay status` reads it too.
+type Readiness struct {
+	Ready       bool               `json:"ready"`
+	Database    string             `json:"database"`
+	Last        Snapshot           `json:"last_refresh"`
+	WriteErrors []relay.WriteError `json:"write_errors"`
 }
 
 // Addr is the address the server listens on.

@@ -24,7 +24,7 @@ func TestDeletesOnlyOldDeliveredRowsInBoundedBatches(t *testing.T) {
 	}
 	defer pool.Close()
 	table := store.Table{Schema: "public", Name: "portal_event_outbox"}
-	if _, err := store.Migrate(ctx, pool, table, ""); err != nil {
+	if _, err := store.Migrate(ctx, pool, store.DefaultSchema(table), ""); err != nil {
 		t.Fatal(err)
 	}
 	// 30 old delivered rows, and rows that must stay: recently delivered,
@@ -39,7 +39,7 @@ func TestDeletesOnlyOldDeliveredRowsInBoundedBatches(t *testing.T) {
 	}
 	var deleted int64
 	p := retention.New(retention.Config{Keep: time.Hour, Interval: time.Hour, BatchSize: 10, MaxBatch: 2,
-		OnDelete: func(n int64) { deleted += n }}, store.New(pool, table), slog.New(slog.NewTextHandler(io.Discard, nil)))
+		OnDelete: func(n int64) { deleted += n }}, store.New(pool, store.DefaultSchema(table)), slog.New(slog.NewTextHandler(io.Discard, nil)))
 	for i, want := range []int64{20, 10, 0} {
 		n, err := p.RunOnce(ctx)
 		if err != nil || n != want {

@@ -76,7 +76,7 @@ func (s *Schema) createTable() string {
 		if b.Len() > 0 {
 			b.WriteString(",\n")
 		}
-		fmt.Fprintf(&b, "\t%-15s %s", s.col(c.role), def)
+		fmt.Fprintf(&b, "\t%-17s %s", s.col(c.role), def)
 	}
 	return s.expand("CREATE TABLE IF NOT EXISTS {table} (\n" + b.String() + "\n)")
 }

@@ -111,9 +111,20 @@ func Inspect(ctx context.Context, q Querier, t Table, cols Columns, st Statuses)
 		}
 	}
 	if len(problems) > 0 {
-		return nil, fmt.Errorf("outbox table %s: %s", t, strings.Join(problems, "; "))
+		return nil, &SchemaError{Table: t, Problems: problems}
 	}
 	return s, nil
+}
+
+// SchemaError is a table the relay cannot use as it is: each problem names
+// the column, what was found and the fix.
+type SchemaError struct {
+	Table    Table
+	Problems []string
+}
+
+func (e *SchemaError) Error() string {
+	return fmt.Sprintf("outbox table %s: %s", e.Table, strings.Join(e.Problems, "; "))
 }
 
 // checkColumn returns what is wrong with c playing role, with the fix.
