@@ -36,8 +36,8 @@ type Config struct {
 	DatabaseURL string
 	// Schema and Table name the outbox table, IDColumn its id column.
 	Schema, Table, IDColumn string
-	Slot          string
-	Publication   string
+	Slot                    string
+	Publication             string
 	// BatchSize is the most ids handed to the Deliverer at once.
 	BatchSize int
 }

@@ -23,8 +23,8 @@ type reader struct {
 	rels map[uint32]int
 
 	pending []string // ids not yet handed off, as text
-	inTx    bool    // between a Begin and its Commit
-	txIDs   bool    // the current transaction had outbox inserts
+	inTx    bool     // between a Begin and its Commit
+	txIDs   bool     // the current transaction had outbox inserts
 
 	// received is a position before which every change has arrived: the
 	// end of the last commit, or the server's WAL end from a keepalive

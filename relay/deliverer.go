@@ -393,5 +393,5 @@ func (d *Deliverer) observe(a Attempt) { d.obs.ObserveAttempt(a) }
 
 type nopObserver struct{}
 
-func (nopObserver) ObserveAttempt(Attempt)    {}
+func (nopObserver) ObserveAttempt(Attempt)   {}
 func (nopObserver) ObserveWriteError(string) {}

@@ -174,7 +174,7 @@ func TestClaimDue(t *testing.T) {
 			ts := withTable(t, st.pool, "outbox_"+string(rune('a'+i)))
 			id := add(t, ts, rows...)
 			c, err := ts.ClaimDue(context.Background(), tt.limit, tt.grace, lease, 5, nil)
-	claimed, buried := c.Rows, c.Dead
+			claimed, buried := c.Rows, c.Dead
 			if err != nil {
 				t.Fatal(err)
 			}

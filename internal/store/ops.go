@@ -40,7 +40,7 @@ func (s *Store) Stats(ctx context.Context, delivered bool) (Stats, error) {
 // RequeueFilter selects dead rows to move back to pending. Empty fields
 // match everything.
 type RequeueFilter struct {
-	IDs   []string // in the id column's text form
+	IDs   []string  // in the id column's text form
 	Type  string    // a glob: * and ? wildcards
 	Since time.Time // rows created at or after
 }

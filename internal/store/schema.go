@@ -83,7 +83,7 @@ var ErrNoTable = errors.New("table does not exist")
 // and returns the schema the relay will work with, or an error that names
 // every column the relay could not read or write correctly, what it found
 // and the fix. A table that passes must work: what the check accepts, the
-// statements handle (a NOT NULL last_error gets '', a varchar(n) one is
+// statements handle (a NOT NULL last_error gets ”, a varchar(n) one is
 // cut to n characters, timestamps without time zone are read and written
 // in the session's TimeZone).
 func Inspect(ctx context.Context, q Querier, t Table, cols Columns, st Statuses) (*Schema, error) {
