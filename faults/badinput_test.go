@@ -38,7 +38,7 @@ func TestTableMissingAColumn(t *testing.T) {
 		t.Fatal(err)
 	}
 	code, out := runOnce(t, []string{"RELAY_DATABASE_URL=" + d.url, "RELAY_RUNNER_URL=http://127.0.0.1:1/", "RELAY_LISTEN_ADDR=off"})
-	if code != 1 || !strings.Contains(out, "missing column last_error") {
+	if code != 1 || !strings.Contains(out, `missing column "last_error"`) {
 		t.Errorf("table without last_error: exit %d\n%s", code, out)
 	}
 }

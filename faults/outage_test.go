@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/outbox-relay/outbox-relay/internal/pgtest"
+	"github.com/outbox-relay/outbox-relay/internal/store"
 	"github.com/outbox-relay/outbox-relay/internal/relaytest"
 )
 
@@ -238,11 +239,11 @@ func TestSlotAndPublicationDropped(t *testing.T) {
 	}
 	pgtest.WaitFor(t, 30*time.Second, "the stream", active)
 	exec := func(sql string) error { _, err := d.pool.Exec(ctx, sql); return err }
-	// The walsender holds the slot until it exits: terminate it, then
-	// drop, and retry while the relay wins the race to take it again.
-	pgtest.WaitFor(t, 30*time.Second, "the slot drop", func() bool {
-		_ = exec(`SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = 'outbox_relay'`)
-		return exec(`SELECT pg_drop_replication_slot('outbox_relay')`) == nil
+	// The walsender holds the slot until it exits: DropSlot ends it, waits
+	// for it to go, then drops, and tries again while the relay wins the
+	// race to take the slot back.
+	pgtest.WaitFor(t, 60*time.Second, "the slot drop", func() bool {
+		return store.DropSlot(ctx, d.pool, "outbox_relay") == nil
 	})
 	pgtest.WaitFor(t, 60*time.Second, "the stream to come back after the slot drop", active)
 

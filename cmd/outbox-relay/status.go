@@ -20,6 +20,7 @@ type statusReport struct {
 	Outbox   store.Stats `json:"outbox"`
 	SlotName string      `json:"slot_name"`
 	Slot     store.Slot  `json:"slot"`
+	Relay    *relayView  `json:"relay,omitempty"`
 	Healthy  bool        `json:"healthy"`
 	Problems []string    `json:"problems"`
 }
@@ -66,7 +67,8 @@ func runStatus(ctx context.Context, args, environ []string, stdout, stderr io.Wr
 	if r.Slot, err = store.SlotInfo(cctx, st.Pool(), cfg.SlotName); err != nil {
 		return usageError{err}
 	}
-	r.Problems = problems(cfg, r, *maxAge)
+	r.Relay = probeRelay(cctx, cfg)
+	r.Problems = append(problems(cfg, r, *maxAge), writeErrorProblems(r.Relay)...)
 	r.Healthy = len(r.Problems) == 0
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
@@ -128,6 +130,13 @@ func printStatus(w io.Writer, r statusReport) {
 		fmt.Fprintf(w, "  slot        %s does not exist\n", r.SlotName)
 	}
 	fmt.Fprintf(w, "  max_slot_wal_keep_size = %s (the guard while the relay itself is down; -1 is unlimited)\n", r.Slot.MaxSlotWALKeepSize)
+	switch {
+	case r.Relay == nil:
+	case r.Relay.Reachable:
+		fmt.Fprintf(w, "\nrelay at %s: %d rows whose writes the database refuses\n", r.Relay.Address, len(r.Relay.WriteErrors))
+	default:
+		fmt.Fprintf(w, "\nrelay at %s: not reachable from here (its refused writes are not shown)\n", r.Relay.Address)
+	}
 	for _, p := range r.Problems {
 		fmt.Fprintf(w, "\nproblem: %s", p)
 	}
