@@ -170,15 +170,3 @@ func (s Statuses) Integer() bool {
 	}
 	return true
 }
-
-// stored is the value the status column holds for one of the relay's
-// states (StatusPending, StatusDelivered, StatusDead).
-func (s Statuses) stored(state string) string {
-	switch state {
-	case StatusDelivered:
-		return s.Delivered
-	case StatusDead:
-		return s.Dead
-	}
-	return s.Pending
-}
