@@ -41,10 +41,10 @@ type (
 		Query      any    `json:"query"` // a string, or an object with one (Prometheus' editor)
 	}
 	panel struct {
-		ID         int     `json:"id"`
-		Type       string  `json:"type"`
-		Title      string  `json:"title"`
-		Datasource *dsRef  `json:"datasource"`
+		ID         int    `json:"id"`
+		Type       string `json:"type"`
+		Title      string `json:"title"`
+		Datasource *dsRef `json:"datasource"`
 		GridPos    *struct{ H, W, X, Y int }
 		Targets    []struct {
 			Expr       string `json:"expr"`

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -22,16 +21,6 @@ import (
 	"github.com/outbox-relay/outbox-relay/internal/config"
 	"github.com/outbox-relay/outbox-relay/internal/store"
 )
-
-// check is a preflight of the database and the runner before anything is
-// deployed: one item per thing the relay depends on, each with its fix.
-// It only reads, unless --fix asks it to create what migrate creates.
-//
-// Exit codes, documented in the README: 0 nothing blocks (warnings may
-// remain); 1 an item blocks delivery, or the fast path with RELAY_CDC=on
-// (with auto a replication problem is a warning: the relay runs
-// sweep-only); 2 the settings are bad, the database cannot be reached, or
-// an item could not be read.
 
 // checkStatus is the verdict on one item.
 type checkStatus string
@@ -77,6 +66,15 @@ func (c exitCode) Error() string { return fmt.Sprintf("exit status %d", int(c)) 
 // checkTimeout bounds the whole check; each probe has its own shorter one.
 const checkTimeout = 60 * time.Second
 
+// runCheck is a preflight of the database and the runner before anything
+// is deployed: one item per thing the relay depends on, each with its
+// fix. It only reads, unless --fix asks it to create what migrate creates.
+//
+// Exit codes, documented in the README: 0 nothing blocks (warnings may
+// remain); 1 an item blocks delivery, or the fast path with RELAY_CDC=on
+// (with auto a replication problem is a warning: the relay runs
+// sweep-only); 2 the settings are bad, the database cannot be reached, or
+// an item could not be read.
 func runCheck(ctx context.Context, args, environ []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("check", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -108,14 +106,8 @@ func runCheck(ctx context.Context, args, environ []string, stdout, stderr io.Wri
 	c.read(cctx)
 	r.Items = c.items(cctx)
 	r.judge()
-	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(r); err != nil {
-			return err
-		}
-	} else {
-		printCheck(stdout, r)
+	if err := printReport(stdout, *asJSON, r, printCheck); err != nil {
+		return err
 	}
 	if r.ExitCode != exitOK {
 		return exitCode(r.ExitCode)

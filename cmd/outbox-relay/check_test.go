@@ -378,6 +378,17 @@ func TestCheck(t *testing.T) {
 
 	t.Run("cannot tell", func(t *testing.T) {
 		t.Parallel()
+		// An item that cannot be read is not a pass: exit 2, with the
+		// report.
+		u := migratedDB(t)
+		adminExec(t, u, `CREATE ROLE check_noread LOGIN REPLICATION PASSWORD 'pw-noread';
+			GRANT USAGE ON SCHEMA public TO check_noread;
+			GRANT SELECT, UPDATE, DELETE ON portal_event_outbox TO check_noread;
+			REVOKE SELECT ON pg_catalog.pg_publication FROM PUBLIC`)
+		wantCheck(t, checkEnv(asRole(t, u, "check_noread", "pw-noread"), runner.URL(), "RELAY_CDC=on"), exitUsage,
+			"? publication: cannot read publication outbox_relay: ERROR: permission denied for table pg_publication (SQLSTATE 42501)",
+			"cannot tell: 1 item could not be read")
+
 		code, out, stderr := runCmd(t, context.Background(), []string{"RELAY_DATABASE_URL=" + c.newDB(t)}, "check")
 		if code != exitUsage || !strings.Contains(stderr, "RELAY_RUNNER_URL: is required") || out != "" {
 			t.Errorf("check without a runner URL: exit %d, %q %q", code, out, stderr)
