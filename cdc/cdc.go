@@ -305,6 +305,10 @@ func redact(err error, password string) string {
 	return msg
 }
 
+// ApplicationName is the stream's application_name, by which a slot's
+// holder shows as a relay in pg_stat_activity.
+const ApplicationName = "outbox-relay-cdc"
+
 // dbConfig is how the stream connects: an ordinary connection for SQL and
 // a replication connection (walsender in database mode, which runs both
 // replication commands and SQL) for the stream.
@@ -323,7 +327,7 @@ func parseConfig(url string) (dbConfig, error) {
 	if c.ConnectTimeout == 0 || c.ConnectTimeout > queryTimeout {
 		c.ConnectTimeout = queryTimeout
 	}
-	c.RuntimeParams["application_name"] = "outbox-relay-cdc"
+	c.RuntimeParams["application_name"] = ApplicationName
 	r := c.Config.Copy()
 	r.RuntimeParams["replication"] = "database"
 	return dbConfig{sql: c, repl: r}, nil

@@ -55,9 +55,25 @@ func check(ctx context.Context, cfg Config, conf dbConfig) error {
 	if err := checkPublication(pub); err != nil {
 		return err
 	}
+	return probeReplication(ctx, conf)
+}
 
-	// A replication connection may still be refused (pg_hba.conf needs a
-	// line for it, or every WAL sender is taken): try one.
+// ProbeReplication opens a replication connection as the stream does and
+// runs IDENTIFY_SYSTEM, which writes nothing: a role that may replicate
+// can still be refused one (pg_hba.conf needs a line for it, or every WAL
+// sender is taken). The error never holds the password.
+func ProbeReplication(ctx context.Context, databaseURL string) error {
+	conf, err := parseConfig(databaseURL)
+	if err != nil {
+		return err
+	}
+	if err := probeReplication(ctx, conf); err != nil {
+		return errors.New(redact(err, conf.sql.Password))
+	}
+	return nil
+}
+
+func probeReplication(ctx context.Context, conf dbConfig) error {
 	cctx, cancel := context.WithTimeout(ctx, queryTimeout)
 	defer cancel()
 	rc, err := pgconn.ConnectConfig(cctx, conf.repl)
@@ -86,7 +102,7 @@ func checkSettings(st store.ReplicationSettings, slot store.Slot, cfg Config) er
 		return fmt.Errorf("role %s has neither the REPLICATION attribute nor superuser (ALTER ROLE %s REPLICATION)", st.User, pgx.Identifier{st.User}.Sanitize())
 	case st.MaxSenders == 0:
 		return errors.New("max_wal_senders is 0; logical replication needs at least one WAL sender")
-	case slot.Exists && !slotFits(slot):
+	case slot.Exists && !SlotFits(slot):
 		return fmt.Errorf("replication slot %s exists but is not a pgoutput logical slot of this database (%s, %s, %s); drop it or choose another RELAY_SLOT_NAME",
 			cfg.Slot, slot.SlotType, slot.Plugin, slot.Database)
 	case !slot.Exists && st.UsedSlots >= st.MaxSlots:

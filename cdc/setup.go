@@ -152,7 +152,7 @@ func startFrom(slot store.Slot, broken bool) (startPoint, error) {
 	switch {
 	case !slot.Exists:
 		return startPoint{create: true}, nil
-	case !slotFits(slot):
+	case !SlotFits(slot):
 		return startPoint{}, fmt.Errorf("slot %s exists but is not a pgoutput logical slot of database %s (%s, %s, %s); drop it or set RELAY_SLOT_NAME",
 			slot.Name, slot.CurrentDatabase, slot.SlotType, slot.Plugin, slot.Database)
 	case slot.Active:
@@ -167,9 +167,9 @@ func startFrom(slot store.Slot, broken bool) (startPoint, error) {
 	return startPoint{lsn: lsn}, nil
 }
 
-// slotFits reports whether an existing slot is one the stream can use: a
+// SlotFits reports whether an existing slot is one the stream can use: a
 // pgoutput logical slot of the database it connects to.
-func slotFits(slot store.Slot) bool {
+func SlotFits(slot store.Slot) bool {
 	return slot.SlotType == "logical" && slot.Plugin == "pgoutput" && slot.Database == slot.CurrentDatabase
 }
 

@@ -123,19 +123,38 @@ func metricNames(t *testing.T, expr string) []string {
 	return names
 }
 
-func TestAlertRules(t *testing.T) {
-	rules := loadRules(t)
-
-	// Every relay metric an alert uses must be one the relay really
-	// registers: ask the metrics package, not a list.
-	mfs, err := monitor.NewMetrics().Registry.Gather()
+// exportedSeries lists the series names the relay exports. Every relay
+// metric a query uses must be one the relay really registers: ask the
+// metrics package, not a list. A histogram is queried by its _bucket,
+// _sum and _count series; the stream's gauges exist only while a stream
+// runs, so a stand-in stream registers them here.
+func exportedSeries(t *testing.T) map[string]bool {
+	t.Helper()
+	m := monitor.NewMetrics()
+	m.WatchCDC(func() monitor.CDCState { return monitor.CDCState{} })
+	mfs, err := m.Registry.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
 	exported := map[string]bool{}
 	for _, mf := range mfs {
-		exported[mf.GetName()] = true
+		name := mf.GetName()
+		switch mf.GetType().String() {
+		case "HISTOGRAM":
+			exported[name+"_bucket"], exported[name+"_sum"], exported[name+"_count"] = true, true, true
+		case "SUMMARY":
+			exported[name], exported[name+"_sum"], exported[name+"_count"] = true, true, true
+		default:
+			exported[name] = true
+		}
 	}
+	return exported
+}
+
+func TestAlertRules(t *testing.T) {
+	rules := loadRules(t)
+
+	exported := exportedSeries(t)
 
 	anchors := readmeAnchors(t)
 	var names []string
@@ -291,19 +310,7 @@ func TestAlertExpressions(t *testing.T) {
 				lb.Set(model.MetricNameLabel, s.name)
 				series = append(series, storage.NewListSeries(lb.Labels(), samples))
 			}
-			q, err := engine.NewInstantQuery(context.Background(), memQueryable(series), nil, expr, start.Add(span))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer q.Close()
-			res := q.Exec(context.Background())
-			if res.Err != nil {
-				t.Fatal(res.Err)
-			}
-			vec, err := res.Vector()
-			if err != nil {
-				t.Fatal(err)
-			}
+			vec := evalInstant(t, engine, series, expr, start.Add(span))
 			var got []string
 			for _, s := range vec {
 				got = append(got, s.Metric.Get("instance"))
@@ -314,6 +321,25 @@ func TestAlertExpressions(t *testing.T) {
 			}
 		})
 	}
+}
+
+// evalInstant evaluates expr at at over series with the real PromQL engine.
+func evalInstant(t *testing.T, engine *promql.Engine, series []storage.Series, expr string, at time.Time) promql.Vector {
+	t.Helper()
+	q, err := engine.NewInstantQuery(context.Background(), memQueryable(series), nil, expr, at)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	res := q.Exec(context.Background())
+	if res.Err != nil {
+		t.Fatal(res.Err)
+	}
+	vec, err := res.Vector()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return vec
 }
 
 func labelsWith(l labels.Labels, kv ...string) labels.Labels {

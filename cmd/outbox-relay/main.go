@@ -30,13 +30,14 @@ const (
 	exitOK       = 0
 	exitFailure  = 1 // a runtime failure, or status: degraded
 	exitUsage    = 2 // bad flags or settings, or status cannot connect
-	usageSummary = `usage: outbox-relay [run|migrate|status|requeue|version] [flags]
+	usageSummary = `usage: outbox-relay [run|migrate|check|status|requeue|version] [flags]
 
 Delivers rows of a PostgreSQL outbox table to an HTTP runner.
 
 commands:
   run       deliver events (the default)
   migrate   create the outbox table, its index and publication (--print shows the SQL)
+  check     preflight of the database and the runner, one line per item (--json, --fix)
   status    summary of the outbox and the replication slot (--json)
   requeue   move dead rows back to pending (--id, --type, --since, --dry-run)
   version   print the version
@@ -74,6 +75,8 @@ func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) 
 		err = runRelay(ctx, args, environ, stderr)
 	case "migrate":
 		err = runMigrate(ctx, args, environ, stdout, stderr)
+	case "check":
+		err = runCheck(ctx, args, environ, stdout, stderr)
 	case "status":
 		err = runStatus(ctx, args, environ, stdout, stderr)
 	case "requeue":
@@ -81,13 +84,16 @@ func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) 
 	case "version":
 		fmt.Fprintln(stdout, "outbox-relay", version)
 	default:
-		err = usageError{fmt.Errorf("unknown command %q (run, migrate, status, requeue, version)", cmd)}
+		err = usageError{fmt.Errorf("unknown command %q (run, migrate, check, status, requeue, version)", cmd)}
 	}
 	var ue usageError
 	var ce *config.Error
+	var code exitCode
 	switch {
 	case err == nil:
 		return exitOK
+	case errors.As(err, &code):
+		return int(code)
 	case errors.As(err, new(errDegraded)):
 		return exitFailure
 	case errors.As(err, &ue), errors.As(err, &ce):

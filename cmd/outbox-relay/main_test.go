@@ -243,7 +243,7 @@ func TestBadDatabaseURLExits2EverywhereWithoutThePassword(t *testing.T) {
 		"postgres://u:" + pw + "@127.0.0.1:99999999/db",
 		"host=127.0.0.1 port=1 password = '" + pw + "' sslmode=bogus",
 	} {
-		for _, args := range [][]string{nil, {"migrate"}, {"status"}, {"requeue", "--all"}} {
+		for _, args := range [][]string{nil, {"migrate"}, {"status"}, {"requeue", "--all"}, {"check"}} {
 			env := []string{"RELAY_DATABASE_URL=" + url, "RELAY_RUNNER_URL=http://127.0.0.1:1/"}
 			code, out, stderr := runCmd(t, context.Background(), env, args...)
 			if code != exitUsage || !strings.Contains(stderr, "RELAY_DATABASE_URL") {
@@ -256,7 +256,7 @@ func TestBadDatabaseURLExits2EverywhereWithoutThePassword(t *testing.T) {
 	}
 	// A parsable string with a wrong password, written with spaces.
 	url := "host=127.0.0.1 port=1 user=nobody password = " + pw + " connect_timeout=2"
-	for _, args := range [][]string{nil, {"migrate"}, {"status"}} {
+	for _, args := range [][]string{nil, {"migrate"}, {"status"}, {"check"}} {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 		_, out, stderr := runCmd(t, ctx, []string{"RELAY_DATABASE_URL=" + url, "RELAY_RUNNER_URL=http://127.0.0.1:1/", "RELAY_LISTEN_ADDR=off"}, args...)
 		cancel()

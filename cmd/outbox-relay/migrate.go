@@ -37,18 +37,32 @@ func runMigrate(ctx context.Context, args, environ []string, stdout, stderr io.W
 	}
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	conn, err := pgx.ConnectConfig(cctx, cfg.DB.ConnConfig.Copy())
-	if err != nil {
-		return fmt.Errorf("connect: %w", err)
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	pubErr, err := store.Migrate(cctx, conn, store.Planned(cfg.Table, cfg.Columns, cfg.Statuses), cfg.Publication)
+	conn, err := connectOne(cctx, cfg, "outbox-relay-migrate")
 	if err != nil {
 		return err
 	}
-	if pubErr != nil {
-		fmt.Fprintf(stderr, "outbox-relay: warning: %v; the relay will run sweep-only until it exists\n", pubErr)
+	defer conn.Close(context.WithoutCancel(ctx))
+	warning, err := migrateSchema(cctx, conn, cfg)
+	if err != nil {
+		return err
+	}
+	if warning != "" {
+		fmt.Fprintf(stderr, "outbox-relay: warning: %s\n", warning)
 	}
 	fmt.Fprintf(stdout, "outbox table %s is ready\n", cfg.Table)
 	return nil
+}
+
+// migrateSchema creates what migrate creates: the table, its indexes and
+// the publication. A publication it cannot make is a warning, not a
+// failure: the relay still runs, sweep-only.
+func migrateSchema(ctx context.Context, conn *pgx.Conn, cfg config.Config) (warning string, err error) {
+	pubErr, err := store.Migrate(ctx, conn, store.Planned(cfg.Table, cfg.Columns, cfg.Statuses), cfg.Publication)
+	if err != nil {
+		return "", err
+	}
+	if pubErr != nil {
+		return fmt.Sprintf("%v; the relay will run sweep-only until it exists", pubErr), nil
+	}
+	return "", nil
 }

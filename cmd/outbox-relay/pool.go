@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"fmt"
+	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/outbox-relay/outbox-relay/internal/config"
@@ -42,4 +44,20 @@ func connectStore(ctx context.Context, cfg config.Config) (*store.Store, error) 
 		return nil, err
 	}
 	return store.New(pool, schema), nil
+}
+
+// connectOne opens one plain connection for a short command that runs its
+// own statements (migrate, check). application names it in
+// pg_stat_activity, apart from the relay's own sessions.
+func connectOne(ctx context.Context, cfg config.Config, application string) (*pgx.Conn, error) {
+	cc := cfg.DB.ConnConfig.Copy()
+	cc.RuntimeParams["application_name"] = application
+	if cc.ConnectTimeout == 0 {
+		cc.ConnectTimeout = 10 * time.Second
+	}
+	conn, err := pgx.ConnectConfig(ctx, cc)
+	if err != nil {
+		return nil, fmt.Errorf("connect: %w", err)
+	}
+	return conn, nil
 }

@@ -70,19 +70,25 @@ func runStatus(ctx context.Context, args, environ []string, stdout, stderr io.Wr
 	r.Relay = probeRelay(cctx, cfg)
 	r.Problems = append(problems(cfg, r, *maxAge), writeErrorProblems(r.Relay)...)
 	r.Healthy = len(r.Problems) == 0
-	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(r); err != nil {
-			return err
-		}
-	} else {
-		printStatus(stdout, r)
+	if err := printReport(stdout, *asJSON, r, printStatus); err != nil {
+		return err
 	}
 	if !r.Healthy {
 		return errDegraded{}
 	}
 	return nil
+}
+
+// printReport prints a command's report: as indented JSON with --json,
+// else as text.
+func printReport[R any](w io.Writer, asJSON bool, r R, text func(io.Writer, R)) error {
+	if !asJSON {
+		text(w, r)
+		return nil
+	}
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(r)
 }
 
 func problems(cfg config.Config, r statusReport, maxAge time.Duration) []string {
