@@ -27,14 +27,26 @@ const (
 	RoleDeliveredAt   Role = "delivered_at"
 )
 
-// Roles lists every role.
+// Optional roles add a capability when a column is mapped to them, and
+// change nothing when none is.
+const (
+	RoleOrderingKey Role = "ordering_key" // delivery in order per key
+	RoleTraceparent Role = "traceparent"  // W3C trace context, sent as a header
+	RoleTracestate  Role = "tracestate"
+)
+
+// Roles lists every role the table must have a column for.
 var Roles = []Role{RoleID, RoleEventID, RoleEventType, RolePayload, RoleStatus,
 	RoleAttempts, RoleNextAttemptAt, RoleLastError, RoleCreatedAt, RoleDeliveredAt}
+
+// OptionalRoles lists the roles played only when RELAY_COLUMNS maps them.
+var OptionalRoles = []Role{RoleOrderingKey, RoleTraceparent, RoleTracestate}
 
 // readOnly roles are only read by the relay, so one column may play two of
 // them (event_id=id when the primary key is a UUID). A column the relay
 // writes must play one role only, or one write would clobber another.
-var readOnly = []Role{RoleID, RoleEventID, RoleEventType, RolePayload, RoleCreatedAt}
+var readOnly = []Role{RoleID, RoleEventID, RoleEventType, RolePayload, RoleCreatedAt,
+	RoleOrderingKey, RoleTraceparent, RoleTracestate}
 
 // Columns maps each role to the column that plays it. Column names are
 // exact (case-sensitive) and always quoted in SQL.
@@ -65,7 +77,7 @@ func ParseColumns(s string) (Columns, error) {
 		switch {
 		case !ok || role == "" || col == "":
 			return nil, fmt.Errorf("%q is not role=column", strings.TrimSpace(pair))
-		case !slices.Contains(Roles, role):
+		case !slices.Contains(Roles, role) && !slices.Contains(OptionalRoles, role):
 			return nil, fmt.Errorf("unknown role %q (roles: %s)", role, roleList())
 		case named[role]:
 			return nil, fmt.Errorf("role %s is named twice", role)
@@ -80,10 +92,10 @@ func ParseColumns(s string) (Columns, error) {
 
 func (c Columns) checkShared() error {
 	players := map[string][]Role{}
-	for _, r := range Roles {
+	for _, r := range c.roles() {
 		players[c[r]] = append(players[c[r]], r)
 	}
-	for _, r := range Roles {
+	for _, r := range c.roles() {
 		roles := players[c[r]]
 		if len(roles) < 2 {
 			continue
@@ -99,18 +111,36 @@ func (c Columns) checkShared() error {
 }
 
 func roleList() string {
-	s := make([]string, len(Roles))
-	for i, r := range Roles {
-		s[i] = string(r)
+	var s []string
+	for _, r := range slices.Concat(Roles, OptionalRoles) {
+		s = append(s, string(r))
 	}
 	return strings.Join(s, ", ")
 }
 
+// roles are the roles c maps, in order: every required one, then the
+// optional ones it names.
+func (c Columns) roles() []Role {
+	rs := slices.Clone(Roles)
+	for _, r := range OptionalRoles {
+		if _, ok := c[r]; ok {
+			rs = append(rs, r)
+		}
+	}
+	return rs
+}
+
+// Has reports whether the optional role r is mapped.
+func (c Columns) Has(r Role) bool {
+	_, ok := c[r]
+	return ok
+}
+
 // String is the mapping as RELAY_COLUMNS spells it, roles in order.
 func (c Columns) String() string {
-	s := make([]string, len(Roles))
-	for i, r := range Roles {
-		s[i] = string(r) + "=" + c[r]
+	var s []string
+	for _, r := range c.roles() {
+		s = append(s, string(r)+"="+c[r])
 	}
 	return strings.Join(s, ",")
 }

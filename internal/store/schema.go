@@ -110,10 +110,42 @@ func Inspect(ctx context.Context, q Querier, t Table, cols Columns, st Statuses)
 			problems = append(problems, p)
 		}
 	}
+	for _, rc := range optionalColumns {
+		name, ok := cols[rc.role]
+		if !ok {
+			continue
+		}
+		c, ok := found[name]
+		switch {
+		case !ok:
+			problems = append(problems, fmt.Sprintf("missing column %s for role %s (RELAY_COLUMNS maps it; add the column or drop %s=%s)",
+				quoteIdent(name), rc.role, rc.role, name))
+		case !slices.Contains(rc.types, c.Type):
+			problems = append(problems, fmt.Sprintf("column %s (role %s) is %s, want %s", quoteIdent(name), rc.role, c.Type, strings.Join(rc.types, " or ")))
+		default:
+			s.Columns[rc.role] = c
+		}
+	}
 	if len(problems) > 0 {
 		return nil, &SchemaError{Table: t, Problems: problems}
 	}
 	return s, nil
+}
+
+// The types accepted for the optional roles, when mapped.
+var optionalColumns = []struct {
+	role  Role
+	types []string
+}{
+	{RoleOrderingKey, []string{"text", "varchar", "int8", "int4", "int2", "uuid"}},
+	{RoleTraceparent, []string{"text", "varchar", "bpchar"}},
+	{RoleTracestate, []string{"text", "varchar"}},
+}
+
+// Has reports whether the optional role r is played by a column.
+func (s *Schema) Has(r Role) bool {
+	_, ok := s.Columns[r]
+	return ok
 }
 
 // SchemaError is a table the relay cannot use as it is: each problem names

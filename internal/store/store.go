@@ -333,7 +333,7 @@ func (s *Schema) expand(sql string) string {
 		"{r_err}", s.errorValue("r.err"),
 		"{gave_up}", s.errorValue(QuoteLiteral("gave up: the relay stopped during each of the last attempts")),
 	}
-	for _, r := range Roles {
+	for r := range s.Columns {
 		pairs = append(pairs, "{"+string(r)+"}", s.col(r))
 	}
 	return strings.NewReplacer(pairs...).Replace(sql)
