@@ -104,39 +104,49 @@ func (r *results) throughputOf(kind string, n int) *throughputResult {
 	return nil
 }
 
+// targets are the goals of issue 6, each judged on what this run measured.
 func (r *results) targets() []target {
-	var ts []target
-	lat := func(rate int, q string, limit float64, get func(distribution) float64) {
-		t := target{What: fmt.Sprintf("stream latency %s at %s events/s", q, thousands(rate)), Goal: fmt.Sprintf("≤ %s ms", num(limit))}
-		if l := r.latencyOf(streamMode.Name, rate); l != nil {
-			v := get(l.Latency)
-			t.Measured, t.Verdict = fmt.Sprintf("%s ms", l.Latency.cell(v)), verdictAtMost(v, limit)
-			if l.Missing > 0 {
-				t.Measured += fmt.Sprintf(" (%d of %d events missing)", l.Missing, l.Latency.Count)
-			}
-		} else {
-			t.Measured, t.Verdict = "not measured", "–"
-		}
-		ts = append(ts, t)
+	return []target{
+		r.latencyTarget(500, "p50", targetP50At500, func(d distribution) float64 { return d.P50 }),
+		r.latencyTarget(500, "p99", targetP99At500, func(d distribution) float64 { return d.P99 }),
+		r.latencyTarget(5000, "p99", targetP99At5000, func(d distribution) float64 { return d.P99 }),
+		r.throughputTarget("bulk", 20_000, targetBulkRate),
+		r.throughputTarget("single", r.Plan.SingleN, targetSingleRate),
+		r.drainTarget(),
+		r.sweepTarget(),
+		r.rssTarget(),
+		r.lagTarget(),
+		r.retainedTarget(),
 	}
-	lat(500, "p50", targetP50At500, func(d distribution) float64 { return d.P50 })
-	lat(500, "p99", targetP99At500, func(d distribution) float64 { return d.P99 })
-	lat(5000, "p99", targetP99At5000, func(d distribution) float64 { return d.P99 })
+}
 
-	thr := func(kind string, n int, floor float64) {
-		t := target{Goal: fmt.Sprintf("≥ %s events/s", thousands(int(floor)))}
-		t.What = load{kind, n}.String()
-		if x := r.throughputOf(kind, n); x != nil {
-			t.What += " (" + x.Mode + ")"
-			t.Measured, t.Verdict = fmt.Sprintf("%s events/s", thousands(int(x.EventsPerSec))), verdictAtLeast(x.EventsPerSec, floor)
-		} else {
-			t.Measured, t.Verdict = "not measured", "–"
+func (r *results) latencyTarget(rate int, q string, limit float64, get func(distribution) float64) target {
+	t := target{What: fmt.Sprintf("stream latency %s at %s events/s", q, thousands(rate)), Goal: fmt.Sprintf("≤ %s ms", num(limit))}
+	if l := r.latencyOf(streamMode.Name, rate); l != nil {
+		v := get(l.Latency)
+		t.Measured, t.Verdict = fmt.Sprintf("%s ms", l.Latency.cell(v)), verdictAtMost(v, limit)
+		if l.Missing > 0 {
+			t.Measured += fmt.Sprintf(" (%d of %d events missing)", l.Missing, l.Latency.Count)
 		}
-		ts = append(ts, t)
+	} else {
+		t.Measured, t.Verdict = "not measured", "–"
 	}
-	thr("bulk", 20_000, targetBulkRate)
-	thr("single", r.Plan.SingleN, targetSingleRate)
+	return t
+}
 
+func (r *results) throughputTarget(kind string, n int, floor float64) target {
+	t := target{Goal: fmt.Sprintf("≥ %s events/s", thousands(int(floor)))}
+	t.What = load{kind, n}.String()
+	if x := r.throughputOf(kind, n); x != nil {
+		t.What += " (" + x.Mode + ")"
+		t.Measured, t.Verdict = fmt.Sprintf("%s events/s", thousands(int(x.EventsPerSec))), verdictAtLeast(x.EventsPerSec, floor)
+	} else {
+		t.Measured, t.Verdict = "not measured", "–"
+	}
+	return t
+}
+
+func (r *results) drainTarget() target {
 	drain := target{What: fmt.Sprintf("backlog drain of %s rows", thousands(r.Plan.BacklogN)), Goal: fmt.Sprintf("≥ %s events/s", thousands(targetDrainRate)), Measured: "not measured", Verdict: "–"}
 	for _, d := range r.Backlog {
 		if d.Rows == r.Plan.BacklogN && d.EventsPerSec > 0 {
@@ -147,8 +157,10 @@ func (r *results) targets() []target {
 			}
 		}
 	}
-	ts = append(ts, drain)
+	return drain
+}
 
+func (r *results) sweepTarget() target {
 	flat := target{What: "sweep query, small vs large delivered table", Goal: "flat", Measured: "not measured", Verdict: "–"}
 	if len(r.SweepCost) == 2 {
 		s, l := r.SweepCost[0], r.SweepCost[1]
@@ -157,25 +169,43 @@ func (r *results) targets() []target {
 		flat.Goal = fmt.Sprintf("flat (≤ %.0f× + %.1f ms)", sweepFlatFactor, sweepFlatAllowance)
 		flat.Verdict = verdictAtMost(l.MedianMs, sweepFlatFactor*s.MedianMs+sweepFlatAllowance)
 	}
-	ts = append(ts, flat)
+	return flat
+}
 
+func (r *results) rssTarget() target {
 	rss := target{What: "relay peak RSS (VmHWM), every run", Goal: fmt.Sprintf("≤ %d MiB", targetRSSMiB), Measured: "not measured", Verdict: "–"}
 	if peak, label := r.peakRSS(); peak > 0 {
 		rss.Measured = fmt.Sprintf("%.1f MiB (%s)", peak, label)
 		rss.Verdict = verdictAtMost(peak, targetRSSMiB)
 	}
-	ts = append(ts, rss)
+	return rss
+}
 
-	lag := target{What: "slot confirmed-flush lag, runner down", Goal: "< 16 MiB, flat", Measured: "not measured", Verdict: "–"}
-	ret := target{What: "slot retained WAL after CHECKPOINT", Goal: "< 16 MiB", Measured: "not measured", Verdict: "–"}
+// walMeasured is the WAL result when the outage ran and was sampled.
+func (r *results) walMeasured() *walResult {
 	if w := r.WAL; w != nil && w.Skipped == "" && len(w.Samples) > 0 {
+		return w
+	}
+	return nil
+}
+
+func (r *results) lagTarget() target {
+	lag := target{What: "slot confirmed-flush lag, runner down", Goal: "< 16 MiB, flat", Measured: "not measured", Verdict: "–"}
+	if w := r.walMeasured(); w != nil {
 		lag.What = fmt.Sprintf("slot confirmed-flush lag, runner down %.0f s", w.OutageSeconds)
 		lag.Measured = "max " + mib(w.MaxLag)
 		lag.Verdict = verdictAtMost(float64(w.MaxLag), targetWALBytes)
+	}
+	return lag
+}
+
+func (r *results) retainedTarget() target {
+	ret := target{What: "slot retained WAL after CHECKPOINT", Goal: "< 16 MiB", Measured: "not measured", Verdict: "–"}
+	if w := r.walMeasured(); w != nil {
 		ret.Measured = mib(w.RetainedAfterCheckpoint) + " (max before: " + mib(w.MaxRetained) + ")"
 		ret.Verdict = verdictAtMost(float64(w.RetainedAfterCheckpoint), targetWALBytes)
 	}
-	return append(ts, lag, ret)
+	return ret
 }
 
 func (r *results) peakRSS() (float64, string) {
