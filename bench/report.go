@@ -257,48 +257,60 @@ func summaryTables(r *results) string {
 	return b.String()
 }
 
-func latencyTable(r *results) string {
+// mdTable is a markdown table: its header and alignment rows, then one row
+// per item.
+func mdTable[T any](header, align string, items []T, row func(T) string) string {
 	var b strings.Builder
-	b.WriteString("| mode | rate (events/s) | achieved | events | p50 ms | p95 ms | p99 ms | p99.9 ms | max ms | missing | dup | via stream / sweep | CPU s: relay / Postgres / harness / other | machine busy |\n")
-	b.WriteString("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|--:|\n")
-	for _, l := range r.Latency {
-		if l.Skipped != "" {
-			fmt.Fprintf(&b, "| %s | %s | skipped: stream not available | | | | | | | | | | | |\n", l.Mode, thousands(l.Rate))
-			continue
-		}
-		d := l.Latency
-		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %d | %s / %s | %s | %.0f %% |\n",
-			l.Mode, thousands(l.Rate), thousands(int(l.Load.AchievedRate)), thousands(d.Count),
-			d.cell(d.P50), d.cell(d.P95), d.cell(d.P99), d.cell(d.P999), d.cell(d.Max), l.Missing, l.Duplicates,
-			thousands(int(l.Stream)), thousands(int(l.Sweep)), cpuCell(l.CPU), 100*l.CPU.Busy)
+	b.WriteString(header)
+	b.WriteString(align)
+	for _, it := range items {
+		b.WriteString(row(it))
 	}
 	return b.String()
 }
 
+// skippedRow is the row of a run the stream was not there for: its first
+// two cells, the reason, then empty cells up to cols.
+func skippedRow(cols int, first, second string) string {
+	return "| " + first + " | " + second + " | skipped: stream not available |" + strings.Repeat(" |", cols-3) + "\n"
+}
+
+func latencyTable(r *results) string {
+	return mdTable("| mode | rate (events/s) | achieved | events | p50 ms | p95 ms | p99 ms | p99.9 ms | max ms | missing | dup | via stream / sweep | CPU s: relay / Postgres / harness / other | machine busy |\n",
+		"|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|--:|\n",
+		r.Latency, func(l latencyResult) string {
+			if l.Skipped != "" {
+				return skippedRow(14, l.Mode, thousands(l.Rate))
+			}
+			d := l.Latency
+			return fmt.Sprintf("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %d | %s / %s | %s | %.0f %% |\n",
+				l.Mode, thousands(l.Rate), thousands(int(l.Load.AchievedRate)), thousands(d.Count),
+				d.cell(d.P50), d.cell(d.P95), d.cell(d.P99), d.cell(d.P999), d.cell(d.Max), l.Missing, l.Duplicates,
+				thousands(int(l.Stream)), thousands(int(l.Sweep)), cpuCell(l.CPU), 100*l.CPU.Busy)
+		})
+}
+
 func throughputTable(r *results) string {
-	var b strings.Builder
-	b.WriteString("| mode | load | insert s | delivered in s | events/s | target | | relay CPU s / 10k | relay peak RSS MiB | CPU s: relay / Postgres / harness / other | machine busy |\n")
-	b.WriteString("|---|---|--:|--:|--:|--:|---|--:|--:|---|--:|\n")
-	for _, t := range r.Throughput {
-		if t.Skipped != "" {
-			fmt.Fprintf(&b, "| %s | %s | skipped: stream not available | | | | | | | | |\n", t.Mode, t.Load)
-			continue
-		}
-		goal, verdict := "", ""
-		switch {
-		case t.Kind == "bulk" && t.Events == 20_000:
-			goal, verdict = "≥ "+thousands(targetBulkRate), verdictAtLeast(t.EventsPerSec, targetBulkRate)
-		case t.Kind == "single":
-			goal, verdict = "≥ "+thousands(targetSingleRate), verdictAtLeast(t.EventsPerSec, targetSingleRate)
-		}
-		if t.TimedOut {
-			verdict += fmt.Sprintf(" (timed out, %d missing)", t.Missing)
-		}
-		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %.0f %% |\n",
-			t.Mode, t.Load, num(t.InsertSeconds), num(t.DeliverSeconds), thousands(int(t.EventsPerSec)), goal, verdict,
-			num(t.CPUPer10k), num(t.PeakRSSMiB), cpuCell(t.CPU), 100*t.CPU.Busy)
-	}
-	return b.String()
+	return mdTable("| mode | load | insert s | delivered in s | events/s | target | | relay CPU s / 10k | relay peak RSS MiB | CPU s: relay / Postgres / harness / other | machine busy |\n",
+		"|---|---|--:|--:|--:|--:|---|--:|--:|---|--:|\n",
+		r.Throughput, func(t throughputResult) string {
+			if t.Skipped != "" {
+				return skippedRow(11, t.Mode, t.Load)
+			}
+			goal, verdict := "", ""
+			switch {
+			case t.Kind == "bulk" && t.Events == 20_000:
+				goal, verdict = "≥ "+thousands(targetBulkRate), verdictAtLeast(t.EventsPerSec, targetBulkRate)
+			case t.Kind == "single":
+				goal, verdict = "≥ "+thousands(targetSingleRate), verdictAtLeast(t.EventsPerSec, targetSingleRate)
+			}
+			if t.TimedOut {
+				verdict += fmt.Sprintf(" (timed out, %d missing)", t.Missing)
+			}
+			return fmt.Sprintf("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %.0f %% |\n",
+				t.Mode, t.Load, num(t.InsertSeconds), num(t.DeliverSeconds), thousands(int(t.EventsPerSec)), goal, verdict,
+				num(t.CPUPer10k), num(t.PeakRSSMiB), cpuCell(t.CPU), 100*t.CPU.Busy)
+		})
 }
 
 func cpuCell(c cpuUse) string {
@@ -306,30 +318,29 @@ func cpuCell(c cpuUse) string {
 }
 
 func backlogTables(r *results) string {
-	var b strings.Builder
-	b.WriteString("| rows | mode | written in s | drained in s | first receipt s | events/s | target | | relay CPU s / 10k | relay peak RSS MiB | dup | CPU s: relay / Postgres / harness / other | machine busy |\n")
-	b.WriteString("|--:|---|--:|--:|--:|--:|--:|---|--:|--:|--:|---|--:|\n")
-	for _, d := range r.Backlog {
-		goal, verdict := "", ""
-		if d.Rows == r.Plan.BacklogN {
-			goal, verdict = "≥ "+thousands(targetDrainRate), verdictAtLeast(d.EventsPerSec, targetDrainRate)
-		}
-		if d.TimedOut {
-			verdict += fmt.Sprintf(" (stopped after %s: %s of %s)", time.Duration(r.Plan.DrainLimit), thousands(d.Received), thousands(d.Rows))
-		}
-		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %s | %.0f %% |\n",
-			thousands(d.Rows), d.Mode, num(d.InsertSeconds), num(d.DrainSeconds), num(d.FirstReceiptSeconds),
-			thousands(int(d.EventsPerSec)), goal, verdict, num(d.CPUPer10k), num(d.PeakRSSMiB), d.Duplicates,
-			cpuCell(d.CPU), 100*d.CPU.Busy)
-	}
-	b.WriteString("\n| delivered rows | pending rows | first run after the drain, ms (buffers) | next 4, median ms (buffers) | after VACUUM, ms | store.ClaimDue (100 rows, round trip), ms | plan |\n")
-	b.WriteString("|--:|--:|--:|--:|--:|--:|---|\n")
-	for _, c := range r.SweepCost {
-		fmt.Fprintf(&b, "| %s | %s | %s (%s) | %s (%s) | %s | %s | %s |\n",
-			thousands(c.Delivered), thousands(c.Pending), num(c.FirstMs), thousands(int(c.FirstBuffers)),
-			num(c.MedianMs), thousands(int(c.MedianBuffers)), num(c.VacuumedMs), num(c.ClaimMs), c.Plan)
-	}
-	return b.String()
+	drains := mdTable("| rows | mode | written in s | drained in s | first receipt s | events/s | target | | relay CPU s / 10k | relay peak RSS MiB | dup | CPU s: relay / Postgres / harness / other | machine busy |\n",
+		"|--:|---|--:|--:|--:|--:|--:|---|--:|--:|--:|---|--:|\n",
+		r.Backlog, func(d backlogResult) string {
+			goal, verdict := "", ""
+			if d.Rows == r.Plan.BacklogN {
+				goal, verdict = "≥ "+thousands(targetDrainRate), verdictAtLeast(d.EventsPerSec, targetDrainRate)
+			}
+			if d.TimedOut {
+				verdict += fmt.Sprintf(" (stopped after %s: %s of %s)", time.Duration(r.Plan.DrainLimit), thousands(d.Received), thousands(d.Rows))
+			}
+			return fmt.Sprintf("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %s | %.0f %% |\n",
+				thousands(d.Rows), d.Mode, num(d.InsertSeconds), num(d.DrainSeconds), num(d.FirstReceiptSeconds),
+				thousands(int(d.EventsPerSec)), goal, verdict, num(d.CPUPer10k), num(d.PeakRSSMiB), d.Duplicates,
+				cpuCell(d.CPU), 100*d.CPU.Busy)
+		})
+	costs := mdTable("\n| delivered rows | pending rows | first run after the drain, ms (buffers) | next 4, median ms (buffers) | after VACUUM, ms | store.ClaimDue (100 rows, round trip), ms | plan |\n",
+		"|--:|--:|--:|--:|--:|--:|---|\n",
+		r.SweepCost, func(c sweepCost) string {
+			return fmt.Sprintf("| %s | %s | %s (%s) | %s (%s) | %s | %s | %s |\n",
+				thousands(c.Delivered), thousands(c.Pending), num(c.FirstMs), thousands(int(c.FirstBuffers)),
+				num(c.MedianMs), thousands(int(c.MedianBuffers)), num(c.VacuumedMs), num(c.ClaimMs), c.Plan)
+		})
+	return drains + costs
 }
 
 func walTable(r *results) string {
