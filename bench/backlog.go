@@ -154,14 +154,10 @@ func (b *bench) drain(ctx context.Context, db *database, m mode, res *backlogRes
 	c := b.runner.Counts()
 	res.TimedOut = !ok
 	res.Received, res.Duplicates = c.Distinct, c.Requests-c.Distinct
-	res.DrainSeconds = float64(since(c.Last)-start) / 1e9
-	res.FirstReceiptSeconds = float64(since(c.First)-start) / 1e9
-	if res.DrainSeconds > 0 {
-		res.EventsPerSec = float64(res.Received) / res.DrainSeconds
-	}
+	res.DrainSeconds, res.FirstReceiptSeconds, res.EventsPerSec = receiptRate(c, start)
 	// cpu0 had no relay yet: its CPU is all since start.
 	res.CPU = cpuBetween(cpu0, cpu1)
-	res.CPUPer10k = res.CPU.Relay / float64(max(c.Requests, 1)) * 10_000
+	res.CPUPer10k = relayCPUPer10k(res.CPU, c)
 	res.PeakRSSMiB = st.PeakRSSMiB
 	b.logf("backlog %s: %s received in %.1f s, %.0f events/s, first after %.2f s, relay peak RSS %.1f MiB",
 		thousands(n), thousands(res.Received), res.DrainSeconds, res.EventsPerSec, res.FirstReceiptSeconds, res.PeakRSSMiB)
