@@ -11,6 +11,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/outbox-relay/outbox-relay/internal/relaytest"
 	"github.com/outbox-relay/outbox-relay/internal/store"
 )
 
@@ -88,45 +89,14 @@ func (b *bench) backlogOf(ctx context.Context, n int) (backlogResult, *sweepCost
 	}
 	defer b.dropDB(db)
 
-	// The runner is "down": no relay runs while the rows are written, in
-	// transactions of at most 100,000 rows.
-	t := time.Now()
-	for left := n; left > 0; left -= 100_000 {
-		if err := bulk(ctx, db.pool, min(left, 100_000)); err != nil {
-			return res, nil, err
-		}
+	if res.InsertSeconds, err = writeBacklog(ctx, db, n); err != nil {
+		return res, nil, err
 	}
-	res.InsertSeconds = time.Since(t).Seconds()
 	b.logf("backlog: %s pending rows written in %.1f s", thousands(n), res.InsertSeconds)
-
-	b.waitQuiet(ctx, b.quiet)
-	b.runner.Reset(n <= 200_000, n)
-	cpu0 := b.cpuNow(nil)
-	start := now()
-	p, err := b.startRelay(ctx, db, m, fmt.Sprintf("backlog %s, %s", thousands(n), m.Name))
+	c, err := b.drain(ctx, db, m, &res)
 	if err != nil {
 		return res, nil, err
 	}
-	ok, err := b.runner.WaitDistinct(ctx, n, b.plan.DrainLimit)
-	cpu1 := b.cpuNow(p)
-	st := p.stop()
-	if err != nil {
-		return res, nil, err
-	}
-	c := b.runner.Counts()
-	res.TimedOut = !ok
-	res.Received, res.Duplicates = c.Distinct, c.Requests-c.Distinct
-	res.DrainSeconds = float64(since(c.Last)-start) / 1e9
-	res.FirstReceiptSeconds = float64(since(c.First)-start) / 1e9
-	if res.DrainSeconds > 0 {
-		res.EventsPerSec = float64(res.Received) / res.DrainSeconds
-	}
-	// cpu0 had no relay yet: its CPU is all since start.
-	res.CPU = cpuBetween(cpu0, cpu1)
-	res.CPUPer10k = res.CPU.Relay / float64(max(c.Requests, 1)) * 10_000
-	res.PeakRSSMiB = st.PeakRSSMiB
-	b.logf("backlog %s: %s received in %.1f s, %.0f events/s, first after %.2f s, relay peak RSS %.1f MiB",
-		thousands(n), thousands(res.Received), res.DrainSeconds, res.EventsPerSec, res.FirstReceiptSeconds, res.PeakRSSMiB)
 
 	// In count-only mode a duplicate shows as a surplus over the rows the
 	// table says were delivered.
@@ -148,6 +118,50 @@ func (b *bench) backlogOf(ctx context.Context, n int) (backlogResult, *sweepCost
 		return res, &cost, fmt.Errorf("backlog of %s: only %s delivered within %s", thousands(n), thousands(res.Received), b.plan.DrainLimit)
 	}
 	return res, &cost, nil
+}
+
+// writeBacklog writes n pending rows while no relay runs (the runner is
+// "down"), in transactions of at most 100,000 rows, and says how long it
+// took in seconds.
+func writeBacklog(ctx context.Context, db *database, n int) (float64, error) {
+	t := time.Now()
+	for left := n; left > 0; left -= 100_000 {
+		if err := bulk(ctx, db.pool, min(left, 100_000)); err != nil {
+			return 0, err
+		}
+	}
+	return time.Since(t).Seconds(), nil
+}
+
+// drain starts a relay on the backlog and times it from its start to the
+// last receipt, or to the plan's limit.
+func (b *bench) drain(ctx context.Context, db *database, m mode, res *backlogResult) (relaytest.Counts, error) {
+	n := res.Rows
+	b.waitQuiet(ctx, b.quiet)
+	b.runner.Reset(n <= 200_000, n)
+	cpu0 := b.cpuNow(nil)
+	start := now()
+	p, err := b.startRelay(ctx, db, m, fmt.Sprintf("backlog %s, %s", thousands(n), m.Name))
+	if err != nil {
+		return relaytest.Counts{}, err
+	}
+	ok, err := b.runner.WaitDistinct(ctx, n, b.plan.DrainLimit)
+	cpu1 := b.cpuNow(p)
+	st := p.stop()
+	if err != nil {
+		return relaytest.Counts{}, err
+	}
+	c := b.runner.Counts()
+	res.TimedOut = !ok
+	res.Received, res.Duplicates = c.Distinct, c.Requests-c.Distinct
+	res.DrainSeconds, res.FirstReceiptSeconds, res.EventsPerSec = receiptRate(c, start)
+	// cpu0 had no relay yet: its CPU is all since start.
+	res.CPU = cpuBetween(cpu0, cpu1)
+	res.CPUPer10k = relayCPUPer10k(res.CPU, c)
+	res.PeakRSSMiB = st.PeakRSSMiB
+	b.logf("backlog %s: %s received in %.1f s, %.0f events/s, first after %.2f s, relay peak RSS %.1f MiB",
+		thousands(n), thousands(res.Received), res.DrainSeconds, res.EventsPerSec, res.FirstReceiptSeconds, res.PeakRSSMiB)
+	return c, nil
 }
 
 // sweepSelect is the row-choosing subquery of the sweep's claim, as

@@ -89,13 +89,7 @@ func (b *bench) latencyAt(ctx context.Context, db *database, p *relayProc, m mod
 	conns := b.plan.LatencyConns
 
 	b.waitQuiet(ctx, b.quiet)
-	// Warm-up: connections, statement caches and keep-alive on both sides.
-	b.runner.Reset(true, int(float64(rate)*b.plan.LatencyWarmup.Seconds()))
-	warm, _, err := paced(ctx, db.pool, rate, conns, b.plan.LatencyWarmup)
-	if err != nil {
-		return res, err
-	}
-	if _, err := b.runner.WaitDistinct(ctx, len(warm), wait); err != nil {
+	if err := b.warmUp(ctx, db, rate, wait); err != nil {
 		return res, err
 	}
 
@@ -116,7 +110,26 @@ func (b *bench) latencyAt(ctx context.Context, db *database, p *relayProc, m mod
 		res.Sweep = after["sweep/delivered"] - before["sweep/delivered"]
 	}
 	c := b.runner.Counts()
-	got := b.runner.FirstReceipts()
+	res.Duplicates = c.Requests - c.Distinct
+	latencies(&res, sends, b.runner.FirstReceipts(), wait)
+	return res, nil
+}
+
+// warmUp runs the load at rate for the plan's warm-up, uncounted:
+// connections, statement caches and keep-alive on both sides.
+func (b *bench) warmUp(ctx context.Context, db *database, rate int, wait time.Duration) error {
+	b.runner.Reset(true, int(float64(rate)*b.plan.LatencyWarmup.Seconds()))
+	warm, _, err := paced(ctx, db.pool, rate, b.plan.LatencyConns, b.plan.LatencyWarmup)
+	if err != nil {
+		return err
+	}
+	_, err = b.runner.WaitDistinct(ctx, len(warm), wait)
+	return err
+}
+
+// latencies fills res with each event's commit-to-receipt latency from
+// the first receipt of every id sent.
+func latencies(res *latencyResult, sends []sent, got map[string]time.Time, wait time.Duration) {
 	ms := make([]float64, 0, len(sends))
 	for _, s := range sends {
 		at, ok := got[s.id]
@@ -136,10 +149,8 @@ func (b *bench) latencyAt(ctx context.Context, db *database, p *relayProc, m mod
 	for range res.Missing {
 		ms = append(ms, waitMs)
 	}
-	res.Duplicates = c.Requests - c.Distinct
 	res.Latency = summarise(ms)
 	if res.Missing > 0 {
 		res.Latency.CensoredMs = waitMs
 	}
-	return res, nil
 }

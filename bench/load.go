@@ -73,87 +73,116 @@ type loadStats struct {
 	FirstError  string  `json:"first_error,omitempty"`
 }
 
+// loadErrors are a load's failed inserts, counted across its
+// connections, with the first reason kept.
+type loadErrors struct {
+	n     atomic.Int64
+	first atomic.Value
+}
+
+// acquire is a connection of the load's own, or nil with the reason kept.
+func (e *loadErrors) acquire(ctx context.Context, pool *pgxpool.Pool) *pgxpool.Conn {
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		e.first.CompareAndSwap(nil, err.Error())
+		return nil
+	}
+	return conn
+}
+
+func (e *loadErrors) add(err error) {
+	e.n.Add(1)
+	e.first.CompareAndSwap(nil, err.Error())
+}
+
+// into copies the count and the first reason into st.
+func (e *loadErrors) into(st *loadStats) {
+	st.Errors = int(e.n.Load())
+	if first, ok := e.first.Load().(string); ok {
+		st.FirstError = first
+	}
+}
+
 // paced commits single-row transactions at rate per second for d, spread
 // over conns connections, each holding its own. Insert k of connection w
 // is due at (k·conns + w)/rate: a late insert goes at once, so the load
 // catches up rather than drifting. Every committed event is returned.
 func paced(ctx context.Context, pool *pgxpool.Pool, rate, conns int, d time.Duration) ([]sent, loadStats, error) {
-	total := int(float64(rate) * d.Seconds())
-	st := loadStats{Planned: total}
+	pc := &pacer{pool: pool, rate: rate, conns: conns, total: int(float64(rate) * d.Seconds()), start: time.Now()}
+	st := loadStats{Planned: pc.total}
 	logs := make([][]sent, conns)
-	var errs atomic.Int64
-	var maxBehind atomic.Int64
-	var firstErr atomic.Value
 	var wg sync.WaitGroup
-	start := time.Now()
 	for w := range conns {
-		wg.Go(func() {
-			conn, err := pool.Acquire(ctx)
-			if err != nil {
-				firstErr.CompareAndSwap(nil, err.Error())
-				return
-			}
-			defer conn.Release()
-			log := make([]sent, 0, total/conns+1)
-			for k := 0; ; k++ {
-				i := k*conns + w
-				if i >= total {
-					break
-				}
-				due := start.Add(time.Duration(float64(i) / float64(rate) * float64(time.Second)))
-				if wait := time.Until(due); wait > 0 {
-					if sleep(ctx, wait) != nil {
-						break
-					}
-				} else if behind := int64(-wait); behind > maxBehind.Load() {
-					maxBehind.Store(behind)
-				}
-				id := newUUID()
-				if _, err := conn.Exec(ctx, insertOne, id, payload(i)); err != nil {
-					if ctx.Err() != nil {
-						break
-					}
-					errs.Add(1)
-					firstErr.CompareAndSwap(nil, err.Error())
-					continue
-				}
-				log = append(log, sent{id: id, at: now()})
-			}
-			logs[w] = log
-		})
+		wg.Go(func() { logs[w] = pc.run(ctx, w) })
 	}
 	wg.Wait()
-	st.Seconds = time.Since(start).Seconds()
+	st.Seconds = time.Since(pc.start).Seconds()
 	var out []sent
 	for _, l := range logs {
 		out = append(out, l...)
 	}
 	st.Committed = len(out)
-	st.Errors = int(errs.Load())
 	st.AchievedRate = float64(st.Committed) / st.Seconds
-	st.MaxBehindMs = float64(maxBehind.Load()) / 1e6
-	if e, ok := firstErr.Load().(string); ok {
-		st.FirstError = e
-	}
+	st.MaxBehindMs = float64(pc.maxBehind.Load()) / 1e6
+	pc.errs.into(&st)
 	if err := ctx.Err(); err != nil {
 		return nil, st, err
 	}
 	return out, st, nil
 }
 
+// pacer is one paced load: insert i is due at i/rate after start.
+type pacer struct {
+	pool               *pgxpool.Pool
+	rate, conns, total int
+	start              time.Time
+	maxBehind          atomic.Int64
+	errs               loadErrors
+}
+
+// run is connection w's share of the load, inserts w, w+conns, w+2·conns,
+// …, each at its time; it returns those that committed.
+func (pc *pacer) run(ctx context.Context, w int) []sent {
+	conn := pc.errs.acquire(ctx, pc.pool)
+	if conn == nil {
+		return nil
+	}
+	defer conn.Release()
+	log := make([]sent, 0, pc.total/pc.conns+1)
+	for i := w; i < pc.total; i += pc.conns {
+		due := pc.start.Add(time.Duration(float64(i) / float64(pc.rate) * float64(time.Second)))
+		if wait := time.Until(due); wait > 0 {
+			if sleep(ctx, wait) != nil {
+				break
+			}
+		} else if behind := int64(-wait); behind > pc.maxBehind.Load() {
+			pc.maxBehind.Store(behind)
+		}
+		id := newUUID()
+		if _, err := conn.Exec(ctx, insertOne, id, payload(i)); err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			pc.errs.add(err)
+			continue
+		}
+		log = append(log, sent{id: id, at: now()})
+	}
+	return log
+}
+
 // flood commits n single-row transactions as fast as conns connections
 // can, and returns when the last has committed.
 func flood(ctx context.Context, pool *pgxpool.Pool, n, conns int) (loadStats, error) {
 	st := loadStats{Planned: n}
-	var next, done, errs atomic.Int64
-	var firstErr atomic.Value
+	var next, done atomic.Int64
+	var errs loadErrors
 	var wg sync.WaitGroup
 	start := time.Now()
 	for range conns {
 		wg.Go(func() {
-			conn, err := pool.Acquire(ctx)
-			if err != nil {
-				firstErr.CompareAndSwap(nil, err.Error())
+			conn := errs.acquire(ctx, pool)
+			if conn == nil {
 				return
 			}
 			defer conn.Release()
@@ -163,8 +192,7 @@ func flood(ctx context.Context, pool *pgxpool.Pool, n, conns int) (loadStats, er
 					if ctx.Err() != nil {
 						return
 					}
-					errs.Add(1)
-					firstErr.CompareAndSwap(nil, err.Error())
+					errs.add(err)
 					continue
 				}
 				done.Add(1)
@@ -173,11 +201,9 @@ func flood(ctx context.Context, pool *pgxpool.Pool, n, conns int) (loadStats, er
 	}
 	wg.Wait()
 	st.Seconds = time.Since(start).Seconds()
-	st.Committed, st.Errors = int(done.Load()), int(errs.Load())
+	st.Committed = int(done.Load())
 	st.AchievedRate = float64(st.Committed) / st.Seconds
-	if e, ok := firstErr.Load().(string); ok {
-		st.FirstError = e
-	}
+	errs.into(&st)
 	if st.Committed < n && ctx.Err() == nil {
 		return st, fmt.Errorf("only %d of %d inserts committed: %s", st.Committed, n, st.FirstError)
 	}

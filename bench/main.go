@@ -93,66 +93,114 @@ func quickPlan() plan {
 	return p
 }
 
-func run(ctx context.Context, args []string, stdout io.Writer) error {
+// options are the command line's flags.
+type options struct {
+	quick, profile, verbose bool
+	only, out, render       string
+	quiet                   time.Duration
+}
+
+func parseFlags(args []string) (options, error) {
+	var o options
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
-	quick := fs.Bool("quick", false, "small sizes and short runs (about a minute); results are printed, docs/ is left alone unless -out is given")
-	only := fs.String("only", "", "comma-separated subset of "+strings.Join(measures, ",")+" (cost comes with throughput, sweep cost with backlog)")
-	out := fs.String("out", "", "directory for BENCHMARKS.md, bench-results.json and bench-latency.svg (default docs for a full run of every measure, none otherwise)")
-	profile := fs.Bool("profile", true, "record a CPU profile of the relay with perf during an extra 20,000-row run, when perf is installed")
-	verbose := fs.Bool("v", false, "log progress in more detail")
-	quiet := fs.Duration("quiet", 10*time.Second, "before each measured run, wait up to this long for the machine to be less than 25 % busy with other work (0: don't); at most 90 s in all")
-	render := fs.String("render", "", "re-render BENCHMARKS.md and the chart from this bench-results.json, into its directory, without measuring")
+	fs.BoolVar(&o.quick, "quick", false, "small sizes and short runs (about a minute); results are printed, docs/ is left alone unless -out is given")
+	fs.StringVar(&o.only, "only", "", "comma-separated subset of "+strings.Join(measures, ",")+" (cost comes with throughput, sweep cost with backlog)")
+	fs.StringVar(&o.out, "out", "", "directory for BENCHMARKS.md, bench-results.json and bench-latency.svg (default docs for a full run of every measure, none otherwise)")
+	fs.BoolVar(&o.profile, "profile", true, "record a CPU profile of the relay with perf during an extra 20,000-row run, when perf is installed")
+	fs.BoolVar(&o.verbose, "v", false, "log progress in more detail")
+	fs.DurationVar(&o.quiet, "quiet", 10*time.Second, "before each measured run, wait up to this long for the machine to be less than 25 % busy with other work (0: don't); at most 90 s in all")
+	fs.StringVar(&o.render, "render", "", "re-render BENCHMARKS.md and the chart from this bench-results.json, into its directory, without measuring")
 	if err := fs.Parse(args); err != nil {
-		return err
+		return o, err
 	}
-	if *render != "" {
-		return rerender(*render)
+	if o.out == "" && !o.quick && o.only == "" {
+		o.out = "docs"
 	}
-	p := fullPlan()
-	if *quick {
-		p = quickPlan()
-	}
+	return o, nil
+}
+
+// selectMeasures is the set -only names (every measure when empty), less
+// the profile when -profile=false.
+func selectMeasures(o options) (map[string]bool, error) {
 	selected := map[string]bool{}
-	if *only == "" {
+	if o.only == "" {
 		for _, m := range measures {
 			selected[m] = true
 		}
 	} else {
-		for _, m := range strings.Split(*only, ",") {
+		for _, m := range strings.Split(o.only, ",") {
 			m = strings.TrimSpace(m)
 			if m == "cost" {
 				m = "throughput"
 			}
 			if !slices.Contains(measures, m) {
-				return fmt.Errorf("-only: unknown measure %q (have %s)", m, strings.Join(measures, ", "))
+				return nil, fmt.Errorf("-only: unknown measure %q (have %s)", m, strings.Join(measures, ", "))
 			}
 			selected[m] = true
 		}
 	}
-	if !*profile {
+	if !o.profile {
 		delete(selected, "profile")
 	}
-	outDir := *out
-	if outDir == "" && !*quick && *only == "" {
-		outDir = "docs"
-	}
+	return selected, nil
+}
 
-	started := time.Now()
-	b, err := setup(ctx, p, stdout, *verbose)
-	if err == nil {
-		b.quiet = *quiet
-	}
+func run(ctx context.Context, args []string, stdout io.Writer) error {
+	o, err := parseFlags(args)
 	if err != nil {
 		return err
 	}
+	if o.render != "" {
+		return rerender(o.render)
+	}
+	p := fullPlan()
+	if o.quick {
+		p = quickPlan()
+	}
+	selected, err := selectMeasures(o)
+	if err != nil {
+		return err
+	}
+
+	started := time.Now()
+	b, err := setup(ctx, p, stdout, o.verbose)
+	if err != nil {
+		return err
+	}
+	b.quiet = o.quiet
 	defer b.close()
 
 	res := &results{Plan: p, Started: started.UTC().Format(time.RFC3339)}
 	res.Machine = b.machine(ctx)
 	res.Settings = b.settings(ctx)
+	b.measure(ctx, selected, res)
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("interrupted: %w", err)
+	}
+	res.Stream = b.stream
+	res.Relays = b.relays
+	res.Seconds = time.Since(started).Seconds()
 
-	// Each measure records its own failure and the rest still run: a
-	// partial report beats none. Only a cancelled context stops the run.
+	report := renderMarkdown(res)
+	fmt.Fprintln(stdout)
+	fmt.Fprint(stdout, summaryTables(res))
+	if o.out != "" {
+		if err := res.write(o.out, report); err != nil {
+			return err
+		}
+		b.logf("wrote %s/BENCHMARKS.md, bench-results.json and bench-latency.svg", o.out)
+	}
+	b.logf("total %s", time.Since(started).Round(time.Second))
+	if len(res.Errors) > 0 {
+		return errors.New(strings.Join(res.Errors, "; "))
+	}
+	return nil
+}
+
+// measure runs the selected measures in order. Each records its own
+// failure and the rest still run: a partial report beats none. Only a
+// cancelled context stops the run.
+func (b *bench) measure(ctx context.Context, selected map[string]bool, res *results) {
 	step := func(name string, f func() error) {
 		if !selected[name] || ctx.Err() != nil {
 			return
@@ -173,27 +221,6 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	step("backlog", func() (err error) { res.Backlog, res.SweepCost, err = b.backlog(ctx); return })
 	step("wal", func() (err error) { res.WAL, err = b.wal(ctx); return })
 	step("profile", func() (err error) { res.Profile, err = b.profile(ctx); return })
-	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("interrupted: %w", err)
-	}
-	res.Stream = b.stream
-	res.Relays = b.relays
-	res.Seconds = time.Since(started).Seconds()
-
-	report := renderMarkdown(res)
-	fmt.Fprintln(stdout)
-	fmt.Fprint(stdout, summaryTables(res))
-	if outDir != "" {
-		if err := res.write(outDir, report); err != nil {
-			return err
-		}
-		b.logf("wrote %s/BENCHMARKS.md, bench-results.json and bench-latency.svg", outDir)
-	}
-	b.logf("total %s", time.Since(started).Round(time.Second))
-	if len(res.Errors) > 0 {
-		return errors.New(strings.Join(res.Errors, "; "))
-	}
-	return nil
 }
 
 // rerender writes the report again from saved results, so a change to the

@@ -114,82 +114,102 @@ func (b *bench) profile(ctx context.Context) (*profileResult, error) {
 	defer p.stop()
 
 	data := filepath.Join(b.tmp, "perf.data")
-	rec := exec.Command(perf, "record", "-F", "999", "-g", "-p", fmt.Sprint(p.pid()), "-o", data)
-	recOut := &relaytest.Buffer{Limit: 8 << 10}
-	rec.Stdout, rec.Stderr = recOut, recOut
-	if err := rec.Start(); err != nil {
+	rec, err := startPerf(perf, data, p.pid())
+	if err != nil {
 		res.Skipped = "perf record: " + err.Error()
 		return res, nil
 	}
-	recDone := make(chan error, 1)
-	go func() { recDone <- rec.Wait() }()
-	stopped := false
-	stopRec := func() error {
-		stopped = true
-		_ = rec.Process.Signal(syscall.SIGINT)
-		select {
-		case err := <-recDone:
-			return err
-		case <-time.After(30 * time.Second):
-			_ = rec.Process.Kill()
-			return errors.New("perf record did not stop")
-		}
-	}
-	defer func() {
-		if !stopped {
-			_ = stopRec()
-		}
-	}()
-	if err := sleep(ctx, 500*time.Millisecond); err != nil { // let perf attach
+	defer func() { _ = rec.stop() }()
+	if err := b.profileRun(ctx, db, p, rec, n, res); err != nil {
 		return res, err
 	}
+	if err := readProfile(ctx, perf, data, res); err != nil {
+		return res, err
+	}
+	b.logf("profile: %d areas, %d self entries", len(res.Areas), len(res.Self))
+	return res, nil
+}
 
+// perfRecord is perf record attached to the relay.
+type perfRecord struct {
+	cmd     *exec.Cmd
+	out     *relaytest.Buffer
+	done    chan error
+	stopped bool
+}
+
+func startPerf(perf, data string, pid int) (*perfRecord, error) {
+	rec := &perfRecord{
+		cmd:  exec.Command(perf, "record", "-F", "999", "-g", "-p", fmt.Sprint(pid), "-o", data),
+		out:  &relaytest.Buffer{Limit: 8 << 10},
+		done: make(chan error, 1),
+	}
+	rec.cmd.Stdout, rec.cmd.Stderr = rec.out, rec.out
+	if err := rec.cmd.Start(); err != nil {
+		return nil, err
+	}
+	go func() { rec.done <- rec.cmd.Wait() }()
+	return rec, nil
+}
+
+// stop interrupts perf, which then writes its data, and waits for it to
+// exit; calls after the first do nothing.
+func (rec *perfRecord) stop() error {
+	if rec.stopped {
+		return nil
+	}
+	rec.stopped = true
+	_ = rec.cmd.Process.Signal(syscall.SIGINT)
+	select {
+	case err := <-rec.done:
+		return err
+	case <-time.After(30 * time.Second):
+		_ = rec.cmd.Process.Kill()
+		return errors.New("perf record did not stop")
+	}
+}
+
+// profileRun is the bulk run that perf samples; it stops perf at the last
+// receipt, so that the profile holds the delivery and nothing after it.
+func (b *bench) profileRun(ctx context.Context, db *database, p *relayProc, rec *perfRecord, n int, res *profileResult) error {
+	if err := sleep(ctx, 500*time.Millisecond); err != nil { // let perf attach
+		return err
+	}
 	b.waitQuiet(ctx, b.quiet)
 	b.runner.Reset(false, 0)
 	cpu0 := b.cpuNow(p)
 	t := now()
 	if err := bulk(ctx, db.pool, n); err != nil {
-		return res, err
+		return err
 	}
 	ok, err := b.runner.WaitDistinct(ctx, n, 2*time.Minute)
 	if err != nil {
-		return res, err
+		return err
 	}
 	res.Seconds = float64(since(b.runner.Counts().Last)-t) / 1e9
 	res.CPU = cpuBetween(cpu0, b.cpuNow(p))
-	if err := stopRec(); err != nil {
+	if err := rec.stop(); err != nil {
 		// perf exits non-zero on SIGINT on some versions; the data is
 		// what matters.
-		b.debugf("perf record: %v\n%s", err, recOut.String())
+		b.debugf("perf record: %v\n%s", err, rec.out.String())
 	}
 	if !ok {
-		return res, fmt.Errorf("profile run: not every event delivered")
+		return fmt.Errorf("profile run: not every event delivered")
 	}
+	return nil
+}
 
-	report := func(args ...string) ([]string, error) {
-		cmd := exec.CommandContext(ctx, perf, append([]string{"report", "-i", data, "--stdio", "--sort", "symbol", "-g", "none"}, args...)...)
-		o, err := cmd.Output()
-		if err != nil {
-			return nil, fmt.Errorf("perf report: %w", err)
-		}
-		var lines []string
-		for _, l := range strings.Split(string(o), "\n") {
-			l = strings.TrimSuffix(strings.Join(strings.Fields(l), " "), " - -")
-			if l == "" || strings.HasPrefix(l, "#") {
-				continue
-			}
-			lines = append(lines, l)
-		}
-		return lines, nil
-	}
-	self, err := report("--no-children", "--percent-limit", "0.8")
+// readProfile fills res from perf's data: the flat and cumulative
+// profiles, the activities, and the share of each binary.
+func readProfile(ctx context.Context, perf, data string, res *profileResult) error {
+	self, err := perfReport(ctx, perf, data, "--no-children", "--percent-limit", "0.8")
 	if err != nil {
-		return res, err
+		return err
 	}
 	res.Self = self[:min(len(self), 20)]
-	children, err := report("--children", "--percent-limit", "0.3")
+	children, err := perfReport(ctx, perf, data, "--children", "--percent-limit", "0.3")
 	if err != nil {
-		return res, err
+		return err
 	}
 	for _, l := range children {
 		if !perfNoise.MatchString(l) && len(res.Children) < 20 {
@@ -205,6 +225,24 @@ func (b *bench) profile(ctx context.Context) (*profileResult, error) {
 			}
 		}
 	}
-	b.logf("profile: %d areas, %d self entries", len(res.Areas), len(res.Self))
-	return res, nil
+	return nil
+}
+
+// perfReport is perf report by symbol with args, one entry a line, blank
+// lines and comments left out.
+func perfReport(ctx context.Context, perf, data string, args ...string) ([]string, error) {
+	cmd := exec.CommandContext(ctx, perf, append([]string{"report", "-i", data, "--stdio", "--sort", "symbol", "-g", "none"}, args...)...)
+	o, err := cmd.Output()
+	if err != nil {
+		return nil, fmt.Errorf("perf report: %w", err)
+	}
+	var lines []string
+	for _, l := range strings.Split(string(o), "\n") {
+		l = strings.TrimSuffix(strings.Join(strings.Fields(l), " "), " - -")
+		if l == "" || strings.HasPrefix(l, "#") {
+			continue
+		}
+		lines = append(lines, l)
+	}
+	return lines, nil
 }

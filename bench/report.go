@@ -6,7 +6,6 @@ import (
 	"math"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"time"
 )
@@ -105,39 +104,49 @@ func (r *results) throughputOf(kind string, n int) *throughputResult {
 	return nil
 }
 
+// targets are the goals of issue 6, each judged on what this run measured.
 func (r *results) targets() []target {
-	var ts []target
-	lat := func(rate int, q string, limit float64, get func(distribution) float64) {
-		t := target{What: fmt.Sprintf("stream latency %s at %s events/s", q, thousands(rate)), Goal: fmt.Sprintf("≤ %s ms", num(limit))}
-		if l := r.latencyOf(streamMode.Name, rate); l != nil {
-			v := get(l.Latency)
-			t.Measured, t.Verdict = fmt.Sprintf("%s ms", l.Latency.cell(v)), verdictAtMost(v, limit)
-			if l.Missing > 0 {
-				t.Measured += fmt.Sprintf(" (%d of %d events missing)", l.Missing, l.Latency.Count)
-			}
-		} else {
-			t.Measured, t.Verdict = "not measured", "–"
-		}
-		ts = append(ts, t)
+	return []target{
+		r.latencyTarget(500, "p50", targetP50At500, func(d distribution) float64 { return d.P50 }),
+		r.latencyTarget(500, "p99", targetP99At500, func(d distribution) float64 { return d.P99 }),
+		r.latencyTarget(5000, "p99", targetP99At5000, func(d distribution) float64 { return d.P99 }),
+		r.throughputTarget("bulk", 20_000, targetBulkRate),
+		r.throughputTarget("single", r.Plan.SingleN, targetSingleRate),
+		r.drainTarget(),
+		r.sweepTarget(),
+		r.rssTarget(),
+		r.lagTarget(),
+		r.retainedTarget(),
 	}
-	lat(500, "p50", targetP50At500, func(d distribution) float64 { return d.P50 })
-	lat(500, "p99", targetP99At500, func(d distribution) float64 { return d.P99 })
-	lat(5000, "p99", targetP99At5000, func(d distribution) float64 { return d.P99 })
+}
 
-	thr := func(kind string, n int, floor float64) {
-		t := target{Goal: fmt.Sprintf("≥ %s events/s", thousands(int(floor)))}
-		t.What = load{kind, n}.String()
-		if x := r.throughputOf(kind, n); x != nil {
-			t.What += " (" + x.Mode + ")"
-			t.Measured, t.Verdict = fmt.Sprintf("%s events/s", thousands(int(x.EventsPerSec))), verdictAtLeast(x.EventsPerSec, floor)
-		} else {
-			t.Measured, t.Verdict = "not measured", "–"
+func (r *results) latencyTarget(rate int, q string, limit float64, get func(distribution) float64) target {
+	t := target{What: fmt.Sprintf("stream latency %s at %s events/s", q, thousands(rate)), Goal: fmt.Sprintf("≤ %s ms", num(limit))}
+	if l := r.latencyOf(streamMode.Name, rate); l != nil {
+		v := get(l.Latency)
+		t.Measured, t.Verdict = fmt.Sprintf("%s ms", l.Latency.cell(v)), verdictAtMost(v, limit)
+		if l.Missing > 0 {
+			t.Measured += fmt.Sprintf(" (%d of %d events missing)", l.Missing, l.Latency.Count)
 		}
-		ts = append(ts, t)
+	} else {
+		t.Measured, t.Verdict = "not measured", "–"
 	}
-	thr("bulk", 20_000, targetBulkRate)
-	thr("single", r.Plan.SingleN, targetSingleRate)
+	return t
+}
 
+func (r *results) throughputTarget(kind string, n int, floor float64) target {
+	t := target{Goal: fmt.Sprintf("≥ %s events/s", thousands(int(floor)))}
+	t.What = load{kind, n}.String()
+	if x := r.throughputOf(kind, n); x != nil {
+		t.What += " (" + x.Mode + ")"
+		t.Measured, t.Verdict = fmt.Sprintf("%s events/s", thousands(int(x.EventsPerSec))), verdictAtLeast(x.EventsPerSec, floor)
+	} else {
+		t.Measured, t.Verdict = "not measured", "–"
+	}
+	return t
+}
+
+func (r *results) drainTarget() target {
 	drain := target{What: fmt.Sprintf("backlog drain of %s rows", thousands(r.Plan.BacklogN)), Goal: fmt.Sprintf("≥ %s events/s", thousands(targetDrainRate)), Measured: "not measured", Verdict: "–"}
 	for _, d := range r.Backlog {
 		if d.Rows == r.Plan.BacklogN && d.EventsPerSec > 0 {
@@ -148,8 +157,10 @@ func (r *results) targets() []target {
 			}
 		}
 	}
-	ts = append(ts, drain)
+	return drain
+}
 
+func (r *results) sweepTarget() target {
 	flat := target{What: "sweep query, small vs large delivered table", Goal: "flat", Measured: "not measured", Verdict: "–"}
 	if len(r.SweepCost) == 2 {
 		s, l := r.SweepCost[0], r.SweepCost[1]
@@ -158,25 +169,43 @@ func (r *results) targets() []target {
 		flat.Goal = fmt.Sprintf("flat (≤ %.0f× + %.1f ms)", sweepFlatFactor, sweepFlatAllowance)
 		flat.Verdict = verdictAtMost(l.MedianMs, sweepFlatFactor*s.MedianMs+sweepFlatAllowance)
 	}
-	ts = append(ts, flat)
+	return flat
+}
 
+func (r *results) rssTarget() target {
 	rss := target{What: "relay peak RSS (VmHWM), every run", Goal: fmt.Sprintf("≤ %d MiB", targetRSSMiB), Measured: "not measured", Verdict: "–"}
 	if peak, label := r.peakRSS(); peak > 0 {
 		rss.Measured = fmt.Sprintf("%.1f MiB (%s)", peak, label)
 		rss.Verdict = verdictAtMost(peak, targetRSSMiB)
 	}
-	ts = append(ts, rss)
+	return rss
+}
 
-	lag := target{What: "slot confirmed-flush lag, runner down", Goal: "< 16 MiB, flat", Measured: "not measured", Verdict: "–"}
-	ret := target{What: "slot retained WAL after CHECKPOINT", Goal: "< 16 MiB", Measured: "not measured", Verdict: "–"}
+// walMeasured is the WAL result when the outage ran and was sampled.
+func (r *results) walMeasured() *walResult {
 	if w := r.WAL; w != nil && w.Skipped == "" && len(w.Samples) > 0 {
+		return w
+	}
+	return nil
+}
+
+func (r *results) lagTarget() target {
+	lag := target{What: "slot confirmed-flush lag, runner down", Goal: "< 16 MiB, flat", Measured: "not measured", Verdict: "–"}
+	if w := r.walMeasured(); w != nil {
 		lag.What = fmt.Sprintf("slot confirmed-flush lag, runner down %.0f s", w.OutageSeconds)
 		lag.Measured = "max " + mib(w.MaxLag)
 		lag.Verdict = verdictAtMost(float64(w.MaxLag), targetWALBytes)
+	}
+	return lag
+}
+
+func (r *results) retainedTarget() target {
+	ret := target{What: "slot retained WAL after CHECKPOINT", Goal: "< 16 MiB", Measured: "not measured", Verdict: "–"}
+	if w := r.walMeasured(); w != nil {
 		ret.Measured = mib(w.RetainedAfterCheckpoint) + " (max before: " + mib(w.MaxRetained) + ")"
 		ret.Verdict = verdictAtMost(float64(w.RetainedAfterCheckpoint), targetWALBytes)
 	}
-	return append(ts, lag, ret)
+	return ret
 }
 
 func (r *results) peakRSS() (float64, string) {
@@ -205,12 +234,18 @@ func num(v float64) string {
 	}
 }
 
-func summaryTables(r *results) string {
+func targetsTable(r *results) string {
 	var b strings.Builder
 	b.WriteString("| target | goal | measured | |\n|---|---|---|---|\n")
 	for _, t := range r.targets() {
 		fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", t.What, t.Goal, t.Measured, t.Verdict)
 	}
+	return b.String()
+}
+
+func summaryTables(r *results) string {
+	var b strings.Builder
+	b.WriteString(targetsTable(r))
 	b.WriteString("\n")
 	b.WriteString(latencyTable(r))
 	b.WriteString("\n")
@@ -222,48 +257,60 @@ func summaryTables(r *results) string {
 	return b.String()
 }
 
-func latencyTable(r *results) string {
+// mdTable is a markdown table: its header and alignment rows, then one row
+// per item.
+func mdTable[T any](header, align string, items []T, row func(T) string) string {
 	var b strings.Builder
-	b.WriteString("| mode | rate (events/s) | achieved | events | p50 ms | p95 ms | p99 ms | p99.9 ms | max ms | missing | dup | via stream / sweep | CPU s: relay / Postgres / harness / other | machine busy |\n")
-	b.WriteString("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|--:|\n")
-	for _, l := range r.Latency {
-		if l.Skipped != "" {
-			fmt.Fprintf(&b, "| %s | %s | skipped: stream not available | | | | | | | | | | | |\n", l.Mode, thousands(l.Rate))
-			continue
-		}
-		d := l.Latency
-		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %d | %s / %s | %s | %.0f %% |\n",
-			l.Mode, thousands(l.Rate), thousands(int(l.Load.AchievedRate)), thousands(d.Count),
-			d.cell(d.P50), d.cell(d.P95), d.cell(d.P99), d.cell(d.P999), d.cell(d.Max), l.Missing, l.Duplicates,
-			thousands(int(l.Stream)), thousands(int(l.Sweep)), cpuCell(l.CPU), 100*l.CPU.Busy)
+	b.WriteString(header)
+	b.WriteString(align)
+	for _, it := range items {
+		b.WriteString(row(it))
 	}
 	return b.String()
 }
 
+// skippedRow is the row of a run the stream was not there for: its first
+// two cells, the reason, then empty cells up to cols.
+func skippedRow(cols int, first, second string) string {
+	return "| " + first + " | " + second + " | skipped: stream not available |" + strings.Repeat(" |", cols-3) + "\n"
+}
+
+func latencyTable(r *results) string {
+	return mdTable("| mode | rate (events/s) | achieved | events | p50 ms | p95 ms | p99 ms | p99.9 ms | max ms | missing | dup | via stream / sweep | CPU s: relay / Postgres / harness / other | machine busy |\n",
+		"|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|--:|\n",
+		r.Latency, func(l latencyResult) string {
+			if l.Skipped != "" {
+				return skippedRow(14, l.Mode, thousands(l.Rate))
+			}
+			d := l.Latency
+			return fmt.Sprintf("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %d | %s / %s | %s | %.0f %% |\n",
+				l.Mode, thousands(l.Rate), thousands(int(l.Load.AchievedRate)), thousands(d.Count),
+				d.cell(d.P50), d.cell(d.P95), d.cell(d.P99), d.cell(d.P999), d.cell(d.Max), l.Missing, l.Duplicates,
+				thousands(int(l.Stream)), thousands(int(l.Sweep)), cpuCell(l.CPU), 100*l.CPU.Busy)
+		})
+}
+
 func throughputTable(r *results) string {
-	var b strings.Builder
-	b.WriteString("| mode | load | insert s | delivered in s | events/s | target | | relay CPU s / 10k | relay peak RSS MiB | CPU s: relay / Postgres / harness / other | machine busy |\n")
-	b.WriteString("|---|---|--:|--:|--:|--:|---|--:|--:|---|--:|\n")
-	for _, t := range r.Throughput {
-		if t.Skipped != "" {
-			fmt.Fprintf(&b, "| %s | %s | skipped: stream not available | | | | | | | | |\n", t.Mode, t.Load)
-			continue
-		}
-		goal, verdict := "", ""
-		switch {
-		case t.Kind == "bulk" && t.Events == 20_000:
-			goal, verdict = "≥ "+thousands(targetBulkRate), verdictAtLeast(t.EventsPerSec, targetBulkRate)
-		case t.Kind == "single":
-			goal, verdict = "≥ "+thousands(targetSingleRate), verdictAtLeast(t.EventsPerSec, targetSingleRate)
-		}
-		if t.TimedOut {
-			verdict += fmt.Sprintf(" (timed out, %d missing)", t.Missing)
-		}
-		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %.0f %% |\n",
-			t.Mode, t.Load, num(t.InsertSeconds), num(t.DeliverSeconds), thousands(int(t.EventsPerSec)), goal, verdict,
-			num(t.CPUPer10k), num(t.PeakRSSMiB), cpuCell(t.CPU), 100*t.CPU.Busy)
-	}
-	return b.String()
+	return mdTable("| mode | load | insert s | delivered in s | events/s | target | | relay CPU s / 10k | relay peak RSS MiB | CPU s: relay / Postgres / harness / other | machine busy |\n",
+		"|---|---|--:|--:|--:|--:|---|--:|--:|---|--:|\n",
+		r.Throughput, func(t throughputResult) string {
+			if t.Skipped != "" {
+				return skippedRow(11, t.Mode, t.Load)
+			}
+			goal, verdict := "", ""
+			switch {
+			case t.Kind == "bulk" && t.Events == 20_000:
+				goal, verdict = "≥ "+thousands(targetBulkRate), verdictAtLeast(t.EventsPerSec, targetBulkRate)
+			case t.Kind == "single":
+				goal, verdict = "≥ "+thousands(targetSingleRate), verdictAtLeast(t.EventsPerSec, targetSingleRate)
+			}
+			if t.TimedOut {
+				verdict += fmt.Sprintf(" (timed out, %d missing)", t.Missing)
+			}
+			return fmt.Sprintf("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %.0f %% |\n",
+				t.Mode, t.Load, num(t.InsertSeconds), num(t.DeliverSeconds), thousands(int(t.EventsPerSec)), goal, verdict,
+				num(t.CPUPer10k), num(t.PeakRSSMiB), cpuCell(t.CPU), 100*t.CPU.Busy)
+		})
 }
 
 func cpuCell(c cpuUse) string {
@@ -271,30 +318,29 @@ func cpuCell(c cpuUse) string {
 }
 
 func backlogTables(r *results) string {
-	var b strings.Builder
-	b.WriteString("| rows | mode | written in s | drained in s | first receipt s | events/s | target | | relay CPU s / 10k | relay peak RSS MiB | dup | CPU s: relay / Postgres / harness / other | machine busy |\n")
-	b.WriteString("|--:|---|--:|--:|--:|--:|--:|---|--:|--:|--:|---|--:|\n")
-	for _, d := range r.Backlog {
-		goal, verdict := "", ""
-		if d.Rows == r.Plan.BacklogN {
-			goal, verdict = "≥ "+thousands(targetDrainRate), verdictAtLeast(d.EventsPerSec, targetDrainRate)
-		}
-		if d.TimedOut {
-			verdict += fmt.Sprintf(" (stopped after %s: %s of %s)", time.Duration(r.Plan.DrainLimit), thousands(d.Received), thousands(d.Rows))
-		}
-		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %s | %.0f %% |\n",
-			thousands(d.Rows), d.Mode, num(d.InsertSeconds), num(d.DrainSeconds), num(d.FirstReceiptSeconds),
-			thousands(int(d.EventsPerSec)), goal, verdict, num(d.CPUPer10k), num(d.PeakRSSMiB), d.Duplicates,
-			cpuCell(d.CPU), 100*d.CPU.Busy)
-	}
-	b.WriteString("\n| delivered rows | pending rows | first run after the drain, ms (buffers) | next 4, median ms (buffers) | after VACUUM, ms | store.ClaimDue (100 rows, round trip), ms | plan |\n")
-	b.WriteString("|--:|--:|--:|--:|--:|--:|---|\n")
-	for _, c := range r.SweepCost {
-		fmt.Fprintf(&b, "| %s | %s | %s (%s) | %s (%s) | %s | %s | %s |\n",
-			thousands(c.Delivered), thousands(c.Pending), num(c.FirstMs), thousands(int(c.FirstBuffers)),
-			num(c.MedianMs), thousands(int(c.MedianBuffers)), num(c.VacuumedMs), num(c.ClaimMs), c.Plan)
-	}
-	return b.String()
+	drains := mdTable("| rows | mode | written in s | drained in s | first receipt s | events/s | target | | relay CPU s / 10k | relay peak RSS MiB | dup | CPU s: relay / Postgres / harness / other | machine busy |\n",
+		"|--:|---|--:|--:|--:|--:|--:|---|--:|--:|--:|---|--:|\n",
+		r.Backlog, func(d backlogResult) string {
+			goal, verdict := "", ""
+			if d.Rows == r.Plan.BacklogN {
+				goal, verdict = "≥ "+thousands(targetDrainRate), verdictAtLeast(d.EventsPerSec, targetDrainRate)
+			}
+			if d.TimedOut {
+				verdict += fmt.Sprintf(" (stopped after %s: %s of %s)", time.Duration(r.Plan.DrainLimit), thousands(d.Received), thousands(d.Rows))
+			}
+			return fmt.Sprintf("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %s | %.0f %% |\n",
+				thousands(d.Rows), d.Mode, num(d.InsertSeconds), num(d.DrainSeconds), num(d.FirstReceiptSeconds),
+				thousands(int(d.EventsPerSec)), goal, verdict, num(d.CPUPer10k), num(d.PeakRSSMiB), d.Duplicates,
+				cpuCell(d.CPU), 100*d.CPU.Busy)
+		})
+	costs := mdTable("\n| delivered rows | pending rows | first run after the drain, ms (buffers) | next 4, median ms (buffers) | after VACUUM, ms | store.ClaimDue (100 rows, round trip), ms | plan |\n",
+		"|--:|--:|--:|--:|--:|--:|---|\n",
+		r.SweepCost, func(c sweepCost) string {
+			return fmt.Sprintf("| %s | %s | %s (%s) | %s (%s) | %s | %s | %s |\n",
+				thousands(c.Delivered), thousands(c.Pending), num(c.FirstMs), thousands(int(c.FirstBuffers)),
+				num(c.MedianMs), thousands(int(c.MedianBuffers)), num(c.VacuumedMs), num(c.ClaimMs), c.Plan)
+		})
+	return drains + costs
 }
 
 func walTable(r *results) string {
@@ -317,134 +363,6 @@ func walTable(r *results) string {
 		mib(w.MaxLag), verdictAtMost(float64(w.MaxLag), targetWALBytes), mib(w.MaxRetained),
 		mib(w.RetainedAfterCheckpoint), verdictAtMost(float64(w.RetainedAfterCheckpoint), targetWALBytes),
 		mib(w.LagAfterCheckpoint), rec)
-	return b.String()
-}
-
-// renderMarkdown is docs/BENCHMARKS.md.
-func renderMarkdown(r *results) string {
-	var b strings.Builder
-	m := r.Machine
-	w := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
-
-	w("# Benchmarks\n\n")
-	w("Generated by `make bench` (`go run ./bench`) on %s at commit `%s`; the run took %s. ",
-		r.Started[:10], m.Commit, time.Duration(r.Seconds*float64(time.Second)).Round(time.Second))
-	w("Do not edit by hand: run it again. Raw figures: [bench-results.json](bench-results.json).\n\n")
-	if !r.Stream.Available {
-		w("> **The stream was not available in this build** (%s). Stream figures are missing and the targets are judged on what ran.\n\n", r.Stream.Reason)
-	}
-	if len(r.Errors) > 0 {
-		w("> **Errors during the run:** %s\n\n", strings.Join(r.Errors, "; "))
-	}
-
-	w("## Targets (issue 6)\n\n")
-	w("| target | goal | measured | |\n|---|---|---|---|\n")
-	for _, t := range r.targets() {
-		w("| %s | %s | %s | %s |\n", t.What, t.Goal, t.Measured, t.Verdict)
-	}
-
-	w("\n## Machine and settings\n\n")
-	w("- %d CPUs (%s), %.1f GiB memory, Linux %s — shared by PostgreSQL, the relay, and the harness (runner and load generator); loopback only.\n", m.CPUs, m.CPUModel, m.MemoryGiB, m.Kernel)
-	w("- %s, PostgreSQL %s, `%s`.\n", m.Go, m.Postgres, m.Relay)
-	w("- PostgreSQL is a throwaway cluster from `internal/pgtest`: ")
-	var keys []string
-	for k := range r.Settings {
-		if strings.HasPrefix(k, "server.") {
-			keys = append(keys, k)
-		}
-	}
-	slices.Sort(keys)
-	for i, k := range keys {
-		if i > 0 {
-			w(", ")
-		}
-		w("`%s=%s`", strings.TrimPrefix(k, "server."), r.Settings[k])
-	}
-	w(". The benchmark databases set `synchronous_commit = on` (`ALTER DATABASE`, which outranks the server's command line), so every commit — the load's and the relay's — waits for its WAL write as an application's would, and the walsender sees it at once (with the cluster's `off`, a commit reaches the stream only at the WAL writer's next flush, up to 3 × `wal_writer_delay` later).\n")
-	w("- **`fsync=off`**: a commit does not wait for the disk. On real storage add the device's flush time (about 0.1–2 ms on SSDs) to every commit — the application's and each outcome `UPDATE` of the relay — so single-row insert rates and the relay's throughput would be lower; on loopback with `fsync=off` the figures show the CPU cost of the relay and the database.\n")
-	w("- The relay is the real binary (`go build ./cmd/outbox-relay`) run as a child process with its defaults (`RELAY_CONCURRENCY=16`, `RELAY_BATCH_SIZE=100`, `RELAY_HTTP_TIMEOUT=10s`), `RELAY_LOG_LEVEL=warn`, and `RELAY_LISTEN_ADDR` on 127.0.0.1 for `/metrics`. **stream** is `RELAY_CDC=on`, `RELAY_SWEEP_INTERVAL=1m` (only the stream can be fast); **sweep-only** is `RELAY_CDC=off`, `RELAY_SWEEP_INTERVAL=1s`.\n")
-	w("- The runner is a `net/http` server in the harness process on 127.0.0.1: it reads the body, notes the receipt time under the `Idempotency-Key` (the event id) and answers 204.\n")
-	w("- CPU columns split the CPU seconds of each run between the relay, PostgreSQL, the harness (runner and load generator) and *other* processes; \"machine busy\" is the share of all %d CPUs in use. The machine may be shared with other work: a large *other* share means the run competed for CPU and its figures are pessimistic.\n", m.CPUs)
-
-	w("\n## 1. Latency: commit → runner receipt\n\n")
-	w("Single-row transactions from %d connections at a steady rate, %s per rate after a %s warm-up that is not counted. Each insert carries an `event_id` made by the harness (a random UUID), and its latency is the runner's receipt time minus the moment its `COMMIT` returned, both on the harness's monotonic clock. \"achieved\" is the rate the load really committed at; \"missing\" were not received within 10 s (stream) or 10 s plus two sweep intervals; they stay in the quantiles at that wait, shown as \"> wait\".\n\n",
-		r.Plan.LatencyConns, r.Plan.LatencyDuration, r.Plan.LatencyWarmup)
-	w("%s\n", latencyTable(r))
-	w("![Latency distribution, stream versus sweep-only](bench-latency.svg)\n\n")
-	early := 0
-	for _, l := range r.Latency {
-		early += l.Early
-	}
-	if early > 0 {
-		w("%d events reached the runner before their `COMMIT` returned to the inserter (the relay can hear of a commit before the client does); they count with their negative latency.\n\n", early)
-	}
-
-	w("## 2. Throughput\n\n")
-	w("A fresh relay per load, on an empty or lightly filled table. For an `INSERT … SELECT` (one transaction) the clock starts when its `COMMIT` returns; for single-row transactions (%d connections, as fast as they go) it starts at the first insert. It stops at the last receipt. One POST per event.\n\n", r.Plan.SingleConns)
-	w("%s\n", throughputTable(r))
-	w("%s", ceilingNote(r))
-
-	w("## 3. Backlog drain and the sweep's cost\n\n")
-	w("The rows are written while no relay runs (the runner is \"down\"), in transactions of at most 100,000 rows; then the relay starts and the clock runs from its start to the last receipt. After the drain, with the relay stopped, %s pending rows are added and the sweep's row choice — the `SELECT … ORDER BY next_attempt_at LIMIT 100 FOR UPDATE SKIP LOCKED` inside the claim, copied from `internal/store/store.go` — is run under `EXPLAIN (ANALYZE, BUFFERS)`: once right after the drain, four more times, and five times after a `VACUUM`; then `store.ClaimDue` itself is timed from the client. These sessions are set up as the relay's are (`store.Configure`: bitmap scans off), so the plan is the relay's.\n\n", thousands(r.Plan.SweepPending))
-	w("%s\n", backlogTables(r))
-
-	w("## 4. Cost\n\n")
-	w("CPU is `utime + stime` from `/proc/<pid>/stat`; for PostgreSQL it is summed over the postmaster and its children, for the harness (runner and load generator) it is its own `getrusage`. Peak RSS is the relay's `VmHWM` from `/proc/<pid>/status`, read just before it stops. Per-load figures are in the throughput table; every relay process of the run:\n\n")
-	w("| relay run | lifetime s | CPU s | peak RSS MiB | RSS at end MiB | via stream | via sweep | retries |\n|---|--:|--:|--:|--:|--:|--:|--:|\n")
-	for _, s := range r.Relays {
-		w("| %s | %s | %s | %s | %s | %s | %s | %s |\n", s.Label, num(s.Seconds), num(s.CPUSeconds), num(s.PeakRSSMiB), num(s.RSSMiB),
-			thousands(int(s.Stream)), thousands(int(s.Sweep)), thousands(int(s.Retries)))
-	}
-
-	w("\n## 5. WAL during a runner outage\n\n")
-	if r.WAL != nil && r.WAL.Skipped == "" {
-		wl := r.WAL
-		w("The runner stops listening (connections refused) for %.0f s while another table in the same database takes about %.1f MiB/s of WAL (1 KiB rows, ten statements a second) and the outbox takes %d rows/s, which the relay claims, fails to send and backs off (`RELAY_BACKOFF_MAX=5s` here). Every second the slot's `pg_current_wal_lsn() - confirmed_flush_lsn` (the relay's own lag) and `pg_current_wal_lsn() - restart_lsn` (retained WAL) are read. Postgres moves `restart_lsn` only at running-transactions records and checkpoints, so retained WAL is read again each second for 5 s after the writes stop and a `CHECKPOINT`.\n\n",
-			wl.OutageSeconds, wl.WALRate/(1<<20), wl.OutboxRate)
-		w("%s\n", walTable(r))
-		w("Per second, MiB (lag / retained): ")
-		for i, s := range wl.Samples {
-			if i > 0 {
-				w(", ")
-			}
-			w("%.1f/%.1f", float64(s.Lag)/(1<<20), float64(s.Retained)/(1<<20))
-		}
-		w("; after the CHECKPOINT: ")
-		for i, s := range wl.After {
-			if i > 0 {
-				w(", ")
-			}
-			w("%.1f/%.1f", float64(s.Lag)/(1<<20), float64(s.Retained)/(1<<20))
-		}
-		w(".\n\n")
-	} else if r.WAL != nil {
-		w("Skipped: %s\n\n", r.WAL.Skipped)
-	} else {
-		w("Not run.\n\n")
-	}
-
-	w("## Where the relay's CPU goes\n\n")
-	if p := r.Profile; p != nil && p.Skipped == "" && len(p.Self) > 0 {
-		w("`perf record -F 999 -g -p <relay>` during an extra run of the %s (%s; not one of the measured runs: sampling slows it): %s s, CPU s relay / Postgres / harness / other: %s. The relay's activities, as shares of its samples (cumulative: a frame and everything it calls, so they overlap):\n\n",
-			p.Load, p.Mode, num(p.Seconds), cpuCell(p.CPU))
-		w("| activity | frame | share |\n|---|---|--:|\n")
-		for _, a := range p.Areas {
-			w("| %s | `%s` | %.1f %% |\n", a.What, a.Frame, a.Percent)
-		}
-		if len(p.DSOs) > 0 {
-			w("\nBy binary: %s.\n", strings.Join(p.DSOs, "; "))
-		}
-		w("\nFlat profile (own samples), top entries:\n\n```\n%s\n```\n\nCumulative, top entries, without the frames every goroutine passes through:\n\n```\n%s\n```\n\n", strings.Join(p.Self, "\n"), strings.Join(p.Children, "\n"))
-	} else if p != nil && p.Skipped != "" {
-		w("No profile: %s.\n\n", p.Skipped)
-	} else {
-		w("No profile in this run.\n\n")
-	}
-
-	w("%s", handOffNote)
-	w("## Reproduce\n\n")
-	w("```\nmake bench                                  # this report: docs/BENCHMARKS.md, bench-results.json, bench-latency.svg\ngo run ./bench -quick                       # about a minute, smaller sizes; prints the tables, writes nothing\ngo run ./bench -only=latency,wal -out /tmp/b # a subset, written elsewhere\n```\n\n")
-	w("Needs the PostgreSQL server binaries (as `make test` does) and, for the profile, `perf`.\n")
 	return b.String()
 }
 

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/outbox-relay/outbox-relay/internal/relaytest"
 )
 
 // throughputResult is the time to deliver one load, and what it cost.
@@ -130,17 +132,30 @@ func (b *bench) throughputRun(ctx context.Context, db *database, m mode, l load)
 	res.TimedOut = !ok
 	res.Missing = max(l.n-(c.Distinct), 0)
 	res.Duplicates = c.Requests - c.Distinct
-	res.DeliverSeconds = float64(since(c.Last)-start) / 1e9
-	res.FirstReceiptSeconds = float64(since(c.First)-start) / 1e9
-	if res.DeliverSeconds > 0 {
-		res.EventsPerSec = float64(c.Distinct) / res.DeliverSeconds
-	}
+	res.DeliverSeconds, res.FirstReceiptSeconds, res.EventsPerSec = receiptRate(c, start)
 	res.CPU = cpuBetween(cpu0, cpu1)
-	res.CPUPer10k = res.CPU.Relay / float64(max(c.Requests, 1)) * 10_000
+	res.CPUPer10k = relayCPUPer10k(res.CPU, c)
 	if res.TimedOut {
 		return res, fmt.Errorf("only %d of %d events delivered within %s", c.Distinct, l.n, limit)
 	}
 	return res, nil
+}
+
+// receiptRate is what the runner's counts say of a run that started at
+// start (on the harness clock): seconds to the last and to the first
+// receipt, and distinct events per second until the last.
+func receiptRate(c relaytest.Counts, start int64) (last, first, perSec float64) {
+	last = float64(since(c.Last)-start) / 1e9
+	first = float64(since(c.First)-start) / 1e9
+	if last > 0 {
+		perSec = float64(c.Distinct) / last
+	}
+	return last, first, perSec
+}
+
+// relayCPUPer10k is the relay's CPU seconds per 10,000 requests.
+func relayCPUPer10k(cpu cpuUse, c relaytest.Counts) float64 {
+	return cpu.Relay / float64(max(c.Requests, 1)) * 10_000
 }
 
 // thousands formats n with commas: 20,000.

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"sync"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // walSample is the relay's slot at one moment.
@@ -77,14 +79,67 @@ func (b *bench) wal(ctx context.Context) (*walResult, error) {
 		}
 	}()
 
-	var startLSN string
-	if err := db.pool.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&startLSN); err != nil {
+	probe := &walProbe{admin: b.admin, slot: db.slot}
+	if err := db.pool.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&probe.startLSN); err != nil {
 		return res, err
 	}
+	outboxRows, err := b.walOutage(ctx, db, probe, res)
+	if err != nil {
+		return res, err
+	}
+	if err := walAfterCheckpoint(ctx, probe, res); err != nil {
+		return res, err
+	}
+	if err := b.runner.Restart(ctx); err != nil {
+		return res, err
+	}
+	runnerDown = false
+	return res, b.walRecovery(ctx, outboxRows, res)
+}
+
+// walProbe reads the relay's slot: its lag, the WAL it retains, and the
+// WAL written since startLSN, at seconds since t0.
+type walProbe struct {
+	admin    *pgxpool.Pool
+	slot     string
+	startLSN string
+	t0       time.Time
+}
+
+func (pr *walProbe) sample(ctx context.Context) (walSample, error) {
+	s := walSample{T: time.Since(pr.t0).Seconds()}
+	err := pr.admin.QueryRow(ctx, `SELECT
+	coalesce((pg_current_wal_lsn() - confirmed_flush_lsn)::bigint, -1),
+	coalesce((pg_current_wal_lsn() - restart_lsn)::bigint, -1),
+	(pg_current_wal_lsn() - $2::pg_lsn)::bigint,
+	active
+FROM pg_replication_slots WHERE slot_name = $1`, pr.slot, pr.startLSN).Scan(&s.Lag, &s.Retained, &s.Written, &s.Active)
+	return s, err
+}
+
+// every samples once a second, n times, counting from start, and hands
+// each sample to fn.
+func (pr *walProbe) every(ctx context.Context, start time.Time, n int, fn func(walSample)) error {
+	for i := 1; i <= n; i++ {
+		if err := sleep(ctx, time.Until(start.Add(time.Duration(i)*time.Second))); err != nil {
+			return err
+		}
+		s, err := pr.sample(ctx)
+		if err != nil {
+			return err
+		}
+		fn(s)
+	}
+	return nil
+}
+
+// walOutage writes to the filler table and the outbox for the outage and
+// samples the slot every second meanwhile; it returns how many outbox
+// rows were written.
+func (b *bench) walOutage(ctx context.Context, db *database, probe *walProbe, res *walResult) (outboxRows int, err error) {
 	wctx, stopWrites := context.WithCancel(ctx)
 	defer stopWrites()
 	var wg sync.WaitGroup
-	var outboxRows int
 	var fillErr error
 	wg.Go(func() {
 		sends, _, _ := paced(wctx, db.pool, b.plan.WALOutboxHz, 2, b.plan.WALOutage)
@@ -92,74 +147,57 @@ func (b *bench) wal(ctx context.Context) (*walResult, error) {
 	})
 	wg.Go(func() { fillErr = b.fill(wctx, db, b.plan.WALBytesRate) })
 
-	t0 := time.Now()
-	sample := func() (walSample, error) {
-		s := walSample{T: time.Since(t0).Seconds()}
-		err := b.admin.QueryRow(ctx, `SELECT
-	coalesce((pg_current_wal_lsn() - confirmed_flush_lsn)::bigint, -1),
-	coalesce((pg_current_wal_lsn() - restart_lsn)::bigint, -1),
-	(pg_current_wal_lsn() - $2::pg_lsn)::bigint,
-	active
-FROM pg_replication_slots WHERE slot_name = $1`, db.slot, startLSN).Scan(&s.Lag, &s.Retained, &s.Written, &s.Active)
-		return s, err
-	}
-	ticks := int(b.plan.WALOutage / time.Second)
-	for i := 1; i <= ticks; i++ {
-		if err := sleep(ctx, time.Until(t0.Add(time.Duration(i)*time.Second))); err != nil {
-			return res, err
-		}
-		s, err := sample()
-		if err != nil {
-			return res, err
-		}
+	probe.t0 = time.Now()
+	err = probe.every(ctx, probe.t0, int(b.plan.WALOutage/time.Second), func(s walSample) {
 		res.Samples = append(res.Samples, s)
 		res.MaxLag, res.MaxRetained = max(res.MaxLag, s.Lag), max(res.MaxRetained, s.Retained)
 		b.debugf("wal t=%2.0fs lag %s retained %s written %s active %v", s.T, mib(s.Lag), mib(s.Retained), mib(s.Written), s.Active)
-	}
+	})
 	stopWrites()
 	wg.Wait()
-	res.OutageSeconds = time.Since(t0).Seconds()
+	if err != nil {
+		return outboxRows, err
+	}
+	res.OutageSeconds = time.Since(probe.t0).Seconds()
 	res.OutboxRows = outboxRows
 	if fillErr != nil && !errors.Is(fillErr, context.Canceled) {
-		return res, fmt.Errorf("background writes: %w", fillErr)
+		return outboxRows, fmt.Errorf("background writes: %w", fillErr)
 	}
 	if n := len(res.Samples); n > 0 {
 		res.WALRate = float64(res.Samples[n-1].Written) / res.Samples[n-1].T
 	}
+	return outboxRows, nil
+}
 
-	if _, err := b.admin.Exec(ctx, `CHECKPOINT`); err != nil {
-		return res, err
+// walAfterCheckpoint samples the slot for five seconds after a CHECKPOINT:
+// Postgres moves restart_lsn only at checkpoints and running-transactions
+// records, so the retained WAL read then is the honest figure.
+func walAfterCheckpoint(ctx context.Context, probe *walProbe, res *walResult) error {
+	if _, err := probe.admin.Exec(ctx, `CHECKPOINT`); err != nil {
+		return err
 	}
-	t1 := time.Now()
-	for i := 1; i <= 5; i++ {
-		if err := sleep(ctx, time.Until(t1.Add(time.Duration(i)*time.Second))); err != nil {
-			return res, err
-		}
-		s, err := sample()
-		if err != nil {
-			return res, err
-		}
+	return probe.every(ctx, time.Now(), 5, func(s walSample) {
 		res.After = append(res.After, s)
 		res.RetainedAfterCheckpoint, res.LagAfterCheckpoint = s.Retained, s.Lag
-	}
+	})
+}
 
-	if err := b.runner.Restart(ctx); err != nil {
-		return res, err
-	}
-	runnerDown = false
+// walRecovery waits for the outbox rows written during the outage to reach
+// the runner once it is back.
+func (b *bench) walRecovery(ctx context.Context, outboxRows int, res *walResult) error {
 	back := now()
 	ok, err := b.runner.WaitDistinct(ctx, outboxRows, 30*time.Second)
 	if err != nil {
-		return res, err
+		return err
 	}
 	res.Recovered = ok
 	res.RecoverySeconds = float64(since(b.runner.Counts().Last)-back) / 1e9
 	b.logf("wal: %.1f MiB/s written for %.0f s with the runner down: max lag %s, max retained %s; after CHECKPOINT retained %s; %d outbox rows delivered %.1f s after the runner came back",
 		res.WALRate/(1<<20), res.OutageSeconds, mib(res.MaxLag), mib(res.MaxRetained), mib(res.RetainedAfterCheckpoint), outboxRows, res.RecoverySeconds)
 	if !ok {
-		return res, fmt.Errorf("wal: outbox rows written during the outage not all delivered 30 s after the runner came back")
+		return fmt.Errorf("wal: outbox rows written during the outage not all delivered 30 s after the runner came back")
 	}
-	return res, nil
+	return nil
 }
 
 // fill writes about rate bytes per second of WAL into the filler table,

@@ -1,7 +1,6 @@
 package cdc
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -18,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/outbox-relay/outbox-relay/internal/pgtest"
+	"github.com/outbox-relay/outbox-relay/internal/relaytest"
 	"github.com/outbox-relay/outbox-relay/internal/store"
 )
 
@@ -88,30 +88,12 @@ func (r *recorder) count(id string) int {
 	return r.seen[id]
 }
 
-// logBuffer collects log lines so that tests can count them.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) count(s string) int {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return strings.Count(b.buf.String(), s)
-}
-
 // bundle is one test's database, outbox table and configuration.
 type bundle struct {
 	url  string
 	pool *pgxpool.Pool
 	cfg  Config
-	logs *logBuffer
+	logs *relaytest.Buffer
 }
 
 var slotSeq atomic.Int64
@@ -149,7 +131,7 @@ func setupURL(t testing.TB, url string) *bundle {
 	b := &bundle{
 		url:  url,
 		pool: pool,
-		logs: &logBuffer{},
+		logs: &relaytest.Buffer{},
 		cfg: Config{
 			DatabaseURL: url,
 			Schema:      table.Schema, Table: table.Name,
@@ -368,7 +350,7 @@ func TestSlotDroppedExternallyIsRecreated(t *testing.T) {
 	})
 	second := b.insert(t)
 	pgtest.WaitFor(t, 5*time.Second, "a row after recovery", func() bool { return rec.has(second) })
-	if n := b.logs.count("replication stream down"); n != 1 {
+	if n := strings.Count(b.logs.String(), "replication stream down"); n != 1 {
 		t.Errorf("logged the outage %d times, want once", n)
 	}
 }
@@ -421,7 +403,7 @@ func TestTwoStreamsOneSlot(t *testing.T) {
 	pgtest.WaitFor(t, 15*time.Second, "the standby to take over", sb.Streaming)
 	later := b.insert(t)
 	pgtest.WaitFor(t, 5*time.Second, "the new streamer to get a row", func() bool { return recB.has(later) })
-	if n := b.logs.count("standing by"); n != 1 {
+	if n := strings.Count(b.logs.String(), "standing by"); n != 1 {
 		t.Errorf("logged standing by %d times, want once", n)
 	}
 }
@@ -638,7 +620,7 @@ func TestPublicationDroppedIsRecreated(t *testing.T) {
 		}
 		return false
 	})
-	if n := b.logs.count("cannot decode past the removal of its publication"); n != 1 {
+	if n := strings.Count(b.logs.String(), "cannot decode past the removal of its publication"); n != 1 {
 		t.Errorf("logged the slot's recreation %d times, want once", n)
 	}
 }
@@ -680,7 +662,7 @@ func TestInvalidatedSlotIsRecreated(t *testing.T) {
 	waitStreaming(t, s2)
 	id := b.insert(t)
 	pgtest.WaitFor(t, 5*time.Second, "a row through the new slot", func() bool { return rec.has(id) })
-	if n := b.logs.count("replication slot was invalidated"); n != 1 {
+	if n := strings.Count(b.logs.String(), "replication slot was invalidated"); n != 1 {
 		t.Errorf("logged the invalidation %d times, want once", n)
 	}
 }
@@ -714,7 +696,7 @@ func TestReadOnlyServerIsWaitedFor(t *testing.T) {
 	waitStreaming(t, s)
 	id := b.insert(t)
 	pgtest.WaitFor(t, 5*time.Second, "a row after the promotion", func() bool { return rec.has(id) })
-	if n := b.logs.count("in recovery"); n != 1 {
+	if n := strings.Count(b.logs.String(), "in recovery"); n != 1 {
 		t.Errorf("said the server is in recovery %d times, want once", n)
 	}
 }

@@ -15,7 +15,6 @@ import (
 
 	"github.com/outbox-relay/outbox-relay/internal/pgtest"
 	"github.com/outbox-relay/outbox-relay/internal/relaytest"
-	"github.com/outbox-relay/outbox-relay/internal/store"
 )
 
 const mib = 1 << 20
@@ -232,18 +231,25 @@ func TestSlotAndPublicationDropped(t *testing.T) {
 	startRelay(t, relayEnv(d, rn))
 	in := startInserter(t, d, 200, 2)
 	ctx := context.Background()
+	// A slot being created is active too, with no confirmed_flush_lsn until
+	// its start point is found: only a slot with one is streaming.
+	// Terminating the walsender during the creation undoes the slot, and
+	// doing it on every retry below would keep the relay from ever
+	// finishing one (seen under load: the slot drop never happened).
 	active := func() bool {
 		var n int
-		_ = d.pool.QueryRow(ctx, `SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'outbox_relay' AND active`).Scan(&n)
+		_ = d.pool.QueryRow(ctx, `SELECT count(*) FROM pg_replication_slots
+			WHERE slot_name = 'outbox_relay' AND active AND confirmed_flush_lsn IS NOT NULL`).Scan(&n)
 		return n == 1
 	}
 	pgtest.WaitFor(t, 30*time.Second, "the stream", active)
 	exec := func(sql string) error { _, err := d.pool.Exec(ctx, sql); return err }
-	// The walsender holds the slot until it exits: DropSlot ends it, waits
-	// for it to go, then drops, and tries again while the relay wins the
-	// race to take the slot back.
-	pgtest.WaitFor(t, 60*time.Second, "the slot drop", func() bool {
-		return store.DropSlot(ctx, d.pool, "outbox_relay") == nil
+	// The walsender holds the slot until it exits: terminate it, then
+	// drop, and retry while the relay wins the race to take it again.
+	pgtest.WaitFor(t, 30*time.Second, "the slot drop", func() bool {
+		_ = exec(`SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots
+			WHERE slot_name = 'outbox_relay' AND confirmed_flush_lsn IS NOT NULL`)
+		return exec(`SELECT pg_drop_replication_slot('outbox_relay')`) == nil
 	})
 	pgtest.WaitFor(t, 60*time.Second, "the stream to come back after the slot drop", active)
 

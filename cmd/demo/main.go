@@ -57,19 +57,7 @@ func run(ctx context.Context, out *console) error {
 	if err != nil {
 		return err
 	}
-	defer func() {
-		err := pg.Stop()
-		if err != nil {
-			// A Ctrl-C reaches pg_ctl too, being in our process group, and
-			// interrupts its wait; the server is stopping anyway.
-			err = pg.Stop()
-		}
-		if err != nil {
-			out.printf("== stopping PostgreSQL: %v", err)
-			return
-		}
-		out.printf("== PostgreSQL stopped, its data directory removed")
-	}()
+	defer stopPostgres(pg, out)
 	dbURL := pg.URL("postgres")
 	shown, _ := url.Parse(dbURL)
 	shown.User = url.User(shown.User.Username())
@@ -82,20 +70,14 @@ func run(ctx context.Context, out *console) error {
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	// Built as a release would be, with the version the relay sends in
-	// User-Agent.
-	bin, err := relaytest.Build(ctx, tmp, relaytest.BuildOptions{Version: "demo"})
+	bin, err := buildAndMigrate(ctx, tmp, dbURL, out)
 	if err != nil {
-		return err
-	}
-	if err := migrate(ctx, bin, relayEnv("RELAY_DATABASE_URL="+dbURL), out); err != nil {
 		return err
 	}
 
 	// 3. The runner, with a fresh signing secret.
 	key := make([]byte, 32)
 	rand.Read(key)
-	secret := "whsec_" + base64.StdEncoding.EncodeToString(key)
 	rn, err := startRunner(key, out)
 	if err != nil {
 		return err
@@ -104,29 +86,11 @@ func run(ctx context.Context, out *console) error {
 	out.printf("== runner listening on %s (verifies Standard Webhooks signatures)", rn.URL())
 
 	// 4. The relay, as a child process configured by its environment only.
-	healthAddr, err := relaytest.FreeAddr()
+	relay, err := launchRelay(ctx, bin, dbURL, rn.URL(), key, out)
 	if err != nil {
 		return err
 	}
-	out.printf("== starting the relay (RELAY_CDC=auto, sweep every %s)", sweepInterval)
-	relay, err := startRelay(bin, relayEnv(
-		"RELAY_DATABASE_URL="+dbURL,
-		"RELAY_RUNNER_URL="+rn.URL(),
-		"RELAY_RUNNER_SECRET="+secret,
-		"RELAY_CDC=auto",
-		"RELAY_BACKOFF_BASE=200ms",
-		"RELAY_BACKOFF_MAX=2s",
-		"RELAY_SWEEP_INTERVAL="+sweepInterval.String(),
-		"RELAY_LOG_FORMAT=text",
-		"RELAY_LISTEN_ADDR="+healthAddr,
-	), out)
-	if err != nil {
-		return err
-	}
-	defer relay.Stop(10 * time.Second) // on any early return; a no-op after the stop below
-	if err := relay.WaitReady(ctx, "http://"+healthAddr+"/readyz", 30*time.Second); err != nil {
-		return err
-	}
+	defer relay.Stop(10 * time.Second) // on any early return; a no-op after the stop in finish
 
 	db, err := pgx.Connect(ctx, dbURL)
 	if err != nil {
@@ -135,27 +99,98 @@ func run(ctx context.Context, out *console) error {
 	defer db.Close(context.WithoutCancel(ctx))
 	out.printf("== relay ready; replication stream: %s", streamState(ctx, db))
 
-	// 5. Events, inserted the way the application does it.
-	out.printf("== inserting %d events, each in a transaction with its business row", len(samples))
-	events, err := insertSamples(ctx, db, out)
+	// 5 and 6. Events in, outcomes out.
+	events, rows, badSigs, err := deliverSamples(ctx, db, relay, rn, out)
 	if err != nil {
 		return err
+	}
+	return finish(relay, rn, events, rows, badSigs, out)
+}
+
+// stopPostgres stops the cluster and removes its data directory.
+func stopPostgres(pg *pgtest.Cluster, out *console) {
+	err := pg.Stop()
+	if err != nil {
+		// A Ctrl-C reaches pg_ctl too, being in our process group, and
+		// interrupts its wait; the server is stopping anyway.
+		err = pg.Stop()
+	}
+	if err != nil {
+		out.printf("== stopping PostgreSQL: %v", err)
+		return
+	}
+	out.printf("== PostgreSQL stopped, its data directory removed")
+}
+
+// buildAndMigrate builds the binary into dir and runs its migrate command.
+func buildAndMigrate(ctx context.Context, dir, dbURL string, out *console) (string, error) {
+	// Built as a release would be, with the version the relay sends in
+	// User-Agent.
+	bin, err := relaytest.Build(ctx, dir, relaytest.BuildOptions{Version: "demo"})
+	if err != nil {
+		return "", err
+	}
+	return bin, migrate(ctx, bin, relayEnv("RELAY_DATABASE_URL="+dbURL), out)
+}
+
+// launchRelay starts the relay, signing with key, and waits until it is
+// ready.
+func launchRelay(ctx context.Context, bin, dbURL, runnerURL string, key []byte, out *console) (*relaytest.Process, error) {
+	healthAddr, err := relaytest.FreeAddr()
+	if err != nil {
+		return nil, err
+	}
+	out.printf("== starting the relay (RELAY_CDC=auto, sweep every %s)", sweepInterval)
+	relay, err := startRelay(bin, relayEnv(
+		"RELAY_DATABASE_URL="+dbURL,
+		"RELAY_RUNNER_URL="+runnerURL,
+		"RELAY_RUNNER_SECRET=whsec_"+base64.StdEncoding.EncodeToString(key),
+		"RELAY_CDC=auto",
+		"RELAY_BACKOFF_BASE=200ms",
+		"RELAY_BACKOFF_MAX=2s",
+		"RELAY_SWEEP_INTERVAL="+sweepInterval.String(),
+		"RELAY_LOG_FORMAT=text",
+		"RELAY_LISTEN_ADDR="+healthAddr,
+	), out)
+	if err != nil {
+		return nil, err
+	}
+	if err := relay.WaitReady(ctx, "http://"+healthAddr+"/readyz", 30*time.Second); err != nil {
+		relay.Stop(10 * time.Second)
+		return nil, err
+	}
+	return relay, nil
+}
+
+// deliverSamples inserts the sample events, waits until the relay has
+// settled every row, and shows the latencies and the table; badSigs is
+// how many requests the runner refused for their signature.
+func deliverSamples(ctx context.Context, db *pgx.Conn, relay *relaytest.Process, rn *runner, out *console) (events []event, rows []outboxRow, badSigs int, err error) {
+	// 5. Events, inserted the way the application does it.
+	out.printf("== inserting %d events, each in a transaction with its business row", len(samples))
+	events, err = insertSamples(ctx, db, out)
+	if err != nil {
+		return nil, nil, 0, err
 	}
 
 	// 6. Wait until the relay has settled every row, then show the table.
 	out.printf("== waiting until no row is pending (at most %s)", drainTimeout)
 	if err := waitSettled(ctx, db, relay, drainTimeout); err != nil {
-		return err
+		return nil, nil, 0, err
 	}
 	first, requests, badSigs := rn.stats()
 	printLatency(out, events, first)
-	rows, err := readOutbox(ctx, db)
+	rows, err = readOutbox(ctx, db)
 	if err != nil {
-		return err
+		return nil, nil, 0, err
 	}
 	printOutbox(out, rows, requests, badSigs)
+	return events, rows, badSigs, nil
+}
 
-	// 7. Shut down in order: the relay first, as an orchestrator would.
+// finish shuts down in order, the relay first as an orchestrator would,
+// and checks the outcomes.
+func finish(relay *relaytest.Process, rn *runner, events []event, rows []outboxRow, badSigs int, out *console) error {
 	out.printf("== sending SIGTERM to the relay")
 	code := relay.Stop(30 * time.Second)
 	out.printf("   relay exited with code %d", code)

@@ -1,5 +1,7 @@
 // Command outbox-relay delivers transactional-outbox rows from PostgreSQL
-// to an HTTP runner. See the README for the contract.
+// to an HTTP runner. See the README for the contract. This package is the
+// wiring: it turns the parsed configuration into each component and runs
+// them (run.go), and holds the subcommands migrate, status and requeue.
 package main
 
 import (

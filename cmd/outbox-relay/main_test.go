@@ -1,44 +1,24 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/outbox-relay/outbox-relay/internal/pgtest"
+	"github.com/outbox-relay/outbox-relay/internal/relaytest"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
 
-// syncBuffer is a bytes.Buffer safe for the relay's log writes while the
-// test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func runCmd(t *testing.T, ctx context.Context, env []string, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
-	var out, errb syncBuffer
+	var out, errb relaytest.Buffer
 	code = run(ctx, args, env, &out, &errb)
 	return code, out.String(), errb.String()
 }
@@ -211,7 +191,7 @@ func TestSecretsStayOutOfLogs(t *testing.T) {
 		"RELAY_BACKOFF_BASE=10ms", "RELAY_BACKOFF_MAX=20ms", "RELAY_MAX_ATTEMPTS=3", "RELAY_SWEEP_INTERVAL=50ms"}
 
 	ctx, cancel := context.WithCancel(context.Background())
-	var logs syncBuffer
+	var logs relaytest.Buffer
 	done := make(chan int, 1)
 	go func() { done <- run(ctx, nil, env, &logs, &logs) }()
 	pgtest.WaitFor(t, 30*time.Second, "a row to reach dead", func() bool {
@@ -270,7 +250,7 @@ func TestBadDatabaseURLExits2EverywhereWithoutThePassword(t *testing.T) {
 // start-up is a clean stop: exit 0.
 func TestStopWhileWaitingForTheDatabaseExits0(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
-	var logs syncBuffer
+	var logs relaytest.Buffer
 	done := make(chan int, 1)
 	go func() {
 		done <- run(ctx, nil, []string{"RELAY_DATABASE_URL=postgres://u:p@127.0.0.1:1/db?connect_timeout=1",

@@ -1,5 +1,6 @@
-// Package config reads and validates the relay's settings. The environment
-// is read here and nowhere else: components get their own sub-struct.
+// Package config owns the relay's settings: it reads RELAY_* from the
+// environment, here and nowhere else, validates them and returns them
+// parsed, so that no component parses a setting again.
 package config
 
 import (

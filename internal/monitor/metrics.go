@@ -79,13 +79,15 @@ func NewMetrics() *Metrics {
 
 // ObserveAttempt counts an attempt; it implements relay.Observer.
 func (m *Metrics) ObserveAttempt(a relay.Attempt) {
-	m.deliveries.WithLabelValues(a.Path, a.Outcome).Inc()
+	// The histograms first, the counter last: a scrape that sees an attempt
+	// counted then also sees its duration and age, never a count ahead of them.
 	if a.Duration > 0 {
 		m.requestDuration.Observe(a.Duration.Seconds())
 	}
 	if a.Outcome == relay.OutcomeDelivered {
 		m.eventAge.Observe(a.Age.Seconds())
 	}
+	m.deliveries.WithLabelValues(a.Path, a.Outcome).Inc()
 }
 
 // ObserveWriteError counts a write the database refused; it implements

@@ -1,7 +1,7 @@
 // Package relaytest runs the real outbox-relay binary for the harnesses
 // that judge it from outside (bench, faults, cmd/demo): it builds the
-// binary, serves a runner that records what it receives, and starts,
-// signals and waits for relay processes.
+// binary, serves a runner that records what it receives, starts, signals
+// and waits for relay processes, and collects their output.
 package relaytest
 
 import (

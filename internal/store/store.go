@@ -1,5 +1,5 @@
-// Package store holds every SQL statement the relay runs against the outbox
-// table. The table is the queue: a row is claimed by pushing its
+// Package store holds every SQL statement the relay runs: against the outbox
+// table, and the catalog reads (slots, publication) of the stream and guard. The table is the queue: a row is claimed by pushing its
 // next_attempt_at forward (a lease), so no transaction stays open while the
 // runner is being called.
 package store
