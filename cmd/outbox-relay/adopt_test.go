@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/outbox-relay/outbox-relay/internal/pgtest"
+	"github.com/outbox-relay/outbox-relay/internal/relaytest"
 )
 
 // adoptRunner is the runner for the adoption tests: it refuses the first
@@ -72,7 +73,7 @@ func (rn *adoptRunner) receipt(key string) (adoptReceipt, bool) {
 
 // relayUnderTest is `outbox-relay run` in this process, stopped at cleanup.
 type relayUnderTest struct {
-	logs    syncBuffer
+	logs    relaytest.Buffer
 	metrics string // base URL of /metrics
 	stop    func() int
 }
