@@ -26,7 +26,7 @@ func MigrateSQL(s *Schema, publication string) []string {
 // tableSQL is the idempotent DDL for the table and its indexes.
 func (s *Schema) tableSQL() []string {
 	t := s.Table
-	return []string{
+	stmts := []string{
 		fmt.Sprintf(`CREATE SCHEMA IF NOT EXISTS %s`, quoteIdent(t.Schema)),
 		s.createTable(),
 		// The sweep reads only pending rows in due order: this index keeps
@@ -38,6 +38,10 @@ func (s *Schema) tableSQL() []string {
 		s.expand(`CREATE INDEX IF NOT EXISTS ` + quoteIdent(t.Name+"_dead_idx") +
 			` ON {table} ({created_at}) WHERE {status} = {dead}`),
 	}
+	if s.Has(RoleOrderingKey) {
+		stmts = append(stmts, s.orderIndexes()...)
+	}
+	return stmts
 }
 
 // createTable is the CREATE TABLE of DESIGN.md with the mapped names: a
@@ -62,6 +66,13 @@ func (s *Schema) createTable() string {
 		{RoleLastError, "text"},
 		{RoleCreatedAt, "timestamptz NOT NULL DEFAULT now()"},
 		{RoleDeliveredAt, "timestamptz"},
+	}
+	if s.Has(RoleOrderingKey) {
+		// NULL: a row without a key is unordered.
+		cols = append(cols, struct {
+			role Role
+			def  string
+		}{RoleOrderingKey, "text"})
 	}
 	shared := s.Columns[RoleID].Name == s.Columns[RoleEventID].Name
 	var b strings.Builder

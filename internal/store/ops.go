@@ -11,6 +11,8 @@ import (
 type Stats struct {
 	Pending, Delivered, Dead int64
 	OldestPending            time.Duration // age of the oldest pending row; 0 when none
+	// Ordering is set when rows are delivered in order per key.
+	Ordering *OrderingStats `json:"ordering,omitempty"`
 }
 
 // Stats counts pending and dead rows and ages the oldest pending one. Both
@@ -34,6 +36,12 @@ func (s *Store) Stats(ctx context.Context, delivered bool) (Stats, error) {
 		return st, fmt.Errorf("outbox stats: %w", err)
 	}
 	st.OldestPending = time.Duration(max(oldest, 0) * float64(time.Second))
+	if s.Ordered() {
+		var err error
+		if st.Ordering, err = s.orderingStats(ctx); err != nil {
+			return st, err
+		}
+	}
 	return st, nil
 }
 

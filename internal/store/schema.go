@@ -40,6 +40,9 @@ func Planned(t Table, cols Columns, st Statuses) *Schema {
 	if cols[RoleID] == cols[RoleEventID] {
 		s.Columns[RoleID] = Column{Name: cols[RoleID], Type: "uuid", NotNull: true}
 	}
+	if cols.Has(RoleOrderingKey) {
+		s.Columns[RoleOrderingKey] = Column{Name: cols[RoleOrderingKey], Type: "text"}
+	}
 	return s
 }
 

@@ -43,7 +43,8 @@ type Row struct {
 	Type      string
 	Payload   json.RawMessage // the stored JSON text, sent as it is
 	CreatedAt time.Time
-	Attempt   int // this attempt's number, 1 for the first
+	Attempt   int     // this attempt's number, 1 for the first
+	Key       *string // the ordering key's text form; nil without one
 }
 
 // Result is the outcome of one attempt, to be recorded.
@@ -53,6 +54,7 @@ type Result struct {
 	Status  string // StatusPending (retry), StatusDelivered or StatusDead
 	Next    time.Time
 	Error   string
+	Key     *string // the row's ordering key, when it has one
 	// Recorded is set on rows the claim itself marked dead (every attempt
 	// used up): there is nothing left to write.
 	Recorded bool
@@ -62,8 +64,10 @@ type Result struct {
 type Store struct {
 	pool   *pgxpool.Pool
 	schema *Schema
+	onDead OnDead
 
 	claimIDs, claimDue, dueIDs, record, release, nextDue string
+	claimKeys                                            string // ordered only
 }
 
 // Configure sets what the relay's sessions need on a pool configuration.
@@ -81,8 +85,10 @@ func Configure(cfg *pgxpool.Config) {
 }
 
 // New builds the statements for schema once. Queries go through pgx's
-// statement cache, so each is parsed once per connection.
-func New(pool *pgxpool.Pool, schema *Schema) *Store {
+// statement cache, so each is parsed once per connection. With the
+// ordering_key role mapped, the claims take only the heads of their keys
+// (ordering.go); without it, nothing of that is in any statement.
+func New(pool *pgxpool.Pool, schema *Schema, opts ...Option) *Store {
 	x := schema.expand
 	// One statement claims: the subquery picks pending, due rows and locks
 	// them with SKIP LOCKED so racing claimers never get the same row; the
@@ -107,9 +113,10 @@ WHERE o.{id} = due.{id}
 RETURNING o.{id}::text, o.{event_id}::text, o.{event_type}::text, coalesce(o.{payload}::text, 'null'),
 	coalesce(o.{created_at}::timestamptz, now()), o.{attempts}::int, o.{status} = {dead}`
 	const due = "AND ({attempts} > 0 OR {next_attempt_at} <= now() - $4::float8 * interval '1 second')"
-	return &Store{
+	s := &Store{
 		pool:     pool,
 		schema:   schema,
+		onDead:   OnDeadSkip,
 		claimIDs: x(fmt.Sprintf(claim, "AND {id} = ANY($4::text[]::{idtype}[])")),
 		claimDue: x(fmt.Sprintf(claim, due)),
 		dueIDs: x(`SELECT {id}::text FROM {table}
@@ -142,6 +149,13 @@ WHERE o.{id} = r.id::{idtype} AND o.{attempts} = r.attempt AND o.{status} = {pen
 	(SELECT {next_attempt_at} FROM {table} WHERE {status} = {pending} AND {attempts} = 0 ORDER BY {next_attempt_at} LIMIT 1)
 		+ $1::float8 * interval '1 second') - now()::timestamptz)::float8`),
 	}
+	for _, o := range opts {
+		o(s)
+	}
+	if schema.Has(RoleOrderingKey) {
+		s.orderedStatements(claim, due)
+	}
+	return s
 }
 
 // Table is the table this store works on.
@@ -213,7 +227,8 @@ func (s *Store) claim(ctx context.Context, c *Claim, sql string, lease time.Dura
 	var got Claim
 	for rows.Next() {
 		var cr claimedRow
-		if err := rows.Scan(&cr.id, &cr.eventID, &cr.eventType, &cr.payload, &cr.createdAt, &cr.attempt, &cr.buried); err != nil {
+		dest := scanKey(&cr, []any{&cr.id, &cr.eventID, &cr.eventType, &cr.payload, &cr.createdAt, &cr.attempt, &cr.buried}, s.Ordered())
+		if err := rows.Scan(dest...); err != nil {
 			return fmt.Errorf("claim: %w", err)
 		}
 		r, res := s.schema.read(cr)
@@ -240,13 +255,14 @@ type claimedRow struct {
 	createdAt          time.Time
 	attempt            int
 	buried             bool
+	key                *string
 }
 
 // read turns a claimed row into one to send, or into a dead result when it
 // was buried by the claim or cannot be sent: a row without an event id or
 // type is the application's mistake, and sending it again will not help.
 func (s *Schema) read(c claimedRow) (Row, *Result) {
-	res := &Result{ID: c.id, Attempt: c.attempt, Status: StatusDead}
+	res := &Result{ID: c.id, Attempt: c.attempt, Status: StatusDead, Key: c.key}
 	switch {
 	case c.buried:
 		res.Recorded = true
@@ -259,7 +275,7 @@ func (s *Schema) read(c claimedRow) (Row, *Result) {
 		return Row{}, res
 	}
 	r := Row{ID: c.id, EventID: *c.eventID, Type: *c.eventType, Payload: json.RawMessage(c.payload),
-		CreatedAt: c.createdAt, Attempt: c.attempt}
+		CreatedAt: c.createdAt, Attempt: c.attempt, Key: c.key}
 	if s.Columns[RolePayload].Type == "text" && !json.Valid(r.Payload) {
 		// Text that is not JSON is sent as a JSON string of itself.
 		q, _ := json.Marshal(c.payload)
@@ -335,6 +351,9 @@ func (s *Schema) expand(sql string) string {
 	}
 	for r := range s.Columns {
 		pairs = append(pairs, "{"+string(r)+"}", s.col(r))
+	}
+	if s.Has(RoleOrderingKey) {
+		pairs = append(pairs, "{keytype}", s.Columns[RoleOrderingKey].Type)
 	}
 	return strings.NewReplacer(pairs...).Replace(sql)
 }
