@@ -88,6 +88,7 @@ type Deliverer struct {
 	client *retryablehttp.Client
 	rec    *recorder
 	refuse *refusals
+	next   *successors // nil unless rows are ordered per key
 
 	// lease is how long a claim keeps other claimers off a row. It covers a
 	// wait in the queue (queueBudget) and the whole attempt after it.
@@ -133,6 +134,10 @@ func New(cfg Config, st *store.Store, log *slog.Logger, obs Observer) *Deliverer
 		stop:        make(chan struct{}),
 	}
 	d.lease = d.queueBudget + attemptBudget
+	if st.Ordered() {
+		d.next = newSuccessors()
+		d.rec.written = d.next.add
+	}
 	return d
 }
 
@@ -175,6 +180,11 @@ func (d *Deliverer) Run(ctx context.Context) error {
 		defer close(recorded)
 		d.rec.run(recordCtx)
 	}()
+	var claimers sync.WaitGroup
+	defer claimers.Wait()
+	if d.next != nil {
+		claimers.Go(func() { d.claimSuccessors(ctx) })
+	}
 
 	<-ctx.Done()
 	close(d.stop)
@@ -279,6 +289,9 @@ func (d *Deliverer) claimed(path string, c store.Claim) {
 	for _, r := range c.Dead {
 		d.observe(Attempt{Path: path, Outcome: OutcomeDead})
 		if r.Recorded {
+			if d.next != nil {
+				d.next.add([]store.Result{r}, func(string) bool { return false })
+			}
 			buried++
 			continue
 		}
@@ -380,6 +393,7 @@ func (d *Deliverer) attempt(ctx context.Context, j job) (res store.Result, sent 
 		return store.Result{}, false
 	}
 	res, outcome := decide(r, ans, d.cfg.MaxAttempts, d.cfg.Backoff, time.Now())
+	res.Key = r.Key
 	d.observe(Attempt{Path: j.path, Outcome: outcome, Duration: took, Age: time.Since(r.CreatedAt)})
 	if res.Status == store.StatusDead {
 		d.log.Warn("event dead-lettered", "id", r.ID, "event_id", r.EventID, "type", r.Type, "attempts", r.Attempt, "reason", res.Error)

@@ -24,6 +24,10 @@ type recorder struct {
 	// rescheduled is signalled after a write that scheduled a retry; it
 	// holds one signal, so a burst of retries wakes the sweeper once.
 	rescheduled chan struct{}
+	// written, when set, is told of every batch written, and of which of
+	// its rows the database refused: ordered delivery claims the next row
+	// of each key that is done.
+	written func(batch []store.Result, refused func(id string) bool)
 
 	held []heldResult // used by run's goroutine only
 }
@@ -162,6 +166,11 @@ func (rec *recorder) writeTried(ctx context.Context, batch []store.Result, tries
 		rec.log.Info("recording delivery outcomes again")
 	}
 	rec.hold(batch, refused, tries)
+	if rec.written != nil {
+		rec.written(batch, func(id string) bool {
+			return slices.ContainsFunc(refused, func(r store.Refused) bool { return r.ID == id })
+		})
+	}
 	if slices.ContainsFunc(batch, func(r store.Result) bool { return r.Status == store.StatusPending }) {
 		select {
 		case rec.rescheduled <- struct{}{}:

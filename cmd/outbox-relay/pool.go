@@ -43,7 +43,7 @@ func connectStore(ctx context.Context, cfg config.Config) (*store.Store, error) 
 		pool.Close()
 		return nil, err
 	}
-	return store.New(pool, schema), nil
+	return store.New(pool, schema, store.WithOrderingOnDead(cfg.OnDead)), nil
 }
 
 // connectOne opens one plain connection for a short command that runs its

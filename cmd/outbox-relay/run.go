@@ -48,8 +48,11 @@ func runRelay(ctx context.Context, args, environ []string, stderr io.Writer) err
 		}
 		return err
 	}
-	st := store.New(pool, schema)
+	st := store.New(pool, schema, store.WithOrderingOnDead(cfg.OnDead))
 	metrics := monitor.NewMetrics()
+	if st.Ordered() {
+		metrics.WatchOrdering()
+	}
 	d := relay.New(delivererConfig(cfg), st, log, metrics)
 	stream, err := startupCDC(ctx, cfg, d, log)
 	if err != nil {
@@ -75,7 +78,8 @@ func runRelay(ctx context.Context, args, environ []string, stderr io.Writer) err
 		services = append(services, srv)
 	}
 	log.Info("outbox-relay starting", "version", version, "table", cfg.Table.String(),
-		"cdc", cfg.CDC, "sweep_interval", cfg.SweepInterval.String(), "concurrency", cfg.Concurrency)
+		"cdc", cfg.CDC, "sweep_interval", cfg.SweepInterval.String(), "concurrency", cfg.Concurrency,
+		"ordered_by", orderedBy(cfg, st))
 	return serve(ctx, d, services, cfg.ShutdownGrace, log)
 }
 
@@ -105,6 +109,15 @@ func serve(ctx context.Context, d *relay.Deliverer, services []service, grace ti
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// orderedBy names the column that orders delivery and the dead-row
+// policy, for the start-up log; "none" when rows go in any order.
+func orderedBy(cfg config.Config, st *store.Store) string {
+	if !st.Ordered() {
+		return "none"
+	}
+	return cfg.Columns[store.RoleOrderingKey] + " (on dead: " + string(cfg.OnDead) + ")"
 }
 
 func delivererConfig(cfg config.Config) relay.Config {

@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/outbox-relay/outbox-relay/internal/config"
@@ -99,6 +100,10 @@ func problems(cfg config.Config, r statusReport, maxAge time.Duration) []string 
 	if r.Outbox.Dead > 0 {
 		p = append(p, fmt.Sprintf("%d dead rows (see outbox-relay requeue)", r.Outbox.Dead))
 	}
+	if o := r.Outbox.Ordering; o != nil && len(o.DeadKeys) > 0 {
+		p = append(p, fmt.Sprintf("keys blocked by a dead row (RELAY_ORDERING_ON_DEAD=block; requeue or delete the row): %s",
+			strings.Join(o.DeadKeys, ", ")))
+	}
 	if cfg.CDC == "off" || r.Slot.WALLevel != "logical" {
 		return p
 	}
@@ -126,7 +131,9 @@ func printStatus(w io.Writer, r statusReport) {
 	fmt.Fprintf(w, "outbox %s\n", r.Table)
 	fmt.Fprintf(w, "  pending     %d (oldest %s)\n", r.Outbox.Pending, r.Outbox.OldestPending.Round(time.Second))
 	fmt.Fprintf(w, "  delivered   %d\n", r.Outbox.Delivered)
-	fmt.Fprintf(w, "  dead        %d\n\n", r.Outbox.Dead)
+	fmt.Fprintf(w, "  dead        %d\n", r.Outbox.Dead)
+	printOrdering(w, r.Outbox.Ordering)
+	fmt.Fprintln(w)
 	fmt.Fprintf(w, "replication (RELAY_CDC=%s, wal_level=%s)\n", r.CDC, r.Slot.WALLevel)
 	if r.Slot.Exists {
 		fmt.Fprintf(w, "  slot        %s, active=%v, wal_status=%s\n", r.SlotName, r.Slot.Active, r.Slot.WALStatus)
@@ -148,6 +155,21 @@ func printStatus(w io.Writer, r statusReport) {
 	}
 	if len(r.Problems) > 0 {
 		fmt.Fprintln(w)
+	}
+}
+
+// printOrdering shows the keys that wait, when rows are ordered per key.
+func printOrdering(w io.Writer, o *store.OrderingStats) {
+	if o == nil {
+		return
+	}
+	fmt.Fprintf(w, "  blocked keys %d (head waiting for a retry, or dead under block)\n", o.BlockedKeys)
+	if h := o.Oldest; h != nil {
+		state := "waiting for a retry"
+		if h.Dead {
+			state = "dead"
+		}
+		fmt.Fprintf(w, "  oldest       key %q: row %s, %s, %s old: %s\n", h.Key, h.ID, state, h.Age.Round(time.Second), h.LastError)
 	}
 }
 

@@ -55,8 +55,9 @@ type Config struct {
 	Retention     time.Duration `env:"RETENTION" envDefault:"168h" help:"delivered rows older than this are deleted; 0 keeps them"`
 	StatsInterval time.Duration `env:"STATS_INTERVAL" envDefault:"15s" help:"refresh interval of the SQL-backed gauges and the slot guard"`
 
-	ColumnMap    string `env:"COLUMNS" help:"columns of an existing table by role: role=column,… (id, event_id, event_type, payload, status, attempts, next_attempt_at, last_error, created_at, delivered_at)"`
-	StatusValues string `env:"STATUS_VALUES" help:"stored status values: pending=…,delivered=…,dead=… (default pending, delivered, dead)"`
+	ColumnMap      string `env:"COLUMNS" help:"columns of an existing table by role: role=column,… (id, event_id, event_type, payload, status, attempts, next_attempt_at, last_error, created_at, delivered_at)"`
+	StatusValues   string `env:"STATUS_VALUES" help:"stored status values: pending=…,delivered=…,dead=… (default pending, delivered, dead)"`
+	OrderingOnDead string `env:"ORDERING_ON_DEAD" envDefault:"skip" help:"with an ordering_key column: skip (a dead row lets its key go on) or block (the key waits until it is requeued or deleted)"`
 
 	Parsed
 }
@@ -70,6 +71,7 @@ type Parsed struct {
 	Table      store.Table
 	Columns    store.Columns
 	Statuses   store.Statuses
+	OnDead     store.OnDead
 	SigningKey []byte // nil: no Standard Webhooks signature
 	Level      slog.Level
 }
@@ -194,6 +196,10 @@ func (c *Config) validateDatabase() error {
 		return err
 	}
 	c.DB = db
+	// status reads the blocked keys the way the relay claims them.
+	if c.OnDead, err = store.ParseOnDead(c.OrderingOnDead); err != nil {
+		return &Error{"ORDERING_ON_DEAD", err.Error()}
+	}
 	return nil
 }
 

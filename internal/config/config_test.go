@@ -22,7 +22,7 @@ func TestDefaults(t *testing.T) {
 	}
 	if c.DB == nil || c.DB.ConnConfig.Password != "s3cret-pw" || c.Table.String() != "public.portal_event_outbox" ||
 		c.Columns.String() != store.DefaultColumns().String() || c.Statuses != store.DefaultStatuses() ||
-		c.SigningKey != nil || c.Level != slog.LevelInfo {
+		c.SigningKey != nil || c.Level != slog.LevelInfo || c.OnDead != store.OnDeadSkip {
 		t.Errorf("parsed values: %+v", c.Parsed)
 	}
 	c.Parsed = Parsed{}
@@ -32,7 +32,7 @@ func TestDefaults(t *testing.T) {
 		SweepInterval: 5 * time.Second, BackoffBase: time.Second, BackoffMax: 10 * time.Minute, BackoffJitter: 0.2,
 		MaxAttempts: 25, HTTPTimeout: 10 * time.Second, Concurrency: 16, BatchSize: 100, ListenAddr: ":9898",
 		LogLevel: "info", LogFormat: "json", ShutdownGrace: 30 * time.Second, SlotWarnBytes: 256 << 20,
-		SlotMaxBytes: 2 << 30, Retention: 168 * time.Hour, StatsInterval: 15 * time.Second,
+		SlotMaxBytes: 2 << 30, Retention: 168 * time.Hour, StatsInterval: 15 * time.Second, OrderingOnDead: "skip",
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("defaults:\n got %+v\nwant %+v", c, want)
@@ -78,6 +78,7 @@ func TestBadValues(t *testing.T) {
 		{"STATUS_VALUES", "pending=A,delivered=A"},
 		{"STATUS_VALUES", "waiting=W"},
 		{"STATUS_VALUES", "pending"},
+		{"ORDERING_ON_DEAD", "stop"},
 		{"OUTBOX_TABLE", "a.b.c"},
 		{"OUTBOX_TABLE", "outbox; drop table x"},
 		{"OUTBOX_TABLE", "1table"},
@@ -178,6 +179,8 @@ func TestGoodValues(t *testing.T) {
 		"RELAY_STATUS_VALUES=pending=NEW,delivered=SENT,dead=FAILED",
 		"RELAY_STATUS_VALUES=pending=0,delivered=1,dead=2",
 		"RELAY_PUBLICATION=PortalEvents",
+		"RELAY_ORDERING_ON_DEAD=block",
+		"RELAY_COLUMNS=ordering_key=entity_id",
 	} {
 		if _, err := Load(append(append([]string{}, valid...), kv), NeedRunner); err != nil {
 			t.Errorf("%s refused: %v", kv, err)

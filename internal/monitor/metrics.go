@@ -33,6 +33,8 @@ type Metrics struct {
 
 	lastSweep, lastSweepDuration prometheus.Gauge
 	retentionDeleted             prometheus.Counter
+
+	blockedKeys prometheus.Gauge // nil unless rows are ordered per key
 }
 
 // NewMetrics registers the metrics on a fresh registry, with the Go and
@@ -43,7 +45,7 @@ func NewMetrics() *Metrics {
 	latency := []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}
 	m := &Metrics{
 		Registry: r,
-		deliveries: f.counterVec("deliveries_total", "Delivery attempts by path (stream, sweep) and outcome (delivered, retry, dead).",
+		deliveries: f.counterVec("deliveries_total", "Delivery attempts by path (stream, sweep, next: the next row of an ordered key) and outcome (delivered, retry, dead).",
 			"path", "outcome"),
 		requestDuration: f.histogram("runner_request_duration_seconds", "Time of one POST to the runner, quick retries included.", latency),
 		eventAge: f.histogram("event_age_seconds", "Time from created_at to delivery of the delivered events.",
@@ -68,7 +70,7 @@ func NewMetrics() *Metrics {
 	for _, s := range []string{relay.StatementClaim, relay.StatementRecord, relay.StatementRelease} {
 		m.writeErrors.WithLabelValues(s) // present at 0 from the start
 	}
-	for _, p := range []string{relay.PathStream, relay.PathSweep} {
+	for _, p := range []string{relay.PathStream, relay.PathSweep, relay.PathNext} {
 		for _, o := range []string{relay.OutcomeDelivered, relay.OutcomeRetry, relay.OutcomeDead} {
 			m.deliveries.WithLabelValues(p, o) // present at 0 from the start
 		}
@@ -104,6 +106,16 @@ func (m *Metrics) setStats(s store.Stats) {
 	m.pending.Set(float64(s.Pending))
 	m.dead.Set(float64(s.Dead))
 	m.oldestPending.Set(s.OldestPending.Seconds())
+	if s.Ordering != nil && m.blockedKeys != nil {
+		m.blockedKeys.Set(float64(s.Ordering.BlockedKeys))
+	}
+}
+
+// WatchOrdering exports the keys that wait, for a relay that delivers in
+// order per key; the watcher refreshes it with the other outbox figures.
+func (m *Metrics) WatchOrdering() {
+	m.blockedKeys = factory{m.Registry}.gauge("ordering_blocked_keys",
+		"Keys whose head row waits for a retry, or is dead under RELAY_ORDERING_ON_DEAD=block; their later rows wait too.")
 }
 
 // WatchCDC exports the stream's state, read at scrape time: it costs no

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -30,6 +31,7 @@ type Runner struct {
 	srv      *http.Server
 	answer   Answer
 	ids      map[string]receipt // nil: count requests only
+	order    []string           // ids in the order of their first acceptance
 	requests int
 	first    time.Time // of the first and the last request
 	last     time.Time
@@ -109,8 +111,14 @@ func (rn *Runner) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	} else if !answer(w, r, body) {
 		return
 	}
+	// Counted before the handler returns, so before the relay can see the
+	// answer: a row the relay sends only after this one's outcome is
+	// accepted after it here too.
 	rn.mu.Lock()
 	if rc, ok := rn.ids[key]; ok {
+		if rc.accepted == 0 {
+			rn.order = append(rn.order, key)
+		}
 		rc.accepted++
 		rn.ids[key] = rc
 	}
@@ -144,7 +152,7 @@ func (rn *Runner) SetAnswer(a Answer) {
 func (rn *Runner) Reset(keepIDs bool, hint int) {
 	rn.mu.Lock()
 	defer rn.mu.Unlock()
-	rn.ids = nil
+	rn.ids, rn.order = nil, nil
 	if keepIDs {
 		rn.ids = make(map[string]receipt, hint)
 	}
@@ -185,6 +193,14 @@ func (rn *Runner) Accepted() map[string]int {
 		}
 	}
 	return out
+}
+
+// FirstAcceptances is every accepted event id once, in the order of its
+// first acceptance.
+func (rn *Runner) FirstAcceptances() []string {
+	rn.mu.Lock()
+	defer rn.mu.Unlock()
+	return slices.Clone(rn.order)
 }
 
 // stopGrace is how long Stop lets requests under way finish.
