@@ -16,11 +16,13 @@ const concurrency = 8
 // restarted. Every event is delivered; a duplicate can only come from a
 // kill between a POST and its outcome write, so there are at most
 // kills × RELAY_CONCURRENCY of them.
-func TestRelayKilled(t *testing.T) {
-	d := newDB(t, pgtest.NewDB(t))
+func TestRelayKilled(t *testing.T) { relayKilled(t, unordered) }
+
+func relayKilled(t *testing.T, m mode) {
+	d := m.db(t, pgtest.NewDB(t))
 	rn := newRunner(t)
-	env := relayEnv(d, rn, "RELAY_CONCURRENCY="+strconv.Itoa(concurrency))
-	in := startInserter(t, d, 200, 4)
+	env := m.env(d, rn, "RELAY_CONCURRENCY="+strconv.Itoa(concurrency))
+	in := m.inserter(t, d, 200, 4)
 	kills := scale(3, 20)
 	p := startRelay(t, env)
 	for range kills {
@@ -30,24 +32,26 @@ func TestRelayKilled(t *testing.T) {
 		p = startRelay(t, env)
 	}
 	in.stop()
-	r := verify(t, d, rn, 90*time.Second)
+	r := m.verify(t, d, rn, 90*time.Second)
 	if r.Duplicates > kills*concurrency {
 		t.Errorf("%d duplicates after %d kills, more than kills × concurrency = %d", r.Duplicates, kills, kills*concurrency)
 	}
-	record(t, "relay killed", result{Events: r.Events, Lost: r.Lost, Duplicates: r.Duplicates}, map[string]string{"kills": strconv.Itoa(kills)})
+	record(t, m.fault("relay killed"), r, map[string]string{"kills": strconv.Itoa(kills)})
 }
 
 // Postgres is restarted with -m immediate (a crash) under load, twice; the
 // relay recovers on its own, pool and stream.
-func TestPostgresRestarted(t *testing.T) {
+func TestPostgresRestarted(t *testing.T) { postgresRestarted(t, unordered) }
+
+func postgresRestarted(t *testing.T, m mode) {
 	// The harness runs with synchronous_commit off for speed; a crash
 	// then loses acknowledged commits, outcomes among them, and the lost
 	// "delivered" rows are sent again. Production runs with it on.
 	c := pgtest.StartT(t, pgtest.WithSetting("synchronous_commit", "on"))
-	d := newDB(t, c.URL("postgres"))
+	d := m.db(t, c.URL("postgres"))
 	rn := newRunner(t)
-	in := startInserter(t, d, 200, 4)
-	p := startRelay(t, relayEnv(d, rn))
+	in := m.inserter(t, d, 200, 4)
+	p := startRelay(t, m.env(d, rn))
 	restarts := 2
 	for range restarts {
 		pgtest.WaitFor(t, 30*time.Second, "deliveries before the restart", func() bool { return len(rn.Accepted()) > 0 })
@@ -58,7 +62,7 @@ func TestPostgresRestarted(t *testing.T) {
 	}
 	time.Sleep(time.Second)
 	in.stop()
-	r := verify(t, d, rn, 90*time.Second)
+	r := m.verify(t, d, rn, 90*time.Second)
 	// An outcome write in flight at the crash is retried once the server
 	// is back, well within the lease: a duplicate needs the write itself
 	// to be lost.
@@ -70,25 +74,27 @@ func TestPostgresRestarted(t *testing.T) {
 		t.Fatalf("the relay exited during the restarts: %v", p.Err())
 	default:
 	}
-	record(t, "postgres restarted", r, map[string]string{"restarts": strconv.Itoa(restarts)})
+	record(t, m.fault("postgres restarted"), r, map[string]string{"restarts": strconv.Itoa(restarts)})
 }
 
 // Three relays stream and sweep one table: no event is sent twice.
-func TestThreeReplicas(t *testing.T) {
-	d := newDB(t, pgtest.NewDB(t))
+func TestThreeReplicas(t *testing.T) { threeReplicas(t, unordered) }
+
+func threeReplicas(t *testing.T, m mode) {
+	d := m.db(t, pgtest.NewDB(t))
 	rn := newRunner(t)
 	for range 3 {
-		startRelay(t, relayEnv(d, rn, "RELAY_SWEEP_INTERVAL=200ms"))
+		startRelay(t, m.env(d, rn, "RELAY_SWEEP_INTERVAL=200ms"))
 	}
 	events := scale(1000, 10000)
-	in := startInserter(t, d, 1000, 4)
+	in := m.inserter(t, d, 1000, 4)
 	pgtest.WaitFor(t, 5*time.Minute, "the inserts", func() bool { return in.count() >= events })
 	in.stop()
-	r := verify(t, d, rn, 2*time.Minute)
+	r := m.verify(t, d, rn, 2*time.Minute)
 	if r.Duplicates != 0 {
 		t.Errorf("%d duplicates with three replicas, want 0", r.Duplicates)
 	}
-	record(t, "three replicas", r, nil)
+	record(t, m.fault("three replicas"), r, nil)
 }
 
 // SIGTERM under load: in-flight deliveries finish or stay pending, the

@@ -62,12 +62,18 @@ type db struct {
 
 func newDB(t *testing.T, url string) *db {
 	t.Helper()
+	return newDBWith(t, url, store.DefaultSchema(table))
+}
+
+// newDBWith is newDB with the table migrate makes for schema.
+func newDBWith(t *testing.T, url string, schema *store.Schema) *db {
+	t.Helper()
 	pool, err := pgxpool.New(context.Background(), url)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	if _, err := store.Migrate(context.Background(), pool, store.DefaultSchema(table), "outbox_relay"); err != nil {
+	if _, err := store.Migrate(context.Background(), pool, schema, "outbox_relay"); err != nil {
 		t.Fatal(err)
 	}
 	return &db{url: url, pool: pool}
@@ -171,6 +177,13 @@ type inserter struct {
 }
 
 func startInserter(t *testing.T, d *db, rate, conns int) *inserter {
+	return startKeyedInserter(t, d, rate, conns, 0)
+}
+
+// startKeyedInserter is startInserter with keys ordering keys per
+// connection (none when 0), each written by its connection only: one
+// key's rows never commit concurrently, as the ordering contract asks.
+func startKeyedInserter(t *testing.T, d *db, rate, conns, keys int) *inserter {
 	ctx, cancel := context.WithCancel(context.Background())
 	in := &inserter{cancel: cancel}
 	every := time.Second * time.Duration(conns) / time.Duration(rate)
@@ -184,7 +197,13 @@ func startInserter(t *testing.T, d *db, rate, conns int) *inserter {
 					return
 				case <-tick.C:
 				}
-				_, err := d.pool.Exec(ctx, `INSERT INTO portal_event_outbox (event_type, payload) VALUES ('fault.test', jsonb_build_object('conn', $1::int, 'i', $2::int))`, c, i)
+				var err error
+				if keys == 0 {
+					_, err = d.pool.Exec(ctx, `INSERT INTO portal_event_outbox (event_type, payload) VALUES ('fault.test', jsonb_build_object('conn', $1::int, 'i', $2::int))`, c, i)
+				} else {
+					_, err = d.pool.Exec(ctx, `INSERT INTO portal_event_outbox (event_type, payload, entity) VALUES ('fault.test', jsonb_build_object('conn', $1::int, 'i', $2::int), $3)`,
+						c, i, fmt.Sprintf("k%d-%d", c, i%keys))
+				}
 				if err == nil {
 					in.mu.Lock()
 					in.n++
@@ -211,6 +230,8 @@ func (in *inserter) count() int {
 // result is one row of docs/RELIABILITY.md.
 type result struct {
 	Events, Lost, Duplicates int
+	// OrderViolations is set on an ordered outbox (mode.verify).
+	OrderViolations *int
 }
 
 // verify waits until nothing is pending, then compares the table with

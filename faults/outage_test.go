@@ -133,12 +133,47 @@ func TestRunnerOutage(t *testing.T) {
 // resets and garbage bodies. Everything is delivered, and the relay's
 // goroutines and the runner's open connections come back to where they
 // were.
-func TestFlakyRunner(t *testing.T) {
-	d := newDB(t, pgtest.NewDB(t))
+func TestFlakyRunner(t *testing.T) { flakyRunner(t, unordered) }
+
+func flakyRunner(t *testing.T, m mode) {
+	d := m.db(t, pgtest.NewDB(t))
 	rn := newRunner(t)
+	rn.SetAnswer(flakyAnswer())
+	addr := freeAddr(t)
+	env := m.env(d, rn, "RELAY_HTTP_TIMEOUT=1s", "RELAY_BACKOFF_BASE=50ms", "RELAY_BACKOFF_MAX=500ms",
+		"RELAY_MAX_ATTEMPTS=50", "RELAY_LISTEN_ADDR="+addr)
+	startRelay(t, env)
+	metricsURL := "http://" + addr + "/metrics"
+	pgtest.WaitFor(t, 30*time.Second, "the metrics endpoint", func() bool { _, err := scrape(metricsURL, "go_goroutines"); return err == nil })
+	before, _ := scrape(metricsURL, "go_goroutines")
+
+	events := scale(300, 2000)
+	in := m.inserter(t, d, 200, 2)
+	pgtest.WaitFor(t, 2*time.Minute, "the inserts", func() bool { return in.count() >= events })
+	in.stop()
+	r := m.verify(t, d, rn, 3*time.Minute)
+
+	// Idle connections close after the transport's idle timeout; what
+	// must not happen is growth with the number of events.
+	var after float64
+	pgtest.WaitFor(t, 30*time.Second, "goroutines to settle", func() bool {
+		after, _ = scrape(metricsURL, "go_goroutines")
+		return after <= before+2*concurrencyDefault
+	})
+	if n := rn.OpenConns(); n > 2*concurrencyDefault {
+		t.Errorf("%d connections open at the runner after the run, want at most %d", n, 2*concurrencyDefault)
+	}
+	record(t, m.fault("flaky runner"), r, map[string]string{
+		"goroutines_before": fmt.Sprint(before), "goroutines_after": fmt.Sprint(after), "runner_conns_after": fmt.Sprint(rn.OpenConns()),
+	})
+}
+
+// flakyAnswer is the flaky runner: 30 % 500s, 5 % answers slower than a
+// 1 s timeout, 5 % connection resets, 10 % 200s with a garbage body.
+func flakyAnswer() relaytest.Answer {
 	var mu sync.Mutex
 	rng := rand.New(rand.NewPCG(1, 2))
-	rn.SetAnswer(func(w http.ResponseWriter, r *http.Request, _ []byte) bool {
+	return func(w http.ResponseWriter, r *http.Request, _ []byte) bool {
 		mu.Lock()
 		x := rng.IntN(100)
 		mu.Unlock()
@@ -165,34 +200,7 @@ func TestFlakyRunner(t *testing.T) {
 			_, _ = w.Write([]byte("\x00\xff garbage {{{"))
 		}
 		return true
-	})
-	addr := freeAddr(t)
-	env := relayEnv(d, rn, "RELAY_HTTP_TIMEOUT=1s", "RELAY_BACKOFF_BASE=50ms", "RELAY_BACKOFF_MAX=500ms",
-		"RELAY_MAX_ATTEMPTS=50", "RELAY_LISTEN_ADDR="+addr)
-	startRelay(t, env)
-	metricsURL := "http://" + addr + "/metrics"
-	pgtest.WaitFor(t, 30*time.Second, "the metrics endpoint", func() bool { _, err := scrape(metricsURL, "go_goroutines"); return err == nil })
-	before, _ := scrape(metricsURL, "go_goroutines")
-
-	events := scale(300, 2000)
-	in := startInserter(t, d, 200, 2)
-	pgtest.WaitFor(t, 2*time.Minute, "the inserts", func() bool { return in.count() >= events })
-	in.stop()
-	r := verify(t, d, rn, 3*time.Minute)
-
-	// Idle connections close after the transport's idle timeout; what
-	// must not happen is growth with the number of events.
-	var after float64
-	pgtest.WaitFor(t, 30*time.Second, "goroutines to settle", func() bool {
-		after, _ = scrape(metricsURL, "go_goroutines")
-		return after <= before+2*concurrencyDefault
-	})
-	if n := rn.OpenConns(); n > 2*concurrencyDefault {
-		t.Errorf("%d connections open at the runner after the run, want at most %d", n, 2*concurrencyDefault)
 	}
-	record(t, "flaky runner", r, map[string]string{
-		"goroutines_before": fmt.Sprint(before), "goroutines_after": fmt.Sprint(after), "runner_conns_after": fmt.Sprint(rn.OpenConns()),
-	})
 }
 
 const concurrencyDefault = 16

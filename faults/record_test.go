@@ -18,6 +18,9 @@ func record(t *testing.T, fault string, r result, extra map[string]string) {
 		return
 	}
 	line := map[string]any{"fault": fault, "test": t.Name(), "events": r.Events, "lost": r.Lost, "duplicates": r.Duplicates, "full": full}
+	if r.OrderViolations != nil {
+		line["order_violations"] = *r.OrderViolations
+	}
 	for k, v := range extra {
 		line[k] = v
 	}
