@@ -21,14 +21,16 @@ type database struct {
 	name string
 	url  string
 	pool *pgxpool.Pool
-	slot string // RELAY_SLOT_NAME: slot names are cluster-wide
+	slot string   // RELAY_SLOT_NAME: slot names are cluster-wide
+	env  []string // RELAY_* settings of the table (migrate's and the relay's)
 }
 
 var nonIdent = regexp.MustCompile(`[^a-z0-9_]+`)
 
 // newDB creates a database, commits in it with synchronous_commit on (see
-// the doc: the cluster's default is off), and runs `outbox-relay migrate`.
-func (b *bench) newDB(ctx context.Context, label string) (*database, error) {
+// the doc: the cluster's default is off), and runs `outbox-relay migrate`
+// with env added to its settings.
+func (b *bench) newDB(ctx context.Context, label string, env ...string) (*database, error) {
 	b.dbSeq++
 	name := fmt.Sprintf("bench_%02d_%s", b.dbSeq, nonIdent.ReplaceAllString(strings.ToLower(label), "_"))
 	ident := pgx.Identifier{name}.Sanitize()
@@ -40,9 +42,9 @@ func (b *bench) newDB(ctx context.Context, label string) (*database, error) {
 	if _, err := b.admin.Exec(ctx, "ALTER DATABASE "+ident+" SET synchronous_commit = on"); err != nil {
 		return nil, fmt.Errorf("set synchronous_commit: %w", err)
 	}
-	d := &database{name: name, url: b.cluster.URL(name), slot: "bench_" + strconv.Itoa(b.dbSeq)}
+	d := &database{name: name, url: b.cluster.URL(name), slot: "bench_" + strconv.Itoa(b.dbSeq), env: env}
 	mig := exec.CommandContext(ctx, b.binary, "migrate")
-	mig.Env = []string{"PATH=" + os.Getenv("PATH"), "RELAY_DATABASE_URL=" + d.url, "RELAY_LOG_LEVEL=warn"}
+	mig.Env = append([]string{"PATH=" + os.Getenv("PATH"), "RELAY_DATABASE_URL=" + d.url, "RELAY_LOG_LEVEL=warn"}, env...)
 	if o, err := mig.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("outbox-relay migrate: %w\n%s", err, o)
 	}

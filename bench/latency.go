@@ -65,7 +65,7 @@ func (b *bench) latencyMode(ctx context.Context, m mode) ([]latencyResult, error
 	defer p.stop()
 	var out []latencyResult
 	for _, rate := range b.plan.LatencyRates {
-		r, err := b.latencyAt(ctx, db, p, m, rate)
+		r, err := b.latencyAt(ctx, db, p, m, pace{rate: rate, conns: b.plan.LatencyConns})
 		out = append(out, r)
 		if err != nil {
 			return out, err
@@ -76,8 +76,16 @@ func (b *bench) latencyMode(ctx context.Context, m mode) ([]latencyResult, error
 	return out, nil
 }
 
-// latencyAt warms up at rate, then measures for the plan's duration.
-func (b *bench) latencyAt(ctx context.Context, db *database, p *relayProc, m mode, rate int) (latencyResult, error) {
+// pace is a steady load: rate single-row transactions a second from conns
+// connections, every row with ordering key key ("" for none).
+type pace struct {
+	rate, conns int
+	key         string
+}
+
+// latencyAt warms up at the pace, then measures for the plan's duration.
+func (b *bench) latencyAt(ctx context.Context, db *database, p *relayProc, m mode, pc pace) (latencyResult, error) {
+	rate := pc.rate
 	res := latencyResult{Mode: m.Name, Rate: rate}
 	// The stream should deliver within milliseconds; an event it missed
 	// waits for the (1 min) sweep and counts as missing. Sweep-only gets
@@ -86,17 +94,15 @@ func (b *bench) latencyAt(ctx context.Context, db *database, p *relayProc, m mod
 	if !m.stream() {
 		wait += 2 * m.Sweep
 	}
-	conns := b.plan.LatencyConns
-
 	b.waitQuiet(ctx, b.quiet)
-	if err := b.warmUp(ctx, db, rate, wait); err != nil {
+	if err := b.warmUp(ctx, db, pc, wait); err != nil {
 		return res, err
 	}
 
 	b.runner.Reset(true, int(float64(rate)*b.plan.LatencyDuration.Seconds()))
 	before, _ := p.deliveries()
 	cpu0 := b.cpuNow(p)
-	sends, st, err := paced(ctx, db.pool, rate, conns, b.plan.LatencyDuration)
+	sends, st, err := pacedKey(ctx, db.pool, rate, pc.conns, b.plan.LatencyDuration, pc.key)
 	res.Load = st
 	if err != nil {
 		return res, err
@@ -117,9 +123,9 @@ func (b *bench) latencyAt(ctx context.Context, db *database, p *relayProc, m mod
 
 // warmUp runs the load at rate for the plan's warm-up, uncounted:
 // connections, statement caches and keep-alive on both sides.
-func (b *bench) warmUp(ctx context.Context, db *database, rate int, wait time.Duration) error {
-	b.runner.Reset(true, int(float64(rate)*b.plan.LatencyWarmup.Seconds()))
-	warm, _, err := paced(ctx, db.pool, rate, b.plan.LatencyConns, b.plan.LatencyWarmup)
+func (b *bench) warmUp(ctx context.Context, db *database, pc pace, wait time.Duration) error {
+	b.runner.Reset(true, int(float64(pc.rate)*b.plan.LatencyWarmup.Seconds()))
+	warm, _, err := pacedKey(ctx, db.pool, pc.rate, pc.conns, b.plan.LatencyWarmup, pc.key)
 	if err != nil {
 		return err
 	}

@@ -17,6 +17,20 @@ import (
 // event_id is made here so the harness knows it without RETURNING.
 const insertOne = `INSERT INTO ` + table + ` (event_id, event_type, payload) VALUES ($1, 'bench.event', $2)`
 
+// insertKeyed is insertOne with an ordering key, $3 (ordering measure).
+const insertKeyed = `INSERT INTO ` + table + ` (event_id, event_type, payload, entity) VALUES ($1, 'bench.event', $2, $3)`
+
+// insertEvent inserts event id with key, or without one when key is "".
+func insertEvent(ctx context.Context, conn *pgxpool.Conn, id string, n int, key string) error {
+	var err error
+	if key == "" {
+		_, err = conn.Exec(ctx, insertOne, id, payload(n))
+	} else {
+		_, err = conn.Exec(ctx, insertKeyed, id, payload(n), key)
+	}
+	return err
+}
+
 // insertBulk is one INSERT … SELECT of $1 rows in one transaction; event
 // ids come from the column default.
 const insertBulk = `INSERT INTO ` + table + ` (event_type, payload)
@@ -108,7 +122,12 @@ func (e *loadErrors) into(st *loadStats) {
 // is due at (k·conns + w)/rate: a late insert goes at once, so the load
 // catches up rather than drifting. Every committed event is returned.
 func paced(ctx context.Context, pool *pgxpool.Pool, rate, conns int, d time.Duration) ([]sent, loadStats, error) {
-	pc := &pacer{pool: pool, rate: rate, conns: conns, total: int(float64(rate) * d.Seconds()), start: time.Now()}
+	return pacedKey(ctx, pool, rate, conns, d, "")
+}
+
+// pacedKey is paced with every row of ordering key key ("" for none).
+func pacedKey(ctx context.Context, pool *pgxpool.Pool, rate, conns int, d time.Duration, key string) ([]sent, loadStats, error) {
+	pc := &pacer{pool: pool, rate: rate, conns: conns, total: int(float64(rate) * d.Seconds()), start: time.Now(), key: key}
 	st := loadStats{Planned: pc.total}
 	logs := make([][]sent, conns)
 	var wg sync.WaitGroup
@@ -136,6 +155,7 @@ type pacer struct {
 	pool               *pgxpool.Pool
 	rate, conns, total int
 	start              time.Time
+	key                string
 	maxBehind          atomic.Int64
 	errs               loadErrors
 }
@@ -159,7 +179,7 @@ func (pc *pacer) run(ctx context.Context, w int) []sent {
 			pc.maxBehind.Store(behind)
 		}
 		id := newUUID()
-		if _, err := conn.Exec(ctx, insertOne, id, payload(i)); err != nil {
+		if err := insertEvent(ctx, conn, id, i, pc.key); err != nil {
 			if ctx.Err() != nil {
 				break
 			}
@@ -172,14 +192,16 @@ func (pc *pacer) run(ctx context.Context, w int) []sent {
 }
 
 // flood commits n single-row transactions as fast as conns connections
-// can, and returns when the last has committed.
-func flood(ctx context.Context, pool *pgxpool.Pool, n, conns int) (loadStats, error) {
+// can, and returns when the last has committed. With keys > 0 the rows
+// carry that many ordering keys, each written by one connection only (the
+// ordering contract: no key in two concurrent transactions).
+func flood(ctx context.Context, pool *pgxpool.Pool, n, conns, keys int) (loadStats, error) {
 	st := loadStats{Planned: n}
 	var next, done atomic.Int64
 	var errs loadErrors
 	var wg sync.WaitGroup
 	start := time.Now()
-	for range conns {
+	for w := range conns {
 		wg.Go(func() {
 			conn := errs.acquire(ctx, pool)
 			if conn == nil {
@@ -187,8 +209,12 @@ func flood(ctx context.Context, pool *pgxpool.Pool, n, conns int) (loadStats, er
 			}
 			defer conn.Release()
 			// Every pass takes a fresh index, failed or not: at most n.
-			for i := int(next.Add(1)) - 1; i < n; i = int(next.Add(1)) - 1 {
-				if _, err := conn.Exec(ctx, insertOne, newUUID(), payload(i)); err != nil {
+			for i, j := int(next.Add(1))-1, 0; i < n; i, j = int(next.Add(1))-1, j+1 {
+				key := ""
+				if keys > 0 {
+					key = "k" + strconv.Itoa(w+conns*(j%max(keys/conns, 1)))
+				}
+				if err := insertEvent(ctx, conn, newUUID(), i, key); err != nil {
 					if ctx.Err() != nil {
 						return
 					}

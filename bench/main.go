@@ -37,7 +37,7 @@ func main() {
 }
 
 // measures are the parts -only can select, in the order they run.
-var measures = []string{"latency", "throughput", "backlog", "wal", "profile"}
+var measures = []string{"latency", "throughput", "backlog", "wal", "ordering", "profile"}
 
 // plan is the size of every measure: the full run or -quick.
 type plan struct {
@@ -60,6 +60,9 @@ type plan struct {
 	WALOutage    time.Duration `json:"wal_outage_ns"`
 	WALBytesRate int           `json:"wal_bytes_per_second"`
 	WALOutboxHz  int           `json:"wal_outbox_rate"`
+
+	OrderedKeys int `json:"ordered_keys"`
+	HotKeyRate  int `json:"hot_key_rate"`
 }
 
 func fullPlan() plan {
@@ -78,6 +81,8 @@ func fullPlan() plan {
 		WALOutage:       60 * time.Second,
 		WALBytesRate:    5 << 20,
 		WALOutboxHz:     100,
+		OrderedKeys:     1_000,
+		HotKeyRate:      100,
 	}
 }
 
@@ -220,6 +225,7 @@ func (b *bench) measure(ctx context.Context, selected map[string]bool, res *resu
 	step("throughput", func() (err error) { res.Throughput, err = b.throughput(ctx); return })
 	step("backlog", func() (err error) { res.Backlog, res.SweepCost, err = b.backlog(ctx); return })
 	step("wal", func() (err error) { res.WAL, err = b.wal(ctx); return })
+	step("ordering", func() (err error) { res.Ordering, err = b.ordering(ctx); return })
 	step("profile", func() (err error) { res.Profile, err = b.profile(ctx); return })
 }
 

@@ -91,7 +91,7 @@ func (b *bench) profile(ctx context.Context) (*profileResult, error) {
 		m = sweepMode
 	}
 	const n = 20_000
-	res := &profileResult{Mode: m.Name, Load: load{"bulk", n}.String()}
+	res := &profileResult{Mode: m.Name, Load: load{kind: "bulk", n: n}.String()}
 	perf, err := exec.LookPath("perf")
 	if err != nil {
 		res.Skipped = "perf is not installed"

@@ -71,7 +71,8 @@ func (b *bench) startRelay(ctx context.Context, db *database, m mode, label stri
 		"RELAY_LISTEN_ADDR=" + addr,
 	}
 	p := &relayProc{b: b, label: label, addr: addr, started: now()}
-	if p.proc, err = relaytest.Start(relaytest.Command{Binary: b.binary, Env: append(env, extra...), LogLimit: logLimit}); err != nil {
+	env = append(append(env, db.env...), extra...)
+	if p.proc, err = relaytest.Start(relaytest.Command{Binary: b.binary, Env: env, LogLimit: logLimit}); err != nil {
 		return nil, err
 	}
 	b.mu.Lock()

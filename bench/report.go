@@ -24,6 +24,7 @@ type results struct {
 	Backlog    []backlogResult    `json:"backlog"`
 	SweepCost  []sweepCost        `json:"sweep_cost"`
 	WAL        *walResult         `json:"wal,omitempty"`
+	Ordering   *orderingResult    `json:"ordering,omitempty"`
 	Profile    *profileResult     `json:"profile,omitempty"`
 	Relays     []relayStats       `json:"relays"`
 	Errors     []string           `json:"errors,omitempty"`
@@ -104,9 +105,9 @@ func (r *results) throughputOf(kind string, n int) *throughputResult {
 	return nil
 }
 
-// targets are the goals of issue 6, each judged on what this run measured.
+// targets are the goals of issues 6 and 13, each judged on what this run measured.
 func (r *results) targets() []target {
-	return []target{
+	return append([]target{
 		r.latencyTarget(500, "p50", targetP50At500, func(d distribution) float64 { return d.P50 }),
 		r.latencyTarget(500, "p99", targetP99At500, func(d distribution) float64 { return d.P99 }),
 		r.latencyTarget(5000, "p99", targetP99At5000, func(d distribution) float64 { return d.P99 }),
@@ -117,7 +118,7 @@ func (r *results) targets() []target {
 		r.rssTarget(),
 		r.lagTarget(),
 		r.retainedTarget(),
-	}
+	}, r.orderingTargets()...)
 }
 
 func (r *results) latencyTarget(rate int, q string, limit float64, get func(distribution) float64) target {
@@ -136,7 +137,7 @@ func (r *results) latencyTarget(rate int, q string, limit float64, get func(dist
 
 func (r *results) throughputTarget(kind string, n int, floor float64) target {
 	t := target{Goal: fmt.Sprintf("≥ %s events/s", thousands(int(floor)))}
-	t.What = load{kind, n}.String()
+	t.What = load{kind: kind, n: n}.String()
 	if x := r.throughputOf(kind, n); x != nil {
 		t.What += " (" + x.Mode + ")"
 		t.Measured, t.Verdict = fmt.Sprintf("%s events/s", thousands(int(x.EventsPerSec))), verdictAtLeast(x.EventsPerSec, floor)

@@ -40,11 +40,15 @@ type throughputResult struct {
 type load struct {
 	kind string
 	n    int
+	keys int // ordering keys of single-row txns; 0: none
 }
 
 func (l load) String() string {
-	if l.kind == "bulk" {
+	switch {
+	case l.kind == "bulk":
 		return fmt.Sprintf("INSERT … SELECT of %s rows", thousands(l.n))
+	case l.keys > 0:
+		return fmt.Sprintf("%s single-row txns, %s keys", thousands(l.n), thousands(l.keys))
 	}
 	return fmt.Sprintf("%s single-row txns", thousands(l.n))
 }
@@ -52,9 +56,9 @@ func (l load) String() string {
 func (b *bench) loads() []load {
 	var ls []load
 	for _, n := range b.plan.BulkSizes {
-		ls = append(ls, load{"bulk", n})
+		ls = append(ls, load{kind: "bulk", n: n})
 	}
-	return append(ls, load{"single", b.plan.SingleN})
+	return append(ls, load{kind: "single", n: b.plan.SingleN})
 }
 
 // throughput runs every load in every mode: one database per mode, a fresh
@@ -117,7 +121,7 @@ func (b *bench) throughputRun(ctx context.Context, db *database, m mode, l load)
 		res.InsertSeconds = float64(start-t) / 1e9
 	default:
 		start = now()
-		st, err := flood(ctx, db.pool, l.n, b.plan.SingleConns)
+		st, err := flood(ctx, db.pool, l.n, b.plan.SingleConns, l.keys)
 		if err != nil {
 			return res, err
 		}

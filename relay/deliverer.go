@@ -233,12 +233,17 @@ func (d *Deliverer) DeliverIDs(ctx context.Context, ids []string) (missing []str
 	return unclaimed(ids, c), d.enqueue(ctx, PathStream, start, c)
 }
 
-// unclaimed is ids less those the claim took or tried.
+// unclaimed is ids less those the claim took, tried or saw.
 func unclaimed(ids []string, c store.Claim) (missing []string) {
+	// A claim takes at most one row per id given (by key: one per key),
+	// so as many as ids means every id was found.
 	if c.Len() == len(ids) {
 		return nil
 	}
-	got := make(map[string]bool, c.Len())
+	got := make(map[string]bool, c.Len()+len(c.Seen))
+	for _, id := range c.Seen {
+		got[id] = true
+	}
 	for _, r := range c.Rows {
 		got[r.ID] = true
 	}

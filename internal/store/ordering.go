@@ -118,23 +118,41 @@ func (s *Schema) orderIndexes() []string {
 	}
 }
 
+// headOf is the head of the key key (an SQL expression): the key's first
+// pending row, one step into the order index however long its backlog is.
+func (s *Schema) headOf(key string) string {
+	return `(SELECT p.{id} FROM {table} p WHERE p.{ordering_key} = ` + key + ` AND p.{status} = {pending}
+			ORDER BY ` + strings.Trim(s.order("p"), "()") + ` LIMIT 1)`
+}
+
 // orderedStatements builds the ordered forms of the claims and of the
 // sweeper's next-due query, and the claim of the heads of given keys.
 func (s *Store) orderedStatements(claim, due string) {
 	x, head := s.schema.expand, s.schema.isHead(s.onDead)
 	// The claim returns each row's key, for the claim of its successor.
 	claim += ", o.{ordering_key}::text"
-	s.claimIDs = x(fmt.Sprintf(claim, "AND {id} = ANY($4::text[]::{idtype}[])"+head))
 	s.claimDue = x(fmt.Sprintf(claim, due+head))
 	s.dueIDs = x(`SELECT {id}::text FROM {table}
 	WHERE {status} = {pending} AND {next_attempt_at} <= now() ` + strings.ReplaceAll(due, "$4", "$2") + head + `
 		AND NOT {id} = ANY($3::text[]::{idtype}[])
 	ORDER BY {next_attempt_at} LIMIT $1`)
-	// The head of each key is its first pending row: one step into the
-	// order index per key, however long the key's backlog is.
 	s.claimKeys = x(fmt.Sprintf(claim, `AND {id} IN (SELECT h.{id} FROM unnest($4::text[]) AS k(key)
-		CROSS JOIN LATERAL (SELECT p.{id} FROM {table} p WHERE p.{ordering_key} = k.key::{keytype} AND p.{status} = {pending}
-			ORDER BY `+strings.Trim(s.schema.order("p"), "()")+` LIMIT 1) h)`+head))
+		CROSS JOIN LATERAL `+s.schema.headOf("k.key::{keytype}")+` h)`+head))
+	// By id (the stream), a row stands for its key: the claim takes the
+	// key's head, whichever row that is. So a head that the stream left
+	// to the sweeper (its hand-off was full) goes as soon as a later row
+	// of its key comes by. The ids seen but not claimed come back too, on
+	// the same snapshot: each is covered (its key's head is claimed, in
+	// flight, or waiting for a retry), and only ids not seen at all are
+	// worth claiming again.
+	s.claimIDs = x(`WITH given AS (SELECT {id} AS id, {ordering_key} AS key FROM {table} WHERE {id} = ANY($4::text[]::{idtype}[])),
+claimed (id, event_id, event_type, payload, created_at, attempt, buried, key) AS (` +
+		fmt.Sprintf(claim, `AND ({id} IN (SELECT id FROM given WHERE key IS NULL)
+		OR {id} IN (SELECT h.{id} FROM (SELECT DISTINCT key FROM given WHERE key IS NOT NULL) g CROSS JOIN LATERAL `+s.schema.headOf("g.key")+` h))`+head) + `)
+SELECT *, false FROM claimed
+UNION ALL
+SELECT given.id::text, NULL, NULL, 'null', now(), 0, false, NULL, true FROM given
+	WHERE given.id::text NOT IN (SELECT id FROM claimed)`)
 	// A row waiting behind its key's head is overdue but not claimable:
 	// counting it would wake the sweeper every minWait for nothing.
 	s.nextDue = x(`SELECT extract(epoch FROM least(
@@ -214,10 +232,14 @@ FROM (SELECT 1) one LEFT JOIN LATERAL (SELECT * FROM w ORDER BY created LIMIT 1)
 	return &st, nil
 }
 
-// scanKey is where a claim's ordered row puts its key.
-func scanKey(cr *claimedRow, dest []any, ordered bool) []any {
-	if ordered {
-		return append(dest, &cr.key)
+// scanKey adds where a claim's ordered row puts its key, and for the
+// ordered claim by id whether the row was only seen.
+func (s *Store) scanKey(cr *claimedRow, dest []any, sql string) []any {
+	switch {
+	case !s.Ordered():
+		return dest
+	case sql == s.claimIDs:
+		return append(dest, &cr.key, &cr.seen)
 	}
-	return dest
+	return append(dest, &cr.key)
 }

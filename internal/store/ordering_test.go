@@ -137,6 +137,25 @@ func TestOrderedClaimTakesHeadsOnly(t *testing.T) {
 	}
 }
 
+// By id, a row stands for its key: the stream's later row brings the head
+// it never handed over, and ids found but not claimed come back as seen;
+// an id not there at all is neither.
+func TestOrderedClaimByIDTakesTheKeysHead(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st := orderedTable(t, setup(t).pool, "by_id", orderedColumns())
+	id := addKeyed(t, st, keyed{key: "a"}, keyed{key: "a"}, keyed{key: "a"}, keyed{})
+	c, err := st.ClaimIDs(ctx, []string{id[1], id[2], id[3], "1099511627776"}, lease, 25)
+	if err != nil || !sameSet(ids(c.Rows), []string{id[0], id[3]}) || !sameSet(c.Seen, id[1:3]) {
+		t.Fatalf("ClaimIDs(a2, a3, n, absent) = claimed %v, seen %v, %v; want a's head %s and %s, seen a2 and a3",
+			ids(c.Rows), c.Seen, err, id[0], id[3])
+	}
+	c, err = st.ClaimIDs(ctx, id[1:2], lease, 25)
+	if err != nil || len(c.Rows) != 0 || !sameSet(c.Seen, id[1:2]) {
+		t.Fatalf("ClaimIDs(a2) with a's head in flight = claimed %v, seen %v, %v; want none, seen a2", ids(c.Rows), c.Seen, err)
+	}
+}
+
 // A dead head lets its key go on under skip and holds it under block until
 // it is requeued and delivered or deleted.
 func TestOrderedDeadHead(t *testing.T) {

@@ -174,12 +174,16 @@ type Claim struct {
 	Rows    []Row
 	Dead    []Result
 	Refused []Refused
+	// Seen are ids an ordered ClaimIDs found but did not claim: their
+	// key's head was claimed, is in flight or waits for a retry.
+	Seen []string
 }
 
 // Len is how many rows the claim took or tried.
 func (c Claim) Len() int { return len(c.Rows) + len(c.Dead) + len(c.Refused) }
 
-// ClaimIDs claims those of ids that are pending and due, for lease.
+// ClaimIDs claims those of ids that are pending and due, for lease; with
+// rows ordered per key, the head of each id's key instead (ordering.go).
 // maxAttempts buries rows that have used every attempt; they come back in
 // Dead and must not be sent, as do rows that cannot be read. Ids whose
 // claim the database refuses come back in Refused; the others are claimed.
@@ -227,9 +231,13 @@ func (s *Store) claim(ctx context.Context, c *Claim, sql string, lease time.Dura
 	var got Claim
 	for rows.Next() {
 		var cr claimedRow
-		dest := scanKey(&cr, []any{&cr.id, &cr.eventID, &cr.eventType, &cr.payload, &cr.createdAt, &cr.attempt, &cr.buried}, s.Ordered())
+		dest := s.scanKey(&cr, []any{&cr.id, &cr.eventID, &cr.eventType, &cr.payload, &cr.createdAt, &cr.attempt, &cr.buried}, sql)
 		if err := rows.Scan(dest...); err != nil {
 			return fmt.Errorf("claim: %w", err)
+		}
+		if cr.seen {
+			got.Seen = append(got.Seen, cr.id)
+			continue
 		}
 		r, res := s.schema.read(cr)
 		if res != nil {
@@ -243,7 +251,7 @@ func (s *Store) claim(ctx context.Context, c *Claim, sql string, lease time.Dura
 	}
 	// Only a statement that succeeded claimed anything: its transaction
 	// is the one that committed.
-	c.Rows, c.Dead = append(c.Rows, got.Rows...), append(c.Dead, got.Dead...)
+	c.Rows, c.Dead, c.Seen = append(c.Rows, got.Rows...), append(c.Dead, got.Dead...), append(c.Seen, got.Seen...)
 	return nil
 }
 
@@ -256,6 +264,7 @@ type claimedRow struct {
 	attempt            int
 	buried             bool
 	key                *string
+	seen               bool // found by an ordered claim by id, not claimed
 }
 
 // read turns a claimed row into one to send, or into a dead result when it
