@@ -47,6 +47,7 @@ var relayMetrics = []string{
 	"outbox_relay_last_sweep_timestamp_seconds",
 	"outbox_relay_last_sweep_duration_seconds",
 	"outbox_relay_retention_deleted_total",
+	"outbox_relay_ordering_blocked_keys",
 }
 
 var wantAlerts = []string{
