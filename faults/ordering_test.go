@@ -5,8 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/outbox-relay/outbox-relay/internal/relaytest"
 	"github.com/outbox-relay/outbox-relay/internal/store"
 )
@@ -66,14 +64,7 @@ func (m mode) verify(t *testing.T, d *db, rn *relaytest.Runner, limit time.Durat
 	if !m.ordered {
 		return r
 	}
-	rows, err := d.pool.Query(context.Background(), `SELECT event_id::text, coalesce(entity, ''), status = 'dead' FROM portal_event_outbox ORDER BY id`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyed, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (relaytest.KeyedRow, error) {
-		var k relaytest.KeyedRow
-		return k, row.Scan(&k.EventID, &k.Key, &k.Dead)
-	})
+	keyed, err := relaytest.ReadKeyedRows(context.Background(), d.pool, "portal_event_outbox", "entity")
 	if err != nil {
 		t.Fatal(err)
 	}

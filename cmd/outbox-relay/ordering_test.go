@@ -84,18 +84,11 @@ func insertKeyed(t *testing.T, conn *pgx.Conn, rows ...[2]string) {
 // tableRows are the rows in each key's order, for the order check.
 func tableRows(t *testing.T, conn *pgx.Conn) []relaytest.KeyedRow {
 	t.Helper()
-	rows, err := conn.Query(context.Background(), `SELECT event_id::text, coalesce(entity, ''), status = 'dead' FROM portal_event_outbox ORDER BY id`)
+	rows, err := relaytest.ReadKeyedRows(context.Background(), conn, "portal_event_outbox", "entity")
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (relaytest.KeyedRow, error) {
-		var k relaytest.KeyedRow
-		return k, r.Scan(&k.EventID, &k.Key, &k.Dead)
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
+	return rows
 }
 
 func countRows(t *testing.T, conn *pgx.Conn, where string) int {

@@ -1,6 +1,11 @@
 package relaytest
 
-import "fmt"
+import (
+	"context"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+)
 
 // KeyedRow is an outbox row as the order check sees it.
 type KeyedRow struct {
@@ -44,4 +49,24 @@ func OrderViolations(rows []KeyedRow, accepted []string) []string {
 		last[p.key] = p.n
 	}
 	return out
+}
+
+// Querier is a connection or a pool.
+type Querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+// ReadKeyedRows reads the rows of an outbox table made by migrate, with
+// its ordering key in keyColumn, in the key's row order (id) as
+// OrderViolations wants them.
+func ReadKeyedRows(ctx context.Context, q Querier, table, keyColumn string) ([]KeyedRow, error) {
+	rows, err := q.Query(ctx, fmt.Sprintf(`SELECT event_id::text, coalesce(%s::text, ''), status = 'dead' FROM %s ORDER BY id`,
+		pgx.Identifier{keyColumn}.Sanitize(), table))
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (KeyedRow, error) {
+		var k KeyedRow
+		return k, r.Scan(&k.EventID, &k.Key, &k.Dead)
+	})
 }

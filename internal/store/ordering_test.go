@@ -363,23 +363,6 @@ func TestOrderedClaimUsesTheOrderIndex(t *testing.T) {
 	}
 }
 
-func explain(t *testing.T, pool *pgxpool.Pool, sel string) string {
-	t.Helper()
-	rows, err := pool.Query(context.Background(), "EXPLAIN "+sel)
-	if err != nil {
-		t.Fatalf("%v in\n%s", err, sel)
-	}
-	var plan []string
-	for rows.Next() {
-		var line string
-		if err := rows.Scan(&line); err != nil {
-			t.Fatal(err)
-		}
-		plan = append(plan, line)
-	}
-	return strings.Join(plan, "\n")
-}
-
 // Without the role, no statement mentions ordering at all.
 func TestUnorderedStatementsUnchanged(t *testing.T) {
 	t.Parallel()

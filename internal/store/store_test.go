@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/outbox-relay/outbox-relay/internal/pgtest"
@@ -156,19 +157,7 @@ func TestClaimWalksTheDueIndexAfterABurst(t *testing.T) {
 	// The claim's row choice, as the statement has it.
 	sel := st.claimDue[strings.Index(st.claimDue, `SELECT "id"`):strings.Index(st.claimDue, ") due")]
 	sel = strings.NewReplacer("$3", "100", "$4", "0", "$5", "'{}'").Replace(sel) // limit, grace
-	rows, err := pool.Query(ctx, "EXPLAIN "+sel)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var plan []string
-	for rows.Next() {
-		var line string
-		if err := rows.Scan(&line); err != nil {
-			t.Fatal(err)
-		}
-		plan = append(plan, line)
-	}
-	p := strings.Join(plan, "\n")
+	p := explain(t, pool, sel)
 	if !strings.Contains(p, "Index Scan using portal_event_outbox_due_idx") || strings.Contains(p, "Sort") {
 		t.Errorf("the claim does not walk the due index in order:\n%s", p)
 	}
@@ -177,4 +166,18 @@ func TestClaimWalksTheDueIndexAfterABurst(t *testing.T) {
 	if err != nil || len(claimed) != 100 {
 		t.Fatalf("ClaimDue = %d rows, %v", len(claimed), err)
 	}
+}
+
+// explain is the plan of sel, one line per node.
+func explain(t *testing.T, pool *pgxpool.Pool, sel string) string {
+	t.Helper()
+	rows, err := pool.Query(context.Background(), "EXPLAIN "+sel)
+	if err != nil {
+		t.Fatalf("%v in\n%s", err, sel)
+	}
+	plan, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Join(plan, "\n")
 }
