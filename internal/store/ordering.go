@@ -77,8 +77,9 @@ func (s *Schema) orderColumns() []Role {
 	return []Role{RoleCreatedAt, RoleID}
 }
 
-// order is the row order as a SQL row of alias's columns; alias "" is the
-// bare table, as the claim's row choice names it.
+// order is the row order as a SQL row of the columns of alias: a table
+// alias, or the quoted table name where the claim's row choice names the
+// table bare.
 func (s *Schema) order(alias string) string {
 	var cols []string
 	for _, r := range s.orderColumns() {
