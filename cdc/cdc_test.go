@@ -112,6 +112,8 @@ type bundle struct {
 	pool *pgxpool.Pool
 	cfg  Config
 	logs *logBuffer
+	// tweak, when set, changes a Stream before start runs it.
+	tweak func(*Stream)
 }
 
 var slotSeq atomic.Int64
@@ -169,6 +171,9 @@ func (b *bundle) start(t testing.TB, d Deliverer) (*Stream, context.CancelFunc) 
 	t.Helper()
 	log := slog.New(slog.NewTextHandler(multiWriter{t.Output(), b.logs}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	s := New(b.cfg, d, log)
+	if b.tweak != nil {
+		b.tweak(s)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()

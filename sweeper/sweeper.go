@@ -36,6 +36,10 @@ type Config struct {
 	Grace func() time.Duration
 	// OnSweep, when set, is told of every pass (for metrics).
 	OnSweep func(Pass)
+	// Wake, when set, makes the sweeper sweep at once instead of at its
+	// next tick: the stream signals it after a failover, when rows it was
+	// about to announce are left in the table.
+	Wake <-chan struct{}
 }
 
 // Pass is what one sweep did.
@@ -67,7 +71,7 @@ const queryTimeout = 10 * time.Second
 const minWait = 20 * time.Millisecond
 
 // Run sweeps at once, then every Interval, and earlier when a retry falls
-// due before the next tick. It returns when ctx is done. Database errors
+// due before the next tick or Wake is signalled. It returns when ctx is done. Database errors
 // are logged once per outage and retried with backoff.
 func (s *Sweeper) Run(ctx context.Context) error {
 	timer := time.NewTimer(0)
@@ -79,6 +83,7 @@ func (s *Sweeper) Run(ctx context.Context) error {
 			return nil
 		case <-timer.C:
 		case <-s.d.Rescheduled():
+		case <-s.cfg.Wake: // nil when unset: never ready
 		}
 		wait, err := s.pass(ctx)
 		switch {
