@@ -138,6 +138,9 @@ type Stream struct {
 	// than before (a failover): see Switched.
 	switched chan struct{}
 	server   server // the server last followed; used by Run's goroutine only
+	// afterSwitch: the session reached another server and has not
+	// streamed from it yet; used by Run's goroutine only.
+	afterSwitch bool
 
 	streaming atomic.Bool
 	shedding  atomic.Bool  // the last hand-off was dropped
@@ -166,8 +169,10 @@ func New(cfg Config, d Deliverer, log *slog.Logger) *Stream {
 
 // Switched is signalled when the stream reconnects to another server than
 // the one it followed (another system identifier or timeline: a promoted
-// standby). Rows whose announcement the switch cut are then in the table
-// only, so the sweeper should sweep at once rather than at its next tick.
+// standby), and again once the stream streams from it. Rows whose
+// announcement the switch cut, and rows committed on the new server before
+// its new slot began, are in the table only: the sweeper should sweep at
+// once, fresh rows included, rather than at its next tick.
 func (s *Stream) Switched() <-chan struct{} { return s.switched }
 
 // Streaming reports whether this process holds the slot, receives changes

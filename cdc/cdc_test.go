@@ -224,6 +224,19 @@ func waitStreaming(t testing.TB, s *Stream) {
 	pgtest.WaitFor(t, 20*time.Second, "the stream to hold the slot", s.Streaming)
 }
 
+// streamingAt sets up the outbox at url and a stream that has delivered a
+// first row, for tests that then break the server.
+func streamingAt(t *testing.T, url string) (*bundle, *recorder, *Stream) {
+	t.Helper()
+	b := setupURL(t, url)
+	rec := newRecorder()
+	s, _ := b.start(t, rec)
+	waitStreaming(t, s)
+	first := b.insert(t)
+	pgtest.WaitFor(t, 5*time.Second, "a first row", func() bool { return rec.has(first) })
+	return b, rec, s
+}
+
 func TestInsertsReachDelivererQuickly(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
@@ -381,12 +394,7 @@ func TestSlotDroppedExternallyIsRecreated(t *testing.T) {
 func TestPostgresRestartIsSurvived(t *testing.T) {
 	t.Parallel()
 	c := pgtest.StartT(t)
-	b := setupURL(t, c.URL("postgres"))
-	rec := newRecorder()
-	s, _ := b.start(t, rec)
-	waitStreaming(t, s)
-	before := b.insert(t)
-	pgtest.WaitFor(t, 5*time.Second, "a row before the restart", func() bool { return rec.has(before) })
+	b, rec, s := streamingAt(t, c.URL("postgres"))
 
 	if err := c.Restart("immediate"); err != nil {
 		t.Fatal(err)

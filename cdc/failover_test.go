@@ -30,12 +30,7 @@ func (b *bundle) insertRetrying(t *testing.T) int64 {
 func TestFollowsPromotedStandby(t *testing.T) {
 	t.Parallel()
 	pair := pgtest.StartPair(t, true)
-	b := setupURL(t, pair.URL("postgres"))
-	rec := newRecorder()
-	s, _ := b.start(t, rec)
-	waitStreaming(t, s)
-	first := b.insert(t)
-	pgtest.WaitFor(t, 5*time.Second, "a row from the primary", func() bool { return rec.has(first) })
+	b, rec, s := streamingAt(t, pair.URL("postgres"))
 	select {
 	case <-s.Switched():
 		t.Fatal("Switched signalled before any switch")

@@ -74,6 +74,12 @@ func (s *Stream) session(ctx context.Context, conf dbConfig, h *handoff) (stream
 
 	began := time.Now()
 	s.streaming.Store(true)
+	if s.afterSwitch {
+		// Rows committed on the new server before the new slot's start
+		// will never be announced: sweep again now that it streams.
+		s.afterSwitch = false
+		signal(s.switched)
+	}
 	if s.transition(RoleStreamer, RoleStreamer, "") {
 		s.log.Info("replication: streaming inserts from the slot",
 			"publication", s.cfg.Publication, "table", s.cfg.Schema+"."+s.cfg.Table)
@@ -129,6 +135,7 @@ func (s *Stream) identify(ctx context.Context, conn *pgconn.PgConn) error {
 			"system_id", now.systemID, "timeline", now.timeline, "host", now.host,
 			"previous_system_id", was.systemID, "previous_timeline", was.timeline, "previous_host", was.host)
 		signal(s.switched)
+		s.afterSwitch = true
 	}
 	return nil
 }
