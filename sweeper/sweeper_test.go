@@ -187,7 +187,7 @@ func TestWakeSweepsAtOnce(t *testing.T) {
 	wake := make(chan struct{}, 1)
 	var passes atomic.Int64
 	s := sweeper.New(sweeper.Config{Interval: time.Hour, BatchSize: 100, Wake: wake,
-		Grace: func() time.Duration { return time.Hour },
+		Grace:   func() time.Duration { return time.Hour },
 		OnSweep: func(sweeper.Pass) { passes.Add(1) }}, b.d, b.st, quiet)
 	run(t, s.Run)
 	pgtest.WaitFor(t, 30*time.Second, "the first pass", func() bool { return passes.Load() == 1 })
