@@ -45,15 +45,8 @@ func (s *Stream) session(ctx context.Context, conf dbConfig, h *handoff) (stream
 	}
 	defer closeConn(ctx, conn)
 
-	if err := s.identify(ctx, conn); err != nil {
+	if start.lsn, err = s.begin(ctx, conn, start); err != nil {
 		return 0, err
-	}
-	if start.create {
-		created, err := s.createSlot(ctx, conn)
-		if err != nil {
-			return 0, err
-		}
-		start.lsn = created
 	}
 
 	sctx, cancel := context.WithTimeout(ctx, queryTimeout)
@@ -74,12 +67,7 @@ func (s *Stream) session(ctx context.Context, conf dbConfig, h *handoff) (stream
 
 	began := time.Now()
 	s.streaming.Store(true)
-	if s.afterSwitch {
-		// Rows committed on the new server before the new slot's start
-		// will never be announced: sweep again now that it streams.
-		s.afterSwitch = false
-		signal(s.switched)
-	}
+	s.streamsAfterSwitch()
 	if s.transition(RoleStreamer, RoleStreamer, "") {
 		s.log.Info("replication: streaming inserts from the slot",
 			"publication", s.cfg.Publication, "table", s.cfg.Schema+"."+s.cfg.Table)
@@ -138,6 +126,28 @@ func (s *Stream) identify(ctx context.Context, conn *pgconn.PgConn) error {
 		s.afterSwitch = true
 	}
 	return nil
+}
+
+// begin identifies the server on the replication connection and makes the
+// slot when it must be made, returning where the session starts.
+func (s *Stream) begin(ctx context.Context, conn *pgconn.PgConn, start startPoint) (pglogrepl.LSN, error) {
+	if err := s.identify(ctx, conn); err != nil {
+		return 0, err
+	}
+	if !start.create {
+		return start.lsn, nil
+	}
+	return s.createSlot(ctx, conn)
+}
+
+// streamsAfterSwitch wakes the sweeper again when the stream has begun to
+// stream from a server it switched to: rows committed there before the new
+// slot's start will never be announced.
+func (s *Stream) streamsAfterSwitch() {
+	if s.afterSwitch {
+		s.afterSwitch = false
+		signal(s.switched)
+	}
 }
 
 // majorVersion reads 17 from a server_version such as "17.2 (Debian …)"
