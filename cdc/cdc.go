@@ -47,6 +47,10 @@ const (
 	RoleStreamer = "streamer" // holds the slot and receives changes
 	RoleStandby  = "standby"  // the slot is held by another process
 	RoleDown     = "down"     // not connected; retrying
+	// RoleUnavailable: the server cannot stream as it is configured
+	// (wal_level, privileges, pg_hba.conf); the relay delivers
+	// sweep-only and checks again every unavailableRetry.
+	RoleUnavailable = "unavailable"
 )
 
 // State is a snapshot of the stream for metrics and health.
@@ -75,6 +79,14 @@ const (
 
 	// standbyRetry is how often a standby tries to take the slot.
 	standbyRetry = 3 * time.Second
+
+	// unavailableRetry is how often a server that cannot stream is checked
+	// again: slow, since only its operator can fix it, but an operator who
+	// does sees the stream come back without restarting the relay.
+	unavailableRetry = 30 * time.Second
+
+	// checkTimeout bounds one check of the server (check.go).
+	checkTimeout = 2 * queryTimeout
 
 	// reconnectBase and reconnectMax bound the reconnect backoff.
 	reconnectBase = 100 * time.Millisecond
@@ -120,7 +132,15 @@ type Stream struct {
 	d   Deliverer
 	log *slog.Logger
 
-	standbyEvery time.Duration
+	standbyEvery, unavailableEvery time.Duration
+
+	// switched is signalled when the stream finds itself on another server
+	// than before (a failover): see Switched.
+	switched chan struct{}
+	server   server // the server last followed; used by Run's goroutine only
+	// afterSwitch: the session reached another server and has not
+	// streamed from it yet; used by Run's goroutine only.
+	afterSwitch bool
 
 	streaming atomic.Bool
 	shedding  atomic.Bool  // the last hand-off was dropped
@@ -144,10 +164,19 @@ func New(cfg Config, d Deliverer, log *slog.Logger) *Stream {
 	}
 	return &Stream{
 		cfg: cfg, d: d, log: log.With("slot", cfg.Slot),
-		standbyEvery: standbyRetry,
-		state:        State{Role: RoleDown},
+		standbyEvery: standbyRetry, unavailableEvery: unavailableRetry,
+		switched: make(chan struct{}, 1),
+		state:    State{Role: RoleDown},
 	}
 }
+
+// Switched is signalled when the stream reconnects to another server than
+// the one it followed (another system identifier or timeline: a promoted
+// standby), and again once the stream streams from it. Rows whose
+// announcement the switch cut, and rows committed on the new server before
+// its new slot began, are in the table only: the sweeper should sweep at
+// once, fresh rows included, rather than at its next tick.
+func (s *Stream) Switched() <-chan struct{} { return s.switched }
 
 // Streaming reports whether this process holds the slot, receives changes
 // and hands every insert to the deliverer: false as well for a few seconds
@@ -213,38 +242,27 @@ func (s *Stream) Run(ctx context.Context) error {
 	defer wg.Wait()
 
 	backoff := newBackoff()
+	unavailable := false
 	for {
-		streamed, err := s.session(ctx, conf, h)
+		var streamed time.Duration
+		var err error
+		if unavailable {
+			// Check before a session, so that a server that still cannot
+			// stream is not asked to make a publication or a slot.
+			err = s.checkServer(ctx, conf)
+		}
+		if err == nil {
+			streamed, err = s.session(ctx, conf, h)
+		}
 		s.streaming.Store(false)
 		if ctx.Err() != nil {
 			s.setState(State{Role: RoleDown})
 			return nil
 		}
-		var wait time.Duration
-		var sb *errStandby
-		switch {
-		case errors.As(err, &sb):
-			if s.transition(RoleStandby, RoleStandby, "") {
-				s.log.Info("replication: the slot is held by another process; standing by",
-					"holder_pid", sb.pid, "retry_every", s.standbyEvery.String())
-			}
-			backoff = newBackoff()
-			wait = s.standbyEvery
-		case errors.Is(err, errInRecovery):
-			if s.transition(RoleDown, "recovery", err.Error()) {
-				s.log.Warn("replication: " + err.Error())
-			}
-			wait, _ = backoff.Next()
-		default:
-			if streamed >= resetAfter {
-				backoff = newBackoff()
-			}
-			msg := s.redact(err)
-			if s.transition(RoleDown, RoleDown, msg) {
-				s.log.Warn("replication stream down; reconnecting with backoff", "error", msg)
-			}
-			wait, _ = backoff.Next()
-		}
+		err = s.classify(ctx, conf, err)
+		var un *errUnavailable
+		unavailable = errors.As(err, &un)
+		wait := s.wait(err, streamed, &backoff)
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
@@ -254,6 +272,67 @@ func (s *Stream) Run(ctx context.Context) error {
 		case <-t.C:
 		}
 	}
+}
+
+// classify tells a session that failed because the server cannot stream
+// at all (wal_level, privileges) from one that failed for a passing
+// reason: it asks the check, and returns its errUnavailable in the first
+// case, err otherwise.
+func (s *Stream) classify(ctx context.Context, conf dbConfig, err error) error {
+	var sb *errStandby
+	var un *errUnavailable
+	if errors.As(err, &sb) || errors.As(err, &un) || errors.Is(err, errInRecovery) {
+		return err
+	}
+	if cerr := s.checkServer(ctx, conf); errors.As(cerr, &un) {
+		return cerr
+	}
+	return err
+}
+
+// checkServer runs the check of check.go within checkTimeout.
+func (s *Stream) checkServer(ctx context.Context, conf dbConfig) error {
+	cctx, cancel := context.WithTimeout(ctx, checkTimeout)
+	defer cancel()
+	return check(cctx, s.cfg, conf)
+}
+
+// wait records the state a session ended in, logs each change of state
+// once, and says how long to wait before the next session.
+func (s *Stream) wait(err error, streamed time.Duration, backoff *retry.Backoff) time.Duration {
+	var sb *errStandby
+	var un *errUnavailable
+	switch {
+	case errors.As(err, &sb):
+		if s.transition(RoleStandby, RoleStandby, "") {
+			s.log.Info("replication: the slot is held by another process; standing by",
+				"holder_pid", sb.pid, "retry_every", s.standbyEvery.String())
+		}
+		*backoff = newBackoff()
+		return s.standbyEvery
+	case errors.As(err, &un):
+		msg := s.redact(err)
+		if s.transition(RoleUnavailable, RoleUnavailable, msg) {
+			s.log.Warn("replication: logical replication is unavailable on this server; delivering sweep-only",
+				"reason", msg, "check_every", s.unavailableEvery.String())
+		}
+		*backoff = newBackoff()
+		return s.unavailableEvery
+	case errors.Is(err, errInRecovery):
+		if s.transition(RoleDown, "recovery", err.Error()) {
+			s.log.Warn("replication: " + err.Error())
+		}
+	default:
+		if streamed >= resetAfter {
+			*backoff = newBackoff()
+		}
+		msg := s.redact(err)
+		if s.transition(RoleDown, RoleDown, msg) {
+			s.log.Warn("replication stream down; reconnecting with backoff", "error", msg)
+		}
+	}
+	wait, _ := (*backoff).Next()
+	return wait
 }
 
 func newBackoff() retry.Backoff {

@@ -228,7 +228,7 @@ func scrape(url, name string) (float64, error) {
 func TestSlotAndPublicationDropped(t *testing.T) {
 	d := newDB(t, pgtest.NewDB(t))
 	rn := newRunner(t)
-	startRelay(t, relayEnv(d, rn))
+	_, metrics := withMetrics(t, d, rn)
 	in := startInserter(t, d, 200, 2)
 	ctx := context.Background()
 	// A slot being created is active too, with no confirmed_flush_lsn until
@@ -242,7 +242,9 @@ func TestSlotAndPublicationDropped(t *testing.T) {
 			WHERE slot_name = 'outbox_relay' AND active AND confirmed_flush_lsn IS NOT NULL`).Scan(&n)
 		return n == 1
 	}
-	pgtest.WaitFor(t, 30*time.Second, "the stream", active)
+	// Streaming, not just active: a slot being created is active too, and
+	// a drop loop that ends every creation would never find one to drop.
+	pgtest.WaitFor(t, 30*time.Second, "the stream", func() bool { return streaming(metrics) })
 	exec := func(sql string) error { _, err := d.pool.Exec(ctx, sql); return err }
 	// The walsender holds the slot until it exits: terminate it, then
 	// drop, and retry while the relay wins the race to take it again.

@@ -113,10 +113,10 @@ func (m *Metrics) WatchCDC(state func() CDCState) {
 	m.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: namespace, Name: "cdc_connected", Help: "1 while the replication connection streams.",
 	}, func() float64 { return b2f(state().Connected) }))
-	for _, r := range []string{"streamer", "standby", "down"} {
+	for _, r := range []string{"streamer", "standby", "down", "unavailable"} {
 		m.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: namespace, Name: "cdc_role", ConstLabels: prometheus.Labels{"role": r},
-			Help: "1 for the current role: streamer (holds the slot), standby or down.",
+			Help: "1 for the current role: streamer (holds the slot), standby, down, or unavailable (the server cannot stream: sweep-only).",
 		}, func() float64 { return b2f(state().Role == r) }))
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -227,5 +228,29 @@ func TestSlotGuardDropsAnOverLimitSlot(t *testing.T) {
 	srvURL := serve(t, st, m, over)
 	if _, scrape := get(t, srvURL+"/metrics"); metric(t, scrape, "outbox_relay_slot_recreated_total") != 1 {
 		t.Error("slot_recreated_total not counted")
+	}
+}
+
+// cdc_enabled follows the stream: 0 while the server cannot stream (the
+// relay is sweep-only, so no alert should wait for a slot), 1 once it can.
+func TestCDCEnabledFollowsTheStream(t *testing.T) {
+	t.Parallel()
+	st := newStore(t, pgtest.NewDB(t))
+	m := monitor.NewMetrics()
+	var mu sync.Mutex
+	state := monitor.CDCState{Role: "unavailable"}
+	cdc := func() monitor.CDCState { mu.Lock(); defer mu.Unlock(); return state }
+	m.WatchCDC(cdc)
+	w := monitor.NewWatcher(monitor.WatchConfig{Interval: time.Hour, CDC: cdc}, st, m, quiet)
+	base := serve(t, st, m, w)
+	for _, want := range []string{"0", "1"} {
+		w.RunOnce(context.Background())
+		if _, body := get(t, base+"/metrics"); !strings.Contains(body, "\noutbox_relay_cdc_enabled "+want+"\n") ||
+			!strings.Contains(body, `outbox_relay_cdc_role{role="`+state.Role+`"} 1`) {
+			t.Errorf("with role %s, want cdc_enabled %s and the role's gauge at 1:\n%s", state.Role, want, body)
+		}
+		mu.Lock()
+		state = monitor.CDCState{Enabled: true, Connected: true, Role: "streamer"}
+		mu.Unlock()
 	}
 }
