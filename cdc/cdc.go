@@ -97,9 +97,12 @@ const (
 	// right after each start still backs off.
 	resetAfter = 5 * time.Second
 
-	// handoffLimit, times BatchSize, is how many ids may wait for the
-	// hand-off goroutine before the reader waits too.
-	handoffLimit = 4
+	// handoffLimit is how many ids may wait for the hand-off goroutine
+	// before the reader waits too. Ids are small (a few MiB at the limit),
+	// and every id dropped waits for a sweep: a burst of single-row
+	// commits, or a runner slow for a few seconds, must fit. Only a
+	// deliverer that stays behind (a runner down or far too slow) fills it.
+	handoffLimit = 1 << 18
 
 	// handoffWait is how long the reader waits for room in a full
 	// hand-off buffer before it leaves the ids to the sweeper. Long enough
@@ -134,10 +137,10 @@ type Stream struct {
 
 	standbyEvery, unavailableEvery time.Duration
 
-	// switched is signalled when the stream finds itself on another server
-	// than before (a failover): see Switched.
-	switched chan struct{}
-	server   server // the server last followed; used by Run's goroutine only
+	// wake is signalled when rows are left in the table that the stream
+	// will not announce: see Wake.
+	wake   chan struct{}
+	server server // the server last followed; used by Run's goroutine only
 	// afterSwitch: the session reached another server and has not
 	// streamed from it yet; used by Run's goroutine only.
 	afterSwitch bool
@@ -165,18 +168,21 @@ func New(cfg Config, d Deliverer, log *slog.Logger) *Stream {
 	return &Stream{
 		cfg: cfg, d: d, log: log.With("slot", cfg.Slot),
 		standbyEvery: standbyRetry, unavailableEvery: unavailableRetry,
-		switched: make(chan struct{}, 1),
-		state:    State{Role: RoleDown},
+		wake:  make(chan struct{}, 1),
+		state: State{Role: RoleDown},
 	}
 }
 
-// Switched is signalled when the stream reconnects to another server than
-// the one it followed (another system identifier or timeline: a promoted
-// standby), and again once the stream streams from it. Rows whose
-// announcement the switch cut, and rows committed on the new server before
-// its new slot began, are in the table only: the sweeper should sweep at
-// once, fresh rows included, rather than at its next tick.
-func (s *Stream) Switched() <-chan struct{} { return s.switched }
+// Wake is signalled when rows are in the table that the stream will not
+// hand to the deliverer, so the sweeper should sweep at once, fresh rows
+// included, rather than at its next tick:
+//   - the stream reconnected to another server than the one it followed
+//     (another system identifier or timeline: a promoted standby), and
+//     again once it streams from it: rows whose announcement the switch
+//     cut, and rows committed there before the new slot began;
+//   - the stream dropped ids because the deliverer stayed behind, or a
+//     hand-off to the deliverer failed.
+func (s *Stream) Wake() <-chan struct{} { return s.wake }
 
 // Streaming reports whether this process holds the slot, receives changes
 // and hands every insert to the deliverer: false as well for a few seconds
@@ -192,6 +198,7 @@ func (s *Stream) shed(dropped bool, n int) {
 	switch {
 	case dropped:
 		s.lastShed.Store(time.Now().UnixNano())
+		signal(s.wake)
 		if !was {
 			s.log.Warn("replication: the deliverer is not keeping up; new rows are left to the sweeper", "ids", n)
 		}
@@ -236,7 +243,7 @@ func (s *Stream) Run(ctx context.Context) error {
 	s.password = conf.sql.Password
 	s.mu.Unlock()
 
-	h := newHandoff(handoffLimit * s.cfg.BatchSize)
+	h := newHandoff(handoffLimit)
 	var wg sync.WaitGroup
 	wg.Go(func() { s.handOff(ctx, h) })
 	defer wg.Wait()

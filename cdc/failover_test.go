@@ -32,7 +32,7 @@ func TestFollowsPromotedStandby(t *testing.T) {
 	pair := pgtest.StartPair(t, true)
 	b, rec, s := streamingAt(t, pair.URL("postgres"))
 	select {
-	case <-s.Switched():
+	case <-s.Wake():
 		t.Fatal("Switched signalled before any switch")
 	default:
 	}
@@ -44,7 +44,7 @@ func TestFollowsPromotedStandby(t *testing.T) {
 		t.Fatal(err)
 	}
 	select {
-	case <-s.Switched():
+	case <-s.Wake():
 	case <-time.After(30 * time.Second):
 		t.Fatal("Switched not signalled within 30s of the promotion")
 	}

@@ -128,7 +128,7 @@ func (s *Stream) identify(ctx context.Context, conn *pgconn.PgConn) error {
 		s.log.Warn("replication: now following another server (a failover?); sweeping at once",
 			"system_id", now.systemID, "timeline", now.timeline, "host", now.host,
 			"previous_system_id", was.systemID, "previous_timeline", was.timeline, "previous_host", was.host)
-		signal(s.switched)
+		signal(s.wake)
 		s.afterSwitch = true
 	}
 	return nil
@@ -152,7 +152,7 @@ func (s *Stream) begin(ctx context.Context, conn *pgconn.PgConn, start startPoin
 func (s *Stream) streamsAfterSwitch() {
 	if s.afterSwitch {
 		s.afterSwitch = false
-		signal(s.switched)
+		signal(s.wake)
 	}
 }
 

@@ -136,7 +136,7 @@ func sweepConfig(cfg config.Config, stream *cdc.Stream, metrics *monitor.Metrics
 			}
 			return 0
 		}
-		c.Wake = stream.Switched()
+		c.Wake = stream.Wake()
 	}
 	return c
 }
