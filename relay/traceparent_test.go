@@ -13,14 +13,14 @@ func TestValidTraceparent(t *testing.T) {
 		"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00":     true, // not sampled
 		"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01":     true, // a later version
 		"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-xyz": true, // with a field of its own
-		"":              false,
-		"not a trace":   false,
-		ok[:54]:         false,
-		ok + "-":        false, // version 00 has no more fields
-		ok + " ":        false,
-		" " + ok[:54]:   false,
-		"ff" + ok[2:]:   false, // version ff is invalid
-		"0g" + ok[2:]:   false,
+		"":            false,
+		"not a trace": false,
+		ok[:54]:       false,
+		ok + "-":      false, // version 00 has no more fields
+		ok + " ":      false,
+		" " + ok[:54]: false,
+		"ff" + ok[2:]: false, // version ff is invalid
+		"0g" + ok[2:]: false,
 		"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01":      false, // upper case
 		"00-00000000000000000000000000000000-00f067aa0ba902b7-01":      false, // zero trace id
 		"00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01":      false, // zero parent id
