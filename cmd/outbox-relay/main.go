@@ -41,7 +41,7 @@ commands:
   migrate   create the outbox table, its index and publication (--print shows the SQL)
   check     preflight of the database and the runner, one line per item (--json, --fix)
   status    summary of the outbox and the replication slot (--json)
-  requeue   move dead rows back to pending (--id, --type, --since, --dry-run)
+  requeue   move dead rows back to pending, or delivered ones to send again (--status, --limit, --dry-run)
   version   print the version
 
 Settings are environment variables only:
