@@ -188,7 +188,7 @@ func TestSpanPerAttempt(t *testing.T) {
 	for _, s := range spans {
 		attrs := map[string]string{}
 		for _, kv := range s.Attributes {
-			attrs[string(kv.Key)] = kv.Value.Emit()
+			attrs[string(kv.Key)] = kv.Value.String()
 		}
 		event := attrs["outbox.event_id"]
 		attempts[event] = append(attempts[event], attrs["outbox.attempt"]+":"+attrs["outbox.outcome"]+":"+attrs["http.response.status_code"])

@@ -11,9 +11,8 @@ import (
 // with them unmapped the claim is the statement it always was.
 func TestClaimReturnsTraceContext(t *testing.T) {
 	t.Parallel()
+	pool, table := openPool(t), Table{Schema: "public", Name: "traced"}
 	ctx := context.Background()
-	pool := openPool(t)
-	table := Table{Schema: "public", Name: "traced"}
 	if _, err := Migrate(ctx, pool, DefaultSchema(table), ""); err != nil {
 		t.Fatal(err)
 	}
