@@ -8,9 +8,11 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-retryablehttp"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/outbox-relay/outbox-relay/internal/store"
 )
@@ -34,6 +36,8 @@ type Config struct {
 	// ShutdownGrace is how long in-flight POSTs may run on after the
 	// context given to Run is cancelled.
 	ShutdownGrace time.Duration
+	// Tracer makes a span of every attempt; nil makes none, at no cost.
+	Tracer trace.Tracer
 }
 
 // Attempt is one finished POST, for metrics.
@@ -44,11 +48,12 @@ type Attempt struct {
 	Age      time.Duration // created_at to now, meaningful when delivered
 }
 
-// Observer is told of every attempt and of every write the database
-// refused; it must not block.
+// Observer is told of every attempt, of every write the database refused
+// and of every trace context header dropped as invalid; it must not block.
 type Observer interface {
 	ObserveAttempt(Attempt)
 	ObserveWriteError(statement string)
+	ObserveTraceContextInvalid(header string)
 }
 
 const (
@@ -99,6 +104,8 @@ type Deliverer struct {
 	// queueing is held for reading while a claimer puts jobs on the queue,
 	// so that Run can tell when no claimer will send on jobs again.
 	queueing sync.RWMutex
+	// warnedTrace is set once an invalid trace context has been logged.
+	warnedTrace atomic.Bool
 }
 
 type job struct {
@@ -373,13 +380,26 @@ func (d *Deliverer) work(ctx context.Context) (unsent []store.Row) {
 // POST was cut short by the end of the shutdown grace.
 func (d *Deliverer) attempt(ctx context.Context, j job) (res store.Result, sent bool) {
 	r := &j.row
+	if r.Traceparent != "" {
+		d.checkTraceContext(r)
+	}
+	var span trace.Span
+	if d.cfg.Tracer != nil {
+		ctx, span = d.startSpan(ctx, &j)
+	}
 	start := time.Now()
 	ans := d.post(ctx, r)
 	took := time.Since(start)
 	if ans.err != nil && ctx.Err() != nil {
+		if span != nil {
+			endSpan(span, start, ans, outcomeUnsent, "")
+		}
 		return store.Result{}, false
 	}
 	res, outcome := decide(r, ans, d.cfg.MaxAttempts, d.cfg.Backoff, time.Now())
+	if span != nil {
+		endSpan(span, start, ans, outcome, res.Error)
+	}
 	d.observe(Attempt{Path: j.path, Outcome: outcome, Duration: took, Age: time.Since(r.CreatedAt)})
 	if res.Status == store.StatusDead {
 		d.log.Warn("event dead-lettered", "id", r.ID, "event_id", r.EventID, "type", r.Type, "attempts", r.Attempt, "reason", res.Error)
@@ -395,3 +415,5 @@ type nopObserver struct{}
 
 func (nopObserver) ObserveAttempt(Attempt)   {}
 func (nopObserver) ObserveWriteError(string) {}
+
+func (nopObserver) ObserveTraceContextInvalid(string) {}

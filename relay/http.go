@@ -85,6 +85,9 @@ func (d *Deliverer) post(ctx context.Context, r *store.Row) answer {
 	if d.cfg.Token != "" {
 		h.Set("Authorization", "Bearer "+d.cfg.Token)
 	}
+	if r.Traceparent != "" {
+		setTraceHeaders(h, r)
+	}
 	resp, err := d.client.Do(req)
 	if err != nil {
 		return answer{err: describe(err)}

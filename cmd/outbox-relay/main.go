@@ -41,12 +41,19 @@ commands:
   migrate   create the outbox table, its index and publication (--print shows the SQL)
   check     preflight of the database and the runner, one line per item (--json, --fix)
   status    summary of the outbox and the replication slot (--json)
-  requeue   move dead rows back to pending (--id, --type, --since, --dry-run)
+  requeue   move dead rows back to pending, or delivered ones to send again (--status, --limit, --dry-run)
   version   print the version
 
 Settings are environment variables only:
 `
 )
+
+// tracingSummary closes --help: the OpenTelemetry variables are the
+// standard ones, not RELAY_*.
+const tracingSummary = `
+Tracing: OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT exports a
+span per attempt over OTLP/HTTP (OTEL_SERVICE_NAME, default outbox-relay); see the README.
+`
 
 // usageError is a mistake on the command line or in the settings: exit 2.
 type usageError struct{ err error }
@@ -63,12 +70,12 @@ func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) 
 	}
 	for _, a := range args {
 		if a == "-h" || a == "--help" || a == "-help" {
-			fmt.Fprint(stdout, usageSummary+config.Help())
+			fmt.Fprint(stdout, usageSummary+config.Help()+tracingSummary)
 			return exitOK
 		}
 	}
 	if cmd == "help" {
-		fmt.Fprint(stdout, usageSummary+config.Help())
+		fmt.Fprint(stdout, usageSummary+config.Help()+tracingSummary)
 		return exitOK
 	}
 	var err error

@@ -50,7 +50,14 @@ func runRelay(ctx context.Context, args, environ []string, stderr io.Writer) err
 	}
 	st := store.New(pool, schema)
 	metrics := monitor.NewMetrics()
-	d := relay.New(delivererConfig(cfg), st, log, metrics)
+	tracing, err := startTracing(ctx, cfg.Tracing, log)
+	if err != nil {
+		return err
+	}
+	defer tracing.stop(cfg.ShutdownGrace)
+	dcfg := delivererConfig(cfg)
+	dcfg.Tracer = tracing.tracer()
+	d := relay.New(dcfg, st, log, metrics)
 	stream, err := startupCDC(ctx, cfg, d, log)
 	if err != nil {
 		return err

@@ -59,6 +59,8 @@ type Config struct {
 	StatusValues string `env:"STATUS_VALUES" help:"stored status values: pending=…,delivered=…,dead=… (default pending, delivered, dead)"`
 
 	Parsed
+
+	otel map[string]string // the OTEL_* variables of tracingVars, for validateTracing
 }
 
 // Parsed are the values Load derives from the variables, so that nothing
@@ -72,6 +74,7 @@ type Parsed struct {
 	Statuses   store.Statuses
 	SigningKey []byte // nil: no Standard Webhooks signature
 	Level      slog.Level
+	Tracing    Tracing
 }
 
 // Need says what a command needs of the settings: Load validates that much.
@@ -91,7 +94,12 @@ type Error struct {
 	Msg string
 }
 
-func (e *Error) Error() string { return Prefix + e.Var + ": " + e.Msg }
+func (e *Error) Error() string {
+	if strings.HasPrefix(e.Var, "OTEL_") { // OpenTelemetry's own names have no prefix
+		return e.Var + ": " + e.Msg
+	}
+	return Prefix + e.Var + ": " + e.Msg
+}
 
 // Load reads the settings from environ (KEY=VALUE pairs, as os.Environ
 // returns them), checks what need asks for and fills in the parsed values.
@@ -118,6 +126,10 @@ func Read(environ []string) (Config, error) {
 		}
 	}
 	var c Config
+	c.otel = map[string]string{}
+	for _, k := range tracingVars {
+		c.otel[k] = m[k]
+	}
 	err := env.ParseWithOptions(&c, env.Options{Environment: m, Prefix: Prefix})
 	if err == nil {
 		return c, nil
@@ -159,7 +171,7 @@ func (c *Config) Validate(need Need) error {
 	if need == NeedDatabase {
 		return nil
 	}
-	for _, check := range []func() error{c.validateRunner, c.validateReplication, c.validateTimings, c.validateSizes, c.validateOutput} {
+	for _, check := range []func() error{c.validateRunner, c.validateReplication, c.validateTimings, c.validateSizes, c.validateOutput, c.validateTracing} {
 		if err := check(); err != nil {
 			return err
 		}
@@ -201,7 +213,7 @@ func (c *Config) validateRunner() error {
 	if c.RunnerURL == "" {
 		return &Error{"RUNNER_URL", "is required"}
 	}
-	if err := checkRunnerURL(c.RunnerURL); err != nil {
+	if err := checkHTTPURL(c.RunnerURL); err != nil {
 		return &Error{"RUNNER_URL", err.Error()}
 	}
 	c.SigningKey = nil
@@ -328,7 +340,9 @@ func parseDatabaseURL(s string) (*pgxpool.Config, error) {
 	return db, nil
 }
 
-func checkRunnerURL(s string) error {
+// checkHTTPURL checks an absolute http(s) URL with a host; its errors show
+// the URL without its password.
+func checkHTTPURL(s string) error {
 	u, err := url.Parse(s)
 	if err != nil {
 		return errors.New("is not a valid URL")

@@ -22,10 +22,10 @@ func TestDefaults(t *testing.T) {
 	}
 	if c.DB == nil || c.DB.ConnConfig.Password != "s3cret-pw" || c.Table.String() != "public.portal_event_outbox" ||
 		c.Columns.String() != store.DefaultColumns().String() || c.Statuses != store.DefaultStatuses() ||
-		c.SigningKey != nil || c.Level != slog.LevelInfo {
+		c.SigningKey != nil || c.Level != slog.LevelInfo || c.Tracing != (Tracing{ServiceName: "outbox-relay"}) {
 		t.Errorf("parsed values: %+v", c.Parsed)
 	}
-	c.Parsed = Parsed{}
+	c.Parsed, c.otel = Parsed{}, nil
 	want := Config{
 		DatabaseURL: "postgres://relay:s3cret-pw@127.0.0.1:5432/app", RunnerURL: "http://127.0.0.1:8000/hooks",
 		OutboxTable: "public.portal_event_outbox", SlotName: "outbox_relay", Publication: "outbox_relay", CDC: "auto",

@@ -31,6 +31,8 @@ type Metrics struct {
 
 	writeErrors *prometheus.CounterVec
 
+	traceContextInvalid *prometheus.CounterVec
+
 	lastSweep, lastSweepDuration prometheus.Gauge
 	retentionDeleted             prometheus.Counter
 }
@@ -64,6 +66,12 @@ func NewMetrics() *Metrics {
 		writeErrors: f.counterVec("write_errors_total",
 			"Writes of one row the database refused (a constraint, a trigger, row-level security), by statement (claim, record, release); each is retried with backoff while the other rows flow.",
 			"statement"),
+		traceContextInvalid: f.counterVec("trace_context_invalid_total",
+			"Trace context values of rows dropped as invalid W3C (the event is sent without them), by header (traceparent, tracestate).",
+			"header"),
+	}
+	for _, h := range []string{relay.HeaderTraceparent, relay.HeaderTracestate} {
+		m.traceContextInvalid.WithLabelValues(h) // present at 0 from the start
 	}
 	for _, s := range []string{relay.StatementClaim, relay.StatementRecord, relay.StatementRelease} {
 		m.writeErrors.WithLabelValues(s) // present at 0 from the start
@@ -93,6 +101,12 @@ func (m *Metrics) ObserveAttempt(a relay.Attempt) {
 // ObserveWriteError counts a write the database refused; it implements
 // relay.Observer.
 func (m *Metrics) ObserveWriteError(statement string) { m.writeErrors.WithLabelValues(statement).Inc() }
+
+// ObserveTraceContextInvalid counts a trace context header dropped as
+// invalid; it implements relay.Observer.
+func (m *Metrics) ObserveTraceContextInvalid(header string) {
+	m.traceContextInvalid.WithLabelValues(header).Inc()
+}
 
 // ObserveSweep records a sweep pass.
 func (m *Metrics) ObserveSweep(p sweeper.Pass) {

@@ -44,6 +44,10 @@ type Row struct {
 	Payload   json.RawMessage // the stored JSON text, sent as it is
 	CreatedAt time.Time
 	Attempt   int // this attempt's number, 1 for the first
+	// Traceparent and Tracestate are the W3C trace context the application
+	// stored with the event, as stored (unchecked); empty when the roles
+	// are not mapped or the row has none.
+	Traceparent, Tracestate string
 }
 
 // Result is the outcome of one attempt, to be recorded.
@@ -64,6 +68,7 @@ type Store struct {
 	schema *Schema
 
 	claimIDs, claimDue, dueIDs, record, release, nextDue string
+	traceCols                                            int // see Schema.traceColumns
 }
 
 // Configure sets what the relay's sessions need on a pool configuration.
@@ -108,10 +113,11 @@ RETURNING o.{id}::text, o.{event_id}::text, o.{event_type}::text, coalesce(o.{pa
 	coalesce(o.{created_at}::timestamptz, now()), o.{attempts}::int, o.{status} = {dead}`
 	const due = "AND ({attempts} > 0 OR {next_attempt_at} <= now() - $4::float8 * interval '1 second')"
 	return &Store{
-		pool:     pool,
-		schema:   schema,
-		claimIDs: x(fmt.Sprintf(claim, "AND {id} = ANY($4::text[]::{idtype}[])")),
-		claimDue: x(fmt.Sprintf(claim, due)),
+		pool:      pool,
+		schema:    schema,
+		traceCols: schema.traceColumns(),
+		claimIDs:  x(fmt.Sprintf(claim, "AND {id} = ANY($4::text[]::{idtype}[])") + schema.traceReturning()),
+		claimDue:  x(fmt.Sprintf(claim, due) + schema.traceReturning()),
 		dueIDs: x(`SELECT {id}::text FROM {table}
 	WHERE {status} = {pending} AND {next_attempt_at} <= now() ` + strings.ReplaceAll(due, "$4", "$2") + `
 		AND NOT {id} = ANY($3::text[]::{idtype}[])
@@ -213,7 +219,7 @@ func (s *Store) claim(ctx context.Context, c *Claim, sql string, lease time.Dura
 	var got Claim
 	for rows.Next() {
 		var cr claimedRow
-		if err := rows.Scan(&cr.id, &cr.eventID, &cr.eventType, &cr.payload, &cr.createdAt, &cr.attempt, &cr.buried); err != nil {
+		if err := s.scanClaimed(rows, &cr); err != nil {
 			return fmt.Errorf("claim: %w", err)
 		}
 		r, res := s.schema.read(cr)
@@ -240,6 +246,8 @@ type claimedRow struct {
 	createdAt          time.Time
 	attempt            int
 	buried             bool
+	// trace context, read only when its roles are mapped
+	traceparent, tracestate *string
 }
 
 // read turns a claimed row into one to send, or into a dead result when it
@@ -260,6 +268,12 @@ func (s *Schema) read(c claimedRow) (Row, *Result) {
 	}
 	r := Row{ID: c.id, EventID: *c.eventID, Type: *c.eventType, Payload: json.RawMessage(c.payload),
 		CreatedAt: c.createdAt, Attempt: c.attempt}
+	if c.traceparent != nil {
+		r.Traceparent = *c.traceparent
+		if c.tracestate != nil {
+			r.Tracestate = *c.tracestate
+		}
+	}
 	if s.Columns[RolePayload].Type == "text" && !json.Valid(r.Payload) {
 		// Text that is not JSON is sent as a JSON string of itself.
 		q, _ := json.Marshal(c.payload)
