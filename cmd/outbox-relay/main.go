@@ -7,6 +7,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -54,6 +55,25 @@ const tracingSummary = `
 Tracing: OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT exports a
 span per attempt over OTLP/HTTP (OTEL_SERVICE_NAME, default outbox-relay); see the README.
 `
+
+// newFlags is the flag set of a subcommand, writing its errors to stderr.
+func newFlags(cmd string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	return fs
+}
+
+// parseFlags parses a subcommand's flags and refuses positional
+// arguments: settings are RELAY_* variables, never arguments.
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		return usageError{err}
+	}
+	if fs.NArg() > 0 {
+		return usageError{fmt.Errorf("%s takes flags only, got %q", fs.Name(), fs.Arg(0))}
+	}
+	return nil
+}
 
 // usageError is a mistake on the command line or in the settings: exit 2.
 type usageError struct{ err error }

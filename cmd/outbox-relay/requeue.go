@@ -14,8 +14,7 @@ import (
 )
 
 func runRequeue(ctx context.Context, args, environ []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("requeue", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlags("requeue", stderr)
 	var f store.RequeueFilter
 	fs.Func("id", "row id to requeue, as the id column holds it (repeat, or comma-separated)", func(s string) error {
 		for _, part := range strings.Split(s, ",") {
@@ -44,10 +43,10 @@ func runRequeue(ctx context.Context, args, environ []string, stdout, stderr io.W
 	limit := fs.Int("limit", -1, fmt.Sprintf("requeue at most this many rows, the oldest first (default: all dead rows, %d delivered ones)", deliveredLimit))
 	all := fs.Bool("all", false, "requeue every row of the status (needed when no other filter is given)")
 	dryRun := fs.Bool("dry-run", false, "count the rows, change nothing")
-	if err := fs.Parse(args); err != nil {
-		return usageError{err}
+	if err := parseFlags(fs, args); err != nil {
+		return err
 	}
-	if err := checkRequeue(fs, &f, *limit, *all); err != nil {
+	if err := checkRequeue(&f, *limit, *all); err != nil {
 		return usageError{err}
 	}
 	cfg, err := config.Load(environ, config.NeedDatabase)
@@ -91,10 +90,7 @@ const deliveredLimit = 1000
 
 // checkRequeue checks the flags and sets the limit: given, or the
 // default of the status.
-func checkRequeue(fs *flag.FlagSet, f *store.RequeueFilter, limit int, all bool) error {
-	if fs.NArg() > 0 {
-		return fmt.Errorf("requeue takes flags only, got %q", fs.Arg(0))
-	}
+func checkRequeue(f *store.RequeueFilter, limit int, all bool) error {
 	if f.Status != store.StatusDead && f.Status != store.StatusDelivered {
 		return fmt.Errorf("--status must be dead or delivered, not %q", f.Status)
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"time"
@@ -37,12 +36,11 @@ func (errDegraded) Error() string { return "degraded" }
 //     inactive, its wal_status is unreserved or lost, or it retains more
 //     than RELAY_SLOT_WARN_BYTES.
 func runStatus(ctx context.Context, args, environ []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("status", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlags("status", stderr)
 	asJSON := fs.Bool("json", false, "print JSON")
 	maxAge := fs.Duration("max-pending-age", 5*time.Minute, "oldest pending row allowed before status is degraded")
-	if err := fs.Parse(args); err != nil {
-		return usageError{err}
+	if err := parseFlags(fs, args); err != nil {
+		return err
 	}
 	cfg, err := config.Load(environ, config.NeedDatabase)
 	if err != nil {
