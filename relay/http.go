@@ -49,11 +49,15 @@ func newClient(cfg Config) *retryablehttp.Client {
 	return c
 }
 
+// oneTry marks the context of a request that must not be retried in
+// process: a probe of a runner that is down is one connection.
+type oneTry struct{}
+
 // retryConnectionErrors retries in process only when there is no answer at
 // all and no timeout: an answer, even a 503, goes back to the table with a
 // backoff, and a timeout has already spent the attempt's time.
 func retryConnectionErrors(ctx context.Context, resp *http.Response, err error) (bool, error) {
-	if ctx.Err() != nil || err == nil {
+	if ctx.Err() != nil || err == nil || ctx.Value(oneTry{}) != nil {
 		return false, nil
 	}
 	var ne net.Error
@@ -63,8 +67,12 @@ func retryConnectionErrors(ctx context.Context, resp *http.Response, err error) 
 	return true, nil
 }
 
-// post sends one row to the runner and reads what it answered.
-func (d *Deliverer) post(ctx context.Context, r *store.Row) answer {
+// post sends one row to the runner and reads what it answered; a probe
+// is not retried in process.
+func (d *Deliverer) post(ctx context.Context, r *store.Row, probe bool) answer {
+	if probe {
+		ctx = context.WithValue(ctx, oneTry{}, true)
+	}
 	// A fresh buffer per request: the transport may still be reading the
 	// body when Do returns (an early answer), so it cannot be reused.
 	body := appendBody(make([]byte, 0, 160+len(r.Type)+len(r.Payload)), r)

@@ -51,6 +51,7 @@ func runRelay(ctx context.Context, args, environ []string, stderr io.Writer) err
 	st := store.New(pool, schema)
 	metrics := monitor.NewMetrics()
 	d := relay.New(delivererConfig(cfg), st, log, metrics)
+	metrics.WatchRunner(d.Runner)
 	stream, err := startupCDC(ctx, cfg, d, log)
 	if err != nil {
 		return err
@@ -118,6 +119,7 @@ func delivererConfig(cfg config.Config) relay.Config {
 		MaxAttempts:   cfg.MaxAttempts,
 		Backoff:       relay.Backoff{Base: cfg.BackoffBase, Max: cfg.BackoffMax, Jitter: cfg.BackoffJitter},
 		ShutdownGrace: cfg.ShutdownGrace,
+		ProbeMax:      cfg.ProbeMax,
 	}
 }
 
