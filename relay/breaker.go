@@ -114,6 +114,9 @@ type breaker struct {
 	limit atomic.Int32
 	calm  atomic.Bool // closed, no failure streak, full limit
 
+	// Connection errors in the current second, for blip.
+	blipSecond, blips atomic.Int64
+
 	mu          sync.Mutex
 	state       string
 	since       time.Time
@@ -141,8 +144,8 @@ func newBreaker(log *slog.Logger, concurrency int, probeMax time.Duration, wake 
 	return b
 }
 
-// admit reports whether rows may be claimed and sent now: the breaker is
-// closed and no Retry-After pause runs.
+// admit reports whether rows may be claimed now: the breaker is closed
+// and no Retry-After pause runs.
 func (b *breaker) admit() bool {
 	h := b.hold.Load()
 	if h == 0 {
@@ -153,6 +156,27 @@ func (b *breaker) admit() bool {
 	}
 	b.hold.CompareAndSwap(h, 0) // the pause is over
 	return true
+}
+
+// down reports whether the breaker is open or probing: rows claimed
+// before are not sent but given back.
+func (b *breaker) down() bool { return b.hold.Load() == holdOpen }
+
+// quickRetriesPerSecond bounds the in-process retries of connection
+// errors: enough for a stale keep-alive connection or a lone reset, too
+// few to multiply the first wave of requests to a runner that just died.
+const quickRetriesPerSecond = 2
+
+// blip reports whether a connection error may be retried in process: the
+// breaker is calm and few errors came this second. Called on errors only.
+func (b *breaker) blip(now time.Time) bool {
+	if !b.calm.Load() {
+		return false
+	}
+	if sec := now.Unix(); b.blipSecond.Swap(sec) != sec {
+		b.blips.Store(0)
+	}
+	return b.blips.Add(1) <= quickRetriesPerSecond
 }
 
 // await returns once worker i is within the concurrency limit, or stop is

@@ -127,7 +127,6 @@ func New(cfg Config, st *store.Store, log *slog.Logger, obs Observer) *Deliverer
 		store:  st,
 		log:    log,
 		obs:    obs,
-		client: newClient(cfg),
 		rec:    newRecorder(st, log, refuse, cfg.Concurrency),
 		refuse: refuse,
 		// A row normally waits in the queue for milliseconds; one that
@@ -139,6 +138,7 @@ func New(cfg Config, st *store.Store, log *slog.Logger, obs Observer) *Deliverer
 	}
 	d.lease = d.queueBudget + attemptBudget
 	d.brk = newBreaker(log, cfg.Concurrency, cfg.ProbeMax, d.rec.wake)
+	d.client = newClient(cfg, d.quickRetry)
 	return d
 }
 
@@ -329,8 +329,8 @@ func (d *Deliverer) WriteErrors() []WriteError { return d.refuse.list() }
 // enqueue queues the claimed rows for the workers, blocking while the
 // queue is full, and the rows that cannot be sent for the recorder; the
 // rows it cannot queue are released, and so are those left when the
-// runner goes down or asks for a pause meanwhile. probe is the breaker's
-// probe id when the claim was a probe.
+// runner goes down meanwhile. probe is the breaker's probe id when the
+// claim was a probe.
 func (d *Deliverer) enqueue(ctx context.Context, path string, claimedAt time.Time, c store.Claim, probe uint64) error {
 	d.queueing.RLock()
 	defer d.queueing.RUnlock()
@@ -349,7 +349,7 @@ func (d *Deliverer) enqueue(ctx context.Context, path string, claimedAt time.Tim
 		}
 	}
 	for i, r := range rows {
-		if probe == 0 && !d.brk.admit() {
+		if probe == 0 && d.brk.down() {
 			d.release(ctx, rows[i:])
 			return nil
 		}
@@ -425,9 +425,10 @@ func (d *Deliverer) giveBack(ctx context.Context, j job) bool {
 		d.release(ctx, []store.Row{j.row})
 		return true
 	}
-	// The runner went down, or asked for a pause, after the row was
-	// claimed: it waits in the table instead of adding to the load.
-	if j.probe == 0 && !d.brk.admit() {
+	// The runner went down after the row was claimed: it waits in the
+	// table for the runner's return. (A Retry-After pause stops claims
+	// only: what was claimed goes, at the lowered concurrency.)
+	if j.probe == 0 && d.brk.down() {
 		d.release(ctx, []store.Row{j.row})
 		return true
 	}
@@ -439,7 +440,7 @@ func (d *Deliverer) giveBack(ctx context.Context, j job) bool {
 func (d *Deliverer) attempt(ctx context.Context, j job) (res store.Result, sent bool) {
 	r := &j.row
 	start := time.Now()
-	ans := d.post(ctx, r, j.probe != 0)
+	ans := d.post(ctx, r)
 	took := time.Since(start)
 	if ans.err != nil && ctx.Err() != nil {
 		return store.Result{}, false

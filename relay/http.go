@@ -21,7 +21,9 @@ import (
 // reused; a longer answer is cut and its connection closed.
 const maxDrain = 64 << 10
 
-func newClient(cfg Config) *retryablehttp.Client {
+// newClient makes the runner's HTTP client; check decides the quick
+// retries (see quickRetry).
+func newClient(cfg Config, check retryablehttp.CheckRetry) *retryablehttp.Client {
 	tr := &http.Transport{
 		Proxy:                 http.ProxyFromEnvironment,
 		DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
@@ -44,20 +46,16 @@ func newClient(cfg Config) *retryablehttp.Client {
 	c.RetryMax = quickRetries
 	c.RetryWaitMin = 50 * time.Millisecond
 	c.RetryWaitMax = 500 * time.Millisecond
-	c.CheckRetry = retryConnectionErrors
+	c.CheckRetry = check
 	c.ErrorHandler = retryablehttp.PassthroughErrorHandler
 	return c
 }
-
-// oneTry marks the context of a request that must not be retried in
-// process: a probe of a runner that is down is one connection.
-type oneTry struct{}
 
 // retryConnectionErrors retries in process only when there is no answer at
 // all and no timeout: an answer, even a 503, goes back to the table with a
 // backoff, and a timeout has already spent the attempt's time.
 func retryConnectionErrors(ctx context.Context, resp *http.Response, err error) (bool, error) {
-	if ctx.Err() != nil || err == nil || ctx.Value(oneTry{}) != nil {
+	if ctx.Err() != nil || err == nil {
 		return false, nil
 	}
 	var ne net.Error
@@ -67,12 +65,20 @@ func retryConnectionErrors(ctx context.Context, resp *http.Response, err error) 
 	return true, nil
 }
 
-// post sends one row to the runner and reads what it answered; a probe
-// is not retried in process.
-func (d *Deliverer) post(ctx context.Context, r *store.Row, probe bool) answer {
-	if probe {
-		ctx = context.WithValue(ctx, oneTry{}, true)
+// quickRetry retries connection errors in process (retryConnectionErrors)
+// only while they look like a blip: the runner is otherwise healthy, and
+// few connections failed in the last second. When many requests fail at
+// once, or the breaker is open (a probe), the failure goes to the breaker
+// instead of adding connections to a runner that is down.
+func (d *Deliverer) quickRetry(ctx context.Context, resp *http.Response, err error) (bool, error) {
+	if err != nil && !d.brk.blip(time.Now()) {
+		return false, nil
 	}
+	return retryConnectionErrors(ctx, resp, err)
+}
+
+// post sends one row to the runner and reads what it answered.
+func (d *Deliverer) post(ctx context.Context, r *store.Row) answer {
 	// A fresh buffer per request: the transport may still be reading the
 	// body when Do returns (an early answer), so it cannot be reused.
 	body := appendBody(make([]byte, 0, 160+len(r.Type)+len(r.Payload)), r)
