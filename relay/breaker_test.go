@@ -20,12 +20,14 @@ import (
 
 // outage is a Deliverer and a sweeper (the real one, so that its pauses
 // and wake-ups are tested too) against a relaytest.Runner that can go
-// away and come back.
+// away and come back. The runner answers code, slowly (answerSlowly),
+// until a test sets another answer.
 type outage struct {
 	pool *pgxpool.Pool
 	rn   *relaytest.Runner
 	d    *relay.Deliverer
 	logs *relaytest.Buffer
+	code atomic.Int32
 }
 
 func startOutage(t *testing.T, maxAttempts int) *outage {
@@ -50,7 +52,10 @@ func startOutage(t *testing.T, maxAttempts int) *outage {
 	done := make(chan struct{})
 	go func() { defer close(done); _ = s.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
-	return &outage{pool: pool, rn: rn, d: d, logs: logs}
+	o := &outage{pool: pool, rn: rn, d: d, logs: logs}
+	o.code.Store(http.StatusNoContent)
+	rn.SetAnswer(answerSlowly(&o.code))
+	return o
 }
 
 func (o *outage) insert(t *testing.T, typ string, n int) {
@@ -105,9 +110,6 @@ func answerSlowly(code *atomic.Int32) relaytest.Answer {
 func TestBreakerOpensOnRefusedConnections(t *testing.T) {
 	t.Parallel()
 	o := startOutage(t, 3)
-	var code atomic.Int32
-	code.Store(http.StatusNoContent)
-	o.rn.SetAnswer(answerSlowly(&code))
 	if err := o.rn.Refuse(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -151,9 +153,7 @@ func TestBreakerOpensOnRefusedConnections(t *testing.T) {
 func TestBreakerProbesOneAtATime(t *testing.T) {
 	t.Parallel()
 	o := startOutage(t, 3)
-	var code atomic.Int32
-	code.Store(http.StatusServiceUnavailable)
-	o.rn.SetAnswer(answerSlowly(&code))
+	o.code.Store(http.StatusServiceUnavailable)
 	o.insert(t, "t", 100)
 	o.waitState(t, relay.RunnerOpen)
 	// Requests sent before the breaker opened finish in 20 ms, the first
@@ -174,7 +174,7 @@ func TestBreakerProbesOneAtATime(t *testing.T) {
 		t.Errorf("during the outage: %+v, want no dead row and at most 1 attempt counted", f)
 	}
 
-	code.Store(http.StatusNoContent)
+	o.code.Store(http.StatusNoContent)
 	pgtest.WaitFor(t, 30*time.Second, "the breaker to close", func() bool { return o.d.Runner().State == relay.RunnerClosed })
 	o.rn.ResetPeak()
 	pgtest.WaitFor(t, 30*time.Second, "every row to be delivered", func() bool { return o.figures(t).delivered == 100 })
