@@ -15,8 +15,13 @@ type Deliverer interface {
 	// only when older than grace. It bounds its own query time and blocks
 	// while the delivery queue is full.
 	DeliverDue(ctx context.Context, limit int, grace time.Duration) (int, error)
-	// Rescheduled signals that retries were scheduled.
+	// Rescheduled signals that retries were scheduled, or that claiming
+	// resumed.
 	Rescheduled() <-chan struct{}
+	// Paused is how long claiming waits (the runner is down, or asked for
+	// a pause); 0 when it does not. DeliverDue claims nothing meanwhile
+	// but the breaker's probes.
+	Paused() time.Duration
 }
 
 // Queue is what the sweeper needs from store.Store: when to wake up next.
@@ -128,6 +133,12 @@ func (s *Sweeper) pass(ctx context.Context, woken bool) (time.Duration, error) {
 	}
 	if err != nil {
 		return 0, err
+	}
+	// While claiming waits, the next due row does not matter: the sweeper
+	// comes back when the wait ends (the next probe, the end of a pause)
+	// or when Rescheduled says claiming resumed.
+	if p := s.d.Paused(); p > 0 {
+		return max(min(p, s.cfg.Interval), minWait), nil
 	}
 	qctx, cancel := context.WithTimeout(ctx, queryTimeout)
 	defer cancel()

@@ -58,6 +58,7 @@ func runRelay(ctx context.Context, args, environ []string, stderr io.Writer) err
 	dcfg := delivererConfig(cfg)
 	dcfg.Tracer = tracing.tracer()
 	d := relay.New(dcfg, st, log, metrics)
+	metrics.WatchRunner(d.Runner)
 	stream, err := startupCDC(ctx, cfg, d, log)
 	if err != nil {
 		return err
@@ -125,6 +126,7 @@ func delivererConfig(cfg config.Config) relay.Config {
 		MaxAttempts:   cfg.MaxAttempts,
 		Backoff:       relay.Backoff{Base: cfg.BackoffBase, Max: cfg.BackoffMax, Jitter: cfg.BackoffJitter},
 		ShutdownGrace: cfg.ShutdownGrace,
+		ProbeMax:      cfg.ProbeMax,
 	}
 }
 

@@ -45,6 +45,7 @@ type Config struct {
 	MaxAttempts   int           `env:"MAX_ATTEMPTS" envDefault:"25" help:"attempts before a row is marked dead"`
 	HTTPTimeout   time.Duration `env:"HTTP_TIMEOUT" envDefault:"10s" help:"timeout of one POST to the runner"`
 	Concurrency   int           `env:"CONCURRENCY" envDefault:"16" help:"POSTs in flight for the whole process"`
+	ProbeMax      time.Duration `env:"RUNNER_PROBE_MAX" envDefault:"5s" help:"longest wait between probes of a runner that is down (1s at first, doubling)"`
 	BatchSize     int           `env:"BATCH_SIZE" envDefault:"100" help:"rows claimed per sweep query and ids per stream hand-off"`
 	ListenAddr    string        `env:"LISTEN_ADDR" envDefault:":9898" help:"address of /healthz, /readyz and /metrics; off disables"`
 	LogLevel      string        `env:"LOG_LEVEL" envDefault:"info" help:"debug, info, warn or error"`
@@ -264,6 +265,7 @@ var durationBounds = []struct {
 	{"HTTP_TIMEOUT", func(c *Config) time.Duration { return c.HTTPTimeout }, 10 * time.Millisecond, time.Hour},
 	{"SHUTDOWN_TIMEOUT", func(c *Config) time.Duration { return c.ShutdownGrace }, 10 * time.Millisecond, time.Hour},
 	{"STATS_INTERVAL", func(c *Config) time.Duration { return c.StatsInterval }, 100 * time.Millisecond, 24 * time.Hour},
+	{"RUNNER_PROBE_MAX", func(c *Config) time.Duration { return c.ProbeMax }, 100 * time.Millisecond, 10 * time.Minute},
 }
 
 func (c *Config) validateTimings() error {

@@ -135,6 +135,21 @@ func (m *Metrics) WatchCDC(state func() CDCState) {
 	}
 }
 
+// WatchRunner exports the runner breaker's state and the concurrency
+// limit, read at scrape time from state: no cost on the delivery path.
+func (m *Metrics) WatchRunner(state func() relay.RunnerState) {
+	for _, s := range relay.RunnerStates {
+		m.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "runner_state", ConstLabels: prometheus.Labels{"state": s},
+			Help: "1 for the runner breaker's state: closed (delivering), open (runner down, claiming paused) or probing (one probe in flight).",
+		}, func() float64 { return b2f(state().State == s) }))
+	}
+	m.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "runner_concurrency_limit",
+		Help: "POSTs allowed in flight now: RELAY_CONCURRENCY, halved on 429 and 503, grown back by one per run of successes.",
+	}, func() float64 { return float64(state().ConcurrencyLimit) }))
+}
+
 func (m *Metrics) setSlot(s store.Slot) {
 	m.slotActive.Set(b2f(s.Active))
 	m.slotRetained.Set(float64(s.RetainedBytes))

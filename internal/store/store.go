@@ -60,6 +60,12 @@ type Result struct {
 	// Recorded is set on rows the claim itself marked dead (every attempt
 	// used up): there is nothing left to write.
 	Recorded bool
+	// Uncount gives the attempt back (a retry only): the runner as a whole
+	// failed or asked for less, which says nothing about the row, so it
+	// must not bring the row closer to dead. The claim counted the attempt;
+	// only a recorded outcome un-counts it, so a row that crashes the relay
+	// every time still reaches dead.
+	Uncount bool
 }
 
 // Store runs the outbox queries on a pool.
@@ -127,10 +133,11 @@ RETURNING o.{id}::text, o.{event_id}::text, o.{event_type}::text, coalesce(o.{pa
 		record: x(`
 UPDATE {table} o SET
 	{status} = CASE r.status WHEN 'delivered' THEN {delivered} WHEN 'dead' THEN {dead} ELSE o.{status} END,
+	{attempts} = CASE WHEN r.uncount THEN o.{attempts} - 1 ELSE o.{attempts} END,
 	{next_attempt_at} = CASE WHEN r.status = 'pending' THEN r.next ELSE o.{next_attempt_at} END,
 	{delivered_at} = CASE WHEN r.status = 'delivered' THEN now() ELSE o.{delivered_at} END,
 	{last_error} = CASE WHEN r.status = 'delivered' THEN {no_error} ELSE {r_err} END
-FROM unnest($1::text[], $2::int[], $3::text[], $4::timestamptz[], $5::text[]) AS r(id, attempt, status, next, err)
+FROM unnest($1::text[], $2::int[], $3::text[], $4::timestamptz[], $5::text[], $6::bool[]) AS r(id, attempt, status, next, err, uncount)
 WHERE o.{id} = r.id::{idtype} AND o.{attempts} = r.attempt AND o.{status} = {pending}`),
 		// Giving a lease back on shutdown un-counts the attempt that never
 		// happened and makes the row due at once.
@@ -294,11 +301,12 @@ func (s *Store) record1(ctx context.Context, results []Result) error {
 	n := len(results)
 	ids, attempts := make([]string, n), make([]int32, n)
 	statuses, errs := make([]string, n), make([]string, n)
-	nexts := make([]time.Time, n)
+	nexts, uncount := make([]time.Time, n), make([]bool, n)
 	for i, r := range results {
 		ids[i], attempts[i], statuses[i], nexts[i], errs[i] = r.ID, int32(r.Attempt), r.Status, r.Next, r.Error
+		uncount[i] = r.Uncount && r.Status == StatusPending
 	}
-	if _, err := s.pool.Exec(ctx, s.record, ids, attempts, statuses, nexts, errs); err != nil {
+	if _, err := s.pool.Exec(ctx, s.record, ids, attempts, statuses, nexts, errs, uncount); err != nil {
 		return fmt.Errorf("record outcomes: %w", err)
 	}
 	return nil
