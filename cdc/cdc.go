@@ -136,6 +136,7 @@ type Stream struct {
 	log *slog.Logger
 
 	standbyEvery, unavailableEvery time.Duration
+	handoffIDs                     int // handoffLimit; tests make it small
 
 	// wake is signalled when rows are left in the table that the stream
 	// will not announce: see Wake.
@@ -167,7 +168,7 @@ func New(cfg Config, d Deliverer, log *slog.Logger) *Stream {
 	}
 	return &Stream{
 		cfg: cfg, d: d, log: log.With("slot", cfg.Slot),
-		standbyEvery: standbyRetry, unavailableEvery: unavailableRetry,
+		standbyEvery: standbyRetry, unavailableEvery: unavailableRetry, handoffIDs: handoffLimit,
 		wake:  make(chan struct{}, 1),
 		state: State{Role: RoleDown},
 	}
@@ -243,7 +244,7 @@ func (s *Stream) Run(ctx context.Context) error {
 	s.password = conf.sql.Password
 	s.mu.Unlock()
 
-	h := newHandoff(handoffLimit)
+	h := newHandoff(s.handoffIDs)
 	var wg sync.WaitGroup
 	wg.Go(func() { s.handOff(ctx, h) })
 	defer wg.Wait()
