@@ -47,6 +47,10 @@ const (
 	RoleStreamer = "streamer" // holds the slot and receives changes
 	RoleStandby  = "standby"  // the slot is held by another process
 	RoleDown     = "down"     // not connected; retrying
+	// RoleUnavailable: the server cannot stream as it is configured
+	// (wal_level, privileges, pg_hba.conf); the relay delivers
+	// sweep-only and checks again every unavailableRetry.
+	RoleUnavailable = "unavailable"
 )
 
 // State is a snapshot of the stream for metrics and health.
@@ -76,6 +80,14 @@ const (
 	// standbyRetry is how often a standby tries to take the slot.
 	standbyRetry = 3 * time.Second
 
+	// unavailableRetry is how often a server that cannot stream is checked
+	// again: slow, since only its operator can fix it, but an operator who
+	// does sees the stream come back without restarting the relay.
+	unavailableRetry = 30 * time.Second
+
+	// checkTimeout bounds one check of the server (check.go).
+	checkTimeout = 2 * queryTimeout
+
 	// reconnectBase and reconnectMax bound the reconnect backoff.
 	reconnectBase = 100 * time.Millisecond
 	reconnectMax  = 5 * time.Second
@@ -85,9 +97,12 @@ const (
 	// right after each start still backs off.
 	resetAfter = 5 * time.Second
 
-	// handoffLimit, times BatchSize, is how many ids may wait for the
-	// hand-off goroutine before the reader waits too.
-	handoffLimit = 4
+	// handoffLimit is how many ids may wait for the hand-off goroutine
+	// before the reader waits too. Ids are small (a few MiB at the limit),
+	// and every id dropped waits for a sweep: a burst of single-row
+	// commits, or a runner slow for a few seconds, must fit. Only a
+	// deliverer that stays behind (a runner down or far too slow) fills it.
+	handoffLimit = 1 << 18
 
 	// handoffWait is how long the reader waits for room in a full
 	// hand-off buffer before it leaves the ids to the sweeper. Long enough
@@ -120,7 +135,16 @@ type Stream struct {
 	d   Deliverer
 	log *slog.Logger
 
-	standbyEvery time.Duration
+	standbyEvery, unavailableEvery time.Duration
+	handoffIDs                     int // handoffLimit; tests make it small
+
+	// wake is signalled when rows are left in the table that the stream
+	// will not announce: see Wake.
+	wake   chan struct{}
+	server server // the server last followed; used by Run's goroutine only
+	// afterSwitch: the session reached another server and has not
+	// streamed from it yet; used by Run's goroutine only.
+	afterSwitch bool
 
 	streaming atomic.Bool
 	shedding  atomic.Bool  // the last hand-off was dropped
@@ -144,10 +168,22 @@ func New(cfg Config, d Deliverer, log *slog.Logger) *Stream {
 	}
 	return &Stream{
 		cfg: cfg, d: d, log: log.With("slot", cfg.Slot),
-		standbyEvery: standbyRetry,
-		state:        State{Role: RoleDown},
+		standbyEvery: standbyRetry, unavailableEvery: unavailableRetry, handoffIDs: handoffLimit,
+		wake:  make(chan struct{}, 1),
+		state: State{Role: RoleDown},
 	}
 }
+
+// Wake is signalled when rows are in the table that the stream will not
+// hand to the deliverer, so the sweeper should sweep at once, fresh rows
+// included, rather than at its next tick:
+//   - the stream reconnected to another server than the one it followed
+//     (another system identifier or timeline: a promoted standby), and
+//     again once it streams from it: rows whose announcement the switch
+//     cut, and rows committed there before the new slot began;
+//   - the stream dropped ids because the deliverer stayed behind, or a
+//     hand-off to the deliverer failed.
+func (s *Stream) Wake() <-chan struct{} { return s.wake }
 
 // Streaming reports whether this process holds the slot, receives changes
 // and hands every insert to the deliverer: false as well for a few seconds
@@ -163,6 +199,7 @@ func (s *Stream) shed(dropped bool, n int) {
 	switch {
 	case dropped:
 		s.lastShed.Store(time.Now().UnixNano())
+		signal(s.wake)
 		if !was {
 			s.log.Warn("replication: the deliverer is not keeping up; new rows are left to the sweeper", "ids", n)
 		}
@@ -207,44 +244,33 @@ func (s *Stream) Run(ctx context.Context) error {
 	s.password = conf.sql.Password
 	s.mu.Unlock()
 
-	h := newHandoff(handoffLimit * s.cfg.BatchSize)
+	h := newHandoff(s.handoffIDs)
 	var wg sync.WaitGroup
 	wg.Go(func() { s.handOff(ctx, h) })
 	defer wg.Wait()
 
 	backoff := newBackoff()
+	unavailable := false
 	for {
-		streamed, err := s.session(ctx, conf, h)
+		var streamed time.Duration
+		var err error
+		if unavailable {
+			// Check before a session, so that a server that still cannot
+			// stream is not asked to make a publication or a slot.
+			err = s.checkServer(ctx, conf)
+		}
+		if err == nil {
+			streamed, err = s.session(ctx, conf, h)
+		}
 		s.streaming.Store(false)
 		if ctx.Err() != nil {
 			s.setState(State{Role: RoleDown})
 			return nil
 		}
-		var wait time.Duration
-		var sb *errStandby
-		switch {
-		case errors.As(err, &sb):
-			if s.transition(RoleStandby, RoleStandby, "") {
-				s.log.Info("replication: the slot is held by another process; standing by",
-					"holder_pid", sb.pid, "retry_every", s.standbyEvery.String())
-			}
-			backoff = newBackoff()
-			wait = s.standbyEvery
-		case errors.Is(err, errInRecovery):
-			if s.transition(RoleDown, "recovery", err.Error()) {
-				s.log.Warn("replication: " + err.Error())
-			}
-			wait, _ = backoff.Next()
-		default:
-			if streamed >= resetAfter {
-				backoff = newBackoff()
-			}
-			msg := s.redact(err)
-			if s.transition(RoleDown, RoleDown, msg) {
-				s.log.Warn("replication stream down; reconnecting with backoff", "error", msg)
-			}
-			wait, _ = backoff.Next()
-		}
+		err = s.classify(ctx, conf, err)
+		var un *errUnavailable
+		unavailable = errors.As(err, &un)
+		wait := s.wait(err, streamed, &backoff)
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
@@ -254,6 +280,67 @@ func (s *Stream) Run(ctx context.Context) error {
 		case <-t.C:
 		}
 	}
+}
+
+// classify tells a session that failed because the server cannot stream
+// at all (wal_level, privileges) from one that failed for a passing
+// reason: it asks the check, and returns its errUnavailable in the first
+// case, err otherwise.
+func (s *Stream) classify(ctx context.Context, conf dbConfig, err error) error {
+	var sb *errStandby
+	var un *errUnavailable
+	if errors.As(err, &sb) || errors.As(err, &un) || errors.Is(err, errInRecovery) {
+		return err
+	}
+	if cerr := s.checkServer(ctx, conf); errors.As(cerr, &un) {
+		return cerr
+	}
+	return err
+}
+
+// checkServer runs the check of check.go within checkTimeout.
+func (s *Stream) checkServer(ctx context.Context, conf dbConfig) error {
+	cctx, cancel := context.WithTimeout(ctx, checkTimeout)
+	defer cancel()
+	return check(cctx, s.cfg, conf)
+}
+
+// wait records the state a session ended in, logs each change of state
+// once, and says how long to wait before the next session.
+func (s *Stream) wait(err error, streamed time.Duration, backoff *retry.Backoff) time.Duration {
+	var sb *errStandby
+	var un *errUnavailable
+	switch {
+	case errors.As(err, &sb):
+		if s.transition(RoleStandby, RoleStandby, "") {
+			s.log.Info("replication: the slot is held by another process; standing by",
+				"holder_pid", sb.pid, "retry_every", s.standbyEvery.String())
+		}
+		*backoff = newBackoff()
+		return s.standbyEvery
+	case errors.As(err, &un):
+		msg := s.redact(err)
+		if s.transition(RoleUnavailable, RoleUnavailable, msg) {
+			s.log.Warn("replication: logical replication is unavailable on this server; delivering sweep-only",
+				"reason", msg, "check_every", s.unavailableEvery.String())
+		}
+		*backoff = newBackoff()
+		return s.unavailableEvery
+	case errors.Is(err, errInRecovery):
+		if s.transition(RoleDown, "recovery", err.Error()) {
+			s.log.Warn("replication: " + err.Error())
+		}
+	default:
+		if streamed >= resetAfter {
+			*backoff = newBackoff()
+		}
+		msg := s.redact(err)
+		if s.transition(RoleDown, RoleDown, msg) {
+			s.log.Warn("replication stream down; reconnecting with backoff", "error", msg)
+		}
+	}
+	wait, _ := (*backoff).Next()
+	return wait
 }
 
 func newBackoff() retry.Backoff {

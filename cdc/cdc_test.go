@@ -94,6 +94,8 @@ type bundle struct {
 	pool *pgxpool.Pool
 	cfg  Config
 	logs *relaytest.Buffer
+	// tweak, when set, changes a Stream before start runs it.
+	tweak func(*Stream)
 }
 
 var slotSeq atomic.Int64
@@ -151,6 +153,9 @@ func (b *bundle) start(t testing.TB, d Deliverer) (*Stream, context.CancelFunc) 
 	t.Helper()
 	log := slog.New(slog.NewTextHandler(multiWriter{t.Output(), b.logs}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	s := New(b.cfg, d, log)
+	if b.tweak != nil {
+		b.tweak(s)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
@@ -199,6 +204,19 @@ func (b *bundle) insert(t testing.TB) string {
 func waitStreaming(t testing.TB, s *Stream) {
 	t.Helper()
 	pgtest.WaitFor(t, 20*time.Second, "the stream to hold the slot", s.Streaming)
+}
+
+// streamingAt sets up the outbox at url and a stream that has delivered a
+// first row, for tests that then break the server.
+func streamingAt(t *testing.T, url string) (*bundle, *recorder, *Stream) {
+	t.Helper()
+	b := setupURL(t, url)
+	rec := newRecorder()
+	s, _ := b.start(t, rec)
+	waitStreaming(t, s)
+	first := b.insert(t)
+	pgtest.WaitFor(t, 5*time.Second, "a first row", func() bool { return rec.has(first) })
+	return b, rec, s
 }
 
 func TestInsertsReachDelivererQuickly(t *testing.T) {
@@ -358,12 +376,7 @@ func TestSlotDroppedExternallyIsRecreated(t *testing.T) {
 func TestPostgresRestartIsSurvived(t *testing.T) {
 	t.Parallel()
 	c := pgtest.StartT(t)
-	b := setupURL(t, c.URL("postgres"))
-	rec := newRecorder()
-	s, _ := b.start(t, rec)
-	waitStreaming(t, s)
-	before := b.insert(t)
-	pgtest.WaitFor(t, 5*time.Second, "a row before the restart", func() bool { return rec.has(before) })
+	b, rec, s := streamingAt(t, c.URL("postgres"))
 
 	if err := c.Restart("immediate"); err != nil {
 		t.Fatal(err)
@@ -431,6 +444,11 @@ func TestSlotDoesNotPinWAL(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			b := setup(t)
+			if blocked {
+				// A buffer this small fills with the flood below, as
+				// the real one fills under a deliverer that stays behind.
+				b.tweak = func(s *Stream) { s.handoffIDs = 400 }
+			}
 			rec := newRecorder()
 			s, _ := b.start(t, rec)
 			waitStreaming(t, s)

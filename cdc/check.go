@@ -30,6 +30,22 @@ func Check(ctx context.Context, cfg Config) error {
 	return nil
 }
 
+// errUnavailable is a reason logical replication cannot work on the server
+// as it is configured, which only its operator can change: the stream then
+// runs sweep-only and checks again now and then. Any other failure of the
+// check (a connection blip, every WAL sender taken) is passing.
+type errUnavailable struct{ reason error }
+
+func (e *errUnavailable) Error() string { return e.reason.Error() }
+func (e *errUnavailable) Unwrap() error { return e.reason }
+
+// Passing refusals of a replication connection: every WAL sender or
+// connection slot taken, or the server starting up or shutting down.
+const (
+	codeTooManyConnections = "53300"
+	codeCannotConnectNow   = "57P03"
+)
+
 func check(ctx context.Context, cfg Config, conf dbConfig) error {
 	db, err := pgx.ConnectConfig(ctx, conf.sql)
 	if err != nil {
@@ -46,14 +62,14 @@ func check(ctx context.Context, cfg Config, conf dbConfig) error {
 		return fmt.Errorf("cannot read replication slots: %w", err)
 	}
 	if err := checkSettings(st, slot, cfg); err != nil {
-		return err
+		return &errUnavailable{err}
 	}
 	pub, err := store.ReadPublication(ctx, db, cfg.Publication, cfg.table())
 	if err != nil {
 		return fmt.Errorf("cannot read publication %s: %w", cfg.Publication, err)
 	}
 	if err := checkPublication(pub); err != nil {
-		return err
+		return &errUnavailable{err}
 	}
 	return probeReplication(ctx, conf)
 }
@@ -80,7 +96,11 @@ func probeReplication(ctx context.Context, conf dbConfig) error {
 	if err != nil {
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) {
-			return fmt.Errorf("the server refuses a replication connection: %s", pgErr.Message)
+			err := fmt.Errorf("the server refuses a replication connection: %s", pgErr.Message)
+			if pgErr.Code == codeTooManyConnections || pgErr.Code == codeCannotConnectNow {
+				return err
+			}
+			return &errUnavailable{err} // pg_hba.conf or authentication
 		}
 		return fmt.Errorf("cannot open a replication connection: %w", err)
 	}

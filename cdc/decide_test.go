@@ -1,7 +1,10 @@
 package cdc
 
 import (
+	"context"
 	"errors"
+	"log/slog"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -143,5 +146,40 @@ func TestStartFromActiveSlotStandsBy(t *testing.T) {
 	}
 	if want := "replication slot is in use by another process (pid 4242)"; err.Error() != want {
 		t.Errorf("error %q, want %q", err, want)
+	}
+}
+
+// Ids the stream drops are the sweeper's: it is woken at once, not left
+// to its next tick, and the stream counts as not streaming for a while so
+// that the sweep takes fresh rows too.
+func TestSheddingWakesTheSweeper(t *testing.T) {
+	s := New(decideCfg, nil, slog.New(slog.DiscardHandler))
+	s.streaming.Store(true)
+	s.shed(false, 3)
+	select {
+	case <-s.Wake():
+		t.Fatal("woken by a hand-off that was taken")
+	default:
+	}
+	s.shed(true, 3)
+	select {
+	case <-s.Wake():
+	default:
+		t.Fatal("dropped ids did not wake the sweeper")
+	}
+	if s.Streaming() {
+		t.Error("Streaming() right after dropping ids: the sweeper would leave fresh rows to a stream that dropped them")
+	}
+}
+
+// A burst of single-row commits fits in the hand-off: the reader does not
+// drop ids because claims are briefly behind.
+func TestHandOffHoldsABurst(t *testing.T) {
+	h := newHandoff(handoffLimit)
+	for i := range 20000 {
+		ok, err := h.put(context.Background(), []string{strconv.Itoa(i)}, 0)
+		if err != nil || !ok {
+			t.Fatalf("id %d of a 20,000-commit burst dropped (ok %v, %v)", i, ok, err)
+		}
 	}
 }

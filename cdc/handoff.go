@@ -136,6 +136,7 @@ func (s *Stream) deliver(ctx context.Context, ids []string, attempt int, retries
 			s.log.Warn("replication: hand-off to the deliverer failed; the sweeper delivers those rows",
 				"ids", len(ids), "error", s.redact(err))
 		}
+		signal(s.wake)
 		return retries
 	case *failing:
 		*failing = false

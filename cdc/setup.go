@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -43,12 +45,8 @@ func (s *Stream) session(ctx context.Context, conf dbConfig, h *handoff) (stream
 	}
 	defer closeConn(ctx, conn)
 
-	if start.create {
-		created, err := s.createSlot(ctx, conn)
-		if err != nil {
-			return 0, err
-		}
-		start.lsn = created
+	if start.lsn, err = s.begin(ctx, conn, start); err != nil {
+		return 0, err
 	}
 
 	sctx, cancel := context.WithTimeout(ctx, queryTimeout)
@@ -72,6 +70,7 @@ func (s *Stream) session(ctx context.Context, conf dbConfig, h *handoff) (stream
 
 	began := time.Now()
 	s.streaming.Store(true)
+	s.streamsAfterSwitch()
 	if s.transition(RoleStreamer, RoleStreamer, "") {
 		s.log.Info("replication: streaming inserts from the slot",
 			"publication", s.cfg.Publication, "table", s.cfg.Schema+"."+s.cfg.Table)
@@ -92,6 +91,80 @@ func (s *Stream) session(ctx context.Context, conf dbConfig, h *handoff) (stream
 		s.broken = true
 	}
 	return time.Since(began), err
+}
+
+// server is the server a session streams from, as IDENTIFY_SYSTEM and the
+// connection tell it.
+type server struct {
+	systemID string
+	timeline int32
+	host     string // address:port
+	version  int    // major version, e.g. 17
+}
+
+// identify reads which server the replication connection reached. A system
+// identifier or timeline other than the last session's means a failover
+// (a promoted standby keeps the system identifier, on a new timeline) or
+// another database altogether: announcements the switch cut are in the
+// table only, so the sweeper is woken to sweep at once.
+func (s *Stream) identify(ctx context.Context, conn *pgconn.PgConn) error {
+	ictx, cancel := context.WithTimeout(ctx, queryTimeout)
+	sys, err := pglogrepl.IdentifySystem(ictx, conn)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("identify system: %w", err)
+	}
+	now := server{systemID: sys.SystemID, timeline: sys.Timeline, version: majorVersion(conn.ParameterStatus("server_version"))}
+	if c := conn.Conn(); c != nil {
+		now.host = c.RemoteAddr().String()
+	}
+	was := s.server
+	s.server = now
+	switch {
+	case was.systemID == "":
+		s.log.Info("replication: following server", "system_id", now.systemID, "timeline", now.timeline,
+			"host", now.host, "server_version", now.version)
+	case was.systemID != now.systemID || was.timeline != now.timeline:
+		s.log.Warn("replication: now following another server (a failover?); sweeping at once",
+			"system_id", now.systemID, "timeline", now.timeline, "host", now.host,
+			"previous_system_id", was.systemID, "previous_timeline", was.timeline, "previous_host", was.host)
+		signal(s.wake)
+		s.afterSwitch = true
+	}
+	return nil
+}
+
+// begin identifies the server on the replication connection and makes the
+// slot when it must be made, returning where the session starts.
+func (s *Stream) begin(ctx context.Context, conn *pgconn.PgConn, start startPoint) (pglogrepl.LSN, error) {
+	if err := s.identify(ctx, conn); err != nil {
+		return 0, err
+	}
+	if !start.create {
+		return start.lsn, nil
+	}
+	return s.createSlot(ctx, conn)
+}
+
+// streamsAfterSwitch wakes the sweeper again when the stream has begun to
+// stream from a server it switched to: rows committed there before the new
+// slot's start will never be announced.
+func (s *Stream) streamsAfterSwitch() {
+	if s.afterSwitch {
+		s.afterSwitch = false
+		signal(s.wake)
+	}
+}
+
+// majorVersion reads 17 from a server_version such as "17.2 (Debian …)"
+// or "18beta1"; 0 when it cannot.
+func majorVersion(v string) int {
+	end := strings.IndexFunc(v, func(r rune) bool { return r < '0' || r > '9' })
+	if end < 0 {
+		end = len(v)
+	}
+	n, _ := strconv.Atoi(v[:end])
+	return n
 }
 
 // startPoint is where a session starts: the slot's confirmed position, or
@@ -199,10 +272,17 @@ func (s *Stream) ensurePublication(ctx context.Context, db *pgx.Conn) error {
 func (s *Stream) createSlot(ctx context.Context, conn *pgconn.PgConn) (pglogrepl.LSN, error) {
 	ctx, cancel := context.WithTimeout(ctx, createSlotTimeout)
 	defer cancel()
-	res, err := pglogrepl.CreateReplicationSlot(ctx, conn, s.cfg.Slot, "pgoutput", pglogrepl.CreateReplicationSlotOptions{
-		Mode:           pglogrepl.LogicalReplication,
-		SnapshotAction: "NOEXPORT_SNAPSHOT",
-	})
+	var res pglogrepl.CreateReplicationSlotResult
+	var err error
+	if s.server.version >= 17 {
+		// pglogrepl has no FAILOVER option: the command is written here.
+		res, err = pglogrepl.ParseCreateReplicationSlot(conn.Exec(ctx, failoverSlotCommand(s.cfg.Slot)))
+	} else {
+		res, err = pglogrepl.CreateReplicationSlot(ctx, conn, s.cfg.Slot, "pgoutput", pglogrepl.CreateReplicationSlotOptions{
+			Mode:           pglogrepl.LogicalReplication,
+			SnapshotAction: "NOEXPORT_SNAPSHOT",
+		})
+	}
 	if err != nil {
 		if isCode(err, codeDuplicateObject) {
 			// Another relay made it a moment ago and is about to take it.
@@ -214,8 +294,18 @@ func (s *Stream) createSlot(ctx context.Context, conn *pgconn.PgConn) (pglogrepl
 	if err != nil {
 		return 0, fmt.Errorf("create slot %s: consistent point: %w", s.cfg.Slot, err)
 	}
-	s.log.Info("replication: slot created", "consistent_point", res.ConsistentPoint)
+	s.log.Info("replication: slot created", "consistent_point", res.ConsistentPoint, "failover", s.server.version >= 17)
 	return lsn, nil
+}
+
+// failoverSlotCommand creates the slot on PostgreSQL 17 and newer with
+// FAILOVER, so that a standby with sync_replication_slots = on keeps a copy
+// of it and a promotion does not lose it: the stream goes on from where it
+// was rather than from a new slot's start. SNAPSHOT 'nothing' is
+// NOEXPORT_SNAPSHOT in the option syntax. The slot name is a validated
+// identifier, as pglogrepl writes it too.
+func failoverSlotCommand(slot string) string {
+	return "CREATE_REPLICATION_SLOT " + slot + " LOGICAL pgoutput (SNAPSHOT 'nothing', FAILOVER)"
 }
 
 // table is the outbox table as store names it.

@@ -8,6 +8,7 @@ package faults
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"strings"
 	"sync"
@@ -174,6 +175,7 @@ type inserter struct {
 	wg     sync.WaitGroup
 	mu     sync.Mutex
 	n      int
+	ids    map[string]bool // event_id of every insert whose commit returned
 }
 
 func startInserter(t *testing.T, d *db, rate, conns int) *inserter {
@@ -185,7 +187,7 @@ func startInserter(t *testing.T, d *db, rate, conns int) *inserter {
 // key's rows never commit concurrently, as the ordering contract asks.
 func startKeyedInserter(t *testing.T, d *db, rate, conns, keys int) *inserter {
 	ctx, cancel := context.WithCancel(context.Background())
-	in := &inserter{cancel: cancel}
+	in := &inserter{cancel: cancel, ids: map[string]bool{}}
 	every := time.Second * time.Duration(conns) / time.Duration(rate)
 	for c := range conns {
 		in.wg.Go(func() {
@@ -197,16 +199,18 @@ func startKeyedInserter(t *testing.T, d *db, rate, conns, keys int) *inserter {
 					return
 				case <-tick.C:
 				}
+				var id string
 				var err error
 				if keys == 0 {
-					_, err = d.pool.Exec(ctx, `INSERT INTO portal_event_outbox (event_type, payload) VALUES ('fault.test', jsonb_build_object('conn', $1::int, 'i', $2::int))`, c, i)
+					err = d.pool.QueryRow(ctx, `INSERT INTO portal_event_outbox (event_type, payload) VALUES ('fault.test', jsonb_build_object('conn', $1::int, 'i', $2::int)) RETURNING event_id::text`, c, i).Scan(&id)
 				} else {
-					_, err = d.pool.Exec(ctx, `INSERT INTO portal_event_outbox (event_type, payload, entity) VALUES ('fault.test', jsonb_build_object('conn', $1::int, 'i', $2::int), $3)`,
-						c, i, fmt.Sprintf("k%d-%d", c, i%keys))
+					err = d.pool.QueryRow(ctx, `INSERT INTO portal_event_outbox (event_type, payload, entity) VALUES ('fault.test', jsonb_build_object('conn', $1::int, 'i', $2::int), $3) RETURNING event_id::text`,
+						c, i, fmt.Sprintf("k%d-%d", c, i%keys)).Scan(&id)
 				}
 				if err == nil {
 					in.mu.Lock()
 					in.n++
+					in.ids[id] = true
 					in.mu.Unlock()
 				}
 			}
@@ -227,6 +231,13 @@ func (in *inserter) count() int {
 	return in.n
 }
 
+// committed is the event_id of every row whose commit the inserter saw.
+func (in *inserter) committed() map[string]bool {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return maps.Clone(in.ids)
+}
+
 // result is one row of docs/RELIABILITY.md.
 type result struct {
 	Events, Lost, Duplicates int
@@ -239,10 +250,22 @@ type result struct {
 // the extra sends.
 func verify(t *testing.T, d *db, rn *relaytest.Runner, limit time.Duration) result {
 	t.Helper()
+	r, extra := compare(t, d, rn, limit)
+	for _, id := range extra {
+		t.Errorf("runner got an event that is not in the table: %q", id)
+	}
+	return r
+}
+
+// compare is verify without its judgement of events the runner got that
+// the table does not hold (after an asynchronous failover those are the
+// database's loss): it returns them.
+func compare(t *testing.T, d *db, rn *relaytest.Runner, limit time.Duration) (r result, extra []string) {
+	t.Helper()
 	pgtest.WaitFor(t, limit, "every row to be delivered", func() bool { return d.count(t, "status <> 'delivered'") == 0 })
 	ids := d.eventIDs(t)
 	got := rn.Accepted()
-	r := result{Events: len(ids)}
+	r = result{Events: len(ids)}
 	for id := range ids {
 		switch n := got[id]; {
 		case n == 0:
@@ -257,12 +280,12 @@ func verify(t *testing.T, d *db, rn *relaytest.Runner, limit time.Duration) resu
 	}
 	for id := range got {
 		if !ids[id] {
-			t.Errorf("runner got an event that is not in the table: %q", id)
+			extra = append(extra, id)
 		}
 	}
 	if r.Lost > 0 {
 		t.Errorf("%d of %d events marked delivered but never accepted by the runner", r.Lost, r.Events)
 	}
 	t.Logf("events %d, lost %d, duplicates %d", r.Events, r.Lost, r.Duplicates)
-	return r
+	return r, extra
 }

@@ -8,9 +8,11 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-retryablehttp"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/outbox-relay/outbox-relay/internal/store"
 )
@@ -34,6 +36,11 @@ type Config struct {
 	// ShutdownGrace is how long in-flight POSTs may run on after the
 	// context given to Run is cancelled.
 	ShutdownGrace time.Duration
+	// Tracer makes a span of every attempt; nil makes none, at no cost.
+	Tracer trace.Tracer
+	// ProbeMax caps the wait between probes of a runner that is down
+	// (see breaker); 0 is DefaultProbeMax.
+	ProbeMax time.Duration
 }
 
 // Attempt is one finished POST, for metrics.
@@ -44,11 +51,12 @@ type Attempt struct {
 	Age      time.Duration // created_at to now, meaningful when delivered
 }
 
-// Observer is told of every attempt and of every write the database
-// refused; it must not block.
+// Observer is told of every attempt, of every write the database refused
+// and of every trace context header dropped as invalid; it must not block.
 type Observer interface {
 	ObserveAttempt(Attempt)
 	ObserveWriteError(statement string)
+	ObserveTraceContextInvalid(header string)
 }
 
 const (
@@ -89,6 +97,7 @@ type Deliverer struct {
 	rec    *recorder
 	refuse *refusals
 	next   *successors // nil unless rows are ordered per key
+	brk    *breaker
 
 	// lease is how long a claim keeps other claimers off a row. It covers a
 	// wait in the queue (queueBudget) and the whole attempt after it.
@@ -100,12 +109,15 @@ type Deliverer struct {
 	// queueing is held for reading while a claimer puts jobs on the queue,
 	// so that Run can tell when no claimer will send on jobs again.
 	queueing sync.RWMutex
+	// warnedTrace is set once an invalid trace context has been logged.
+	warnedTrace atomic.Bool
 }
 
 type job struct {
 	row       store.Row
 	path      string
 	claimedAt time.Time
+	probe     uint64 // the breaker's probe id; 0 for a row sent as usual
 }
 
 // New makes a Deliverer; call Run to start its workers.
@@ -123,7 +135,6 @@ func New(cfg Config, st *store.Store, log *slog.Logger, obs Observer) *Deliverer
 		store:  st,
 		log:    log,
 		obs:    obs,
-		client: newClient(cfg),
 		rec:    newRecorder(st, log, refuse, cfg.Concurrency),
 		refuse: refuse,
 		// A row normally waits in the queue for milliseconds; one that
@@ -138,8 +149,18 @@ func New(cfg Config, st *store.Store, log *slog.Logger, obs Observer) *Deliverer
 		d.next = newSuccessors()
 		d.rec.written = d.next.add
 	}
+	d.brk = newBreaker(log, cfg.Concurrency, cfg.ProbeMax, d.rec.wake)
+	d.client = newClient(cfg, d.quickRetry)
 	return d
 }
+
+// Runner is the state of the runner as the breaker sees it.
+func (d *Deliverer) Runner() RunnerState { return d.brk.snapshot() }
+
+// Paused is how long claiming waits from now because the runner is down
+// (until the next probe) or asked for a pause (Retry-After); 0 when rows
+// may be claimed. DeliverDue claims nothing meanwhile but the probes.
+func (d *Deliverer) Paused() time.Duration { return d.brk.paused(time.Now()) }
 
 // Lease is how long a claim holds a row.
 func (d *Deliverer) Lease() time.Duration { return d.lease }
@@ -173,7 +194,7 @@ func (d *Deliverer) Run(ctx context.Context) error {
 	unsent := make([][]store.Row, d.cfg.Concurrency) // one list per worker
 	var workers sync.WaitGroup
 	for i := range unsent {
-		workers.Go(func() { unsent[i] = d.work(sendCtx) })
+		workers.Go(func() { unsent[i] = d.work(sendCtx, i) })
 	}
 	recorded := make(chan struct{})
 	go func() {
@@ -217,10 +238,15 @@ func (d *Deliverer) stopping() bool {
 
 // DeliverIDs claims those of ids that are pending and due and queues them
 // for delivery. It returns the ids it did not claim: already taken, already
-// done, not due, or not yet visible to this snapshot.
+// done, not due, or not yet visible to this snapshot. While the runner is
+// down or has asked for a pause it claims nothing and returns none: the
+// rows wait in the table for the sweeper.
 func (d *Deliverer) DeliverIDs(ctx context.Context, ids []string) (missing []string, err error) {
 	if d.stopping() {
 		return nil, errStopped
+	}
+	if !d.brk.admit() {
+		return nil, nil
 	}
 	start := time.Now()
 	cctx, cancel := context.WithTimeout(ctx, claimTimeout)
@@ -230,7 +256,7 @@ func (d *Deliverer) DeliverIDs(ctx context.Context, ids []string) (missing []str
 		return nil, err
 	}
 	d.claimed(PathStream, c)
-	return unclaimed(ids, c), d.enqueue(ctx, PathStream, start, c)
+	return unclaimed(ids, c), d.enqueue(ctx, PathStream, start, c, 0)
 }
 
 // unclaimed is ids less those the claim took, tried or saw.
@@ -265,19 +291,33 @@ func unclaimed(ids []string, c store.Claim) (missing []string) {
 // are taken only when older than grace (see store.ClaimDue), and rows the
 // database refused a moment ago not at all. It returns the number of rows
 // the claim took or tried.
+//
+// While the runner is down it claims only a probe, when one is due: the
+// oldest due row, whatever grace says. During a Retry-After pause it
+// claims nothing. Paused says how long either lasts.
 func (d *Deliverer) DeliverDue(ctx context.Context, limit int, grace time.Duration) (int, error) {
 	if d.stopping() {
 		return 0, errStopped
+	}
+	var probe uint64
+	if !d.brk.admit() {
+		if probe = d.brk.mayProbe(time.Now()); probe == 0 {
+			return 0, nil
+		}
+		limit, grace = 1, 0
 	}
 	start := time.Now()
 	cctx, cancel := context.WithTimeout(ctx, claimTimeout)
 	c, err := d.store.ClaimDue(cctx, limit, grace, d.lease, d.cfg.MaxAttempts, d.refuse.skip())
 	cancel()
+	if len(c.Rows) == 0 {
+		d.brk.probeDone(probe)
+	}
 	if err != nil {
 		return 0, err
 	}
 	d.claimed(PathSweep, c)
-	return c.Len(), d.enqueue(ctx, PathSweep, start, c)
+	return c.Len(), d.enqueue(ctx, PathSweep, start, c, probe)
 }
 
 // claimed deals with what a claim took besides rows to send: rows dead
@@ -313,8 +353,10 @@ func (d *Deliverer) WriteErrors() []WriteError { return d.refuse.list() }
 
 // enqueue queues the claimed rows for the workers, blocking while the
 // queue is full, and the rows that cannot be sent for the recorder; the
-// rows it cannot queue are released.
-func (d *Deliverer) enqueue(ctx context.Context, path string, claimedAt time.Time, c store.Claim) error {
+// rows it cannot queue are released, and so are those left when the
+// runner goes down meanwhile. probe is the breaker's probe id when the
+// claim was a probe.
+func (d *Deliverer) enqueue(ctx context.Context, path string, claimedAt time.Time, c store.Claim, probe uint64) error {
 	d.queueing.RLock()
 	defer d.queueing.RUnlock()
 	// Run closes stop before it waits for queueing, and jobs and the
@@ -322,6 +364,7 @@ func (d *Deliverer) enqueue(ctx context.Context, path string, claimedAt time.Tim
 	// RUnlock.
 	rows := c.Rows
 	if d.stopping() {
+		d.brk.probeDone(probe)
 		d.release(ctx, rows)
 		return errStopped
 	}
@@ -331,12 +374,18 @@ func (d *Deliverer) enqueue(ctx context.Context, path string, claimedAt time.Tim
 		}
 	}
 	for i, r := range rows {
+		if probe == 0 && d.brk.down() {
+			d.release(ctx, rows[i:])
+			return nil
+		}
 		select {
-		case d.jobs <- job{row: r, path: path, claimedAt: claimedAt}:
+		case d.jobs <- job{row: r, path: path, claimedAt: claimedAt, probe: probe}:
 		case <-d.stop:
+			d.brk.probeDone(probe)
 			d.release(ctx, rows[i:])
 			return errStopped
 		case <-ctx.Done():
+			d.brk.probeDone(probe)
 			d.release(ctx, rows[i:])
 			return ctx.Err()
 		}
@@ -357,48 +406,86 @@ func (d *Deliverer) release(ctx context.Context, rows []store.Row) {
 }
 
 // work sends jobs until the queue is closed and returns the rows it did
-// not send because the Deliverer was stopping, for Run to release.
-func (d *Deliverer) work(ctx context.Context) (unsent []store.Row) {
-	for j := range d.jobs {
+// not send because the Deliverer was stopping, for Run to release. Worker
+// i takes a job only while i is within the breaker's concurrency limit.
+func (d *Deliverer) work(ctx context.Context, i int) (unsent []store.Row) {
+	for {
+		d.brk.await(i, d.stop)
+		j, ok := <-d.jobs
+		if !ok {
+			return unsent
+		}
 		if d.stopping() {
+			d.brk.probeDone(j.probe)
 			unsent = append(unsent, j.row)
 			continue
 		}
-		// A row that waited in the queue past its budget may have been
-		// claimed again elsewhere once its lease ends: sending it now could
-		// double it. Still within the lease (two budgets), so nobody else
-		// holds it: release it, attempt uncounted, rather than let the
-		// lease run out with an attempt counted that never happened.
-		if waited := time.Since(j.claimedAt); waited > d.queueBudget {
-			d.log.Warn("gave back a claim that waited too long to be sent",
-				"id", j.row.ID, "waited", waited.Round(time.Millisecond))
-			d.release(ctx, []store.Row{j.row})
+		if d.giveBack(ctx, j) {
 			continue
 		}
 		res, sent := d.attempt(ctx, j)
 		if !sent {
 			// Cut by the end of the shutdown grace: not a failure of the
 			// runner, so neither a backoff nor a step towards dead.
+			d.brk.probeDone(j.probe)
 			unsent = append(unsent, j.row)
 			continue
 		}
 		d.rec.add(res)
 	}
-	return unsent
+}
+
+// giveBack releases a job that must not be sent now, attempt uncounted,
+// and says whether it did.
+func (d *Deliverer) giveBack(ctx context.Context, j job) bool {
+	// A row that waited in the queue past its budget may have been
+	// claimed again elsewhere once its lease ends: sending it now could
+	// double it. Still within the lease (two budgets), so nobody else
+	// holds it: release it, attempt uncounted, rather than let the lease
+	// run out with an attempt counted that never happened.
+	if waited := time.Since(j.claimedAt); waited > d.queueBudget {
+		d.log.Warn("gave back a claim that waited too long to be sent",
+			"id", j.row.ID, "waited", waited.Round(time.Millisecond))
+		d.brk.probeDone(j.probe)
+		d.release(ctx, []store.Row{j.row})
+		return true
+	}
+	// The runner went down after the row was claimed: it waits in the
+	// table for the runner's return. (A Retry-After pause stops claims
+	// only: what was claimed goes, at the lowered concurrency.)
+	if j.probe == 0 && d.brk.down() {
+		d.release(ctx, []store.Row{j.row})
+		return true
+	}
+	return false
 }
 
 // attempt POSTs one row and decides its outcome; sent is false when the
 // POST was cut short by the end of the shutdown grace.
 func (d *Deliverer) attempt(ctx context.Context, j job) (res store.Result, sent bool) {
 	r := &j.row
+	if r.Traceparent != "" {
+		d.checkTraceContext(r)
+	}
+	var span trace.Span
+	if d.cfg.Tracer != nil {
+		ctx, span = d.startSpan(ctx, &j)
+	}
 	start := time.Now()
 	ans := d.post(ctx, r)
 	took := time.Since(start)
 	if ans.err != nil && ctx.Err() != nil {
+		if span != nil {
+			endSpan(span, start, ans, outcomeUnsent, "")
+		}
 		return store.Result{}, false
 	}
-	res, outcome := decide(r, ans, d.cfg.MaxAttempts, d.cfg.Backoff, time.Now())
+	who := d.brk.observe(ans, start, j.probe)
+	res, outcome := decide(r, ans, who, d.cfg.MaxAttempts, d.cfg.Backoff, time.Now())
 	res.Key = r.Key
+	if span != nil {
+		endSpan(span, start, ans, outcome, res.Error)
+	}
 	d.observe(Attempt{Path: j.path, Outcome: outcome, Duration: took, Age: time.Since(r.CreatedAt)})
 	if res.Status == store.StatusDead {
 		d.log.Warn("event dead-lettered", "id", r.ID, "event_id", r.EventID, "type", r.Type, "attempts", r.Attempt, "reason", res.Error)
@@ -414,3 +501,5 @@ type nopObserver struct{}
 
 func (nopObserver) ObserveAttempt(Attempt)   {}
 func (nopObserver) ObserveWriteError(string) {}
+
+func (nopObserver) ObserveTraceContextInvalid(string) {}

@@ -305,10 +305,12 @@ func TestPayloadFidelity(t *testing.T) {
 	}
 }
 
+// A 500 is the row's own failure (a 503 to every try of a lone row would
+// be the runner's, see TestBreaker…): each counts and backs off further.
 func TestRetriesBackOffUntilTheCap(t *testing.T) {
 	t.Parallel()
 	b := setup(t, func(w http.ResponseWriter, _ *http.Request, _ []byte) {
-		http.Error(w, "down for maintenance", http.StatusServiceUnavailable)
+		http.Error(w, "cannot handle this one", http.StatusInternalServerError)
 	}, func(c *relay.Config) {
 		c.Backoff = relay.Backoff{Base: 40 * time.Millisecond, Max: 320 * time.Millisecond, Jitter: 0}
 	})
@@ -328,7 +330,7 @@ func TestRetriesBackOffUntilTheCap(t *testing.T) {
 			return n == 1
 		})
 		s := settled(t, b, id, attempt)
-		if s.Status != store.StatusPending || !strings.Contains(*s.LastError, "503") {
+		if s.Status != store.StatusPending || !strings.Contains(*s.LastError, "500") {
 			t.Fatalf("attempt %d: %+v", attempt, s)
 		}
 		if !s.Next.After(prev) {
@@ -342,6 +344,8 @@ func TestRetriesBackOffUntilTheCap(t *testing.T) {
 	}
 }
 
+// Retry-After is a lower bound on the row's next attempt; a 429 is the
+// runner asking for less, so the attempt is given back.
 func TestRetryAfterIsALowerBound(t *testing.T) {
 	t.Parallel()
 	b := setup(t, func(w http.ResponseWriter, _ *http.Request, _ []byte) {
@@ -351,9 +355,12 @@ func TestRetryAfterIsALowerBound(t *testing.T) {
 	id := insert(t, b.pool, "t", `{}`)
 	before := time.Now()
 	b.deliver(t, id)
-	s := settled(t, b, id, 1)
+	s := settled(t, b, id, 0)
 	if s.Status != store.StatusPending || s.Next.Sub(before) < 29*time.Second {
 		t.Errorf("after 429 Retry-After 30: %+v (in %s)", s, s.Next.Sub(before))
+	}
+	if p := b.d.Paused(); p < 20*time.Second {
+		t.Errorf("claiming paused for %s after Retry-After 30, want about 30s", p)
 	}
 }
 
@@ -381,7 +388,11 @@ func TestRetryableAnswers(t *testing.T) {
 			b := setup(t, func(w http.ResponseWriter, _ *http.Request, _ []byte) { w.WriteHeader(code) }, nil)
 			id := insert(t, b.pool, "t", `{}`)
 			b.deliver(t, id)
-			if s := settled(t, b, id, 1); s.Status != store.StatusPending {
+			counted := 1
+			if code == http.StatusTooManyRequests {
+				counted = 0 // back-pressure, not the row's failure
+			}
+			if s := settled(t, b, id, counted); s.Status != store.StatusPending {
 				t.Errorf("after %d: %+v", code, s)
 			}
 		})
@@ -594,7 +605,7 @@ func TestAttemptsCountOnlyRealPOSTs(t *testing.T) {
 		case <-time.After(100 * time.Millisecond):
 		case <-r.Context().Done():
 		}
-		w.WriteHeader(http.StatusServiceUnavailable)
+		w.WriteHeader(http.StatusInternalServerError) // the row's own: counted
 	})
 	d := relay.New(relay.Config{
 		RunnerURL: rn.URL, HTTPTimeout: 500 * time.Millisecond, Concurrency: 1, MaxAttempts: 25,

@@ -21,7 +21,9 @@ import (
 // reused; a longer answer is cut and its connection closed.
 const maxDrain = 64 << 10
 
-func newClient(cfg Config) *retryablehttp.Client {
+// newClient makes the runner's HTTP client; check decides the quick
+// retries (see quickRetry).
+func newClient(cfg Config, check retryablehttp.CheckRetry) *retryablehttp.Client {
 	tr := &http.Transport{
 		Proxy:                 http.ProxyFromEnvironment,
 		DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
@@ -44,7 +46,7 @@ func newClient(cfg Config) *retryablehttp.Client {
 	c.RetryMax = quickRetries
 	c.RetryWaitMin = 50 * time.Millisecond
 	c.RetryWaitMax = 500 * time.Millisecond
-	c.CheckRetry = retryConnectionErrors
+	c.CheckRetry = check
 	c.ErrorHandler = retryablehttp.PassthroughErrorHandler
 	return c
 }
@@ -61,6 +63,18 @@ func retryConnectionErrors(ctx context.Context, resp *http.Response, err error) 
 		return false, nil
 	}
 	return true, nil
+}
+
+// quickRetry retries connection errors in process (retryConnectionErrors)
+// only while they look like a blip: the runner is otherwise healthy, and
+// few connections failed in the last second. When many requests fail at
+// once, or the breaker is open (a probe), the failure goes to the breaker
+// instead of adding connections to a runner that is down.
+func (d *Deliverer) quickRetry(ctx context.Context, resp *http.Response, err error) (bool, error) {
+	if err != nil && !d.brk.blip(time.Now()) {
+		return false, nil
+	}
+	return retryConnectionErrors(ctx, resp, err)
 }
 
 // post sends one row to the runner and reads what it answered.
@@ -84,6 +98,9 @@ func (d *Deliverer) post(ctx context.Context, r *store.Row) answer {
 	}
 	if d.cfg.Token != "" {
 		h.Set("Authorization", "Bearer "+d.cfg.Token)
+	}
+	if r.Traceparent != "" {
+		setTraceHeaders(h, r)
 	}
 	resp, err := d.client.Do(req)
 	if err != nil {

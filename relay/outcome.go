@@ -28,26 +28,40 @@ type answer struct {
 	err        error
 }
 
+// describe is the answer as last_error says it.
+func (a answer) describe() string {
+	if a.err != nil {
+		return a.err.Error()
+	}
+	return fmt.Sprintf("runner answered %d%s", a.code, retryAfterNote(a.retryAfter))
+}
+
 // decide turns the answer to an attempt at row r into the outcome to
-// record, and its label for the Observer: a 2xx is delivered; any other
-// answer that cannot succeed later is dead at once; the rest is retried
-// after the backoff, or Retry-After when longer, until attempt maxAttempts,
-// which is dead.
-func decide(r *store.Row, a answer, maxAttempts int, backoff Backoff, now time.Time) (store.Result, string) {
+// record, and its label for the Observer: a 2xx is delivered; a failure
+// the breaker blames on the runner is retried with the attempt given back
+// (see blame); any other answer that cannot succeed later is dead at once;
+// the rest is retried after the backoff, or Retry-After when longer, until
+// attempt maxAttempts, which is dead.
+func decide(r *store.Row, a answer, who blame, maxAttempts int, backoff Backoff, now time.Time) (store.Result, string) {
 	res := store.Result{ID: r.ID, Attempt: r.Attempt}
 	switch {
-	case a.err == nil && a.code >= 200 && a.code < 300:
+	case delivered(a):
 		res.Status = store.StatusDelivered
+	case who == blameRunner:
+		// Due again at once: the breaker, not the row's backoff, decides
+		// when the runner is tried again, and on its return every row
+		// goes without waiting for a backoff.
+		res.Status, res.Uncount, res.Next = store.StatusPending, true, now
+		res.Error = a.describe() + " (not counted: the runner is down)"
+	case who == blameThrottle:
+		res.Status, res.Uncount = store.StatusPending, true
+		res.Next = now.Add(max(backoff.Delay(r.Attempt), a.retryAfter))
+		res.Error = a.describe() + " (not counted: the runner asked for less)"
 	case a.err == nil && !retryable(a.code):
 		res.Status = store.StatusDead
 		res.Error = fmt.Sprintf("runner answered %d (permanent)", a.code)
 	default:
-		msg := ""
-		if a.err != nil {
-			msg = a.err.Error()
-		} else {
-			msg = fmt.Sprintf("runner answered %d%s", a.code, retryAfterNote(a.retryAfter))
-		}
+		msg := a.describe()
 		if r.Attempt >= maxAttempts {
 			res.Status = store.StatusDead
 			res.Error = fmt.Sprintf("gave up after %d attempts: %s", r.Attempt, msg)

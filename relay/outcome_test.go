@@ -59,13 +59,46 @@ func TestDecide(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			row := &store.Row{ID: "7", Attempt: tc.attempt}
-			res, outcome := decide(row, tc.ans, 25, backoff, now)
+			res, outcome := decide(row, tc.ans, blameRow, 25, backoff, now)
 			want := store.Result{ID: "7", Attempt: tc.attempt, Status: tc.status, Error: tc.err}
 			if tc.next != 0 {
 				want.Next = now.Add(tc.next)
 			}
 			if res != want || outcome != tc.outcome {
 				t.Errorf("decide = %+v, %q; want %+v, %q", res, outcome, want, tc.outcome)
+			}
+		})
+	}
+}
+
+// A failure blamed on the runner gives the attempt back whatever the
+// answer, even on the last attempt: due at once when the runner is down,
+// after the backoff or Retry-After when it asked for less.
+func TestDecideBlame(t *testing.T) {
+	now := time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
+	backoff := Backoff{Base: time.Second, Max: time.Minute}
+	for _, tc := range []struct {
+		name    string
+		who     blame
+		ans     answer
+		attempt int
+		want    store.Result
+	}{
+		{"down, last attempt", blameRunner, answer{code: 503}, 25, store.Result{Status: store.StatusPending, Uncount: true, Next: now,
+			Error: "runner answered 503 (not counted: the runner is down)"}},
+		{"down, permanent answer to a probe", blameRunner, answer{code: 404}, 3, store.Result{Status: store.StatusPending, Uncount: true, Next: now,
+			Error: "runner answered 404 (not counted: the runner is down)"}},
+		{"down, delivered", blameRunner, answer{code: 200}, 3, store.Result{Status: store.StatusDelivered}},
+		{"429 with Retry-After", blameThrottle, answer{code: 429, retryAfter: 10 * time.Second}, 2, store.Result{Status: store.StatusPending, Uncount: true,
+			Next: now.Add(10 * time.Second), Error: "runner answered 429, Retry-After 10s (not counted: the runner asked for less)"}},
+		{"429 backoff longer", blameThrottle, answer{code: 429, retryAfter: time.Second}, 3, store.Result{Status: store.StatusPending, Uncount: true,
+			Next: now.Add(4 * time.Second), Error: "runner answered 429, Retry-After 1s (not counted: the runner asked for less)"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			res, _ := decide(&store.Row{ID: "7", Attempt: tc.attempt}, tc.ans, tc.who, 25, backoff, now)
+			tc.want.ID, tc.want.Attempt = "7", tc.attempt
+			if res != tc.want {
+				t.Errorf("decide = %+v; want %+v", res, tc.want)
 			}
 		})
 	}
@@ -81,7 +114,7 @@ func TestDecideTruncatesTheError(t *testing.T) {
 		{"invalid UTF-8", "bad \xff\xfe byte", "bad \uFFFD byte"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			res, _ := decide(&store.Row{Attempt: 1}, answer{err: errors.New(tc.err)}, 25, Backoff{Base: time.Second, Max: time.Second}, time.Now())
+			res, _ := decide(&store.Row{Attempt: 1}, answer{err: errors.New(tc.err)}, blameRow, 25, Backoff{Base: time.Second, Max: time.Second}, time.Now())
 			if res.Error != tc.want {
 				t.Errorf("last_error %q (%d bytes), want %q", res.Error, len(res.Error), tc.want)
 			}

@@ -172,10 +172,15 @@ func (rec *recorder) writeTried(ctx context.Context, batch []store.Result, tries
 		})
 	}
 	if slices.ContainsFunc(batch, func(r store.Result) bool { return r.Status == store.StatusPending }) {
-		select {
-		case rec.rescheduled <- struct{}{}:
-		default: // a wake-up is already pending
-		}
+		rec.wake()
+	}
+}
+
+// wake signals rescheduled.
+func (rec *recorder) wake() {
+	select {
+	case rec.rescheduled <- struct{}{}:
+	default: // a wake-up is already pending
 	}
 }
 

@@ -85,6 +85,9 @@ func (d *Deliverer) DeliverKeys(ctx context.Context, keys []string) error {
 	if d.stopping() {
 		return errStopped
 	}
+	if !d.brk.admit() {
+		return nil // the runner is down: the probes and the sweep take over
+	}
 	start := time.Now()
 	cctx, cancel := context.WithTimeout(ctx, claimTimeout)
 	c, err := d.store.ClaimKeys(cctx, keys, d.lease, d.cfg.MaxAttempts, d.refuse.skip())
@@ -93,5 +96,5 @@ func (d *Deliverer) DeliverKeys(ctx context.Context, keys []string) error {
 		return err
 	}
 	d.claimed(PathNext, c)
-	return d.enqueue(ctx, PathNext, start, c)
+	return d.enqueue(ctx, PathNext, start, c, 0)
 }

@@ -15,8 +15,13 @@ type Deliverer interface {
 	// only when older than grace. It bounds its own query time and blocks
 	// while the delivery queue is full.
 	DeliverDue(ctx context.Context, limit int, grace time.Duration) (int, error)
-	// Rescheduled signals that retries were scheduled.
+	// Rescheduled signals that retries were scheduled, or that claiming
+	// resumed.
 	Rescheduled() <-chan struct{}
+	// Paused is how long claiming waits (the runner is down, or asked for
+	// a pause); 0 when it does not. DeliverDue claims nothing meanwhile
+	// but the breaker's probes.
+	Paused() time.Duration
 }
 
 // Queue is what the sweeper needs from store.Store: when to wake up next.
@@ -36,6 +41,10 @@ type Config struct {
 	Grace func() time.Duration
 	// OnSweep, when set, is told of every pass (for metrics).
 	OnSweep func(Pass)
+	// Wake, when set, makes the sweeper sweep at once, fresh rows
+	// included, instead of at its next tick: the stream signals it after a
+	// failover, when rows it will not announce are left in the table.
+	Wake <-chan struct{}
 }
 
 // Pass is what one sweep did.
@@ -67,20 +76,23 @@ const queryTimeout = 10 * time.Second
 const minWait = 20 * time.Millisecond
 
 // Run sweeps at once, then every Interval, and earlier when a retry falls
-// due before the next tick. It returns when ctx is done. Database errors
+// due before the next tick or Wake is signalled. It returns when ctx is done. Database errors
 // are logged once per outage and retried with backoff.
 func (s *Sweeper) Run(ctx context.Context) error {
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	failures := 0
 	for {
+		woken := false
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-timer.C:
 		case <-s.d.Rescheduled():
+		case <-s.cfg.Wake: // nil when unset: never ready
+			woken = true
 		}
-		wait, err := s.pass(ctx)
+		wait, err := s.pass(ctx, woken)
 		switch {
 		case ctx.Err() != nil:
 			return nil
@@ -104,15 +116,29 @@ func (s *Sweeper) Run(ctx context.Context) error {
 	}
 }
 
-// pass sweeps once and returns how long to wait before the next one.
-func (s *Sweeper) pass(ctx context.Context) (time.Duration, error) {
+// pass sweeps once and returns how long to wait before the next one. A
+// pass woken by Wake takes fresh rows too: after a failover the stream will
+// never announce the rows the switch cut, nor those committed on the new
+// server before its new slot began. A claim is exclusive, so the stream
+// then finds those rows taken: no row is sent twice.
+func (s *Sweeper) pass(ctx context.Context, woken bool) (time.Duration, error) {
 	start := time.Now()
-	n, err := s.RunOnce(ctx)
+	grace := s.grace()
+	if woken {
+		grace = 0
+	}
+	n, err := s.sweep(ctx, grace)
 	if s.cfg.OnSweep != nil {
 		s.cfg.OnSweep(Pass{Claimed: n, Took: time.Since(start), Err: err})
 	}
 	if err != nil {
 		return 0, err
+	}
+	// While claiming waits, the next due row does not matter: the sweeper
+	// comes back when the wait ends (the next probe, the end of a pause)
+	// or when Rescheduled says claiming resumed.
+	if p := s.d.Paused(); p > 0 {
+		return max(min(p, s.cfg.Interval), minWait), nil
 	}
 	qctx, cancel := context.WithTimeout(ctx, queryTimeout)
 	defer cancel()
@@ -129,8 +155,11 @@ func (s *Sweeper) pass(ctx context.Context) (time.Duration, error) {
 // RunOnce claims due rows batch after batch until a batch comes back short,
 // and returns how many it claimed.
 func (s *Sweeper) RunOnce(ctx context.Context) (int, error) {
+	return s.sweep(ctx, s.grace())
+}
+
+func (s *Sweeper) sweep(ctx context.Context, grace time.Duration) (int, error) {
 	total := 0
-	grace := s.grace()
 	for {
 		n, err := s.d.DeliverDue(ctx, s.cfg.BatchSize, grace)
 		total += n

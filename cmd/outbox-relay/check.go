@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -76,15 +75,11 @@ const checkTimeout = 60 * time.Second
 // sweep-only); 2 the settings are bad, the database cannot be reached, or
 // an item could not be read.
 func runCheck(ctx context.Context, args, environ []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("check", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlags("check", stderr)
 	asJSON := fs.Bool("json", false, "print JSON")
 	fix := fs.Bool("fix", false, "first create the table, its indexes and the publication, as migrate does")
-	if err := fs.Parse(args); err != nil {
-		return usageError{err}
-	}
-	if fs.NArg() > 0 {
-		return usageError{fmt.Errorf("check takes no arguments, got %q", fs.Arg(0))}
+	if err := parseFlags(fs, args); err != nil {
+		return err
 	}
 	cfg, err := config.Load(environ, config.NeedRunner)
 	if err != nil {

@@ -7,6 +7,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -41,12 +42,38 @@ commands:
   migrate   create the outbox table, its index and publication (--print shows the SQL)
   check     preflight of the database and the runner, one line per item (--json, --fix)
   status    summary of the outbox and the replication slot (--json)
-  requeue   move dead rows back to pending (--id, --type, --since, --dry-run)
+  requeue   move dead rows back to pending, or delivered ones to send again (--status, --limit, --dry-run)
   version   print the version
 
 Settings are environment variables only:
 `
 )
+
+// tracingSummary closes --help: the OpenTelemetry variables are the
+// standard ones, not RELAY_*.
+const tracingSummary = `
+Tracing: OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT exports a
+span per attempt over OTLP/HTTP (OTEL_SERVICE_NAME, default outbox-relay); see the README.
+`
+
+// newFlags is the flag set of a subcommand, writing its errors to stderr.
+func newFlags(cmd string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	return fs
+}
+
+// parseFlags parses a subcommand's flags and refuses positional
+// arguments: settings are RELAY_* variables, never arguments.
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		return usageError{err}
+	}
+	if fs.NArg() > 0 {
+		return usageError{fmt.Errorf("%s takes flags only, got %q", fs.Name(), fs.Arg(0))}
+	}
+	return nil
+}
 
 // usageError is a mistake on the command line or in the settings: exit 2.
 type usageError struct{ err error }
@@ -63,12 +90,12 @@ func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) 
 	}
 	for _, a := range args {
 		if a == "-h" || a == "--help" || a == "-help" {
-			fmt.Fprint(stdout, usageSummary+config.Help())
+			fmt.Fprint(stdout, usageSummary+config.Help()+tracingSummary)
 			return exitOK
 		}
 	}
 	if cmd == "help" {
-		fmt.Fprint(stdout, usageSummary+config.Help())
+		fmt.Fprint(stdout, usageSummary+config.Help()+tracingSummary)
 		return exitOK
 	}
 	var err error

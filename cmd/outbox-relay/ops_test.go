@@ -85,7 +85,7 @@ func TestRequeueMovesOnlyWhatWasAsked(t *testing.T) {
 		t.Errorf("requeue without a filter: exit %d %s", code, stderr)
 	}
 	code, out, _ := runCmd(t, context.Background(), env, "requeue", "--type", "file.*", "--since", "24h", "--dry-run")
-	if code != 0 || !strings.Contains(out, "2 dead rows would be requeued") {
+	if code != 0 || !strings.Contains(out, "2 dead rows match; 2 would be requeued\n") {
 		t.Errorf("dry run: exit %d %q", code, out)
 	}
 	code, out, _ = runCmd(t, context.Background(), env, "requeue", "--type", "file.*", "--since", "24h")

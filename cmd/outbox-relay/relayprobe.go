@@ -14,11 +14,13 @@ import (
 )
 
 // relayView is what a running relay says of itself on /readyz, for the
-// figures the database cannot give: the rows whose writes it refuses.
+// figures the database cannot give: the rows whose writes it refuses and
+// the runner's state.
 type relayView struct {
 	Address     string             `json:"address"`
 	Reachable   bool               `json:"reachable"`
 	WriteErrors []relay.WriteError `json:"write_errors"`
+	Runner      *relay.RunnerState `json:"runner,omitempty"`
 }
 
 // probeRelay asks the relay listening on RELAY_LISTEN_ADDR, on this host
@@ -48,8 +50,17 @@ func probeRelay(ctx context.Context, cfg config.Config) *relayView {
 	if json.NewDecoder(resp.Body).Decode(&body) != nil {
 		return v
 	}
-	v.Reachable, v.WriteErrors = true, body.WriteErrors
+	v.Reachable, v.WriteErrors, v.Runner = true, body.WriteErrors, body.Runner
 	return v
+}
+
+// runnerProblems says so when the relay finds its runner down.
+func runnerProblems(v *relayView) []string {
+	if v == nil || v.Runner == nil || v.Runner.State == relay.RunnerClosed {
+		return nil
+	}
+	return []string{fmt.Sprintf("the runner is down since %s (breaker %s, %d probes): %s; claiming is paused and attempts do not count",
+		v.Runner.Since.Format(time.RFC3339), v.Runner.State, v.Runner.Probes, v.Runner.LastError)}
 }
 
 // writeErrorProblems says, for each row whose write the relay sees refused,

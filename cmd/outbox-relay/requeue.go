@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"strings"
@@ -14,8 +13,7 @@ import (
 )
 
 func runRequeue(ctx context.Context, args, environ []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("requeue", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlags("requeue", stderr)
 	var f store.RequeueFilter
 	fs.Func("id", "row id to requeue, as the id column holds it (repeat, or comma-separated)", func(s string) error {
 		for _, part := range strings.Split(s, ",") {
@@ -40,16 +38,15 @@ func runRequeue(ctx context.Context, args, environ []string, stdout, stderr io.W
 		f.Since = t
 		return nil
 	})
-	all := fs.Bool("all", false, "requeue every dead row (needed when no other filter is given)")
+	fs.StringVar(&f.Status, "status", store.StatusDead, "rows to requeue: dead, or delivered to send them again")
+	limit := fs.Int("limit", -1, fmt.Sprintf("requeue at most this many rows, the oldest first (default: all dead rows, %d delivered ones)", deliveredLimit))
+	all := fs.Bool("all", false, "requeue every row of the status (needed when no other filter is given)")
 	dryRun := fs.Bool("dry-run", false, "count the rows, change nothing")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if err := checkRequeue(&f, *limit, *all); err != nil {
 		return usageError{err}
-	}
-	if fs.NArg() > 0 {
-		return usageError{fmt.Errorf("requeue takes flags only, got %q", fs.Arg(0))}
-	}
-	if len(f.IDs) == 0 && f.Type == "" && f.Since.IsZero() && !*all {
-		return usageError{errors.New("requeue needs --id, --type, --since or --all")}
 	}
 	cfg, err := config.Load(environ, config.NeedDatabase)
 	if err != nil {
@@ -62,14 +59,60 @@ func runRequeue(ctx context.Context, args, environ []string, stdout, stderr io.W
 		return err
 	}
 	defer st.Pool().Close()
-	n, err := st.Requeue(cctx, f, *dryRun)
+	matched, err := st.RequeueMatches(cctx, f)
 	if err != nil {
 		return err
 	}
+	bound := ""
+	if f.Limit > 0 {
+		bound = fmt.Sprintf(" (--limit %d)", f.Limit)
+	}
+	verb := "will be requeued"
 	if *dryRun {
-		fmt.Fprintf(stdout, "%d dead rows would be requeued\n", n)
-	} else {
-		fmt.Fprintf(stdout, "requeued %d dead rows\n", n)
+		verb = "would be requeued"
+	}
+	fmt.Fprintf(stdout, "%d %s rows match; %d %s%s\n", matched, f.Status, capped(matched, f.Limit), verb, bound)
+	if *dryRun {
+		return nil
+	}
+	n, err := st.Requeue(cctx, f, false)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "requeued %d %s rows\n", n, f.Status)
+	return nil
+}
+
+// deliveredLimit bounds a replay of delivered rows unless --limit says
+// otherwise: a filter typed wrong should not send a year of events again.
+const deliveredLimit = 1000
+
+// checkRequeue checks the flags and sets the limit: given, or the
+// default of the status.
+func checkRequeue(f *store.RequeueFilter, limit int, all bool) error {
+	if f.Status != store.StatusDead && f.Status != store.StatusDelivered {
+		return fmt.Errorf("--status must be dead or delivered, not %q", f.Status)
+	}
+	if len(f.IDs) == 0 && f.Type == "" && f.Since.IsZero() && !all {
+		return errors.New("requeue needs --id, --type, --since or --all")
+	}
+	switch {
+	case limit == -1 && f.Status == store.StatusDelivered:
+		f.Limit = deliveredLimit
+	case limit == -1:
+		f.Limit = 0 // every dead row, as requeue always did
+	case limit < 1:
+		return fmt.Errorf("--limit must be at least 1, not %d (leave it out for the default)", limit)
+	default:
+		f.Limit = limit
 	}
 	return nil
+}
+
+// capped is n bounded by limit; 0 is no bound.
+func capped(n int64, limit int) int64 {
+	if limit > 0 {
+		return min(n, int64(limit))
+	}
+	return n
 }

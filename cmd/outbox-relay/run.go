@@ -53,7 +53,15 @@ func runRelay(ctx context.Context, args, environ []string, stderr io.Writer) err
 	if st.Ordered() {
 		metrics.WatchOrdering()
 	}
-	d := relay.New(delivererConfig(cfg), st, log, metrics)
+	tracing, err := startTracing(ctx, cfg.Tracing, log)
+	if err != nil {
+		return err
+	}
+	defer tracing.stop(cfg.ShutdownGrace)
+	dcfg := delivererConfig(cfg)
+	dcfg.Tracer = tracing.tracer()
+	d := relay.New(dcfg, st, log, metrics)
+	metrics.WatchRunner(d.Runner)
 	stream, err := startupCDC(ctx, cfg, d, log)
 	if err != nil {
 		return err
@@ -131,6 +139,7 @@ func delivererConfig(cfg config.Config) relay.Config {
 		MaxAttempts:   cfg.MaxAttempts,
 		Backoff:       relay.Backoff{Base: cfg.BackoffBase, Max: cfg.BackoffMax, Jitter: cfg.BackoffJitter},
 		ShutdownGrace: cfg.ShutdownGrace,
+		ProbeMax:      cfg.ProbeMax,
 	}
 }
 
@@ -149,6 +158,7 @@ func sweepConfig(cfg config.Config, stream *cdc.Stream, metrics *monitor.Metrics
 			}
 			return 0
 		}
+		c.Wake = stream.Wake()
 	}
 	return c
 }
@@ -174,7 +184,9 @@ func watchConfig(cfg config.Config, stream *cdc.Stream, metrics *monitor.Metrics
 		c.Slot = cfg.SlotName
 		c.CDC = func() monitor.CDCState {
 			st := stream.State()
-			return monitor.CDCState{Enabled: true, Connected: st.Connected, Role: st.Role}
+			// A server that cannot stream leaves the relay sweep-only
+			// until it can: not enabled, so no alert waits for a slot.
+			return monitor.CDCState{Enabled: st.Role != cdc.RoleUnavailable, Connected: st.Connected, Role: st.Role}
 		}
 		metrics.WatchCDC(c.CDC)
 	}
@@ -186,8 +198,10 @@ const cdcCheckTimeout = 10 * time.Second
 
 // startupCDC decides whether the replication fast path runs: never with
 // RELAY_CDC=off; with on, a server that cannot do it stops the relay (exit
-// 2); with auto, the relay says why once and runs sweep-only. It returns
-// nil when the relay runs sweep-only.
+// 2). With auto the stream always runs and decides on every reconnect: a
+// server that cannot stream leaves the relay sweep-only (it says why once
+// and checks again now and then), so a failover to a server that can, or
+// an operator's fix, brings the stream back without a restart.
 func startupCDC(ctx context.Context, cfg config.Config, d cdc.Deliverer, log *slog.Logger) (*cdc.Stream, error) {
 	if cfg.CDC == "off" {
 		return nil, nil
@@ -201,19 +215,15 @@ func startupCDC(ctx context.Context, cfg config.Config, d cdc.Deliverer, log *sl
 		Publication: cfg.Publication,
 		BatchSize:   cfg.BatchSize,
 	}
-	cctx, cancel := context.WithTimeout(ctx, cdcCheckTimeout)
-	err := cdc.Check(cctx, ccfg)
-	cancel()
-	switch {
-	case err == nil:
-		return cdc.New(ccfg, d, log), nil
-	case cfg.CDC == "on":
-		return nil, usageError{fmt.Errorf("RELAY_CDC=on but logical replication is unavailable: %v", err)}
-	default:
-		log.Warn("logical replication is unavailable; delivering sweep-only", "reason", err.Error(),
-			"sweep_interval", cfg.SweepInterval.String())
-		return nil, nil
+	if cfg.CDC == "on" {
+		cctx, cancel := context.WithTimeout(ctx, cdcCheckTimeout)
+		err := cdc.Check(cctx, ccfg)
+		cancel()
+		if err != nil {
+			return nil, usageError{fmt.Errorf("RELAY_CDC=on but logical replication is unavailable: %v", err)}
+		}
 	}
+	return cdc.New(ccfg, d, log), nil
 }
 
 // waitForSchema checks the outbox table against the column mapping,

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"strings"
@@ -36,14 +35,14 @@ func (errDegraded) Error() string { return "degraded" }
 //   - any dead row (it needs an operator: requeue or delete it);
 //   - with RELAY_CDC not off and wal_level logical: the slot is missing,
 //     inactive, its wal_status is unreserved or lost, or it retains more
-//     than RELAY_SLOT_WARN_BYTES.
+//     than RELAY_SLOT_WARN_BYTES;
+//   - the relay on this host finds the runner down (its breaker is open).
 func runStatus(ctx context.Context, args, environ []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("status", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlags("status", stderr)
 	asJSON := fs.Bool("json", false, "print JSON")
 	maxAge := fs.Duration("max-pending-age", 5*time.Minute, "oldest pending row allowed before status is degraded")
-	if err := fs.Parse(args); err != nil {
-		return usageError{err}
+	if err := parseFlags(fs, args); err != nil {
+		return err
 	}
 	cfg, err := config.Load(environ, config.NeedDatabase)
 	if err != nil {
@@ -70,6 +69,7 @@ func runStatus(ctx context.Context, args, environ []string, stdout, stderr io.Wr
 	}
 	r.Relay = probeRelay(cctx, cfg)
 	r.Problems = append(problems(cfg, r, *maxAge), writeErrorProblems(r.Relay)...)
+	r.Problems = append(r.Problems, runnerProblems(r.Relay)...)
 	r.Healthy = len(r.Problems) == 0
 	if err := printReport(stdout, *asJSON, r, printStatus); err != nil {
 		return err
@@ -147,6 +147,9 @@ func printStatus(w io.Writer, r statusReport) {
 	case r.Relay == nil:
 	case r.Relay.Reachable:
 		fmt.Fprintf(w, "\nrelay at %s: %d rows whose writes the database refuses\n", r.Relay.Address, len(r.Relay.WriteErrors))
+		if rs := r.Relay.Runner; rs != nil {
+			fmt.Fprintf(w, "  runner      %s since %s, concurrency limit %d\n", rs.State, rs.Since.Format(time.RFC3339), rs.ConcurrencyLimit)
+		}
 	default:
 		fmt.Fprintf(w, "\nrelay at %s: not reachable from here (its refused writes are not shown)\n", r.Relay.Address)
 	}

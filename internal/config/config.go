@@ -45,6 +45,7 @@ type Config struct {
 	MaxAttempts   int           `env:"MAX_ATTEMPTS" envDefault:"25" help:"attempts before a row is marked dead"`
 	HTTPTimeout   time.Duration `env:"HTTP_TIMEOUT" envDefault:"10s" help:"timeout of one POST to the runner"`
 	Concurrency   int           `env:"CONCURRENCY" envDefault:"16" help:"POSTs in flight for the whole process"`
+	ProbeMax      time.Duration `env:"RUNNER_PROBE_MAX" envDefault:"5s" help:"longest wait between probes of a runner that is down (1s at first, doubling)"`
 	BatchSize     int           `env:"BATCH_SIZE" envDefault:"100" help:"rows claimed per sweep query and ids per stream hand-off"`
 	ListenAddr    string        `env:"LISTEN_ADDR" envDefault:":9898" help:"address of /healthz, /readyz and /metrics; off disables"`
 	LogLevel      string        `env:"LOG_LEVEL" envDefault:"info" help:"debug, info, warn or error"`
@@ -60,6 +61,8 @@ type Config struct {
 	OrderingOnDead string `env:"ORDERING_ON_DEAD" envDefault:"skip" help:"with an ordering_key column: skip (a dead row lets its key go on) or block (the key waits until it is requeued or deleted)"`
 
 	Parsed
+
+	otel map[string]string // the OTEL_* variables of tracingVars, for validateTracing
 }
 
 // Parsed are the values Load derives from the variables, so that nothing
@@ -74,6 +77,7 @@ type Parsed struct {
 	OnDead     store.OnDead
 	SigningKey []byte // nil: no Standard Webhooks signature
 	Level      slog.Level
+	Tracing    Tracing
 }
 
 // Need says what a command needs of the settings: Load validates that much.
@@ -93,7 +97,12 @@ type Error struct {
 	Msg string
 }
 
-func (e *Error) Error() string { return Prefix + e.Var + ": " + e.Msg }
+func (e *Error) Error() string {
+	if strings.HasPrefix(e.Var, "OTEL_") { // OpenTelemetry's own names have no prefix
+		return e.Var + ": " + e.Msg
+	}
+	return Prefix + e.Var + ": " + e.Msg
+}
 
 // Load reads the settings from environ (KEY=VALUE pairs, as os.Environ
 // returns them), checks what need asks for and fills in the parsed values.
@@ -120,6 +129,10 @@ func Read(environ []string) (Config, error) {
 		}
 	}
 	var c Config
+	c.otel = map[string]string{}
+	for _, k := range tracingVars {
+		c.otel[k] = m[k]
+	}
 	err := env.ParseWithOptions(&c, env.Options{Environment: m, Prefix: Prefix})
 	if err == nil {
 		return c, nil
@@ -161,7 +174,7 @@ func (c *Config) Validate(need Need) error {
 	if need == NeedDatabase {
 		return nil
 	}
-	for _, check := range []func() error{c.validateRunner, c.validateReplication, c.validateTimings, c.validateSizes, c.validateOutput} {
+	for _, check := range []func() error{c.validateRunner, c.validateReplication, c.validateTimings, c.validateSizes, c.validateOutput, c.validateTracing} {
 		if err := check(); err != nil {
 			return err
 		}
@@ -207,7 +220,7 @@ func (c *Config) validateRunner() error {
 	if c.RunnerURL == "" {
 		return &Error{"RUNNER_URL", "is required"}
 	}
-	if err := checkRunnerURL(c.RunnerURL); err != nil {
+	if err := checkHTTPURL(c.RunnerURL); err != nil {
 		return &Error{"RUNNER_URL", err.Error()}
 	}
 	c.SigningKey = nil
@@ -258,6 +271,7 @@ var durationBounds = []struct {
 	{"HTTP_TIMEOUT", func(c *Config) time.Duration { return c.HTTPTimeout }, 10 * time.Millisecond, time.Hour},
 	{"SHUTDOWN_TIMEOUT", func(c *Config) time.Duration { return c.ShutdownGrace }, 10 * time.Millisecond, time.Hour},
 	{"STATS_INTERVAL", func(c *Config) time.Duration { return c.StatsInterval }, 100 * time.Millisecond, 24 * time.Hour},
+	{"RUNNER_PROBE_MAX", func(c *Config) time.Duration { return c.ProbeMax }, 100 * time.Millisecond, 10 * time.Minute},
 }
 
 func (c *Config) validateTimings() error {
@@ -334,7 +348,9 @@ func parseDatabaseURL(s string) (*pgxpool.Config, error) {
 	return db, nil
 }
 
-func checkRunnerURL(s string) error {
+// checkHTTPURL checks an absolute http(s) URL with a host; its errors show
+// the URL without its password.
+func checkHTTPURL(s string) error {
 	u, err := url.Parse(s)
 	if err != nil {
 		return errors.New("is not a valid URL")

@@ -22,15 +22,16 @@ func TestDefaults(t *testing.T) {
 	}
 	if c.DB == nil || c.DB.ConnConfig.Password != "s3cret-pw" || c.Table.String() != "public.portal_event_outbox" ||
 		c.Columns.String() != store.DefaultColumns().String() || c.Statuses != store.DefaultStatuses() ||
-		c.SigningKey != nil || c.Level != slog.LevelInfo || c.OnDead != store.OnDeadSkip {
+		c.SigningKey != nil || c.Level != slog.LevelInfo || c.OnDead != store.OnDeadSkip ||
+		c.Tracing != (Tracing{ServiceName: "outbox-relay"}) {
 		t.Errorf("parsed values: %+v", c.Parsed)
 	}
-	c.Parsed = Parsed{}
+	c.Parsed, c.otel = Parsed{}, nil
 	want := Config{
 		DatabaseURL: "postgres://relay:s3cret-pw@127.0.0.1:5432/app", RunnerURL: "http://127.0.0.1:8000/hooks",
 		OutboxTable: "public.portal_event_outbox", SlotName: "outbox_relay", Publication: "outbox_relay", CDC: "auto",
 		SweepInterval: 5 * time.Second, BackoffBase: time.Second, BackoffMax: 10 * time.Minute, BackoffJitter: 0.2,
-		MaxAttempts: 25, HTTPTimeout: 10 * time.Second, Concurrency: 16, BatchSize: 100, ListenAddr: ":9898",
+		MaxAttempts: 25, HTTPTimeout: 10 * time.Second, Concurrency: 16, ProbeMax: 5 * time.Second, BatchSize: 100, ListenAddr: ":9898",
 		LogLevel: "info", LogFormat: "json", ShutdownGrace: 30 * time.Second, SlotWarnBytes: 256 << 20,
 		SlotMaxBytes: 2 << 30, Retention: 168 * time.Hour, StatsInterval: 15 * time.Second, OrderingOnDead: "skip",
 	}
@@ -127,6 +128,9 @@ func TestBadValues(t *testing.T) {
 		{"RETENTION", "-1h"},
 		{"RETENTION", "a week"},
 		{"STATS_INTERVAL", "0s"},
+		{"RUNNER_PROBE_MAX", "0s"},
+		{"RUNNER_PROBE_MAX", "1h"},
+		{"RUNNER_PROBE_MAX", "often"},
 	}
 	seen := map[string]bool{}
 	for _, tc := range cases {

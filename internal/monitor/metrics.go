@@ -31,6 +31,8 @@ type Metrics struct {
 
 	writeErrors *prometheus.CounterVec
 
+	traceContextInvalid *prometheus.CounterVec
+
 	lastSweep, lastSweepDuration prometheus.Gauge
 	retentionDeleted             prometheus.Counter
 
@@ -66,6 +68,12 @@ func NewMetrics() *Metrics {
 		writeErrors: f.counterVec("write_errors_total",
 			"Writes of one row the database refused (a constraint, a trigger, row-level security), by statement (claim, record, release); each is retried with backoff while the other rows flow.",
 			"statement"),
+		traceContextInvalid: f.counterVec("trace_context_invalid_total",
+			"Trace context values of rows dropped as invalid W3C (the event is sent without them), by header (traceparent, tracestate).",
+			"header"),
+	}
+	for _, h := range []string{relay.HeaderTraceparent, relay.HeaderTracestate} {
+		m.traceContextInvalid.WithLabelValues(h) // present at 0 from the start
 	}
 	for _, s := range []string{relay.StatementClaim, relay.StatementRecord, relay.StatementRelease} {
 		m.writeErrors.WithLabelValues(s) // present at 0 from the start
@@ -96,6 +104,12 @@ func (m *Metrics) ObserveAttempt(a relay.Attempt) {
 // relay.Observer.
 func (m *Metrics) ObserveWriteError(statement string) { m.writeErrors.WithLabelValues(statement).Inc() }
 
+// ObserveTraceContextInvalid counts a trace context header dropped as
+// invalid; it implements relay.Observer.
+func (m *Metrics) ObserveTraceContextInvalid(header string) {
+	m.traceContextInvalid.WithLabelValues(header).Inc()
+}
+
 // ObserveSweep records a sweep pass.
 func (m *Metrics) ObserveSweep(p sweeper.Pass) {
 	m.lastSweep.SetToCurrentTime()
@@ -125,12 +139,27 @@ func (m *Metrics) WatchCDC(state func() CDCState) {
 	m.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: namespace, Name: "cdc_connected", Help: "1 while the replication connection streams.",
 	}, func() float64 { return b2f(state().Connected) }))
-	for _, r := range []string{"streamer", "standby", "down"} {
+	for _, r := range []string{"streamer", "standby", "down", "unavailable"} {
 		m.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: namespace, Name: "cdc_role", ConstLabels: prometheus.Labels{"role": r},
-			Help: "1 for the current role: streamer (holds the slot), standby or down.",
+			Help: "1 for the current role: streamer (holds the slot), standby, down, or unavailable (the server cannot stream: sweep-only).",
 		}, func() float64 { return b2f(state().Role == r) }))
 	}
+}
+
+// WatchRunner exports the runner breaker's state and the concurrency
+// limit, read at scrape time from state: no cost on the delivery path.
+func (m *Metrics) WatchRunner(state func() relay.RunnerState) {
+	for _, s := range relay.RunnerStates {
+		m.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "runner_state", ConstLabels: prometheus.Labels{"state": s},
+			Help: "1 for the runner breaker's state: closed (delivering), open (runner down, claiming paused) or probing (one probe in flight).",
+		}, func() float64 { return b2f(state().State == s) }))
+	}
+	m.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "runner_concurrency_limit",
+		Help: "POSTs allowed in flight now: RELAY_CONCURRENCY, halved on 429 and 503, grown back by one per run of successes.",
+	}, func() float64 { return float64(state().ConcurrencyLimit) }))
 }
 
 func (m *Metrics) setSlot(s store.Slot) {

@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -40,14 +41,18 @@ func newStore(t *testing.T, url string) *store.Store {
 	return store.New(pool, store.DefaultSchema(table))
 }
 
-// noWriteErrors stands for a deliverer whose writes all succeed.
-type noWriteErrors struct{}
+// runnerDown stands for a deliverer whose writes all succeed and whose
+// runner is down.
+type runnerDown struct{}
 
-func (noWriteErrors) WriteErrors() []relay.WriteError { return nil }
+func (runnerDown) WriteErrors() []relay.WriteError { return nil }
+func (runnerDown) Runner() relay.RunnerState {
+	return relay.RunnerState{State: relay.RunnerOpen, ConcurrencyLimit: 2, LastError: "runner unreachable"}
+}
 
 func serve(t *testing.T, st *store.Store, m *monitor.Metrics, w *monitor.Watcher) string {
 	t.Helper()
-	srv, err := monitor.NewServer("127.0.0.1:0", st.Pool(), m, w, noWriteErrors{}, quiet)
+	srv, err := monitor.NewServer("127.0.0.1:0", st.Pool(), m, w, runnerDown{}, quiet)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,6 +115,7 @@ func TestMetricsAfterDeliveries(t *testing.T) {
 	m := monitor.NewMetrics()
 	d := relay.New(relay.Config{RunnerURL: rn.URL, HTTPTimeout: 5 * time.Second, Concurrency: 4, MaxAttempts: 5,
 		Backoff: relay.Backoff{Base: time.Hour, Max: time.Hour}, ShutdownGrace: time.Second}, st, quiet, m)
+	m.WatchRunner(d.Runner)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- d.Run(ctx) }()
@@ -149,12 +155,19 @@ func TestMetricsAfterDeliveries(t *testing.T) {
 	})
 	_, scrape = get(t, base+"/metrics")
 	for sample, want := range map[string]float64{
-		"outbox_relay_pending_rows": 1,
-		"outbox_relay_dead_rows":    1,
+		"outbox_relay_pending_rows":                  1,
+		"outbox_relay_dead_rows":                     1,
+		`outbox_relay_runner_state{state="closed"}`:  1,
+		`outbox_relay_runner_state{state="open"}`:    0,
+		`outbox_relay_runner_state{state="probing"}`: 0,
 	} {
 		if got := metric(t, scrape, sample); got != want {
 			t.Errorf("%s = %v, want %v", sample, got, want)
 		}
+	}
+	// Halved to 2 by the 503, grown back by one per run of successes.
+	if l := metric(t, scrape, "outbox_relay_runner_concurrency_limit"); l < 2 || l > 3 {
+		t.Errorf("concurrency limit = %v, want 2 or 3 after a 503 (of 4)", l)
 	}
 	if age := metric(t, scrape, "outbox_relay_oldest_pending_age_seconds"); age <= 0 {
 		t.Errorf("oldest pending age = %v, want > 0", age)
@@ -176,6 +189,10 @@ func TestReadyzFollowsTheDatabase(t *testing.T) {
 	code, body := get(t, base+"/readyz")
 	if code != 200 || !strings.Contains(body, `"ready":true`) || !strings.Contains(body, `"role":"streamer"`) {
 		t.Fatalf("readyz with the database up: %d %s", code, body)
+	}
+	// A runner that is down shows, and leaves the relay ready.
+	if !strings.Contains(body, `"runner":{"state":"open"`) || !strings.Contains(body, `"concurrency_limit":2`) {
+		t.Errorf("readyz does not show the runner's state: %s", body)
 	}
 	if err := c.StopServer("fast"); err != nil {
 		t.Fatal(err)
@@ -227,5 +244,29 @@ func TestSlotGuardDropsAnOverLimitSlot(t *testing.T) {
 	srvURL := serve(t, st, m, over)
 	if _, scrape := get(t, srvURL+"/metrics"); metric(t, scrape, "outbox_relay_slot_recreated_total") != 1 {
 		t.Error("slot_recreated_total not counted")
+	}
+}
+
+// cdc_enabled follows the stream: 0 while the server cannot stream (the
+// relay is sweep-only, so no alert should wait for a slot), 1 once it can.
+func TestCDCEnabledFollowsTheStream(t *testing.T) {
+	t.Parallel()
+	st := newStore(t, pgtest.NewDB(t))
+	m := monitor.NewMetrics()
+	var mu sync.Mutex
+	state := monitor.CDCState{Role: "unavailable"}
+	cdc := func() monitor.CDCState { mu.Lock(); defer mu.Unlock(); return state }
+	m.WatchCDC(cdc)
+	w := monitor.NewWatcher(monitor.WatchConfig{Interval: time.Hour, CDC: cdc}, st, m, quiet)
+	base := serve(t, st, m, w)
+	for _, want := range []string{"0", "1"} {
+		w.RunOnce(context.Background())
+		if _, body := get(t, base+"/metrics"); !strings.Contains(body, "\noutbox_relay_cdc_enabled "+want+"\n") ||
+			!strings.Contains(body, `outbox_relay_cdc_role{role="`+state.Role+`"} 1`) {
+			t.Errorf("with role %s, want cdc_enabled %s and the role's gauge at 1:\n%s", state.Role, want, body)
+		}
+		mu.Lock()
+		state = monitor.CDCState{Enabled: true, Connected: true, Role: "streamer"}
+		mu.Unlock()
 	}
 }

@@ -16,12 +16,13 @@ import (
 )
 
 // Server serves /healthz (the process is alive), /readyz (the database
-// answers; the body has the CDC state, slot figures and the rows whose
-// writes the database refuses) and /metrics.
+// answers; the body has the CDC state, slot figures, the runner's state
+// and the rows whose writes the database refuses) and /metrics.
 //
-// Refused writes show in the body but leave /readyz at 200: the relay is
-// usually a sidecar, and an unready sidecar takes the whole pod, the
-// application with it, out of its Service. One bad row must not do that.
+// Refused writes and a runner that is down show in the body but leave
+// /readyz at 200: the relay is usually a sidecar, and an unready sidecar
+// takes the whole pod, the application with it, out of its Service. One
+// bad row or a runner's deploy must not do that.
 type Server struct {
 	srv *http.Server
 	ln  net.Listener
@@ -30,7 +31,7 @@ type Server struct {
 
 // NewServer listens on addr at once, so a port clash fails start-up
 // instead of surfacing later.
-func NewServer(addr string, pool *pgxpool.Pool, m *Metrics, w *Watcher, d WriteErrorLister, log *slog.Logger) (*Server, error) {
+func NewServer(addr string, pool *pgxpool.Pool, m *Metrics, w *Watcher, d DelivererView, log *slog.Logger) (*Server, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err
@@ -43,7 +44,8 @@ func NewServer(addr string, pool *pgxpool.Pool, m *Metrics, w *Watcher, d WriteE
 	mux.HandleFunc("GET /readyz", func(rw http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 		defer cancel()
-		body := Readiness{Ready: true, Database: "ok", Last: w.Last(), WriteErrors: d.WriteErrors()}
+		runner := d.Runner()
+		body := Readiness{Ready: true, Database: "ok", Last: w.Last(), WriteErrors: d.WriteErrors(), Runner: &runner}
 		if err := pool.Ping(ctx); err != nil {
 			body.Ready, body.Database = false, err.Error()
 		}
@@ -61,9 +63,11 @@ func NewServer(addr string, pool *pgxpool.Pool, m *Metrics, w *Watcher, d WriteE
 	}, nil
 }
 
-// WriteErrorLister lists the rows whose writes the database refuses.
-type WriteErrorLister interface {
+// DelivererView is what /readyz shows of the Deliverer: the rows whose
+// writes the database refuses, and the runner's state.
+type DelivererView interface {
 	WriteErrors() []relay.WriteError
+	Runner() relay.RunnerState
 }
 
 // Readiness is the body of /readyz; `outbox-relay status` reads it too.
@@ -72,6 +76,9 @@ type Readiness struct {
 	Database    string             `json:"database"`
 	Last        Snapshot           `json:"last_refresh"`
 	WriteErrors []relay.WriteError `json:"write_errors"`
+	// Runner is the runner breaker's state; nil from a relay older than
+	// the breaker.
+	Runner *relay.RunnerState `json:"runner,omitempty"`
 }
 
 // Addr is the address the server listens on.

@@ -13,7 +13,7 @@ import (
 type CDCState struct {
 	Enabled   bool   `json:"enabled"`
 	Connected bool   `json:"connected"`
-	Role      string `json:"role"` // streamer, standby or down
+	Role      string `json:"role"` // streamer, standby, down or unavailable
 }
 
 // WatchConfig tunes the Watcher.
@@ -77,6 +77,9 @@ func (w *Watcher) RunOnce(ctx context.Context) Snapshot {
 	defer cancel()
 	snap := Snapshot{At: time.Now()}
 	snap.CDC = w.cdc()
+	// With RELAY_CDC=auto the stream may find the server unable to
+	// stream, and later able again.
+	w.metrics.cdcEnabled.Set(b2f(snap.CDC.Enabled))
 	err := w.refresh(ctx, &snap)
 	switch {
 	case err != nil && !w.failing:

@@ -181,20 +181,25 @@ func Start(opts ...Option) (*Cluster, error) {
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	// A port picked free can be taken before the server binds it; then a
-	// fresh port is worth another try. Any other failure is final.
+	if err := c.startOnFreePort(); err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	return c, nil
+}
+
+// startOnFreePort starts the server of a cluster whose data directory is
+// ready. A port picked free can be taken before the server binds it; then
+// a fresh port is worth another try. Any other failure is final.
+func (c *Cluster) startOnFreePort() error {
 	for attempt := 1; ; attempt++ {
+		var err error
 		if c.port, err = freePort(); err != nil {
-			os.RemoveAll(dir)
-			return nil, err
+			return err
 		}
 		err = c.StartServer()
-		if err == nil {
-			return c, nil
-		}
-		if attempt == 3 || !strings.Contains(err.Error(), "could not bind") {
-			os.RemoveAll(dir)
-			return nil, err
+		if err == nil || attempt == 3 || !strings.Contains(err.Error(), "could not bind") {
+			return err
 		}
 	}
 }
@@ -395,9 +400,14 @@ func (c *Cluster) pgCtl(action string, args ...string) error {
 
 // run runs a PostgreSQL binary, as the postgres user when we are root.
 func (c *Cluster) run(name string, args ...string) ([]byte, error) {
+	return c.runEnv(nil, name, args...)
+}
+
+// runEnv is run with extra environment variables (PGPASSWORD, say).
+func (c *Cluster) runEnv(env []string, name string, args ...string) ([]byte, error) {
 	cmd := exec.Command(filepath.Join(c.binDir, name), args...)
 	cmd.Dir = c.dir // the postgres user may not be able to enter our working directory
-	cmd.Env = append(os.Environ(), "LC_ALL=C")
+	cmd.Env = append(append(os.Environ(), "LC_ALL=C"), env...)
 	// Its own process group keeps a Ctrl-C meant for the test (or the
 	// demo) from cutting pg_ctl short and stranding a server or its files.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: c.cred, Setpgid: true}

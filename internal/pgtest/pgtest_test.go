@@ -209,3 +209,44 @@ func TestNewDBDropsItsSlots(t *testing.T) {
 		t.Errorf("%s slots of the dropped database %s are left", n, dbName)
 	}
 }
+
+// A synchronous pair: a commit on the primary is on the standby once it
+// returns, the two-host URL reaches the primary, and after the primary
+// crashes and the standby is promoted it reaches the new primary, which
+// has the row.
+func TestPairPromote(t *testing.T) {
+	p := pgtest.StartPair(t, true)
+	ctx := context.Background()
+	conn := connect(t, p.URL("postgres"))
+	if _, err := conn.Exec(ctx, `CREATE TABLE t (id int); INSERT INTO t VALUES (1)`); err != nil {
+		t.Fatal(err)
+	}
+	if got := queryString(t, conn, `SELECT current_setting('port')`); got != fmt.Sprint(p.Primary.Port()) {
+		t.Errorf("the two-host URL reached port %s, want the primary's %d", got, p.Primary.Port())
+	}
+	if err := p.Primary.StopServer("immediate"); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Promote(); err != nil {
+		t.Fatal(err)
+	}
+	after := connect(t, p.URL("postgres"))
+	if got := queryString(t, after, `SELECT current_setting('port')`); got != fmt.Sprint(p.Standby.Port()) {
+		t.Errorf("after the promotion the two-host URL reached port %s, want the standby's %d", got, p.Standby.Port())
+	}
+	if got := queryString(t, after, `SELECT count(*)::text FROM t`); got != "1" {
+		t.Errorf("the promoted standby has %s rows of the synchronously committed 1", got)
+	}
+	if got := queryString(t, after, `SELECT pg_is_in_recovery()::text`); got != "false" {
+		t.Errorf("pg_is_in_recovery() = %s after Promote", got)
+	}
+}
+
+// An asynchronous pair streams too, with sync_state async.
+func TestPairAsync(t *testing.T) {
+	p := pgtest.StartPair(t, false)
+	conn := connect(t, p.Primary.URL("postgres"))
+	if got := queryString(t, conn, `SELECT sync_state FROM pg_stat_replication`); got != "async" {
+		t.Errorf("sync_state %s, want async", got)
+	}
+}

@@ -22,13 +22,17 @@ type Answer func(w http.ResponseWriter, r *http.Request, body []byte) bool
 // loopback port that records, by Idempotency-Key (the event id), when each
 // event first arrived and how many times it was accepted. Without an
 // Answer it accepts everything with 204. It can go away (connections
-// refused) and come back on the same address.
+// refused, or reset and counted) and come back on the same address.
 type Runner struct {
 	addr string
 	open atomic.Int64 // connections open now
 
+	inFlight, peak atomic.Int64 // requests being answered now, and the most at once
+	refused        atomic.Int64 // connections reset while refusing
+
 	mu       sync.Mutex
 	srv      *http.Server
+	refuser  net.Listener // while refusing
 	answer   Answer
 	ids      map[string]receipt // nil: count requests only
 	order    []string           // ids in the order of their first acceptance
@@ -86,10 +90,70 @@ func (rn *Runner) countConns(_ net.Conn, s http.ConnState) {
 // OpenConns is the number of connections open to the runner now.
 func (rn *Runner) OpenConns() int64 { return rn.open.Load() }
 
+// Peak is the most requests the runner was answering at once since the
+// last ResetPeak.
+func (rn *Runner) Peak() int64 { return rn.peak.Load() }
+
+// ResetPeak starts a new Peak from the requests in flight now.
+func (rn *Runner) ResetPeak() { rn.peak.Store(rn.inFlight.Load()) }
+
+// InFlight is how many requests the runner is answering now.
+func (rn *Runner) InFlight() int64 { return rn.inFlight.Load() }
+
+// Refused is the number of connections reset while refusing.
+func (rn *Runner) Refused() int64 { return rn.refused.Load() }
+
+// Refuse stops serving and, until Restart, accepts each connection on the
+// runner's address only to reset it at once: to the relay the runner is
+// as down as with connections refused, and the runner can count every
+// attempt to reach it (Refused), which a closed port cannot.
+func (rn *Runner) Refuse(ctx context.Context) error {
+	rn.Stop()
+	ln, err := rn.listen(ctx)
+	if err != nil {
+		return err
+	}
+	rn.mu.Lock()
+	rn.refuser = ln
+	rn.mu.Unlock()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return // closed by Restart or Stop
+			}
+			rn.refused.Add(1)
+			if tc, ok := c.(*net.TCPConn); ok {
+				_ = tc.SetLinger(0) // a reset, not a clean close
+			}
+			_ = c.Close()
+		}
+	}()
+	return nil
+}
+
+// stopRefusing closes the refusing listener, if any.
+func (rn *Runner) stopRefusing() {
+	rn.mu.Lock()
+	ln := rn.refuser
+	rn.refuser = nil
+	rn.mu.Unlock()
+	if ln != nil {
+		_ = ln.Close()
+	}
+}
+
 // ServeHTTP reads the body in full before answering, so that a refusal of
 // a large body reaches the relay as an answer, not as a reset connection;
 // the receipt time is taken once the body is in.
 func (rn *Runner) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	n := rn.inFlight.Add(1)
+	defer rn.inFlight.Add(-1)
+	for p := rn.peak.Load(); n > p; p = rn.peak.Load() {
+		if rn.peak.CompareAndSwap(p, n) {
+			break
+		}
+	}
 	rn.mu.Lock()
 	answer := rn.answer
 	rn.mu.Unlock()
@@ -209,6 +273,7 @@ const stopGrace = 5 * time.Second
 // Stop closes the listener: connections are refused until Restart.
 // Requests under way get a moment to finish. Safe to call again.
 func (rn *Runner) Stop() {
+	rn.stopRefusing()
 	rn.mu.Lock()
 	srv := rn.srv
 	rn.srv = nil
@@ -226,6 +291,17 @@ func (rn *Runner) Stop() {
 // moment ago and TIME_WAIT does not block a listen, but another process
 // may hold it briefly: it tries for up to 10 s.
 func (rn *Runner) Restart(ctx context.Context) error {
+	rn.stopRefusing()
+	ln, err := rn.listen(ctx)
+	if err != nil {
+		return err
+	}
+	rn.serve(ln)
+	return nil
+}
+
+// listen listens on the runner's address again, trying for up to 10 s.
+func (rn *Runner) listen(ctx context.Context) (net.Listener, error) {
 	var ln net.Listener
 	var err error
 	ok, perr := poll(ctx, 50*time.Millisecond, 10*time.Second, func() (bool, error) {
@@ -233,13 +309,12 @@ func (rn *Runner) Restart(ctx context.Context) error {
 		return err == nil, nil
 	})
 	if perr != nil {
-		return perr
+		return nil, perr
 	}
 	if !ok {
-		return fmt.Errorf("runner: listen again on %s: %w", rn.addr, err)
+		return nil, fmt.Errorf("runner: listen again on %s: %w", rn.addr, err)
 	}
-	rn.serve(ln)
-	return nil
+	return ln, nil
 }
 
 // WaitDistinct waits until the runner has seen at least n event ids

@@ -71,21 +71,22 @@ func ParseColumns(s string) (Columns, error) {
 		return c, nil
 	}
 	named := map[Role]bool{}
-	for _, pair := range strings.Split(s, ",") {
-		k, v, ok := strings.Cut(pair, "=")
-		role, col := Role(strings.TrimSpace(k)), strings.TrimSpace(v)
+	err := eachPair(s, "role=column", func(k, col string) error {
+		role := Role(k)
 		switch {
-		case !ok || role == "" || col == "":
-			return nil, fmt.Errorf("%q is not role=column", strings.TrimSpace(pair))
 		case !slices.Contains(Roles, role) && !slices.Contains(OptionalRoles, role):
-			return nil, fmt.Errorf("unknown role %q (roles: %s)", role, roleList())
+			return fmt.Errorf("unknown role %q (roles: %s)", role, roleList())
 		case named[role]:
-			return nil, fmt.Errorf("role %s is named twice", role)
+			return fmt.Errorf("role %s is named twice", role)
 		case len(col) > 63 || strings.ContainsRune(col, 0):
-			return nil, fmt.Errorf("column %q for role %s is not a valid column name (at most 63 bytes)", col, role)
+			return fmt.Errorf("column %q for role %s is not a valid column name (at most 63 bytes)", col, role)
 		}
 		named[role] = true
 		c[role] = col
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	return c, c.checkShared()
 }
@@ -145,6 +146,23 @@ func (c Columns) String() string {
 	return strings.Join(s, ",")
 }
 
+// eachPair calls f with each trimmed key=value of a comma-separated list,
+// and stops at the first pair that is not one (named as shape says) or
+// that f refuses.
+func eachPair(s, shape string, f func(k, v string) error) error {
+	for _, pair := range strings.Split(s, ",") {
+		k, v, ok := strings.Cut(pair, "=")
+		k, v = strings.TrimSpace(k), strings.TrimSpace(v)
+		if !ok || k == "" || v == "" {
+			return fmt.Errorf("%q is not %s", strings.TrimSpace(pair), shape)
+		}
+		if err := f(k, v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // Statuses are the values the status column holds for the three states.
 type Statuses struct {
 	Pending, Delivered, Dead string
@@ -163,14 +181,9 @@ func ParseStatuses(s string) (Statuses, error) {
 		return st, nil
 	}
 	named := map[string]bool{}
-	for _, pair := range strings.Split(s, ",") {
-		k, v, ok := strings.Cut(pair, "=")
-		k, v = strings.TrimSpace(k), strings.TrimSpace(v)
-		if !ok || k == "" || v == "" {
-			return st, fmt.Errorf("%q is not state=value", strings.TrimSpace(pair))
-		}
+	err := eachPair(s, "state=value", func(k, v string) error {
 		if named[k] {
-			return st, fmt.Errorf("state %s is named twice", k)
+			return fmt.Errorf("state %s is named twice", k)
 		}
 		named[k] = true
 		switch k {
@@ -181,8 +194,12 @@ func ParseStatuses(s string) (Statuses, error) {
 		case StatusDead:
 			st.Dead = v
 		default:
-			return st, fmt.Errorf("unknown state %q (states: pending, delivered, dead)", k)
+			return fmt.Errorf("unknown state %q (states: pending, delivered, dead)", k)
 		}
+		return nil
+	})
+	if err != nil {
+		return st, err
 	}
 	if st.Pending == st.Delivered || st.Pending == st.Dead || st.Delivered == st.Dead {
 		return st, errors.New("pending, delivered and dead need three different values")

@@ -45,19 +45,27 @@ func (s *Store) Stats(ctx context.Context, delivered bool) (Stats, error) {
 	return st, nil
 }
 
-// RequeueFilter selects dead rows to move back to pending. Empty fields
-// match everything.
+// RequeueFilter selects rows to move back to pending: dead ones, or
+// delivered ones to send again. Empty fields match everything.
 type RequeueFilter struct {
-	IDs   []string  // in the id column's text form
-	Type  string    // a glob: * and ? wildcards
-	Since time.Time // rows created at or after
+	Status string    // StatusDead (also when empty) or StatusDelivered
+	IDs    []string  // in the id column's text form
+	Type   string    // a glob: * and ? wildcards
+	Since  time.Time // rows created at or after
+	Limit  int       // at most this many, the oldest first; 0: no bound
 }
 
-// Requeue moves dead rows matching f back to pending, due now, with their
-// attempts reset. With dryRun it only counts them. Delivered rows are never
-// touched.
-func (s *Store) Requeue(ctx context.Context, f RequeueFilter, dryRun bool) (int64, error) {
-	where := []string{"{status} = {dead}"}
+// status is the condition on the status column.
+func (f RequeueFilter) status() string {
+	if f.Status == StatusDelivered {
+		return "{status} = {delivered}"
+	}
+	return "{status} = {dead}"
+}
+
+// where is f as a condition on the table and its arguments.
+func (f RequeueFilter) where() (string, []any) {
+	where := []string{f.status()}
 	var args []any
 	if len(f.IDs) > 0 {
 		args = append(args, f.IDs)
@@ -73,20 +81,42 @@ func (s *Store) Requeue(ctx context.Context, f RequeueFilter, dryRun bool) (int6
 		args = append(args, f.Since)
 		where = append(where, fmt.Sprintf("{created_at}::timestamptz >= $%d", len(args)))
 	}
-	cond := strings.Join(where, " AND ")
+	return strings.Join(where, " AND "), args
+}
+
+// RequeueMatches counts the rows f selects, whatever its Limit.
+func (s *Store) RequeueMatches(ctx context.Context, f RequeueFilter) (int64, error) {
+	cond, args := f.where()
 	var n int64
-	var err error
-	if dryRun {
-		err = s.pool.QueryRow(ctx, s.schema.expand(`SELECT count(*) FROM {table} WHERE `+cond), args...).Scan(&n)
-	} else {
-		var tag interface{ RowsAffected() int64 }
-		tag, err = s.pool.Exec(ctx, s.schema.expand(`UPDATE {table} SET {status} = {pending}, {attempts} = 0, {next_attempt_at} = now(),
-			{last_error} = {no_error} WHERE `+cond), args...)
-		if err == nil {
-			n = tag.RowsAffected()
-		}
+	if err := s.pool.QueryRow(ctx, s.schema.expand(`SELECT count(*) FROM {table} WHERE `+cond), args...).Scan(&n); err != nil {
+		return 0, fmt.Errorf("requeue: %w", err)
 	}
-	if err != nil {
+	return n, nil
+}
+
+// Requeue moves the rows f selects back to pending, due now, as if never
+// tried: attempts 0, no last_error, no delivered_at. A delivered row is
+// then sent again with its own event_id. With dryRun it only counts them.
+// Pending rows are never touched.
+func (s *Store) Requeue(ctx context.Context, f RequeueFilter, dryRun bool) (int64, error) {
+	cond, args := f.where()
+	// LIMIT NULL is no limit.
+	var limit *int
+	if f.Limit > 0 {
+		limit = &f.Limit
+	}
+	args = append(args, limit)
+	picked := fmt.Sprintf(`SELECT {id} FROM {table} WHERE %s ORDER BY {created_at}, {id} LIMIT $%d`, cond, len(args))
+	q := `SELECT count(*) FROM (` + picked + `) picked`
+	if !dryRun {
+		// FOR UPDATE: retention may be deleting the same delivered rows.
+		q = `WITH moved AS (UPDATE {table} o SET {status} = {pending}, {attempts} = 0, {next_attempt_at} = now(),
+			{last_error} = {no_error}, {delivered_at} = NULL
+				FROM (` + picked + ` FOR UPDATE) picked WHERE o.{id} = picked.{id} AND o.` + f.status() + ` RETURNING 1)
+		SELECT count(*) FROM moved`
+	}
+	var n int64
+	if err := s.pool.QueryRow(ctx, s.schema.expand(q), args...).Scan(&n); err != nil {
 		return 0, fmt.Errorf("requeue: %w", err)
 	}
 	return n, nil

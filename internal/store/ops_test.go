@@ -107,6 +107,65 @@ func TestRequeue(t *testing.T) {
 	}
 }
 
+// Requeue of delivered rows moves them back to pending as if never tried,
+// event_id and payload kept, the oldest first up to the limit; it counts
+// every match apart from the limit, and never touches dead or pending rows.
+func TestRequeueDelivered(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st := setup(t)
+	id := add(t, st,
+		seed{typ: "order.created", status: StatusDelivered, attempts: 3, lastError: "old", created: -3 * time.Hour},
+		seed{typ: "order.created", status: StatusDelivered, attempts: 1, created: -2 * time.Hour},
+		seed{typ: "order.updated", status: StatusDelivered, attempts: 1, created: -time.Hour},
+		seed{typ: "user.created", status: StatusDelivered, attempts: 1, created: -time.Hour},
+		seed{typ: "order.created", status: StatusDead, attempts: 5, created: -4 * time.Hour},
+		seed{typ: "order.created", attempts: 2, next: time.Hour, created: -4 * time.Hour},
+	)
+	before := make([]state, len(id))
+	var events []string
+	for k := range id {
+		before[k] = get(t, st, id[k])
+		var e string
+		if err := st.pool.QueryRow(ctx, `SELECT event_id::text FROM portal_event_outbox WHERE id = $1::bigint`, id[k]).Scan(&e); err != nil {
+			t.Fatal(err)
+		}
+		events = append(events, e)
+	}
+	f := RequeueFilter{Status: StatusDelivered, Type: "order.*", Limit: 2}
+	if n, err := st.RequeueMatches(ctx, f); err != nil || n != 3 {
+		t.Errorf("matches = %d, %v; want 3", n, err)
+	}
+	if n, err := st.Requeue(ctx, f, true); err != nil || n != 2 {
+		t.Errorf("dry run = %d, %v; want 2", n, err)
+	}
+	for k := range id {
+		if got := get(t, st, id[k]); !sameState(got, before[k]) {
+			t.Errorf("the dry run changed row %d: %s", k, show(got))
+		}
+	}
+	if n, err := st.Requeue(ctx, f, false); err != nil || n != 2 {
+		t.Errorf("requeue = %d, %v; want 2", n, err)
+	}
+	for k, want := range []state{{Status: StatusPending}, {Status: StatusPending}, before[2], before[3], before[4], before[5]} {
+		if got := get(t, st, id[k]); !sameState(got, want) {
+			t.Errorf("row %d = %s, want %s", k, show(got), show(want))
+		}
+		var e string
+		if err := st.pool.QueryRow(ctx, `SELECT event_id::text FROM portal_event_outbox WHERE id = $1::bigint`, id[k]).Scan(&e); err != nil || e != events[k] {
+			t.Errorf("row %d: event_id %s, want %s (%v)", k, e, events[k], err)
+		}
+	}
+	// By id and since, without a limit: only delivered rows move.
+	f = RequeueFilter{Status: StatusDelivered, IDs: []string{id[3], id[4], id[5]}, Since: time.Now().Add(-90 * time.Minute)}
+	if n, err := st.Requeue(ctx, f, false); err != nil || n != 1 {
+		t.Errorf("requeue by id since = %d, %v; want 1", n, err)
+	}
+	if got := get(t, st, id[3]); !sameState(got, state{Status: StatusPending}) {
+		t.Errorf("row 3 = %s", show(got))
+	}
+}
+
 // DeleteDelivered deletes only delivered rows delivered before the cutoff,
 // at most limit at a time.
 func TestDeleteDelivered(t *testing.T) {

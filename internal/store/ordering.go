@@ -146,13 +146,15 @@ func (s *Store) orderedStatements(claim, due string) {
 	// the same snapshot: each is covered (its key's head is claimed, in
 	// flight, or waiting for a retry), and only ids not seen at all are
 	// worth claiming again.
+	traceNames := []string{"", ", traceparent", ", traceparent, tracestate"}[s.traceCols]
+	traceNulls := []string{"", ", NULL", ", NULL, NULL"}[s.traceCols]
 	s.claimIDs = x(`WITH given AS (SELECT {id} AS id, {ordering_key} AS key FROM {table} WHERE {id} = ANY($4::text[]::{idtype}[])),
-claimed (id, event_id, event_type, payload, created_at, attempt, buried, key) AS (` +
+claimed (id, event_id, event_type, payload, created_at, attempt, buried` + traceNames + `, key) AS (` +
 		fmt.Sprintf(claim, `AND ({id} IN (SELECT id FROM given WHERE key IS NULL)
 		OR {id} IN (SELECT h.{id} FROM (SELECT DISTINCT key FROM given WHERE key IS NOT NULL) g CROSS JOIN LATERAL `+s.schema.headOf("g.key")+` h))`+head) + `)
 SELECT *, false FROM claimed
 UNION ALL
-SELECT given.id::text, NULL, NULL, 'null', now(), 0, false, NULL, true FROM given
+SELECT given.id::text, NULL, NULL, 'null', now(), 0, false` + traceNulls + `, NULL, true FROM given
 	WHERE given.id::text NOT IN (SELECT id FROM claimed)`)
 	// A row waiting behind its key's head is overdue but not claimable:
 	// counting it would wake the sweeper every minWait for nothing.

@@ -295,6 +295,12 @@ func exerciseStore(t *testing.T, pool *pgxpool.Pool, st *Store) {
 		t.Errorf("Requeue = %d, %v", n64, err)
 	}
 	check("c", s.Statuses.Pending, none, false)
+	// Replayed, the delivered row is pending again with no error and no
+	// delivered_at, whatever the columns allow.
+	if n64, err := st.Requeue(ctx, RequeueFilter{Status: StatusDelivered, Type: "a", Limit: 10}, false); err != nil || n64 != 1 {
+		t.Errorf("Requeue delivered = %d, %v", n64, err)
+	}
+	check("a", s.Statuses.Pending, none, false)
 }
 
 // A row the claim returns that cannot be sent is marked dead with the

@@ -45,6 +45,10 @@ type Row struct {
 	CreatedAt time.Time
 	Attempt   int     // this attempt's number, 1 for the first
 	Key       *string // the ordering key's text form; nil without one
+	// Traceparent and Tracestate are the W3C trace context the application
+	// stored with the event, as stored (unchecked); empty when the roles
+	// are not mapped or the row has none.
+	Traceparent, Tracestate string
 }
 
 // Result is the outcome of one attempt, to be recorded.
@@ -58,6 +62,12 @@ type Result struct {
 	// Recorded is set on rows the claim itself marked dead (every attempt
 	// used up): there is nothing left to write.
 	Recorded bool
+	// Uncount gives the attempt back (a retry only): the runner as a whole
+	// failed or asked for less, which says nothing about the row, so it
+	// must not bring the row closer to dead. The claim counted the attempt;
+	// only a recorded outcome un-counts it, so a row that crashes the relay
+	// every time still reaches dead.
+	Uncount bool
 }
 
 // Store runs the outbox queries on a pool.
@@ -68,6 +78,7 @@ type Store struct {
 
 	claimIDs, claimDue, dueIDs, record, release, nextDue string
 	claimKeys                                            string // ordered only
+	traceCols                                            int    // see Schema.traceColumns
 }
 
 // Configure sets what the relay's sessions need on a pool configuration.
@@ -114,11 +125,12 @@ RETURNING o.{id}::text, o.{event_id}::text, o.{event_type}::text, coalesce(o.{pa
 	coalesce(o.{created_at}::timestamptz, now()), o.{attempts}::int, o.{status} = {dead}`
 	const due = "AND ({attempts} > 0 OR {next_attempt_at} <= now() - $4::float8 * interval '1 second')"
 	s := &Store{
-		pool:     pool,
-		schema:   schema,
-		onDead:   OnDeadSkip,
-		claimIDs: x(fmt.Sprintf(claim, "AND {id} = ANY($4::text[]::{idtype}[])")),
-		claimDue: x(fmt.Sprintf(claim, due)),
+		pool:      pool,
+		schema:    schema,
+		onDead:    OnDeadSkip,
+		traceCols: schema.traceColumns(),
+		claimIDs:  x(fmt.Sprintf(claim, "AND {id} = ANY($4::text[]::{idtype}[])") + schema.traceReturning()),
+		claimDue:  x(fmt.Sprintf(claim, due) + schema.traceReturning()),
 		dueIDs: x(`SELECT {id}::text FROM {table}
 	WHERE {status} = {pending} AND {next_attempt_at} <= now() ` + strings.ReplaceAll(due, "$4", "$2") + `
 		AND NOT {id} = ANY($3::text[]::{idtype}[])
@@ -128,10 +140,11 @@ RETURNING o.{id}::text, o.{event_id}::text, o.{event_type}::text, coalesce(o.{pa
 		record: x(`
 UPDATE {table} o SET
 	{status} = CASE r.status WHEN 'delivered' THEN {delivered} WHEN 'dead' THEN {dead} ELSE o.{status} END,
+	{attempts} = CASE WHEN r.uncount THEN o.{attempts} - 1 ELSE o.{attempts} END,
 	{next_attempt_at} = CASE WHEN r.status = 'pending' THEN r.next ELSE o.{next_attempt_at} END,
 	{delivered_at} = CASE WHEN r.status = 'delivered' THEN now() ELSE o.{delivered_at} END,
 	{last_error} = CASE WHEN r.status = 'delivered' THEN {no_error} ELSE {r_err} END
-FROM unnest($1::text[], $2::int[], $3::text[], $4::timestamptz[], $5::text[]) AS r(id, attempt, status, next, err)
+FROM unnest($1::text[], $2::int[], $3::text[], $4::timestamptz[], $5::text[], $6::bool[]) AS r(id, attempt, status, next, err, uncount)
 WHERE o.{id} = r.id::{idtype} AND o.{attempts} = r.attempt AND o.{status} = {pending}`),
 		// Giving a lease back on shutdown un-counts the attempt that never
 		// happened and makes the row due at once.
@@ -153,7 +166,7 @@ WHERE o.{id} = r.id::{idtype} AND o.{attempts} = r.attempt AND o.{status} = {pen
 		o(s)
 	}
 	if schema.Has(RoleOrderingKey) {
-		s.orderedStatements(claim, due)
+		s.orderedStatements(claim+schema.traceReturning(), due)
 	}
 	return s
 }
@@ -231,8 +244,7 @@ func (s *Store) claim(ctx context.Context, c *Claim, sql string, lease time.Dura
 	var got Claim
 	for rows.Next() {
 		var cr claimedRow
-		dest := s.scanKey(&cr, []any{&cr.id, &cr.eventID, &cr.eventType, &cr.payload, &cr.createdAt, &cr.attempt, &cr.buried}, sql)
-		if err := rows.Scan(dest...); err != nil {
+		if err := rows.Scan(s.scanInto(&cr, sql)...); err != nil {
 			return fmt.Errorf("claim: %w", err)
 		}
 		if cr.seen {
@@ -265,6 +277,8 @@ type claimedRow struct {
 	buried             bool
 	key                *string
 	seen               bool // found by an ordered claim by id, not claimed
+	// trace context, read only when its roles are mapped
+	traceparent, tracestate *string
 }
 
 // read turns a claimed row into one to send, or into a dead result when it
@@ -285,6 +299,12 @@ func (s *Schema) read(c claimedRow) (Row, *Result) {
 	}
 	r := Row{ID: c.id, EventID: *c.eventID, Type: *c.eventType, Payload: json.RawMessage(c.payload),
 		CreatedAt: c.createdAt, Attempt: c.attempt, Key: c.key}
+	if c.traceparent != nil {
+		r.Traceparent = *c.traceparent
+		if c.tracestate != nil {
+			r.Tracestate = *c.tracestate
+		}
+	}
 	if s.Columns[RolePayload].Type == "text" && !json.Valid(r.Payload) {
 		// Text that is not JSON is sent as a JSON string of itself.
 		q, _ := json.Marshal(c.payload)
@@ -305,11 +325,12 @@ func (s *Store) record1(ctx context.Context, results []Result) error {
 	n := len(results)
 	ids, attempts := make([]string, n), make([]int32, n)
 	statuses, errs := make([]string, n), make([]string, n)
-	nexts := make([]time.Time, n)
+	nexts, uncount := make([]time.Time, n), make([]bool, n)
 	for i, r := range results {
 		ids[i], attempts[i], statuses[i], nexts[i], errs[i] = r.ID, int32(r.Attempt), r.Status, r.Next, r.Error
+		uncount[i] = r.Uncount && r.Status == StatusPending
 	}
-	if _, err := s.pool.Exec(ctx, s.record, ids, attempts, statuses, nexts, errs); err != nil {
+	if _, err := s.pool.Exec(ctx, s.record, ids, attempts, statuses, nexts, errs, uncount); err != nil {
 		return fmt.Errorf("record outcomes: %w", err)
 	}
 	return nil

@@ -19,17 +19,7 @@ func TestMain(m *testing.M) { pgtest.Main(m) }
 // the relay configures its pool, and a Store on it.
 func setup(t *testing.T) *Store {
 	t.Helper()
-	cfg, err := pgxpool.ParseConfig(pgtest.NewDB(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	Configure(cfg)
-	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	return withTable(t, pool, "portal_event_outbox")
+	return withTable(t, openPool(t), "portal_event_outbox")
 }
 
 // withTable makes another outbox table on the same database, so that the
