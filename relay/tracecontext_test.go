@@ -156,7 +156,10 @@ func TestSpanPerAttempt(t *testing.T) {
 		first := tries[r.Header.Get("Idempotency-Key")] == 1
 		mu.Unlock()
 		if first {
-			w.WriteHeader(http.StatusServiceUnavailable)
+			// A 500 is the row's own failure: a 503 after another would
+			// be blamed on the runner (see breaker) and give the attempt
+			// back.
+			w.WriteHeader(http.StatusInternalServerError)
 			return
 		}
 		w.WriteHeader(http.StatusNoContent)
@@ -213,8 +216,8 @@ func TestSpanPerAttempt(t *testing.T) {
 		}
 	}
 	for _, e := range []string{tracedEvent, plainEvent} {
-		if got := strings.Join(attempts[e], " "); got != "1:retry:503 2:delivered:204" {
-			t.Errorf("spans of %s: %s, want 1:retry:503 2:delivered:204", e, got)
+		if got := strings.Join(attempts[e], " "); got != "1:retry:500 2:delivered:204" {
+			t.Errorf("spans of %s: %s, want 1:retry:500 2:delivered:204", e, got)
 		}
 	}
 }
