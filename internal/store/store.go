@@ -106,30 +106,48 @@ func New(pool *pgxpool.Pool, schema *Schema, opts ...Option) *Store {
 	// UPDATE moves next_attempt_at past the lease and counts the attempt.
 	// A row that already used every attempt (the relay died holding it each
 	// time) is buried instead of sent again.
-	const claim = `
+	const (
+		claimSet = `
 UPDATE {table} o SET
 	{attempts} = coalesce(o.{attempts}, 0) + 1,
 	{next_attempt_at} = now() + $1::float8 * interval '1 second',
 	{status} = CASE WHEN coalesce(o.{attempts}, 0) >= $2 THEN {dead} ELSE o.{status} END,
 	{last_error} = CASE WHEN coalesce(o.{attempts}, 0) >= $2 THEN {gave_up} ELSE o.{last_error} END
-FROM (
+FROM (`
+		dueRows = `
 	SELECT {id} FROM {table}
 	WHERE {status} = {pending} AND {next_attempt_at} <= now() %s
 		AND NOT {id} = ANY($5::text[]::{idtype}[])
 	ORDER BY {next_attempt_at}
 	LIMIT $3
-	FOR UPDATE SKIP LOCKED
+	FOR UPDATE SKIP LOCKED`
+		// By id (the stream), each id is one primary-key lookup: a
+		// lateral subquery per id, so that the plan does not hang on the
+		// table's statistics. Right after a burst, before ANALYZE, the
+		// planner takes the pending rows for few: given the ids as a list
+		// (or even joined), it walked the due index and filtered every
+		// pending row against them (11 ms per 100 ids at 20,000 pending).
+		idRows = `
+	SELECT r.{id} FROM unnest($4::text[]) AS k(id) CROSS JOIN LATERAL (
+		SELECT {id} FROM {table}
+		WHERE {id} = k.id::{idtype} AND {status} = {pending} AND {next_attempt_at} <= now()
+			AND NOT {id} = ANY($5::text[]::{idtype}[])
+		FOR UPDATE SKIP LOCKED) r
+	LIMIT $3`
+		claimTail = `
 ) due
 WHERE o.{id} = due.{id}
 RETURNING o.{id}::text, o.{event_id}::text, o.{event_type}::text, coalesce(o.{payload}::text, 'null'),
 	coalesce(o.{created_at}::timestamptz, now()), o.{attempts}::int, o.{status} = {dead}`
+		claim = claimSet + dueRows + claimTail
+	)
 	const due = "AND ({attempts} > 0 OR {next_attempt_at} <= now() - $4::float8 * interval '1 second')"
 	s := &Store{
 		pool:      pool,
 		schema:    schema,
 		onDead:    OnDeadSkip,
 		traceCols: schema.traceColumns(),
-		claimIDs:  x(fmt.Sprintf(claim, "AND {id} = ANY($4::text[]::{idtype}[])") + schema.traceReturning()),
+		claimIDs:  x(claimSet + idRows + claimTail + schema.traceReturning()),
 		claimDue:  x(fmt.Sprintf(claim, due) + schema.traceReturning()),
 		dueIDs: x(`SELECT {id}::text FROM {table}
 	WHERE {status} = {pending} AND {next_attempt_at} <= now() ` + strings.ReplaceAll(due, "$4", "$2") + `

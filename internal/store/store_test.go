@@ -171,3 +171,39 @@ func explain(t *testing.T, pool *pgxpool.Pool, sel string) string {
 	}
 	return strings.Join(plan, "\n")
 }
+
+// The stream's claim by id is one primary-key lookup per id, whatever the
+// statistics say: right after a burst, before ANALYZE, it must neither
+// walk the due index nor scan the table.
+func TestClaimByIDLooksUpEachIDAfterABurst(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st := setup(t)
+	pool := st.pool
+	if _, err := pool.Exec(ctx, `INSERT INTO portal_event_outbox (event_type) SELECT 'burst' FROM generate_series(1, 50000)`); err != nil {
+		t.Fatal(err)
+	}
+	ids, err := pgx.CollectRows(mustQuery(t, pool, `SELECT id::text FROM portal_event_outbox ORDER BY id DESC LIMIT 100`), pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	sel := st.claimIDs[strings.Index(st.claimIDs, `SELECT r."id"`):strings.Index(st.claimIDs, ") due")]
+	sel = strings.NewReplacer("$3", "100", "$4", "'{"+strings.Join(ids, ",")+"}'", "$5", "'{}'").Replace(sel)
+	p := explain(t, pool, sel)
+	if !strings.Contains(p, "Index Scan using portal_event_outbox_pkey") || strings.Contains(p, "due_idx") || strings.Contains(p, "Seq Scan on portal_event_outbox") {
+		t.Errorf("the claim by id does not look each id up by the primary key:\n%s", p)
+	}
+	c, err := st.ClaimIDs(ctx, ids, time.Minute, 25)
+	if err != nil || len(c.Rows) != 100 {
+		t.Fatalf("ClaimIDs = %d rows, %v", len(c.Rows), err)
+	}
+}
+
+func mustQuery(t *testing.T, pool *pgxpool.Pool, sql string) pgx.Rows {
+	t.Helper()
+	rows, err := pool.Query(context.Background(), sql)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rows
+}
