@@ -97,12 +97,14 @@ const (
 	// right after each start still backs off.
 	resetAfter = 5 * time.Second
 
-	// handoffLimit is how many ids may wait for the hand-off goroutine
-	// before the reader waits too. Ids are small (a few MiB at the limit),
-	// and every id dropped waits for a sweep: a burst of single-row
-	// commits, or a runner slow for a few seconds, must fit. Only a
-	// deliverer that stays behind (a runner down or far too slow) fills it.
-	handoffLimit = 1 << 18
+	// handoffLimit, times BatchSize, is how many ids may wait for the
+	// hand-off goroutine before the reader waits too. Measured (make
+	// bench): a buffer of 262,144 ids kept every id of an overload for the
+	// one hand-off goroutine, which claims a batch at a time, and at
+	// 5,000 events/s most events were still queued in memory ten seconds
+	// later. A short buffer sheds such a burst to the sweeper instead,
+	// which the stream wakes at once, so the two claim side by side.
+	handoffLimit = 4
 
 	// handoffWait is how long the reader waits for room in a full
 	// hand-off buffer before it leaves the ids to the sweeper. Long enough
@@ -136,7 +138,7 @@ type Stream struct {
 	log *slog.Logger
 
 	standbyEvery, unavailableEvery time.Duration
-	handoffIDs                     int // handoffLimit; tests make it small
+	handoffIDs                     int // handoffLimit × BatchSize; tests change it
 
 	// wake is signalled when rows are left in the table that the stream
 	// will not announce: see Wake.
@@ -168,7 +170,7 @@ func New(cfg Config, d Deliverer, log *slog.Logger) *Stream {
 	}
 	return &Stream{
 		cfg: cfg, d: d, log: log.With("slot", cfg.Slot),
-		standbyEvery: standbyRetry, unavailableEvery: unavailableRetry, handoffIDs: handoffLimit,
+		standbyEvery: standbyRetry, unavailableEvery: unavailableRetry, handoffIDs: handoffLimit * cfg.BatchSize,
 		wake:  make(chan struct{}, 1),
 		state: State{Role: RoleDown},
 	}

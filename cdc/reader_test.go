@@ -62,7 +62,7 @@ func replicationConn(t *testing.T) *pgconn.PgConn {
 func newReader(t *testing.T, conn *pgconn.PgConn, batchSize int) *reader {
 	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	s := New(Config{Schema: table.Schema, Table: table.Name, Slot: "reader_test", BatchSize: batchSize}, nil, log)
-	return &reader{s: s, conn: conn, h: newHandoff(handoffLimit), rels: map[uint32]int{}}
+	return &reader{s: s, conn: conn, h: newHandoff(handoffLimit * s.cfg.BatchSize), rels: map[uint32]int{}}
 }
 
 // The messages, encoded as the walsender and pgoutput (protocol 1) send
