@@ -147,23 +147,31 @@ func TestStartFromActiveSlotStandsBy(t *testing.T) {
 	}
 }
 
-// Ids the stream drops are the sweeper's: the stream counts as not
-// streaming for a while, so that the sweep takes fresh rows too; it does
-// not wake the sweeper at every drop (see Stream.Wake).
-func TestSheddingLeavesFreshRowsToTheSweep(t *testing.T) {
+// Ids the stream drops are the sweeper's: the stream nudges it to sweep
+// with its usual grace, and neither wakes it to take fresh rows nor stops
+// counting as streaming, so the sweep does not claim beside a stream that
+// is behind.
+func TestDroppedIDsNudgeTheSweeper(t *testing.T) {
 	s := New(decideCfg, nil, slog.New(slog.DiscardHandler))
 	s.streaming.Store(true)
 	s.shed(false, 3)
-	if !s.Streaming() {
-		t.Fatal("not streaming after a hand-off that was taken")
+	select {
+	case <-s.Dropped():
+		t.Fatal("nudged by a hand-off that was taken")
+	default:
 	}
 	s.shed(true, 3)
-	if s.Streaming() {
-		t.Error("Streaming() right after dropping ids: the sweeper would leave fresh rows to a stream that dropped them")
+	select {
+	case <-s.Dropped():
+	default:
+		t.Fatal("dropped ids did not nudge the sweeper")
 	}
 	select {
 	case <-s.Wake():
-		t.Error("a drop woke the sweeper")
+		t.Error("a drop woke the sweeper to take fresh rows")
 	default:
+	}
+	if !s.Streaming() {
+		t.Error("not streaming after a drop: the sweep would claim fresh rows beside the stream")
 	}
 }

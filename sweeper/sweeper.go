@@ -45,6 +45,9 @@ type Config struct {
 	// included, instead of at its next tick: the stream signals it after a
 	// failover, when rows it will not announce are left in the table.
 	Wake <-chan struct{}
+	// Nudge, when set, makes the sweeper sweep at once with its usual
+	// grace: the stream signals it when it left rows to the sweeper.
+	Nudge <-chan struct{}
 }
 
 // Pass is what one sweep did.
@@ -89,7 +92,8 @@ func (s *Sweeper) Run(ctx context.Context) error {
 			return nil
 		case <-timer.C:
 		case <-s.d.Rescheduled():
-		case <-s.cfg.Wake: // nil when unset: never ready
+		case <-s.cfg.Nudge: // nil when unset: never ready
+		case <-s.cfg.Wake: // likewise
 			woken = true
 		}
 		wait, err := s.pass(ctx, woken)

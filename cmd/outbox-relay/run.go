@@ -158,7 +158,7 @@ func sweepConfig(cfg config.Config, stream *cdc.Stream, metrics *monitor.Metrics
 			}
 			return 0
 		}
-		c.Wake = stream.Wake()
+		c.Wake, c.Nudge = stream.Wake(), stream.Dropped()
 	}
 	return c
 }
