@@ -59,7 +59,11 @@ func (rn *runner) answer(w http.ResponseWriter, r *http.Request, body []byte) bo
 	case ev.Type == "demo.rejected":
 		code = http.StatusUnprocessableEntity // permanent: the relay marks it dead
 	case ev.Type == "demo.flaky" && ev.Attempt <= 2:
-		code = http.StatusServiceUnavailable // temporary: the relay backs off and retries
+		// Temporary, and this event's own failure: the relay backs off
+		// and retries, counting each attempt. (A 503 would say the runner
+		// as a whole is down: after two in a row the breaker stops
+		// counting, and this lone row would stay at attempt 2.)
+		code = http.StatusInternalServerError
 	}
 	rn.out.printf("runner | %s %-15s id=%.8s… attempt=%d signature=%s name=%q → %d %s",
 		received.Format("15:04:05.000"), ev.Type, ev.ID, ev.Attempt, sig, ev.Data.Name, code, http.StatusText(code))
