@@ -225,3 +225,23 @@ func PublicationSQL(t Table, publication string) string {
 	END IF;
 END $$`, QuoteLiteral(publication), createPublicationSQL(t, publication))
 }
+
+// Position is what a replication session that just took its slot reads of
+// the server: its flushed WAL position, as Postgres writes it (0/16B3748),
+// its clock, and whether commits wait for synchronous standbys.
+type Position struct {
+	LSN          string
+	Clock        time.Time
+	SyncStandbys bool
+}
+
+// ServerPosition reads the server's Position in one round trip.
+func ServerPosition(ctx context.Context, q Querier) (Position, error) {
+	var p Position
+	err := q.QueryRow(ctx, `SELECT pg_current_wal_flush_lsn()::text, clock_timestamp(),
+	current_setting('synchronous_standby_names') <> ''`).Scan(&p.LSN, &p.Clock, &p.SyncStandbys)
+	if err != nil {
+		return Position{}, fmt.Errorf("server position: %w", err)
+	}
+	return p, nil
+}

@@ -196,6 +196,7 @@ func TestEveryAcceptedTypeWorks(t *testing.T) {
 			mustExec(t, pool, `ALTER DATABASE "`+dbname+`" SET timezone = 'Pacific/Auckland'`)
 			pool.Reset()
 			st := mappedTable(t, pool, tc.v, tc.statuses)
+			exerciseFresh(t, pool, st)
 			exerciseStore(t, pool, st)
 		})
 	}

@@ -59,6 +59,11 @@ type Result struct {
 	Next    time.Time
 	Error   string
 	Key     *string // the row's ordering key, when it has one
+	// Fresh is set on the outcome of a row sent from the stream without a
+	// claim: its attempt was not counted yet, so the write counts it, and
+	// it is written only if the row still has the attempts it was
+	// inserted with (nobody claimed it meanwhile).
+	Fresh bool
 	// Recorded is set on rows the claim itself marked dead (every attempt
 	// used up): there is nothing left to write.
 	Recorded bool
@@ -76,9 +81,9 @@ type Store struct {
 	schema *Schema
 	onDead OnDead
 
-	claimIDs, claimDue, dueIDs, record, release, nextDue string
-	claimKeys                                            string // ordered only
-	traceCols                                            int    // see Schema.traceColumns
+	claimIDs, claimDue, dueIDs, record, release, nextDue, lease string
+	claimKeys                                                   string // ordered only
+	traceCols                                                   int    // see Schema.traceColumns
 }
 
 // Configure sets what the relay's sessions need on a pool configuration.
@@ -158,12 +163,16 @@ RETURNING o.{id}::text, o.{event_id}::text, o.{event_type}::text, coalesce(o.{pa
 		record: x(`
 UPDATE {table} o SET
 	{status} = CASE r.status WHEN 'delivered' THEN {delivered} WHEN 'dead' THEN {dead} ELSE o.{status} END,
-	{attempts} = CASE WHEN r.uncount THEN o.{attempts} - 1 ELSE o.{attempts} END,
+	{attempts} = o.{attempts} + r.fresh::int - r.uncount::int,
 	{next_attempt_at} = CASE WHEN r.status = 'pending' THEN r.next ELSE o.{next_attempt_at} END,
 	{delivered_at} = CASE WHEN r.status = 'delivered' THEN now() ELSE o.{delivered_at} END,
 	{last_error} = CASE WHEN r.status = 'delivered' THEN {no_error} ELSE {r_err} END
-FROM unnest($1::text[], $2::int[], $3::text[], $4::timestamptz[], $5::text[], $6::bool[]) AS r(id, attempt, status, next, err, uncount)
-WHERE o.{id} = r.id::{idtype} AND o.{attempts} = r.attempt AND o.{status} = {pending}`),
+FROM unnest($1::text[], $2::int[], $3::text[], $4::timestamptz[], $5::text[], $6::bool[], $7::bool[]) AS r(id, attempt, status, next, err, uncount, fresh)
+WHERE o.{id} = r.id::{idtype} AND o.{attempts} = r.attempt - r.fresh::int AND o.{status} = {pending}
+RETURNING o.{id}::text`),
+		lease: x(`
+UPDATE {table} SET {attempts} = {attempts} + 1, {next_attempt_at} = now() + $3::float8 * interval '1 second'
+WHERE {id} = $1::text::{idtype} AND {attempts} = $2 AND {status} = {pending}`),
 		// Giving a lease back on shutdown un-counts the attempt that never
 		// happened and makes the row due at once.
 		release: x(`
@@ -315,18 +324,13 @@ func (s *Schema) read(c claimedRow) (Row, *Result) {
 		res.Error = fmt.Sprintf("cannot be sent: %s is NULL", s.Columns[RoleEventType].Name)
 		return Row{}, res
 	}
-	r := Row{ID: c.id, EventID: *c.eventID, Type: *c.eventType, Payload: json.RawMessage(c.payload),
+	r := Row{ID: c.id, EventID: *c.eventID, Type: *c.eventType, Payload: s.payload(c.payload),
 		CreatedAt: c.createdAt, Attempt: c.attempt, Key: c.key}
 	if c.traceparent != nil {
 		r.Traceparent = *c.traceparent
 		if c.tracestate != nil {
 			r.Tracestate = *c.tracestate
 		}
-	}
-	if s.Columns[RolePayload].Type == "text" && !json.Valid(r.Payload) {
-		// Text that is not JSON is sent as a JSON string of itself.
-		q, _ := json.Marshal(c.payload)
-		r.Payload = q
 	}
 	return r, nil
 }
@@ -339,19 +343,59 @@ func (s *Store) Record(ctx context.Context, results []Result) (refused []Refused
 	return isolate(ctx, results, func(r Result) string { return r.ID }, s.record1)
 }
 
+// unseenRetries are the waits before writing again the outcome of a fresh
+// row that the write did not find: the stream can receive a commit a
+// moment before it is visible to other sessions. A row still not found was
+// claimed by someone else (or changed): their outcome counts.
+var unseenRetries = []time.Duration{time.Millisecond, 4 * time.Millisecond, 16 * time.Millisecond}
+
 func (s *Store) record1(ctx context.Context, results []Result) error {
+	for i := 0; ; i++ {
+		unseen, err := s.recordOnce(ctx, results)
+		if err != nil || len(unseen) == 0 || i == len(unseenRetries) {
+			return err
+		}
+		select {
+		case <-time.After(unseenRetries[i]):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		results = unseen
+	}
+}
+
+// recordOnce writes results and returns the fresh ones it did not find.
+func (s *Store) recordOnce(ctx context.Context, results []Result) (unseen []Result, err error) {
 	n := len(results)
 	ids, attempts := make([]string, n), make([]int32, n)
 	statuses, errs := make([]string, n), make([]string, n)
-	nexts, uncount := make([]time.Time, n), make([]bool, n)
+	nexts, uncount, fresh := make([]time.Time, n), make([]bool, n), make([]bool, n)
 	for i, r := range results {
 		ids[i], attempts[i], statuses[i], nexts[i], errs[i] = r.ID, int32(r.Attempt), r.Status, r.Next, r.Error
 		uncount[i] = r.Uncount && r.Status == StatusPending
+		fresh[i] = r.Fresh
 	}
-	if _, err := s.pool.Exec(ctx, s.record, ids, attempts, statuses, nexts, errs, uncount); err != nil {
-		return fmt.Errorf("record outcomes: %w", err)
+	rows, err := s.pool.Query(ctx, s.record, ids, attempts, statuses, nexts, errs, uncount, fresh)
+	if err != nil {
+		return nil, fmt.Errorf("record outcomes: %w", err)
 	}
-	return nil
+	written, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("record outcomes: %w", err)
+	}
+	if len(written) == n {
+		return nil, nil
+	}
+	found := make(map[string]bool, len(written))
+	for _, id := range written {
+		found[id] = true
+	}
+	for _, r := range results {
+		if r.Fresh && !found[r.ID] {
+			unseen = append(unseen, r)
+		}
+	}
+	return unseen, nil
 }
 
 // Release gives back the leases of rows that were claimed but not sent;
