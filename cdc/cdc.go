@@ -22,13 +22,17 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/sethvargo/go-retry"
+
+	"github.com/outbox-relay/outbox-relay/internal/store"
 )
 
 // Deliverer is what the stream needs from relay.Deliverer.
 type Deliverer interface {
-	// DeliverIDs claims those of ids that are pending and due and queues
-	// them; it returns the ids it did not claim.
-	DeliverIDs(ctx context.Context, ids []string) (missing []string, err error)
+	// DeliverInserts queues the rows the stream saw inserted: those
+	// decoded whole (Sendable) may be sent without a claim, the others are
+	// claimed by id if pending and due. It returns the ids it neither
+	// queued nor claimed.
+	DeliverInserts(ctx context.Context, ins []store.Insert) (missing []string, err error)
 }
 
 // Config is what the stream needs to know.
@@ -40,6 +44,9 @@ type Config struct {
 	Publication             string
 	// BatchSize is the most ids handed to the Deliverer at once.
 	BatchSize int
+	// Outbox, when set, lets the stream decode inserted rows whole, so
+	// that fresh ones are sent without a claim; nil hands ids only.
+	Outbox *store.Schema
 }
 
 // Roles of a Stream, as State reports them.
@@ -176,8 +183,9 @@ func New(cfg Config, d Deliverer, log *slog.Logger) *Stream {
 }
 
 // Wake is signalled when rows are in the table that the stream will not
-// hand to the deliverer, so the sweeper should sweep at once, fresh rows
-// included, rather than at its next tick:
+// hand to the deliverer, so the sweeper should sweep at once (and again
+// when its grace has passed: a fresh row may be in flight unclaimed)
+// rather than at its next tick:
 //   - the stream reconnected to another server than the one it followed
 //     (another system identifier or timeline: a promoted standby), and
 //     again once it streams from it: rows whose announcement the switch
@@ -202,10 +210,10 @@ func (s *Stream) Streaming() bool { return s.streaming.Load() }
 // soon as they are older than the grace (its next wake-up is timed on the
 // oldest of them), and a whole sweep interval no longer strands them.
 // Measured (make bench, 5,000 events/s): waking a sweep that took fresh
-// rows at every drop (as Wake does) made the stream drop more, and 20,586
-// to 27,987 of 50,000 events were still pending after 10 s; not waking it
-// at all left 69 to 1,393 events of a 20,000-commit burst to a 1-minute
-// sweep interval.
+// rows at every drop made the stream drop more, and 20,586 to 27,987 of
+// 50,000 events were still pending after 10 s; not waking it at all left
+// 69 to 1,393 events of a 20,000-commit burst to a 1-minute sweep
+// interval.
 func (s *Stream) Dropped() <-chan struct{} { return s.dropped }
 
 // shed notes whether a hand-off was dropped, logging once per change.
@@ -220,6 +228,15 @@ func (s *Stream) shed(dropped bool, n int) {
 	case was:
 		s.log.Info("replication: the deliverer keeps up again")
 	}
+}
+
+// leftToSweeper signals the sweeper for rows the stream did not hand on:
+// those of a transaction an earlier session may have announced already.
+// It sweeps with its grace, so it does not take a row that session may
+// still be sending.
+func (s *Stream) leftToSweeper(n int) {
+	signal(s.dropped)
+	s.log.Debug("replication: rows committed before this session took the slot are left to the sweeper", "rows", n)
 }
 
 // State is a snapshot for metrics and health.
@@ -431,6 +448,10 @@ func parseConfig(url string) (dbConfig, error) {
 	c.RuntimeParams["application_name"] = ApplicationName
 	r := c.Config.Copy()
 	r.RuntimeParams["replication"] = "database"
+	// pgoutput prints values with the walsender's settings: these make
+	// timestamptz text that store.TupleDecoder reads.
+	r.RuntimeParams["DateStyle"] = "ISO"
+	r.RuntimeParams["TimeZone"] = "UTC"
 	return dbConfig{sql: c, repl: r}, nil
 }
 

@@ -30,6 +30,7 @@ var table = store.Table{Schema: "public", Name: "portal_event_outbox"}
 type recorder struct {
 	mu      sync.Mutex
 	seen    map[string]int
+	rows    map[string]store.Insert // the last of each id
 	batches [][]string
 	gate    chan struct{}
 	entered chan struct{} // gets a value when a call starts waiting at gate
@@ -38,10 +39,14 @@ type recorder struct {
 }
 
 func newRecorder() *recorder {
-	return &recorder{seen: map[string]int{}, entered: make(chan struct{}, 1)}
+	return &recorder{seen: map[string]int{}, rows: map[string]store.Insert{}, entered: make(chan struct{}, 1)}
 }
 
-func (r *recorder) DeliverIDs(ctx context.Context, ids []string) ([]string, error) {
+func (r *recorder) DeliverInserts(ctx context.Context, ins []store.Insert) ([]string, error) {
+	ids := make([]string, len(ins))
+	for i, in := range ins {
+		ids[i] = in.Row.ID
+	}
 	r.mu.Lock()
 	gate := r.gate
 	r.mu.Unlock()
@@ -58,6 +63,9 @@ func (r *recorder) DeliverIDs(ctx context.Context, ids []string) ([]string, erro
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	for _, in := range ins {
+		r.rows[in.Row.ID] = in
+	}
 	call := len(r.batches)
 	r.batches = append(r.batches, slices.Clone(ids))
 	var missing []string

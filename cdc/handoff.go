@@ -5,6 +5,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/outbox-relay/outbox-relay/internal/store"
 )
 
 // handoff passes ids from the reader to the goroutine that calls the
@@ -16,7 +18,7 @@ import (
 // (BenchmarkHandOff compares this with waiting for a pause in the stream.)
 type handoff struct {
 	mu    sync.Mutex
-	ids   []string
+	ids   []store.Insert
 	limit int // ids buffered before put waits
 
 	ready chan struct{} // signalled when ids were put
@@ -39,7 +41,7 @@ func signal(c chan struct{}) {
 // sweeper delivers them, while the reader goes on reading and confirming.
 // Waiting longer would make a slow runner pin WAL in the slot, the very
 // thing the table-as-queue design avoids.
-func (h *handoff) put(ctx context.Context, ids []string, wait time.Duration) (bool, error) {
+func (h *handoff) put(ctx context.Context, ids []store.Insert, wait time.Duration) (bool, error) {
 	var timeout <-chan time.Time
 	for {
 		h.mu.Lock()
@@ -68,8 +70,8 @@ func (h *handoff) put(ctx context.Context, ids []string, wait time.Duration) (bo
 	}
 }
 
-// take removes and returns up to n ids, nil when there are none.
-func (h *handoff) take(n int) []string {
+// take removes and returns up to n rows, nil when there are none.
+func (h *handoff) take(n int) []store.Insert {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if len(h.ids) == 0 {
@@ -77,9 +79,20 @@ func (h *handoff) take(n int) []string {
 	}
 	k := min(n, len(h.ids))
 	ids := slices.Clone(h.ids[:k])
-	h.ids = append(h.ids[:0], h.ids[k:]...)
+	left := copy(h.ids, h.ids[k:])
+	clear(h.ids[left:]) // the rows moved up: let their payloads go
+	h.ids = h.ids[:left]
 	signal(h.space)
 	return ids
+}
+
+// byID makes inserts to be claimed by id.
+func byID(ids []string) []store.Insert {
+	ins := make([]store.Insert, len(ids))
+	for i, id := range ids {
+		ins[i].Row.ID = id
+	}
+	return ins
 }
 
 // retryIDs are ids the Deliverer did not find, to be claimed again at at.
@@ -119,14 +132,14 @@ func (s *Stream) handOff(ctx context.Context, h *handoff) {
 		for len(retries) > 0 && !retries[0].at.After(now) && ctx.Err() == nil {
 			r := retries[0]
 			retries = retries[1:]
-			retries = s.deliver(ctx, r.ids, r.attempt, retries, &failing)
+			retries = s.deliver(ctx, byID(r.ids), r.attempt, retries, &failing)
 		}
 	}
 }
 
 // deliver makes one claim and schedules a retry of the ids it missed.
-func (s *Stream) deliver(ctx context.Context, ids []string, attempt int, retries []retryIDs, failing *bool) []retryIDs {
-	missing, err := s.d.DeliverIDs(ctx, ids)
+func (s *Stream) deliver(ctx context.Context, ids []store.Insert, attempt int, retries []retryIDs, failing *bool) []retryIDs {
+	missing, err := s.d.DeliverInserts(ctx, ids)
 	switch {
 	case err != nil && ctx.Err() != nil:
 		return retries

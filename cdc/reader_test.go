@@ -13,6 +13,8 @@ import (
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/outbox-relay/outbox-relay/internal/store"
 )
 
 // The reader's confirmation rules, fed with made-up messages. The reader
@@ -62,7 +64,7 @@ func replicationConn(t *testing.T) *pgconn.PgConn {
 func newReader(t *testing.T, conn *pgconn.PgConn, batchSize int) *reader {
 	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	s := New(Config{Schema: table.Schema, Table: table.Name, Slot: "reader_test", BatchSize: batchSize}, nil, log)
-	return &reader{s: s, conn: conn, h: newHandoff(handoffLimit * s.cfg.BatchSize), rels: map[uint32]int{}}
+	return &reader{s: s, conn: conn, h: newHandoff(handoffLimit * s.cfg.BatchSize), rels: map[uint32]relation{}}
 }
 
 // The messages, encoded as the walsender and pgoutput (protocol 1) send
@@ -114,8 +116,8 @@ func commit(end pglogrepl.LSN) *pgproto3.CopyData {
 	return xlog(be(nil, byte('C'), byte(0), end-8, end, pglogrepl.LSN(0)))
 }
 
-// relation describes a table whose columns are all text.
-func relation(oid uint32, name string, cols ...string) *pgproto3.CopyData {
+// relationMsg describes a table whose columns are all text.
+func relationMsg(oid uint32, name string, cols ...string) *pgproto3.CopyData {
 	b := be(nil, byte('R'), oid, "public", name, byte('d'), uint16(len(cols)))
 	for _, c := range cols {
 		b = be(b, byte(0), c, uint32(25), uint32(0xffffffff))
@@ -134,8 +136,8 @@ func insert(oid uint32, values ...string) *pgproto3.CopyData {
 }
 
 var (
-	outboxRel = relation(outboxOID, table.Name, "id", "event_type")
-	otherRel  = relation(otherOID, "other", "id", "body")
+	outboxRel = relationMsg(outboxOID, table.Name, "id", "event_type")
+	otherRel  = relationMsg(otherOID, "other", "id", "body")
 )
 
 func outboxInsert(id int64) *pgproto3.CopyData {
@@ -153,7 +155,15 @@ type view struct {
 func (r *reader) view() view {
 	r.h.mu.Lock()
 	defer r.h.mu.Unlock()
-	return view{r.received, r.safe, r.sent, r.ackDue, slices.Clone(r.pending), slices.Clone(r.h.ids)}
+	return view{r.received, r.safe, r.sent, r.ackDue, idsOf(r.pending), idsOf(r.h.ids)}
+}
+
+func idsOf(ins []store.Insert) []string {
+	ids := make([]string, len(ins))
+	for i, in := range ins {
+		ids[i] = in.Row.ID
+	}
+	return ids
 }
 
 func (v view) String() string {
@@ -226,7 +236,7 @@ func TestReaderConfirmationRules(t *testing.T) {
 		name: "an outbox table without an id column is left to the sweeper",
 		steps: []step{
 			{begin(), view{}},
-			{relation(outboxOID, table.Name, "event_id", "event_type"), view{}},
+			{relationMsg(outboxOID, table.Name, "event_id", "event_type"), view{}},
 			{insert(outboxOID, "not-an-id", "test.event"), view{}},
 			{commit(0x200), view{received: 0x200, safe: 0x200}},
 		},
@@ -257,7 +267,7 @@ func TestReaderConfirmationRules(t *testing.T) {
 		name: "ids dropped by a full hand-off are safe at their commit",
 		prepare: func(r *reader) {
 			r.h = newHandoff(1)
-			r.h.ids = ids(99)
+			r.h.ids = byID(ids(99))
 			r.s.shedding.Store(true) // so the put does not wait
 		},
 		steps: []step{
@@ -293,7 +303,7 @@ func TestReaderConfirmationRules(t *testing.T) {
 func TestReaderKeepsPositionWhenHandOffFails(t *testing.T) {
 	r := newReader(t, nil, 0) // nothing here sends a status update
 	r.h = newHandoff(1)
-	r.h.ids = []string{"99"}
+	r.h.ids = byID([]string{"99"})
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	for _, m := range []*pgproto3.CopyData{begin(), outboxRel, outboxInsert(1)} {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -32,12 +33,22 @@ func isCode(err error, code string) bool {
 // streams from it until the connection fails or ctx is done. streamed is
 // how long it held the slot.
 func (s *Stream) session(ctx context.Context, conf dbConfig, h *handoff) (streamed time.Duration, err error) {
-	start, err := s.prepare(ctx, conf)
+	cctx, cancel := context.WithTimeout(ctx, queryTimeout)
+	db, err := pgx.ConnectConfig(cctx, conf.sql)
+	cancel()
+	if err != nil {
+		return 0, fmt.Errorf("connect: %w", err)
+	}
+	// Kept open until the slot is taken: the horizon is read on it then,
+	// one round trip after START_REPLICATION.
+	closeDB := sync.OnceFunc(func() { closeConn(ctx, db) })
+	defer closeDB()
+	start, err := s.prepare(ctx, db)
 	if err != nil {
 		return 0, err
 	}
 
-	cctx, cancel := context.WithTimeout(ctx, queryTimeout)
+	cctx, cancel = context.WithTimeout(ctx, queryTimeout)
 	conn, err := pgconn.ConnectConfig(cctx, conf.repl)
 	cancel()
 	if err != nil {
@@ -68,6 +79,13 @@ func (s *Stream) session(ctx context.Context, conf dbConfig, h *handoff) (stream
 		return 0, fmt.Errorf("start replication: %w", err)
 	}
 
+	var sess sessionStart
+	if s.cfg.Outbox != nil {
+		if sess, err = s.horizon(ctx, db); err != nil {
+			return 0, err
+		}
+	}
+	closeDB()
 	began := time.Now()
 	s.streaming.Store(true)
 	s.streamsAfterSwitch()
@@ -78,7 +96,7 @@ func (s *Stream) session(ctx context.Context, conf dbConfig, h *handoff) (stream
 	if start.lsn != 0 {
 		s.setConfirmed(start.lsn)
 	}
-	err = s.stream(ctx, conn, h)
+	err = s.stream(ctx, conn, h, sess)
 	s.streaming.Store(false)
 	if isCode(err, codeUndefinedObject) {
 		// The publication was dropped (and made again by the next
@@ -91,6 +109,47 @@ func (s *Stream) session(ctx context.Context, conf dbConfig, h *handoff) (stream
 		s.broken = true
 	}
 	return time.Since(began), err
+}
+
+// sessionStart is what a session knows from the moment it took the slot.
+type sessionStart struct {
+	// horizon is the server's flushed WAL position once the slot was
+	// taken. An earlier session, of this process or another, can only
+	// have received transactions that committed before it: those are
+	// replays, which may have been announced and sent already. Later ones
+	// reach this session first.
+	horizon pglogrepl.LSN
+	// offset is the server's clock minus this host's, to the round trip.
+	offset time.Duration
+	// claimFirst: rows are claimed before they are sent, none sent from
+	// the tuple alone. So on a server whose commits wait for synchronous
+	// standbys: the walsender sends a commit as soon as it is flushed
+	// locally, before the standby has it and before it is visible, and a
+	// row sent then could be lost in a failover that the application's
+	// commit never returned from. A claim sees the row only once visible.
+	claimFirst bool
+}
+
+// horizon reads the session's start once START_REPLICATION has taken the
+// slot (the stream's connection is busy streaming from then on).
+//
+// Rows committed between START_REPLICATION and this read count as replays
+// too: they wait for the sweeper's grace, a session start being rare.
+func (s *Stream) horizon(ctx context.Context, db *pgx.Conn) (sessionStart, error) {
+	ctx, cancel := context.WithTimeout(ctx, queryTimeout)
+	defer cancel()
+	sent := time.Now()
+	pos, err := store.ServerPosition(ctx, db)
+	if err != nil {
+		return sessionStart{}, err
+	}
+	back := time.Now()
+	lsn, err := pglogrepl.ParseLSN(pos.LSN)
+	if err != nil {
+		return sessionStart{}, fmt.Errorf("server position %q: %w", pos.LSN, err)
+	}
+	mid := sent.Add(back.Sub(sent) / 2)
+	return sessionStart{horizon: lsn, offset: pos.Clock.Sub(mid), claimFirst: pos.SyncStandbys}, nil
 }
 
 // server is the server a session streams from, as IDENTIFY_SYSTEM and the
@@ -179,14 +238,9 @@ type startPoint struct {
 // a slot that must be made again, on an ordinary connection. It returns
 // errStandby when the slot is active in another process and errInRecovery
 // on a read-only server.
-func (s *Stream) prepare(ctx context.Context, conf dbConfig) (startPoint, error) {
+func (s *Stream) prepare(ctx context.Context, db *pgx.Conn) (startPoint, error) {
 	ctx, cancel := context.WithTimeout(ctx, queryTimeout)
 	defer cancel()
-	db, err := pgx.ConnectConfig(ctx, conf.sql)
-	if err != nil {
-		return startPoint{}, fmt.Errorf("connect: %w", err)
-	}
-	defer closeConn(ctx, db)
 
 	slot, err := store.SlotInfo(ctx, db, s.cfg.Slot)
 	if err != nil {

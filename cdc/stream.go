@@ -9,6 +9,8 @@ import (
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/outbox-relay/outbox-relay/internal/store"
 )
 
 // reader is one session's view of the stream: ids gathered for the next
@@ -18,13 +20,22 @@ type reader struct {
 	conn *pgconn.PgConn
 	h    *handoff
 
-	// rels maps a relation's OID to the index of its id column, -1 for a
-	// relation that is not the outbox (or has no id column).
-	rels map[uint32]int
+	// rels maps a relation's OID to where its id column is; id is -1 for
+	// a relation that is not the outbox (or has no id column).
+	rels map[uint32]relation
 
-	pending []string // ids not yet handed off, as text
-	inTx    bool     // between a Begin and its Commit
-	txIDs   bool     // the current transaction had outbox inserts
+	pending []store.Insert // not yet handed off
+	inTx    bool           // between a Begin and its Commit
+	txIDs   bool           // the current transaction had outbox inserts
+
+	// start is the session's horizon and clock offset (session.go); the
+	// zero value hands every row on to be claimed by id.
+	start sessionStart
+	// replay: the current transaction committed before the horizon, so
+	// an earlier session may have announced (and sent) its rows; replayed
+	// counts such rows since the last hand-off.
+	replay   bool
+	replayed int
 
 	// received is a position before which every change has arrived: the
 	// end of the last commit, or the server's WAL end from a keepalive
@@ -42,11 +53,11 @@ type reader struct {
 
 // stream reads the replication stream until the connection fails or ctx
 // is done. It returns nil when ctx is done, after a last confirmation.
-func (s *Stream) stream(ctx context.Context, conn *pgconn.PgConn, h *handoff) error {
+func (s *Stream) stream(ctx context.Context, conn *pgconn.PgConn, h *handoff, start sessionStart) error {
 	now := time.Now()
 	r := &reader{
-		s: s, conn: conn, h: h,
-		rels:     map[uint32]int{},
+		s: s, conn: conn, h: h, start: start,
+		rels:     map[uint32]relation{},
 		lastRecv: now, nextStatus: now.Add(statusInterval),
 	}
 	for {
@@ -148,9 +159,14 @@ func (r *reader) change(ctx context.Context, data []byte) error {
 	switch m := m.(type) {
 	case *pglogrepl.BeginMessage:
 		r.inTx, r.txIDs = true, false
+		r.replay = r.start.horizon != 0 && m.FinalLSN <= r.start.horizon
 	case *pglogrepl.CommitMessage:
 		r.inTx = false
 		r.received = max(r.received, m.TransactionEndLSN)
+		if r.replayed > 0 {
+			r.s.leftToSweeper(r.replayed)
+			r.replayed = 0
+		}
 		if len(r.pending) > 0 {
 			// Hand off at every commit: the hand-off goroutine batches
 			// whatever gathers while it is busy (docs/BENCHMARKS.md).
@@ -163,12 +179,19 @@ func (r *reader) change(ctx context.Context, data []byte) error {
 	case *pglogrepl.RelationMessage:
 		r.relation(m)
 	case *pglogrepl.InsertMessage:
-		id, ok := r.id(m)
+		in, ok := r.insert(m)
 		if !ok {
 			return nil
 		}
-		r.pending = append(r.pending, id)
 		r.txIDs = true
+		if r.replay {
+			// Not to be claimed at once: the session that announced it
+			// may still be sending it without a claim. The sweeper takes
+			// it once the grace has passed.
+			r.replayed++
+			return nil
+		}
+		r.pending = append(r.pending, in)
 		if len(r.pending) >= r.s.cfg.BatchSize {
 			return r.flush(ctx)
 		}
@@ -177,36 +200,71 @@ func (r *reader) change(ctx context.Context, data []byte) error {
 	return nil
 }
 
-// relation learns where the id column of the outbox table is.
+// relation is what the reader knows of a relation: where the outbox's id
+// column is (-1: not the outbox), and how to decode its rows whole (nil:
+// ids only).
+type relation struct {
+	id  int
+	dec *store.TupleDecoder
+}
+
+// relation learns where the id column of the outbox table is, and whether
+// its rows can be decoded whole from the tuple.
 func (r *reader) relation(m *pglogrepl.RelationMessage) {
-	idx := -1
+	rel := relation{id: -1}
 	if m.Namespace == r.s.cfg.Schema && m.RelationName == r.s.cfg.Table {
+		names := make([]string, len(m.Columns))
 		for i, c := range m.Columns {
-			if c.Name == r.s.cfg.IDColumn {
-				idx = i
-				break
+			names[i] = c.Name
+			if c.Name == r.s.cfg.IDColumn && rel.id < 0 {
+				rel.id = i
 			}
 		}
-		if idx < 0 && !r.warnedNoID {
+		if rel.id < 0 && !r.warnedNoID {
 			r.warnedNoID = true
 			r.s.log.Error("replication: the outbox table has no id column; inserts are left to the sweeper", "column", r.s.cfg.IDColumn)
 		}
+		if r.s.cfg.Outbox != nil && r.start.horizon != 0 && !r.start.claimFirst {
+			rel.dec, _ = r.s.cfg.Outbox.TupleDecoder(names)
+		}
 	}
-	r.rels[m.RelationID] = idx
+	r.rels[m.RelationID] = rel
 }
 
-// id is the id of a row inserted into the outbox table, in its text form
-// whatever the column's type: the claim casts it back.
-func (r *reader) id(m *pglogrepl.InsertMessage) (string, bool) {
-	idx, ok := r.rels[m.RelationID]
-	if !ok || idx < 0 || m.Tuple == nil || idx >= len(m.Tuple.Columns) {
-		return "", false
+// insert is a row inserted into the outbox table: its id in text form
+// whatever the column's type (the claim casts it back), and the whole row
+// when it can be sent from the tuple, with its due time on this host's
+// clock.
+func (r *reader) insert(m *pglogrepl.InsertMessage) (store.Insert, bool) {
+	rel, ok := r.rels[m.RelationID]
+	if !ok || rel.id < 0 || m.Tuple == nil || rel.id >= len(m.Tuple.Columns) {
+		return store.Insert{}, false
 	}
-	col := m.Tuple.Columns[idx]
+	cols := m.Tuple.Columns
+	col := cols[rel.id]
 	if col.DataType != pglogrepl.TupleDataTypeText || len(col.Data) == 0 {
-		return "", false
+		return store.Insert{}, false
 	}
-	return string(col.Data), true
+	byID := store.Insert{Row: store.Row{ID: string(col.Data)}}
+	if rel.dec == nil || r.replay {
+		return byID, true
+	}
+	for _, c := range cols {
+		if c.DataType != pglogrepl.TupleDataTypeText && c.DataType != pglogrepl.TupleDataTypeNull {
+			return byID, true // unchanged TOAST or binary: not whole
+		}
+	}
+	in, ok := rel.dec.Decode(func(i int) ([]byte, bool) {
+		if i >= len(cols) {
+			return nil, true
+		}
+		return cols[i].Data, cols[i].DataType == pglogrepl.TupleDataTypeNull
+	})
+	if !ok {
+		return byID, true
+	}
+	in.Due = in.Due.Add(-r.start.offset)
+	return in, true
 }
 
 // flush hands the pending ids to the hand-off goroutine, waiting a little

@@ -38,6 +38,10 @@ type Config struct {
 	ShutdownGrace time.Duration
 	// Tracer makes a span of every attempt; nil makes none, at no cost.
 	Tracer trace.Tracer
+	// FreshGrace is how long the sweepers of every replica leave a fresh
+	// row to the stream (their grace); within it the stream's rows are
+	// sent without a claim (fresh.go). 0 claims every row first.
+	FreshGrace time.Duration
 	// ProbeMax caps the wait between probes of a runner that is down
 	// (see breaker); 0 is DefaultProbeMax.
 	ProbeMax time.Duration
@@ -111,13 +115,17 @@ type Deliverer struct {
 	queueing sync.RWMutex
 	// warnedTrace is set once an invalid trace context has been logged.
 	warnedTrace atomic.Bool
+	// fresh are the rows sent without a claim whose outcome is not
+	// written yet (fresh.go).
+	fresh freshIDs
 }
 
 type job struct {
 	row       store.Row
 	path      string
 	claimedAt time.Time
-	probe     uint64 // the breaker's probe id; 0 for a row sent as usual
+	probe     uint64     // the breaker's probe id; 0 for a row sent as usual
+	fresh     *freshSend // set on a row sent without a claim (fresh.go)
 }
 
 // New makes a Deliverer; call Run to start its workers.
@@ -149,6 +157,7 @@ func New(cfg Config, st *store.Store, log *slog.Logger, obs Observer) *Deliverer
 		d.next = newSuccessors()
 		d.rec.written = d.next.add
 	}
+	d.rec.seal, d.rec.forget = d.seal, d.fresh.remove
 	d.brk = newBreaker(log, cfg.Concurrency, cfg.ProbeMax, d.rec.wake)
 	d.client = newClient(cfg, d.quickRetry)
 	return d
@@ -308,7 +317,7 @@ func (d *Deliverer) DeliverDue(ctx context.Context, limit int, grace time.Durati
 	}
 	start := time.Now()
 	cctx, cancel := context.WithTimeout(ctx, claimTimeout)
-	c, err := d.store.ClaimDue(cctx, limit, grace, d.lease, d.cfg.MaxAttempts, d.refuse.skip())
+	c, err := d.store.ClaimDue(cctx, limit, grace, d.lease, d.cfg.MaxAttempts, d.fresh.list(d.refuse.skip()))
 	cancel()
 	if len(c.Rows) == 0 {
 		d.brk.probeDone(probe)
@@ -415,9 +424,12 @@ func (d *Deliverer) work(ctx context.Context, i int) (unsent []store.Row) {
 		if !ok {
 			return unsent
 		}
+		if j.fresh != nil && !d.claimLate(&j) {
+			continue
+		}
 		if d.stopping() {
 			d.brk.probeDone(j.probe)
-			unsent = append(unsent, j.row)
+			unsent = d.unsent(unsent, j)
 			continue
 		}
 		if d.giveBack(ctx, j) {
@@ -428,16 +440,56 @@ func (d *Deliverer) work(ctx context.Context, i int) (unsent []store.Row) {
 			// Cut by the end of the shutdown grace: not a failure of the
 			// runner, so neither a backoff nor a step towards dead.
 			d.brk.probeDone(j.probe)
-			unsent = append(unsent, j.row)
+			unsent = d.unsent(unsent, j)
 			continue
 		}
-		d.rec.add(res)
+		if j.fresh != nil {
+			res.Fresh = true
+		}
+		d.rec.addSent(res, j.fresh)
 	}
+}
+
+// claimLate turns a fresh job whose lease is due already (it waited in the
+// queue) into a claimed one, and says whether it is still to be sent: not
+// when someone else claimed it meanwhile.
+func (d *Deliverer) claimLate(j *job) bool {
+	if time.Until(j.fresh.leaseAt) > 0 {
+		return true
+	}
+	leased, lost := d.seal(j.fresh)
+	if !leased && !lost {
+		// The lease write failed: the database is away, or slow. Left
+		// untouched, the row is the sweeper's when it can claim it.
+		d.fresh.remove(j.fresh.id)
+	}
+	j.fresh = nil
+	return leased
+}
+
+// unsent adds a job that will not be sent to the list Run releases: a
+// fresh row holds no lease to give back unless its timer claimed it.
+func (d *Deliverer) unsent(list []store.Row, j job) []store.Row {
+	if j.fresh != nil && !d.drop(j.fresh) {
+		return list
+	}
+	return append(list, j.row)
 }
 
 // giveBack releases a job that must not be sent now, attempt uncounted,
 // and says whether it did.
 func (d *Deliverer) giveBack(ctx context.Context, j job) bool {
+	if j.fresh != nil {
+		// Nothing is held: a fresh row not sent stays untouched in the
+		// table, due, for the sweeper once the grace passes.
+		if j.probe == 0 && d.brk.down() {
+			if d.drop(j.fresh) {
+				d.release(ctx, []store.Row{j.row})
+			}
+			return true
+		}
+		return false
+	}
 	// A row that waited in the queue past its budget may have been
 	// claimed again elsewhere once its lease ends: sending it now could
 	// double it. Still within the lease (two budgets), so nobody else

@@ -67,6 +67,7 @@ type bundle struct {
 	store     *store.Store
 	runner    *runner
 	d         *relay.Deliverer
+	lastID    string // the row a test's runner looks at
 }
 
 var table = store.Table{Schema: "public", Name: "portal_event_outbox"}
@@ -578,6 +579,12 @@ func TestShutdownDrains(t *testing.T) {
 	}
 	<-entered // the first POST is in flight; the second waits in the queue
 	cancel()
+	// Release the POST only once the Deliverer is stopping, or the worker
+	// may take the queued row before it sees the stop.
+	pgtest.WaitFor(t, 10*time.Second, "the deliverer to stop claiming", func() bool {
+		_, err := d.DeliverIDs(context.Background(), nil)
+		return err != nil
+	})
 	close(release)
 	if err := <-done; err != nil {
 		t.Fatal(err)

@@ -20,7 +20,12 @@ type recorder struct {
 	store   *store.Store
 	log     *slog.Logger
 	refuse  *refusals
-	results chan store.Result
+	results chan sent
+	// seal ends the fresh send of an outcome before it is written (see
+	// fresh.go): the row may have been claimed meanwhile.
+	seal func(*freshSend) (leased, lost bool)
+	// forget is told of each fresh row whose outcome write is over.
+	forget func(id string)
 	// rescheduled is signalled after a write that scheduled a retry; it
 	// holds one signal, so a burst of retries wakes the sweeper once.
 	rescheduled chan struct{}
@@ -30,6 +35,12 @@ type recorder struct {
 	written func(batch []store.Result, refused func(id string) bool)
 
 	held []heldResult // used by run's goroutine only
+}
+
+// sent is an outcome to write, with the fresh send it ends, if any.
+type sent struct {
+	res   store.Result
+	fresh *freshSend
 }
 
 // heldResult is an outcome the database refused, waiting for its next try.
@@ -44,14 +55,19 @@ func newRecorder(st *store.Store, log *slog.Logger, refuse *refusals, buffer int
 		store:       st,
 		log:         log,
 		refuse:      refuse,
-		results:     make(chan store.Result, buffer),
+		results:     make(chan sent, buffer),
 		rescheduled: make(chan struct{}, 1),
 	}
 }
 
 // add queues an outcome; it blocks while the recorder is behind, which
 // holds the workers back rather than let outcomes pile up unwritten.
-func (rec *recorder) add(r store.Result) { rec.results <- r }
+func (rec *recorder) add(r store.Result) { rec.results <- sent{res: r} }
+
+// addSent queues the outcome of a POST; fresh is its fresh send, if any.
+func (rec *recorder) addSent(r store.Result, fresh *freshSend) {
+	rec.results <- sent{res: r, fresh: fresh}
+}
 
 // close says that no outcome will be added; run returns once it has
 // written those already added.
@@ -61,7 +77,8 @@ func (rec *recorder) close() { close(rec.results) }
 // up to recordBatch, until close; refused outcomes are tried again when
 // due. Writes are retried until ctx ends.
 func (rec *recorder) run(ctx context.Context) {
-	batch := make([]store.Result, 0, recordBatch)
+	batch := make([]sent, 0, recordBatch)
+	results := make([]store.Result, 0, recordBatch)
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	defer timer.Stop()
@@ -77,7 +94,17 @@ func (rec *recorder) run(ctx context.Context) {
 				rec.lastTry(ctx)
 				return
 			}
-			rec.write(ctx, rec.fill(append(batch[:0], r)))
+			batch = rec.fill(append(batch[:0], r))
+			results = rec.sealAll(batch, results[:0])
+			if len(results) > 0 {
+				rec.write(ctx, results)
+			}
+			for _, r := range results {
+				if r.Fresh {
+					rec.forget(r.ID)
+				}
+			}
+			clear(batch)
 		case <-due:
 			rec.retryHeld(ctx, time.Now())
 		}
@@ -85,7 +112,7 @@ func (rec *recorder) run(ctx context.Context) {
 }
 
 // fill adds to batch whatever outcomes have queued up, up to recordBatch.
-func (rec *recorder) fill(batch []store.Result) []store.Result {
+func (rec *recorder) fill(batch []sent) []sent {
 	for len(batch) < recordBatch {
 		select {
 		case r, ok := <-rec.results:
@@ -98,6 +125,25 @@ func (rec *recorder) fill(batch []store.Result) []store.Result {
 		}
 	}
 	return batch
+}
+
+// sealAll ends the fresh sends of batch and appends the outcomes to write
+// to results: that of a row its lease write claimed as a claimed row's,
+// none for a row someone else claimed (theirs is the outcome that counts).
+func (rec *recorder) sealAll(batch []sent, results []store.Result) []store.Result {
+	for _, s := range batch {
+		if s.fresh != nil {
+			leased, lost := rec.seal(s.fresh)
+			switch {
+			case lost:
+				continue
+			case leased:
+				s.res.Fresh = false
+			}
+		}
+		results = append(results, s.res)
+	}
+	return results
 }
 
 // retryHeld writes the held outcomes that are due, in one batch.

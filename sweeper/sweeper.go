@@ -41,9 +41,12 @@ type Config struct {
 	Grace func() time.Duration
 	// OnSweep, when set, is told of every pass (for metrics).
 	OnSweep func(Pass)
-	// Wake, when set, makes the sweeper sweep at once, fresh rows
-	// included, instead of at its next tick: the stream signals it after a
-	// failover, when rows it will not announce are left in the table.
+	// Wake, when set, makes the sweeper sweep at once instead of at its
+	// next tick: the stream signals it after a failover, when rows it will
+	// not announce are left in the table. The pass keeps the grace (a
+	// fresh row may be in flight from the stream, unclaimed: see
+	// relay/fresh.go), and the sweeper comes back when the youngest of
+	// them passes it.
 	Wake <-chan struct{}
 	// Nudge, when set, makes the sweeper sweep at once with its usual
 	// grace: the stream signals it when it left rows to the sweeper.
@@ -78,15 +81,14 @@ const queryTimeout = 10 * time.Second
 // claimer for a moment) from turning the loop into a spin.
 const minWait = 20 * time.Millisecond
 
-// Run sweeps at once, then every Interval, and earlier when a retry falls
-// due before the next tick or Wake is signalled. It returns when ctx is done. Database errors
+// Run sweeps at once, then every Interval, and earlier when a retry or a
+// fresh row falls due before the next tick or Wake or Nudge is signalled. It returns when ctx is done. Database errors
 // are logged once per outage and retried with backoff.
 func (s *Sweeper) Run(ctx context.Context) error {
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	failures := 0
 	for {
-		woken := false
 		select {
 		case <-ctx.Done():
 			return nil
@@ -94,9 +96,8 @@ func (s *Sweeper) Run(ctx context.Context) error {
 		case <-s.d.Rescheduled():
 		case <-s.cfg.Nudge: // nil when unset: never ready
 		case <-s.cfg.Wake: // likewise
-			woken = true
 		}
-		wait, err := s.pass(ctx, woken)
+		wait, err := s.pass(ctx)
 		switch {
 		case ctx.Err() != nil:
 			return nil
@@ -120,18 +121,13 @@ func (s *Sweeper) Run(ctx context.Context) error {
 	}
 }
 
-// pass sweeps once and returns how long to wait before the next one. A
-// pass woken by Wake takes fresh rows too: after a failover the stream will
-// never announce the rows the switch cut, nor those committed on the new
-// server before its new slot began. A claim is exclusive, so the stream
-// then finds those rows taken: no row is sent twice.
-func (s *Sweeper) pass(ctx context.Context, woken bool) (time.Duration, error) {
+// pass sweeps once and returns how long to wait before the next one.
+// Every pass leaves rows younger than the grace alone, also one woken
+// after a failover: the new stream session may be sending such a row
+// without a claim, and a claim would not stop that send.
+func (s *Sweeper) pass(ctx context.Context) (time.Duration, error) {
 	start := time.Now()
-	grace := s.grace()
-	if woken {
-		grace = 0
-	}
-	n, err := s.sweep(ctx, grace)
+	n, err := s.sweep(ctx, s.grace())
 	if s.cfg.OnSweep != nil {
 		s.cfg.OnSweep(Pass{Claimed: n, Took: time.Since(start), Err: err})
 	}

@@ -59,10 +59,13 @@ func runRelay(ctx context.Context, args, environ []string, stderr io.Writer) err
 	}
 	defer tracing.stop(cfg.ShutdownGrace)
 	dcfg := delivererConfig(cfg)
+	if cfg.CDC != "off" {
+		dcfg.FreshGrace = streamGrace
+	}
 	dcfg.Tracer = tracing.tracer()
 	d := relay.New(dcfg, st, log, metrics)
 	metrics.WatchRunner(d.Runner)
-	stream, err := startupCDC(ctx, cfg, d, log)
+	stream, err := startupCDC(ctx, cfg, st.Schema(), d, log)
 	if err != nil {
 		return err
 	}
@@ -143,20 +146,25 @@ func delivererConfig(cfg config.Config) relay.Config {
 	}
 }
 
-// streamGrace is how long the sweeper leaves fresh rows to a healthy
-// stream: far above the stream's milliseconds, far below a sweep interval.
+// streamGrace is how long the sweepers leave fresh rows to the stream:
+// far above the stream's milliseconds, far below a sweep interval. The
+// stream sends a fresh row without a claim for up to half of it
+// (relay/fresh.go).
 const streamGrace = 2 * time.Second
 
 func sweepConfig(cfg config.Config, stream *cdc.Stream, metrics *monitor.Metrics) sweeper.Config {
 	c := sweeper.Config{Interval: cfg.SweepInterval, BatchSize: cfg.BatchSize, OnSweep: metrics.ObserveSweep}
 	if stream != nil {
-		// While the stream delivers, fresh rows are its own: the sweeper
-		// takes them only if the stream has not within the grace.
+		// Fresh rows are the stream's: the sweeper takes them only if the
+		// stream has not within the grace. Not only while this process
+		// streams: another replica's stream may be sending them without a
+		// claim (relay/fresh.go). Only a server that cannot stream at all
+		// leaves them to the sweeper at once.
 		c.Grace = func() time.Duration {
-			if stream.Streaming() {
-				return streamGrace
+			if stream.State().Role == cdc.RoleUnavailable {
+				return 0
 			}
-			return 0
+			return streamGrace
 		}
 		c.Wake, c.Nudge = stream.Wake(), stream.Dropped()
 	}
@@ -202,7 +210,7 @@ const cdcCheckTimeout = 10 * time.Second
 // server that cannot stream leaves the relay sweep-only (it says why once
 // and checks again now and then), so a failover to a server that can, or
 // an operator's fix, brings the stream back without a restart.
-func startupCDC(ctx context.Context, cfg config.Config, d cdc.Deliverer, log *slog.Logger) (*cdc.Stream, error) {
+func startupCDC(ctx context.Context, cfg config.Config, outbox *store.Schema, d cdc.Deliverer, log *slog.Logger) (*cdc.Stream, error) {
 	if cfg.CDC == "off" {
 		return nil, nil
 	}
@@ -214,6 +222,7 @@ func startupCDC(ctx context.Context, cfg config.Config, d cdc.Deliverer, log *sl
 		Slot:        cfg.SlotName,
 		Publication: cfg.Publication,
 		BatchSize:   cfg.BatchSize,
+		Outbox:      outbox,
 	}
 	if cfg.CDC == "on" {
 		cctx, cancel := context.WithTimeout(ctx, cdcCheckTimeout)

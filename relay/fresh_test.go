@@ -1,0 +1,148 @@
+package relay_test
+
+import (
+	"context"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/outbox-relay/outbox-relay/internal/pgtest"
+	"github.com/outbox-relay/outbox-relay/internal/store"
+	"github.com/outbox-relay/outbox-relay/relay"
+)
+
+// fresh is the row as the stream hands it on after decoding its INSERT.
+func fresh(t *testing.T, b *bundle, id string) store.Insert {
+	t.Helper()
+	in := store.Insert{Sendable: true}
+	r := &in.Row
+	err := b.pool.QueryRow(context.Background(), `SELECT id::text, event_id::text, event_type, payload::text, created_at, attempts + 1, next_attempt_at
+		FROM portal_event_outbox WHERE id = $1::bigint`, id).Scan(&r.ID, &r.EventID, &r.Type, &r.Payload, &r.CreatedAt, &r.Attempt, &in.Due)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return in
+}
+
+func (b *bundle) deliverFresh(t *testing.T, ins ...store.Insert) {
+	t.Helper()
+	missing, err := b.d.DeliverInserts(context.Background(), ins)
+	if err != nil || len(missing) > 0 {
+		t.Fatalf("DeliverInserts = missing %v, %v", missing, err)
+	}
+}
+
+// during runs check on every request while the runner holds it.
+func during(check func()) func(http.ResponseWriter, *http.Request, []byte) {
+	return func(w http.ResponseWriter, _ *http.Request, _ []byte) {
+		check()
+		w.WriteHeader(http.StatusNoContent)
+	}
+}
+
+// A fresh row is POSTed with nothing written before: one outcome write
+// records it and counts the attempt.
+func TestFreshRowIsSentWithoutAClaim(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	var seen []rowState
+	var b *bundle
+	b = setup(t, during(func() {
+		mu.Lock()
+		defer mu.Unlock()
+		seen = append(seen, state(t, b.pool, b.lastID))
+	}), func(c *relay.Config) { c.FreshGrace = 10 * time.Second })
+	b.lastID = insert(t, b.pool, "file.finalized", `{"file": 42}`)
+	b.deliverFresh(t, fresh(t, b, b.lastID))
+	s := settled(t, b, b.lastID, 1)
+	if s.Status != store.StatusDelivered || s.Delivered == nil {
+		t.Fatalf("row after a 204: %+v", s)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seen) != 1 || seen[0].Attempts != 0 || seen[0].Status != store.StatusPending {
+		t.Fatalf("during the POST the row was %+v; want it untouched: pending, 0 attempts", seen)
+	}
+	if reqs := b.runner.requests(); len(reqs) != 1 || !strings.Contains(string(reqs[0].Body), `"file": 42`) {
+		t.Errorf("runner got %d requests: %+v", len(reqs), reqs)
+	}
+}
+
+// A send that outlives half the grace claims its row while it runs, so
+// that no sweeper takes it; its outcome is then written as a claimed
+// row's.
+func TestFreshSendThatRunsLongIsClaimed(t *testing.T) {
+	t.Parallel()
+	var b *bundle
+	var leasedDuring rowState
+	b = setup(t, during(func() {
+		pgtest.WaitFor(t, 10*time.Second, "the lease while the POST runs", func() bool {
+			leasedDuring = state(t, b.pool, b.lastID)
+			return leasedDuring.Attempts == 1
+		})
+	}), func(c *relay.Config) { c.FreshGrace = 400 * time.Millisecond })
+	b.lastID = insert(t, b.pool, "file.finalized", `{}`)
+	b.claimedAt = time.Now()
+	b.deliverFresh(t, fresh(t, b, b.lastID))
+	s := settled(t, b, b.lastID, 1)
+	if s.Status != store.StatusDelivered {
+		t.Fatalf("row after a 204: %+v", s)
+	}
+	if time.Until(leasedDuring.Next) < time.Second {
+		t.Errorf("the lease written during the POST ends at %s: want it pushed past the attempt", leasedDuring.Next)
+	}
+	// A sweep that takes fresh rows (woken, or a probe) honours the grace
+	// while a fresh send may be in flight: checked by the next test.
+}
+
+// A fresh send's outcome never overwrites another claimer's: the row
+// claimed elsewhere during the POST keeps that claim. Meanwhile no sweep of
+// this process takes the fresh row, not even one that takes fresh rows.
+func TestFreshOutcomeYieldsToAnotherClaim(t *testing.T) {
+	t.Parallel()
+	var b *bundle
+	var sweptDuring int
+	var claimedElsewhere store.Claim
+	var first store.Insert
+	handled := make(chan struct{})
+	b = setup(t, func(w http.ResponseWriter, _ *http.Request, body []byte) {
+		if strings.Contains(string(body), first.Row.EventID) {
+			defer close(handled)
+			n, err := b.d.DeliverDue(context.Background(), 10, 0)
+			if err != nil {
+				t.Error(err)
+			}
+			sweptDuring = n
+			if claimedElsewhere, err = b.store.ClaimIDs(context.Background(), []string{first.Row.ID}, time.Hour, 25); err != nil {
+				t.Error(err)
+			}
+		}
+		w.WriteHeader(http.StatusNoContent)
+	}, func(c *relay.Config) { c.FreshGrace = 10 * time.Second })
+	first = fresh(t, b, insert(t, b.pool, "file.finalized", `{}`))
+	b.deliverFresh(t, first)
+	// Outcomes are written in order: once a later row's is, the first's
+	// was dealt with.
+	select {
+	case <-handled:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no POST of the first row")
+	}
+	later := insert(t, b.pool, "file.finalized", `{}`)
+	b.deliverFresh(t, fresh(t, b, later))
+	pgtest.WaitFor(t, 10*time.Second, "the later row's outcome", func() bool {
+		return state(t, b.pool, later).Status == store.StatusDelivered
+	})
+	if sweptDuring != 0 {
+		t.Errorf("a sweep without grace claimed %d rows while a fresh send ran", sweptDuring)
+	}
+	if len(claimedElsewhere.Rows) != 1 {
+		t.Fatalf("the other claim took %+v", claimedElsewhere)
+	}
+	s := state(t, b.pool, first.Row.ID)
+	if s.Status != store.StatusPending || s.Attempts != 1 || time.Until(s.Next) < 50*time.Minute {
+		t.Errorf("row claimed elsewhere is %+v after the fresh send's outcome; want that claim intact", s)
+	}
+}
