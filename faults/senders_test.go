@@ -94,6 +94,21 @@ func (s *senders) outsideWindow() []string {
 	return out
 }
 
+// resentAfter counts, for each relay, the acceptances of events it had
+// sent that followed its own: the duplicates its death left behind (or,
+// outside the window, its overlap with another sender).
+func (s *senders) resentAfter() map[int]int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := map[int]int{}
+	for _, relays := range s.by {
+		for i := 1; i < len(relays); i++ {
+			out[relays[i-1]]++
+		}
+	}
+	return out
+}
+
 // killedList is the killed relays in order; s.mu is held.
 func (s *senders) killedList() []int {
 	var out []int
