@@ -109,8 +109,10 @@ func TestThreeReplicas(t *testing.T) { threeReplicas(t, unordered) }
 func threeReplicas(t *testing.T, m mode) {
 	d := m.db(t, pgtest.NewDB(t))
 	rn := newRunner(t)
+	s := newSenders(rn, nil)
 	for range 3 {
-		startRelay(t, m.env(d, rn, "RELAY_SWEEP_INTERVAL=200ms"))
+		tag, _ := s.tag()
+		startRelay(t, m.env(d, rn, "RELAY_SWEEP_INTERVAL=200ms", tag))
 	}
 	events := scale(1000, 10000)
 	in := m.inserter(t, d, 1000, 4)
@@ -119,6 +121,9 @@ func threeReplicas(t *testing.T, m mode) {
 	r := m.verify(t, d, rn, 2*time.Minute)
 	if r.Duplicates != 0 {
 		t.Errorf("%d duplicates with three replicas, want 0", r.Duplicates)
+	}
+	for _, o := range s.outsideWindow() {
+		t.Errorf("outside the crash window: %s", o)
 	}
 	record(t, m.fault("three replicas"), r, nil)
 }
