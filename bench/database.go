@@ -18,11 +18,12 @@ import (
 
 // database is a fresh, migrated database for one measure.
 type database struct {
-	name string
-	url  string
-	pool *pgxpool.Pool
-	slot string   // RELAY_SLOT_NAME: slot names are cluster-wide
-	env  []string // RELAY_* settings of the table (migrate's and the relay's)
+	name     string
+	url      string
+	relayURL string // url as the relay's role
+	pool     *pgxpool.Pool
+	slot     string   // RELAY_SLOT_NAME: slot names are cluster-wide
+	env      []string // RELAY_* settings of the table (migrate's and the relay's)
 }
 
 var nonIdent = regexp.MustCompile(`[^a-z0-9_]+`)
@@ -43,6 +44,7 @@ func (b *bench) newDB(ctx context.Context, label string, env ...string) (*databa
 		return nil, fmt.Errorf("set synchronous_commit: %w", err)
 	}
 	d := &database{name: name, url: b.cluster.URL(name), slot: "bench_" + strconv.Itoa(b.dbSeq), env: env}
+	d.relayURL = b.relayURL(d.url)
 	mig := exec.CommandContext(ctx, b.binary, "migrate")
 	mig.Env = append([]string{"PATH=" + os.Getenv("PATH"), "RELAY_DATABASE_URL=" + d.url, "RELAY_LOG_LEVEL=warn"}, env...)
 	if o, err := mig.CombinedOutput(); err != nil {

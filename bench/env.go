@@ -51,6 +51,13 @@ type bench struct {
 	stream streamState
 	relays []relayStats // one per relay process, for the cost table
 
+	// relayUser is the role every relay logs in as, its own so that
+	// pg_stat_statements (which knows roles, not application names) can
+	// tell the relay's statements from the load's; statements says
+	// whether the cluster preloads pg_stat_statements.
+	relayUser, relayPassword string
+	statements               bool
+
 	mu    sync.Mutex
 	procs map[*relayProc]bool // running, stopped by close
 	dbs   map[*database]bool
@@ -90,10 +97,18 @@ func setup(ctx context.Context, p plan, out io.Writer, verbose bool) (_ *bench, 
 		return nil, err
 	}
 	b.logf("starting PostgreSQL")
-	if b.cluster, err = pgtest.Start(); err != nil {
+	var opts []pgtest.Option
+	if lib, ok := statementsLibrary(); ok {
+		opts = append(opts, pgtest.WithSetting("shared_preload_libraries", "pg_stat_statements"))
+		b.debugf("preloading %s", lib)
+	}
+	if b.cluster, err = pgtest.Start(opts...); err != nil {
 		return nil, err
 	}
 	if b.admin, err = openPool(ctx, b.cluster.URL("postgres"), 4); err != nil {
+		return nil, err
+	}
+	if err := b.setupRelayRole(ctx, len(opts) > 0); err != nil {
 		return nil, err
 	}
 	if b.runner, err = relaytest.StartRunner(); err != nil {

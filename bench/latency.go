@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 )
 
@@ -25,10 +26,15 @@ type latencyResult struct {
 	// Stream and Sweep are the relay's own delivery counts for the run.
 	Stream float64 `json:"stream_delivered"`
 	Sweep  float64 `json:"sweep_delivered"`
+	// Warmup is how many events the warm-up committed.
+	Warmup int `json:"warmup_events"`
+	// Work is the relay's statements and the row versions over the
+	// warm-up and the run, both at this rate, to the relay's exit.
+	Work *dbWork `json:"db_work,omitempty"`
 }
 
-// latency measures every rate in every mode, one relay and one database
-// per mode.
+// latency measures every rate in every mode: one database per mode, a
+// relay per rate.
 func (b *bench) latency(ctx context.Context) ([]latencyResult, error) {
 	var out []latencyResult
 	var errs []error
@@ -51,29 +57,38 @@ func (b *bench) latencyMode(ctx context.Context, m mode) ([]latencyResult, error
 		return nil, err
 	}
 	defer b.dropDB(db)
-	p, err := b.startRelay(ctx, db, m, "latency, "+m.Name)
-	if errors.Is(err, errNoStream) {
-		var out []latencyResult
-		for _, rate := range b.plan.LatencyRates {
-			out = append(out, latencyResult{Mode: m.Name, Rate: rate, Skipped: b.stream.Reason})
-		}
-		return out, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	defer p.stop()
 	var out []latencyResult
 	for _, rate := range b.plan.LatencyRates {
-		r, err := b.latencyAt(ctx, db, p, m, pace{rate: rate, conns: b.plan.LatencyConns})
+		r, err := b.latencyRate(ctx, db, m, rate)
+		if errors.Is(err, errNoStream) {
+			out = append(out, latencyResult{Mode: m.Name, Rate: rate, Skipped: b.stream.Reason})
+			continue
+		}
 		out = append(out, r)
 		if err != nil {
 			return out, err
 		}
-		b.logf("latency %-10s %5d/s: p50 %.2f ms, p95 %.2f ms, p99 %.2f ms, max %.1f ms (%d events, %.0f/s achieved, %d missing)",
-			m.Name, rate, r.Latency.P50, r.Latency.P95, r.Latency.P99, r.Latency.Max, r.Latency.Count, r.Load.AchievedRate, r.Missing)
+		b.logf("latency %-10s %5d/s: p50 %.2f ms, p95 %.2f ms, p99 %.2f ms, max %.1f ms (%d events, %.0f/s achieved, %d missing)%s",
+			m.Name, rate, r.Latency.P50, r.Latency.P95, r.Latency.P99, r.Latency.Max, r.Latency.Count, r.Load.AchievedRate, r.Missing, r.Work.logLine())
 	}
 	return out, nil
+}
+
+// latencyRate measures one rate with a relay of its own. Its backends
+// publish their statistics when they exit, so the row versions counted for
+// this rate are all of its own and none of the next rate's.
+func (b *bench) latencyRate(ctx context.Context, db *database, m mode, rate int) (latencyResult, error) {
+	p, err := b.startRelay(ctx, db, m, fmt.Sprintf("latency, %s, %s/s", m.Name, thousands(rate)))
+	if err != nil {
+		return latencyResult{Mode: m.Name, Rate: rate}, err
+	}
+	work0 := b.workNow(ctx, db)
+	res, err := b.latencyAt(ctx, db, p, m, pace{rate: rate, conns: b.plan.LatencyConns})
+	p.stop()
+	if err == nil && ctx.Err() == nil {
+		res.Work = workBetween(work0, b.workAfter(ctx, db), res.Warmup+res.Load.Committed)
+	}
+	return res, err
 }
 
 // pace is a steady load: rate single-row transactions a second from conns
@@ -95,7 +110,8 @@ func (b *bench) latencyAt(ctx context.Context, db *database, p *relayProc, m mod
 		wait += 2 * m.Sweep
 	}
 	b.waitQuiet(ctx, b.quiet)
-	if err := b.warmUp(ctx, db, pc, wait); err != nil {
+	var err error
+	if res.Warmup, err = b.warmUp(ctx, db, pc, wait); err != nil {
 		return res, err
 	}
 
@@ -122,15 +138,16 @@ func (b *bench) latencyAt(ctx context.Context, db *database, p *relayProc, m mod
 }
 
 // warmUp runs the load at rate for the plan's warm-up, uncounted:
-// connections, statement caches and keep-alive on both sides.
-func (b *bench) warmUp(ctx context.Context, db *database, pc pace, wait time.Duration) error {
+// connections, statement caches and keep-alive on both sides. It says how
+// many events it committed.
+func (b *bench) warmUp(ctx context.Context, db *database, pc pace, wait time.Duration) (int, error) {
 	b.runner.Reset(true, int(float64(pc.rate)*b.plan.LatencyWarmup.Seconds()))
 	warm, _, err := pacedKey(ctx, db.pool, pc.rate, pc.conns, b.plan.LatencyWarmup, pc.key)
 	if err != nil {
-		return err
+		return len(warm), err
 	}
 	_, err = b.runner.WaitDistinct(ctx, len(warm), wait)
-	return err
+	return len(warm), err
 }
 
 // latencies fills res with each event's commit-to-receipt latency from

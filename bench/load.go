@@ -192,14 +192,16 @@ func (pc *pacer) run(ctx context.Context, w int) []sent {
 }
 
 // flood commits n single-row transactions as fast as conns connections
-// can, and returns when the last has committed. With keys > 0 the rows
-// carry that many ordering keys, each written by one connection only (the
-// ordering contract: no key in two concurrent transactions).
-func flood(ctx context.Context, pool *pgxpool.Pool, n, conns, keys int) (loadStats, error) {
+// can, and returns when the last has committed, with every committed
+// event. With keys > 0 the rows carry that many ordering keys, each
+// written by one connection only (the ordering contract: no key in two
+// concurrent transactions).
+func flood(ctx context.Context, pool *pgxpool.Pool, n, conns, keys int) ([]sent, loadStats, error) {
 	st := loadStats{Planned: n}
-	var next, done atomic.Int64
+	var next atomic.Int64
 	var errs loadErrors
 	var wg sync.WaitGroup
+	logs := make([][]sent, conns)
 	start := time.Now()
 	for w := range conns {
 		wg.Go(func() {
@@ -208,32 +210,39 @@ func flood(ctx context.Context, pool *pgxpool.Pool, n, conns, keys int) (loadSta
 				return
 			}
 			defer conn.Release()
+			log := make([]sent, 0, n/conns+1)
+			defer func() { logs[w] = log }()
 			// Every pass takes a fresh index, failed or not: at most n.
 			for i, j := int(next.Add(1))-1, 0; i < n; i, j = int(next.Add(1))-1, j+1 {
 				key := ""
 				if keys > 0 {
 					key = "k" + strconv.Itoa(w+conns*(j%max(keys/conns, 1)))
 				}
-				if err := insertEvent(ctx, conn, newUUID(), i, key); err != nil {
+				id := newUUID()
+				if err := insertEvent(ctx, conn, id, i, key); err != nil {
 					if ctx.Err() != nil {
 						return
 					}
 					errs.add(err)
 					continue
 				}
-				done.Add(1)
+				log = append(log, sent{id: id, at: now()})
 			}
 		})
 	}
 	wg.Wait()
 	st.Seconds = time.Since(start).Seconds()
-	st.Committed = int(done.Load())
+	var out []sent
+	for _, l := range logs {
+		out = append(out, l...)
+	}
+	st.Committed = len(out)
 	st.AchievedRate = float64(st.Committed) / st.Seconds
 	errs.into(&st)
 	if st.Committed < n && ctx.Err() == nil {
-		return st, fmt.Errorf("only %d of %d inserts committed: %s", st.Committed, n, st.FirstError)
+		return out, st, fmt.Errorf("only %d of %d inserts committed: %s", st.Committed, n, st.FirstError)
 	}
-	return st, ctx.Err()
+	return out, st, ctx.Err()
 }
 
 // bulk inserts n rows in one INSERT … SELECT and returns when it committed.

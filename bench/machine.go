@@ -54,7 +54,7 @@ func (b *bench) machine(ctx context.Context) machine {
 // settings are the server and relay settings that shape the figures.
 func (b *bench) settings(ctx context.Context) map[string]string {
 	s := map[string]string{}
-	for _, name := range []string{"fsync", "synchronous_commit", "full_page_writes", "shared_buffers", "wal_level", "max_wal_size", "checkpoint_timeout", "wal_writer_delay", "autovacuum"} {
+	for _, name := range []string{"fsync", "synchronous_commit", "full_page_writes", "shared_buffers", "wal_level", "max_wal_size", "checkpoint_timeout", "wal_writer_delay", "autovacuum", "shared_preload_libraries"} {
 		var v string
 		if err := b.admin.QueryRow(ctx, "SELECT current_setting($1)", name).Scan(&v); err == nil {
 			s["server."+name] = v

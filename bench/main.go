@@ -6,6 +6,7 @@
 //	go run ./bench              # the full run (make bench), a few minutes
 //	go run ./bench -quick       # about a minute, for development; prints only
 //	go run ./bench -only=latency,wal
+//	go run ./bench -only=burst     # issue 11's repeated burst and the load's insert rate
 //
 // Every child process and the cluster are stopped on exit, Ctrl-C included.
 package main
@@ -37,7 +38,7 @@ func main() {
 }
 
 // measures are the parts -only can select, in the order they run.
-var measures = []string{"latency", "throughput", "backlog", "wal", "ordering", "profile"}
+var measures = []string{"latency", "throughput", "burst", "backlog", "wal", "ordering", "profile"}
 
 // plan is the size of every measure: the full run or -quick.
 type plan struct {
@@ -51,6 +52,13 @@ type plan struct {
 	BulkSizes   []int `json:"bulk_sizes"`
 	SingleN     int   `json:"single_n"`
 	SingleConns int   `json:"single_conns"`
+
+	// BurstRuns deliveries of SingleN single-row txns by one relay;
+	// BurstAlone runs of the same load with no relay; BurstWait is how
+	// long a run waits for its events after the last commit.
+	BurstRuns  int           `json:"burst_runs"`
+	BurstAlone int           `json:"burst_alone_runs"`
+	BurstWait  time.Duration `json:"burst_wait_ns"`
 
 	BacklogN     int           `json:"backlog_n"`
 	SmallTableN  int           `json:"small_table_n"`
@@ -67,13 +75,16 @@ type plan struct {
 
 func fullPlan() plan {
 	return plan{
-		LatencyRates:    []int{500, 1000, 5000},
+		LatencyRates:    []int{500, 1000, 2000, 5000},
 		LatencyDuration: 10 * time.Second,
 		LatencyWarmup:   time.Second,
 		LatencyConns:    8,
 		BulkSizes:       []int{20_000, 100_000},
 		SingleN:         20_000,
 		SingleConns:     8,
+		BurstRuns:       10,
+		BurstAlone:      4,
+		BurstWait:       10 * time.Second,
 		BacklogN:        1_000_000,
 		SmallTableN:     10_000,
 		DrainLimit:      150 * time.Second,
@@ -92,6 +103,8 @@ func quickPlan() plan {
 	p.LatencyDuration = 3 * time.Second
 	p.LatencyWarmup = 500 * time.Millisecond
 	p.BulkSizes = []int{20_000}
+	p.BurstRuns = 3
+	p.BurstAlone = 2
 	p.BacklogN = 100_000
 	p.DrainLimit = 60 * time.Second
 	p.WALOutage = 10 * time.Second
@@ -109,7 +122,7 @@ func parseFlags(args []string) (options, error) {
 	var o options
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.BoolVar(&o.quick, "quick", false, "small sizes and short runs (about a minute); results are printed, docs/ is left alone unless -out is given")
-	fs.StringVar(&o.only, "only", "", "comma-separated subset of "+strings.Join(measures, ",")+" (cost comes with throughput, sweep cost with backlog)")
+	fs.StringVar(&o.only, "only", "", "comma-separated subset of "+strings.Join(measures, ",")+" (cost comes with throughput, sweep cost with backlog; statements and row versions per event with latency and throughput)")
 	fs.StringVar(&o.out, "out", "", "directory for BENCHMARKS.md, bench-results.json and bench-latency.svg (default docs for a full run of every measure, none otherwise)")
 	fs.BoolVar(&o.profile, "profile", true, "record a CPU profile of the relay with perf during an extra 20,000-row run, when perf is installed")
 	fs.BoolVar(&o.verbose, "v", false, "log progress in more detail")
@@ -223,6 +236,7 @@ func (b *bench) measure(ctx context.Context, selected map[string]bool, res *resu
 	}
 	step("latency", func() (err error) { res.Latency, err = b.latency(ctx); return })
 	step("throughput", func() (err error) { res.Throughput, err = b.throughput(ctx); return })
+	step("burst", func() (err error) { res.Burst, err = b.burst(ctx); return })
 	step("backlog", func() (err error) { res.Backlog, res.SweepCost, err = b.backlog(ctx); return })
 	step("wal", func() (err error) { res.WAL, err = b.wal(ctx); return })
 	step("ordering", func() (err error) { res.Ordering, err = b.ordering(ctx); return })

@@ -39,6 +39,8 @@ func mdHeader(b *markdown, r *results) {
 
 	b.w("## Targets (issues 6 and 13)\n\n")
 	b.w("%s", targetsTable(r))
+	b.w("\n## Targets (issue 11)\n\n")
+	b.w("%s", targets11Table(r))
 }
 
 // mdMachine describes the machine and the settings every run shares.
@@ -64,6 +66,9 @@ func mdMachine(b *markdown, r *results) {
 	b.w(". The benchmark databases set `synchronous_commit = on` (`ALTER DATABASE`, which outranks the server's command line), so every commit — the load's and the relay's — waits for its WAL write as an application's would, and the walsender sees it at once (with the cluster's `off`, a commit reaches the stream only at the WAL writer's next flush, up to 3 × `wal_writer_delay` later).\n")
 	b.w("- **`fsync=off`**: a commit does not wait for the disk. On real storage add the device's flush time (about 0.1–2 ms on SSDs) to every commit — the application's and each outcome `UPDATE` of the relay — so single-row insert rates and the relay's throughput would be lower; on loopback with `fsync=off` the figures show the CPU cost of the relay and the database.\n")
 	b.w("- The relay is the real binary (`go build ./cmd/outbox-relay`) run as a child process with its defaults (`RELAY_CONCURRENCY=16`, `RELAY_BATCH_SIZE=100`, `RELAY_HTTP_TIMEOUT=10s`), `RELAY_LOG_LEVEL=warn`, and `RELAY_LISTEN_ADDR` on 127.0.0.1 for `/metrics`. **stream** is `RELAY_CDC=on`, `RELAY_SWEEP_INTERVAL=1m` (only the stream can be fast); **sweep-only** is `RELAY_CDC=off`, `RELAY_SWEEP_INTERVAL=1s`.\n")
+	if strings.Contains(r.Settings["server.shared_preload_libraries"], "pg_stat_statements") {
+		b.w("- The relay logs in as a role of its own, `%s` (a superuser, as `postgres` is), so that `pg_stat_statements` can tell its statements from the load's.\n", relayRole)
+	}
 	b.w("- The runner is a `net/http` server in the harness process on 127.0.0.1: it reads the body, notes the receipt time under the `Idempotency-Key` (the event id) and answers 204.\n")
 	b.w("- CPU columns split the CPU seconds of each run between the relay, PostgreSQL, the harness (runner and load generator) and *other* processes; \"machine busy\" is the share of all %d CPUs in use. The machine may be shared with other work: a large *other* share means the run competed for CPU and its figures are pessimistic.\n", m.CPUs)
 }
@@ -71,7 +76,7 @@ func mdMachine(b *markdown, r *results) {
 // mdLatency is section 1: commit to receipt.
 func mdLatency(b *markdown, r *results) {
 	b.w("\n## 1. Latency: commit → runner receipt\n\n")
-	b.w("Single-row transactions from %d connections at a steady rate, %s per rate after a %s warm-up that is not counted. Each insert carries an `event_id` made by the harness (a random UUID), and its latency is the runner's receipt time minus the moment its `COMMIT` returned, both on the harness's monotonic clock. \"achieved\" is the rate the load really committed at; \"missing\" were not received within 10 s (stream) or 10 s plus two sweep intervals; they stay in the quantiles at that wait, shown as \"> wait\".\n\n",
+	b.w("Single-row transactions from %d connections at a steady rate, %s per rate after a %s warm-up that is not counted; each rate has a relay of its own, started before its warm-up. Each insert carries an `event_id` made by the harness (a random UUID), and its latency is the runner's receipt time minus the moment its `COMMIT` returned, both on the harness's monotonic clock. \"achieved\" is the rate the load really committed at; \"missing\" were not received within 10 s (stream) or 10 s plus two sweep intervals; they stay in the quantiles at that wait, shown as \"> wait\".\n\n",
 		r.Plan.LatencyConns, r.Plan.LatencyDuration, r.Plan.LatencyWarmup)
 	b.w("%s\n", latencyTable(r))
 	b.w("![Latency distribution, stream versus sweep-only](bench-latency.svg)\n\n")
@@ -90,6 +95,7 @@ func mdThroughput(b *markdown, r *results) {
 	b.w("A fresh relay per load, on an empty or lightly filled table. For an `INSERT … SELECT` (one transaction) the clock starts when its `COMMIT` returns; for single-row transactions (%d connections, as fast as they go) it starts at the first insert. It stops at the last receipt. One POST per event.\n\n", r.Plan.SingleConns)
 	b.w("%s\n", throughputTable(r))
 	b.w("%s", ceilingNote(r))
+	mdBurst(b, r)
 }
 
 // mdBacklog is section 3: the drain and the sweep's cost.
@@ -108,6 +114,7 @@ func mdCost(b *markdown, r *results) {
 		b.w("| %s | %s | %s | %s | %s | %s | %s | %s |\n", s.Label, num(s.Seconds), num(s.CPUSeconds), num(s.PeakRSSMiB), num(s.RSSMiB),
 			thousands(int(s.Stream)), thousands(int(s.Sweep)), thousands(int(s.Retries)))
 	}
+	mdWork(b, r)
 }
 
 // mdWAL is section 5: the slot's lag and retained WAL while the runner is down.
@@ -165,6 +172,6 @@ func mdProfile(b *markdown, r *results) {
 func mdReproduce(b *markdown, r *results) {
 	b.w("%s", handOffNote)
 	b.w("## Reproduce\n\n")
-	b.w("```\nmake bench                                  # this report: docs/BENCHMARKS.md, bench-results.json, bench-latency.svg\ngo run ./bench -quick                       # about a minute, smaller sizes; prints the tables, writes nothing\ngo run ./bench -only=latency,wal -out /tmp/b # a subset, written elsewhere\n```\n\n")
+	b.w("```\nmake bench                                  # this report: docs/BENCHMARKS.md, bench-results.json, bench-latency.svg\ngo run ./bench -quick                       # about a minute, smaller sizes; prints the tables, writes nothing\ngo run ./bench -only=latency,wal -out /tmp/b # a subset, written elsewhere\ngo run ./bench -only=burst                  # the repeated burst and the load's insert rate alone\n```\n\n")
 	b.w("Needs the PostgreSQL server binaries (as `make test` does) and, for the profile, `perf`.\n")
 }

@@ -62,7 +62,7 @@ func (b *bench) startRelay(ctx context.Context, db *database, m mode, label stri
 	}
 	env := []string{
 		"PATH=" + os.Getenv("PATH"),
-		"RELAY_DATABASE_URL=" + db.url,
+		"RELAY_DATABASE_URL=" + db.relayURL,
 		"RELAY_RUNNER_URL=" + b.runner.URL(),
 		"RELAY_CDC=" + m.CDC,
 		"RELAY_SWEEP_INTERVAL=" + m.Sweep.String(),

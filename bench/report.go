@@ -21,6 +21,7 @@ type results struct {
 
 	Latency    []latencyResult    `json:"latency"`
 	Throughput []throughputResult `json:"throughput"`
+	Burst      *burstResult       `json:"burst,omitempty"`
 	Backlog    []backlogResult    `json:"backlog"`
 	SweepCost  []sweepCost        `json:"sweep_cost"`
 	WAL        *walResult         `json:"wal,omitempty"`
@@ -248,9 +249,17 @@ func summaryTables(r *results) string {
 	var b strings.Builder
 	b.WriteString(targetsTable(r))
 	b.WriteString("\n")
+	b.WriteString(targets11Table(r))
+	b.WriteString("\n")
 	b.WriteString(latencyTable(r))
 	b.WriteString("\n")
 	b.WriteString(throughputTable(r))
+	b.WriteString("\n")
+	if t := burstTable(r); t != "" {
+		b.WriteString(t)
+		b.WriteString("\n")
+	}
+	b.WriteString(workTable(r))
 	b.WriteString("\n")
 	b.WriteString(backlogTables(r))
 	b.WriteString("\n")

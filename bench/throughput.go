@@ -34,6 +34,9 @@ type throughputResult struct {
 	PeakRSSMiB float64 `json:"relay_peak_rss_mib"`
 	Stream     float64 `json:"stream_delivered"`
 	Sweep      float64 `json:"sweep_delivered"`
+	// Work is the relay's statements and the row versions, from the start
+	// of the load to the relay's exit.
+	Work *dbWork `json:"db_work,omitempty"`
 }
 
 // load is one throughput workload.
@@ -102,13 +105,19 @@ func (b *bench) throughputRun(ctx context.Context, db *database, m mode, l load)
 	if err != nil {
 		return res, err
 	}
+	var work0 *workSnapshot
 	defer func() { // the named result takes the relay's figures
 		st := p.stop()
 		res.PeakRSSMiB, res.Stream, res.Sweep = st.PeakRSSMiB, st.Stream, st.Sweep
+		if work0 != nil && ctx.Err() == nil {
+			res.Work = workBetween(*work0, b.workAfter(ctx, db), l.n)
+		}
 	}()
 	b.runner.Reset(true, l.n)
 	limit := 30*time.Second + time.Duration(l.n/2000)*time.Second
 	b.waitQuiet(ctx, b.quiet)
+	w := b.workNow(ctx, db)
+	work0 = &w
 	cpu0 := b.cpuNow(p)
 	var start int64
 	switch l.kind {
@@ -121,7 +130,7 @@ func (b *bench) throughputRun(ctx context.Context, db *database, m mode, l load)
 		res.InsertSeconds = float64(start-t) / 1e9
 	default:
 		start = now()
-		st, err := flood(ctx, db.pool, l.n, b.plan.SingleConns, l.keys)
+		_, st, err := flood(ctx, db.pool, l.n, b.plan.SingleConns, l.keys)
 		if err != nil {
 			return res, err
 		}
