@@ -176,7 +176,7 @@ func TestLeastPrivilegeSQL(t *testing.T) {
 	if err != nil || len(rows) != 3 || claim.Len() != 3 {
 		t.Fatalf("claim as outbox_relay: %+v, %v; want 3 rows", claim, err)
 	}
-	if _, err := st.Record(ctx, []store.Result{
+	if _, _, err := st.Record(ctx, []store.Result{
 		{ID: rows[0].ID, Attempt: rows[0].Attempt, Status: store.StatusDelivered},
 		{ID: rows[1].ID, Attempt: rows[1].Attempt, Status: store.StatusDead, Error: "HTTP 400"},
 	}); err != nil {

@@ -35,6 +35,9 @@ type recorder struct {
 	written func(batch []store.Result, refused func(id string) bool)
 
 	held []heldResult // used by run's goroutine only
+	// unseen are fresh outcomes whose row the write did not find yet,
+	// by next try; used by run's goroutine only.
+	unseen []heldResult
 	// lingering times the wait for more outcomes (see linger); used by
 	// run's goroutine only.
 	lingering *time.Timer
@@ -87,8 +90,8 @@ func (rec *recorder) run(ctx context.Context) {
 	defer timer.Stop()
 	for {
 		var due <-chan time.Time
-		if len(rec.held) > 0 {
-			timer.Reset(time.Until(rec.held[0].next))
+		if next, ok := rec.nextTry(); ok {
+			timer.Reset(time.Until(next))
 			due = timer.C
 		}
 		select {
@@ -100,16 +103,13 @@ func (rec *recorder) run(ctx context.Context) {
 			batch = rec.linger(rec.fill(append(batch[:0], r)))
 			results = rec.sealAll(batch, results[:0])
 			if len(results) > 0 {
-				rec.write(ctx, results)
-			}
-			for _, r := range results {
-				if r.Fresh {
-					rec.forget(r.ID)
-				}
+				rec.writeFresh(ctx, results, nil)
 			}
 			clear(batch)
 		case <-due:
-			rec.retryHeld(ctx, time.Now())
+			now := time.Now()
+			rec.retryUnseen(ctx, now)
+			rec.retryHeld(ctx, now)
 		}
 	}
 }
@@ -184,6 +184,72 @@ func (rec *recorder) sealAll(batch []sent, results []store.Result) []store.Resul
 	return results
 }
 
+// unseenRetries are the waits before writing again a fresh outcome whose
+// row the write did not find: a commit can reach the stream a moment
+// before it is visible. A row still not found was claimed by someone else
+// (or changed, or deleted): their outcome counts, and this one is dropped.
+var unseenRetries = []time.Duration{time.Millisecond, 4 * time.Millisecond, 16 * time.Millisecond}
+
+// nextTry is when the first held or unseen outcome is due.
+func (rec *recorder) nextTry() (time.Time, bool) {
+	switch {
+	case len(rec.held) > 0 && len(rec.unseen) > 0:
+		return minTime(rec.held[0].next, rec.unseen[0].next), true
+	case len(rec.held) > 0:
+		return rec.held[0].next, true
+	case len(rec.unseen) > 0:
+		return rec.unseen[0].next, true
+	}
+	return time.Time{}, false
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}
+
+// notSeen queues fresh outcomes the write did not find for another try,
+// drops those tried enough, and returns the ids queued.
+func (rec *recorder) notSeen(unseen []store.Result, tries map[string]int) (again map[string]bool) {
+	if len(unseen) == 0 {
+		return nil
+	}
+	now := time.Now()
+	again = make(map[string]bool, len(unseen))
+	for _, r := range unseen {
+		n := tries[r.ID]
+		if n >= len(unseenRetries) {
+			rec.log.Debug("a fresh row's outcome found the row claimed elsewhere or changed; that outcome counts", "id", r.ID)
+			continue
+		}
+		again[r.ID] = true
+		rec.unseen = append(rec.unseen, heldResult{res: r, next: now.Add(unseenRetries[n]), tries: n + 1})
+	}
+	slices.SortFunc(rec.unseen, func(a, b heldResult) int { return a.next.Compare(b.next) })
+	return again
+}
+
+// retryUnseen writes again the unseen outcomes that are due, in one batch.
+func (rec *recorder) retryUnseen(ctx context.Context, now time.Time) {
+	n := 0
+	for n < len(rec.unseen) && !rec.unseen[n].next.After(now) {
+		n++
+	}
+	if n == 0 {
+		return
+	}
+	due := rec.unseen[:n:n]
+	rec.unseen = slices.Clone(rec.unseen[n:])
+	tries := make(map[string]int, n)
+	batch := make([]store.Result, n)
+	for i, h := range due {
+		batch[i], tries[h.res.ID] = h.res, h.tries
+	}
+	rec.writeFresh(ctx, batch, tries)
+}
+
 // retryHeld writes the held outcomes that are due, in one batch.
 func (rec *recorder) retryHeld(ctx context.Context, now time.Time) {
 	n := 0
@@ -206,6 +272,7 @@ func (rec *recorder) retryHeld(ctx context.Context, now time.Time) {
 // lastTry writes the held outcomes once more at shutdown. Those still
 // refused keep their lease: the row is sent again when it ends.
 func (rec *recorder) lastTry(ctx context.Context) {
+	rec.retryUnseen(ctx, time.Now().Add(time.Hour))
 	if len(rec.held) == 0 {
 		return
 	}
@@ -217,15 +284,24 @@ func (rec *recorder) lastTry(ctx context.Context) {
 	rec.held = nil
 }
 
-func (rec *recorder) write(ctx context.Context, batch []store.Result) {
-	rec.writeTried(ctx, batch, nil)
+// writeFresh writes batch; fresh outcomes whose row the write did not
+// find are tried again shortly (tries counts their earlier tries), and the
+// fresh rows done with are no longer skipped by this process's sweeps.
+func (rec *recorder) writeFresh(ctx context.Context, batch []store.Result, tries map[string]int) {
+	unseen := rec.writeTried(ctx, batch, nil)
+	again := rec.notSeen(unseen, tries)
+	for _, r := range batch {
+		if r.Fresh && !again[r.ID] {
+			rec.forget(r.ID)
+		}
+	}
 }
 
 // writeTried writes batch, retrying while the database is away; if it never
 // comes back before shutdown the rows' leases end and they are sent again,
 // with the same event_id. Rows the database refuses are held for another
 // try; tries counts the earlier tries of rows held before.
-func (rec *recorder) writeTried(ctx context.Context, batch []store.Result, tries map[string]int) {
+func (rec *recorder) writeTried(ctx context.Context, batch []store.Result, tries map[string]int) (unseen []store.Result) {
 	b := retry.WithCappedDuration(writeRetryMax, retry.NewExponential(writeRetryMin))
 	failed := false
 	var refused []store.Refused
@@ -233,7 +309,7 @@ func (rec *recorder) writeTried(ctx context.Context, batch []store.Result, tries
 		wctx, cancel := context.WithTimeout(ctx, writeTimeout)
 		defer cancel()
 		var err error
-		if refused, err = rec.store.Record(wctx, batch); err != nil {
+		if refused, unseen, err = rec.store.Record(wctx, batch); err != nil {
 			if !failed {
 				rec.log.Error("cannot record delivery outcomes; retrying", "rows", len(batch), "error", err)
 				failed = true
@@ -245,7 +321,7 @@ func (rec *recorder) writeTried(ctx context.Context, batch []store.Result, tries
 	switch {
 	case err != nil:
 		rec.log.Error("gave up recording delivery outcomes; the rows are retried when their lease ends", "rows", len(batch), "error", err)
-		return
+		return nil
 	case failed:
 		rec.log.Info("recording delivery outcomes again")
 	}
@@ -258,6 +334,7 @@ func (rec *recorder) writeTried(ctx context.Context, batch []store.Result, tries
 	if slices.ContainsFunc(batch, func(r store.Result) bool { return r.Status == store.StatusPending }) {
 		rec.wake()
 	}
+	return unseen
 }
 
 // wake signals rescheduled.

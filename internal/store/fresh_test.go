@@ -116,7 +116,7 @@ func exerciseFresh(t *testing.T, pool *pgxpool.Pool, st *Store) {
 	if ok, err := st.Lease(ctx, fresh["f3"].Row.ID, 0, time.Minute); err != nil || ok {
 		t.Errorf("a second Lease claimed the row again: %v, %v", ok, err)
 	}
-	refused, err := st.Record(ctx, []Result{
+	refused, _, err := st.Record(ctx, []Result{
 		{ID: fresh["f1"].Row.ID, Attempt: 1, Status: StatusDelivered, Fresh: true},
 		{ID: fresh["f2"].Row.ID, Attempt: 1, Status: StatusDelivered, Fresh: true},
 		{ID: fresh["f3"].Row.ID, Attempt: 1, Status: StatusDelivered},

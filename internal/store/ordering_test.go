@@ -77,7 +77,7 @@ func recordAll(t *testing.T, st *Store, rows []Row, status string) {
 	for _, r := range rows {
 		res = append(res, Result{ID: r.ID, Attempt: r.Attempt, Status: status, Next: time.Now().Add(time.Hour), Error: "runner answered 503", Key: r.Key})
 	}
-	if refused, err := st.Record(context.Background(), res); err != nil || len(refused) > 0 {
+	if refused, _, err := st.Record(context.Background(), res); err != nil || len(refused) > 0 {
 		t.Fatalf("record: %v, refused %v", err, refused)
 	}
 }
@@ -320,7 +320,7 @@ func TestOrderedConcurrentClaimers(t *testing.T) {
 						status = StatusDelivered
 					}
 					finish(r, delivered)
-					if _, err := st.Record(ctx, []Result{{ID: r.ID, Attempt: r.Attempt, Status: status, Next: time.Now().Add(-time.Second), Error: "retry"}}); err != nil {
+					if _, _, err := st.Record(ctx, []Result{{ID: r.ID, Attempt: r.Attempt, Status: status, Next: time.Now().Add(-time.Second), Error: "retry"}}); err != nil {
 						t.Error(err)
 						return
 					}

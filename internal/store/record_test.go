@@ -49,7 +49,7 @@ func TestRecordWritesOutcomes(t *testing.T) {
 		results[i] = tt.result
 		results[i].ID, results[i].Attempt = row.ID, row.Attempt
 	}
-	if _, err := st.Record(context.Background(), results); err != nil {
+	if _, _, err := st.Record(context.Background(), results); err != nil {
 		t.Fatal(err)
 	}
 	for i, tt := range tests {
@@ -73,13 +73,13 @@ func TestRecordIgnoresLateWriters(t *testing.T) {
 	first := claimOne(t, st, id[0])
 	expire(t, st, id[0])
 	second := claimOne(t, st, id[0])
-	if _, err := st.Record(ctx, []Result{{ID: id[0], Attempt: first.Attempt, Status: StatusDelivered}}); err != nil {
+	if _, _, err := st.Record(ctx, []Result{{ID: id[0], Attempt: first.Attempt, Status: StatusDelivered}}); err != nil {
 		t.Fatal(err)
 	}
 	if got := get(t, st, id[0]); got.Status != StatusPending || got.Attempts != 2 || got.Delivered || !near(got.NextIn, lease) {
 		t.Errorf("after the first attempt's late outcome, row = %s; want pending, attempt 2, leased", show(got))
 	}
-	if _, err := st.Record(ctx, []Result{{ID: id[0], Attempt: second.Attempt, Status: StatusDelivered}}); err != nil {
+	if _, _, err := st.Record(ctx, []Result{{ID: id[0], Attempt: second.Attempt, Status: StatusDelivered}}); err != nil {
 		t.Fatal(err)
 	}
 	if got := get(t, st, id[0]); got.Status != StatusDelivered {
@@ -88,11 +88,11 @@ func TestRecordIgnoresLateWriters(t *testing.T) {
 
 	row := claimOne(t, st, id[1])
 	done := Result{ID: row.ID, Attempt: row.Attempt, Status: StatusDelivered}
-	if _, err := st.Record(ctx, []Result{done}); err != nil {
+	if _, _, err := st.Record(ctx, []Result{done}); err != nil {
 		t.Fatal(err)
 	}
 	again := Result{ID: row.ID, Attempt: row.Attempt, Status: StatusDead, Error: "a second writer"}
-	if _, err := st.Record(ctx, []Result{again}); err != nil {
+	if _, _, err := st.Record(ctx, []Result{again}); err != nil {
 		t.Fatal(err)
 	}
 	if got := get(t, st, id[1]); got.Status != StatusDelivered || got.LastError != nil {
@@ -127,7 +127,7 @@ func TestReleaseGivesTheLeaseBack(t *testing.T) {
 	claimOne(t, st, id[1])
 	// A release of a row already delivered.
 	done := claimOne(t, st, id[2])
-	if _, err := st.Record(ctx, []Result{{ID: done.ID, Attempt: done.Attempt, Status: StatusDelivered}}); err != nil {
+	if _, _, err := st.Record(ctx, []Result{{ID: done.ID, Attempt: done.Attempt, Status: StatusDelivered}}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := st.Release(ctx, []Row{stale, done}); err != nil {

@@ -45,7 +45,7 @@ CREATE TRIGGER refuse BEFORE UPDATE ON outbox FOR EACH ROW EXECUTE FUNCTION refu
 			results = append(results, Result{ID: r.ID, Attempt: r.Attempt, Status: StatusDelivered})
 		}
 	}
-	refused, err := st.Record(ctx, results)
+	refused, _, err := st.Record(ctx, results)
 	if err != nil || len(refused) != 1 || refused[0].SQLState != "P0001" {
 		t.Fatalf("Record refused %+v, %v; want e7 with P0001", refused, err)
 	}

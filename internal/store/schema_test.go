@@ -231,7 +231,7 @@ func exerciseStore(t *testing.T, pool *pgxpool.Pool, st *Store) {
 	}
 	longErr := strings.Repeat("é", 300) // 600 bytes, 300 characters
 	next := time.Now().Add(time.Hour).Truncate(time.Second)
-	refused, err := st.Record(ctx, []Result{
+	refused, _, err := st.Record(ctx, []Result{
 		{ID: byType["a"].ID, Attempt: 1, Status: StatusDelivered},
 		{ID: byType["b"].ID, Attempt: 1, Status: StatusPending, Next: next, Error: longErr},
 		{ID: byType["c"].ID, Attempt: 1, Status: StatusDead, Error: "runner answered 422 (permanent)"},
@@ -324,7 +324,7 @@ func TestUnreadableRowsComeBackDead(t *testing.T) {
 			t.Errorf("dead %+v", d)
 		}
 	}
-	if _, err := st.Record(context.Background(), dead); err != nil {
+	if _, _, err := st.Record(context.Background(), dead); err != nil {
 		t.Fatal(err)
 	}
 	var n int

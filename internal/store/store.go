@@ -337,31 +337,24 @@ func (s *Schema) read(c claimedRow) (Row, *Result) {
 
 // Record stores the outcomes of attempts, in one statement unless the
 // database refuses some rows: those come back in refused, the others are
-// written. err is a failure of the database as a whole (unreachable, read
-// only): nothing need have been written, and the batch may be retried.
-func (s *Store) Record(ctx context.Context, results []Result) (refused []Refused, err error) {
-	return isolate(ctx, results, func(r Result) string { return r.ID }, s.record1)
-}
-
-// unseenRetries are the waits before writing again the outcome of a fresh
-// row that the write did not find: the stream can receive a commit a
-// moment before it is visible to other sessions. A row still not found was
-// claimed by someone else (or changed): their outcome counts.
-var unseenRetries = []time.Duration{time.Millisecond, 4 * time.Millisecond, 16 * time.Millisecond}
-
-func (s *Store) record1(ctx context.Context, results []Result) error {
-	for i := 0; ; i++ {
-		unseen, err := s.recordOnce(ctx, results)
-		if err != nil || len(unseen) == 0 || i == len(unseenRetries) {
-			return err
+// written. unseen are fresh outcomes (Result.Fresh) whose row the write did
+// not find as it was inserted: not visible yet (a commit reaches the stream
+// a moment before it is visible to other sessions) or claimed by someone
+// else since; the caller may try them again a moment later. err is a
+// failure of the database as a whole (unreachable, read only): nothing need
+// have been written, and the batch may be retried.
+func (s *Store) Record(ctx context.Context, results []Result) (refused []Refused, unseen []Result, err error) {
+	refused, err = isolate(ctx, results, func(r Result) string { return r.ID }, func(ctx context.Context, batch []Result) error {
+		u, err := s.recordOnce(ctx, batch)
+		if err == nil {
+			unseen = append(unseen, u...)
 		}
-		select {
-		case <-time.After(unseenRetries[i]):
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		results = unseen
+		return err
+	})
+	if err != nil {
+		return nil, nil, err
 	}
+	return refused, unseen, nil
 }
 
 // recordOnce writes results and returns the fresh ones it did not find.
