@@ -38,9 +38,6 @@ type recorder struct {
 	// unseen are fresh outcomes whose row the write did not find yet,
 	// by next try; used by run's goroutine only.
 	unseen []heldResult
-	// lingering times the wait for more outcomes (see linger); used by
-	// run's goroutine only.
-	lingering *time.Timer
 }
 
 // sent is an outcome to write, with the fresh send it ends, if any.
@@ -100,7 +97,7 @@ func (rec *recorder) run(ctx context.Context) {
 				rec.lastTry(ctx)
 				return
 			}
-			batch = rec.linger(rec.fill(append(batch[:0], r)))
+			batch = rec.fill(append(batch[:0], r))
 			results = rec.sealAll(batch, results[:0])
 			if len(results) > 0 {
 				rec.writeFresh(ctx, results, nil)
@@ -124,41 +121,6 @@ func (rec *recorder) fill(batch []sent) []sent {
 			}
 			batch = append(batch, r)
 		default:
-			return batch
-		}
-	}
-	return batch
-}
-
-// Outcomes are coalesced: a batch smaller than lingerBelow waits up to
-// recordLinger for more, so that at moderate rates one statement records
-// several events instead of one each. The wait delays only the outcome
-// write, not a delivery, and is far inside the half grace a fresh row's
-// outcome has (fresh.go).
-const (
-	lingerBelow  = 16
-	recordLinger = time.Millisecond
-)
-
-// linger adds to a small batch what arrives within recordLinger.
-func (rec *recorder) linger(batch []sent) []sent {
-	if len(batch) >= lingerBelow {
-		return batch
-	}
-	if rec.lingering == nil {
-		rec.lingering = time.NewTimer(recordLinger)
-	} else {
-		rec.lingering.Reset(recordLinger)
-	}
-	defer rec.lingering.Stop()
-	for len(batch) < lingerBelow {
-		select {
-		case r, ok := <-rec.results:
-			if !ok {
-				return batch // run sees the close next
-			}
-			batch = append(batch, r)
-		case <-rec.lingering.C:
 			return batch
 		}
 	}
