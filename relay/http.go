@@ -81,10 +81,26 @@ func (d *Deliverer) quickRetry(ctx context.Context, resp *http.Response, err err
 func (d *Deliverer) post(ctx context.Context, r *store.Row) answer {
 	// A fresh buffer per request: the transport may still be reading the
 	// body when Do returns (an early answer), so it cannot be reused.
+	req, err := d.newRequest(ctx, r)
+	if err != nil {
+		return answer{err: fmt.Errorf("build request: %w", err)}
+	}
+	resp, err := d.client.Do(req)
+	if err != nil {
+		return answer{err: describe(err)}
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxDrain))
+	ra, _ := retryafter.Parse(resp.Header.Get("Retry-After"), time.Now())
+	return answer{code: resp.StatusCode, retryAfter: ra}
+}
+
+// newRequest builds the POST of row r.
+func (d *Deliverer) newRequest(ctx context.Context, r *store.Row) (*retryablehttp.Request, error) {
 	body := appendBody(make([]byte, 0, 160+len(r.Type)+len(r.Payload)), r)
 	req, err := retryablehttp.NewRequestWithContext(ctx, http.MethodPost, d.cfg.RunnerURL, body)
 	if err != nil {
-		return answer{err: fmt.Errorf("build request: %w", err)}
+		return nil, err
 	}
 	h := req.Header
 	h.Set("Content-Type", "application/json")
@@ -102,14 +118,7 @@ func (d *Deliverer) post(ctx context.Context, r *store.Row) answer {
 	if r.Traceparent != "" {
 		setTraceHeaders(h, r)
 	}
-	resp, err := d.client.Do(req)
-	if err != nil {
-		return answer{err: describe(err)}
-	}
-	defer resp.Body.Close()
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxDrain))
-	ra, _ := retryafter.Parse(resp.Header.Get("Retry-After"), time.Now())
-	return answer{code: resp.StatusCode, retryAfter: ra}
+	return req, nil
 }
 
 // describe turns a client error into a short reason. url.Error quotes the
