@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"strconv"
 	"time"
 
 	"github.com/hashicorp/go-retryablehttp"
@@ -79,8 +78,6 @@ func (d *Deliverer) quickRetry(ctx context.Context, resp *http.Response, err err
 
 // post sends one row to the runner and reads what it answered.
 func (d *Deliverer) post(ctx context.Context, r *store.Row) answer {
-	// A fresh buffer per request: the transport may still be reading the
-	// body when Do returns (an early answer), so it cannot be reused.
 	req, err := d.newRequest(ctx, r)
 	if err != nil {
 		return answer{err: fmt.Errorf("build request: %w", err)}
@@ -90,34 +87,26 @@ func (d *Deliverer) post(ctx context.Context, r *store.Row) answer {
 		return answer{err: describe(err)}
 	}
 	defer resp.Body.Close()
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxDrain))
-	ra, _ := retryafter.Parse(resp.Header.Get("Retry-After"), time.Now())
-	return answer{code: resp.StatusCode, retryAfter: ra}
+	if resp.ContentLength != 0 { // a 204 has nothing to drain
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxDrain))
+	}
+	a := answer{code: resp.StatusCode}
+	if v := resp.Header.Get("Retry-After"); v != "" {
+		a.retryAfter, _ = retryafter.Parse(v, time.Now())
+	}
+	return a
 }
 
 // newRequest builds the POST of row r.
 func (d *Deliverer) newRequest(ctx context.Context, r *store.Row) (*retryablehttp.Request, error) {
+	// A fresh buffer per request: the transport may still be reading the
+	// body when Do returns (an early answer), so it cannot be reused.
 	body := appendBody(make([]byte, 0, 160+len(r.Type)+len(r.Payload)), r)
 	req, err := retryablehttp.NewRequestWithContext(ctx, http.MethodPost, d.cfg.RunnerURL, body)
 	if err != nil {
 		return nil, err
 	}
-	h := req.Header
-	h.Set("Content-Type", "application/json")
-	h.Set("User-Agent", d.cfg.UserAgent)
-	h.Set("Idempotency-Key", r.EventID)
-	if d.cfg.SigningKey != nil {
-		ts := time.Now().Unix()
-		h.Set("webhook-id", r.EventID)
-		h.Set("webhook-timestamp", strconv.FormatInt(ts, 10))
-		h.Set("webhook-signature", sign(d.cfg.SigningKey, r.EventID, ts, body))
-	}
-	if d.cfg.Token != "" {
-		h.Set("Authorization", "Bearer "+d.cfg.Token)
-	}
-	if r.Traceparent != "" {
-		setTraceHeaders(h, r)
-	}
+	setHeader(req.Header, &d.cfg, r, body, time.Now().Unix())
 	return req, nil
 }
 
