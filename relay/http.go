@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -78,11 +79,11 @@ func (d *Deliverer) quickRetry(ctx context.Context, resp *http.Response, err err
 
 // post sends one row to the runner and reads what it answered.
 func (d *Deliverer) post(ctx context.Context, r *store.Row) answer {
-	req, err := d.newRequest(ctx, r)
+	req, body, err := d.newRequest(ctx, r)
 	if err != nil {
 		return answer{err: fmt.Errorf("build request: %w", err)}
 	}
-	resp, err := d.client.Do(req)
+	resp, err := d.do(req, body)
 	if err != nil {
 		return answer{err: describe(err)}
 	}
@@ -97,18 +98,69 @@ func (d *Deliverer) post(ctx context.Context, r *store.Row) answer {
 	return a
 }
 
-// newRequest builds the POST of row r.
-func (d *Deliverer) newRequest(ctx context.Context, r *store.Row) (*retryablehttp.Request, error) {
+// newRequest builds the POST of row r and returns its body too, which do
+// sends again on a quick retry.
+func (d *Deliverer) newRequest(ctx context.Context, r *store.Row) (*http.Request, []byte, error) {
 	// A fresh buffer per request: the transport may still be reading the
 	// body when Do returns (an early answer), so it cannot be reused.
 	body := appendBody(make([]byte, 0, 160+len(r.Type)+len(r.Payload)), r)
-	req, err := retryablehttp.NewRequestWithContext(ctx, http.MethodPost, d.cfg.RunnerURL, body)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, d.cfg.RunnerURL, nil)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
+	req.ContentLength = int64(len(body))
+	// The transport rewinds with GetBody to resend on a kept-alive
+	// connection the runner had closed.
+	req.GetBody = func() (io.ReadCloser, error) { return newBodyReader(body), nil }
 	setHeader(req.Header, &d.cfg, r, body, time.Now().Unix())
-	return req, nil
+	return req, body, nil
 }
+
+// do sends req, whose body is body, with the quick retries of d.client's
+// policy (newClient). It is retryablehttp.Client.Do's loop as that policy
+// runs it (no logger, hooks or response handler; errors passed through),
+// without its per-request costs: a request wrapper and its closures.
+func (d *Deliverer) do(req *http.Request, body []byte) (*http.Response, error) {
+	c := d.client
+	for i := 0; ; i++ {
+		req.Body = newBodyReader(body)
+		resp, err := c.HTTPClient.Do(req)
+		retry, checkErr := c.CheckRetry(req.Context(), resp, err)
+		if !retry || i >= c.RetryMax {
+			if err == nil && checkErr == nil && !retry {
+				return resp, nil
+			}
+			// As retryablehttp does after a failed attempt: connections
+			// kept alive to a runner that fails may be broken too.
+			c.HTTPClient.CloseIdleConnections()
+			if checkErr != nil {
+				return resp, checkErr
+			}
+			return resp, err
+		}
+		if err == nil { // an answer to retry: read it so its connection is reused
+			_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
+			resp.Body.Close()
+		}
+		t := time.NewTimer(c.Backoff(c.RetryWaitMin, c.RetryWaitMax, i, resp))
+		select {
+		case <-req.Context().Done():
+			t.Stop()
+			c.HTTPClient.CloseIdleConnections()
+			return nil, req.Context().Err()
+		case <-t.C:
+		}
+		// A copy to set the next body on: the transport may still close
+		// the last one (persistConn.writeLoop).
+		next := *req
+		req = &next
+	}
+}
+
+// newBodyReader is a request body over b. The transport knows these
+// types for in memory and writes the headers and the body in one
+// segment; a reader of its own type would cost a write of its own.
+func newBodyReader(b []byte) io.ReadCloser { return io.NopCloser(bytes.NewReader(b)) }
 
 // describe turns a client error into a short reason. url.Error quotes the
 // URL, which may hold credentials: the runner is named by host only.

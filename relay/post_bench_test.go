@@ -101,7 +101,7 @@ func BenchmarkRequest(b *testing.B) {
 			ctx := context.Background()
 			b.ReportAllocs()
 			for b.Loop() {
-				if _, err := d.newRequest(ctx, r); err != nil {
+				if _, _, err := d.newRequest(ctx, r); err != nil {
 					b.Fatal(err)
 				}
 			}
