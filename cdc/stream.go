@@ -60,10 +60,10 @@ func (s *Stream) stream(ctx context.Context, conn *pgconn.PgConn, h *handoff, st
 		rels:     map[uint32]relation{},
 		lastRecv: now, nextStatus: now.Add(statusInterval),
 	}
+	var rd recvDeadline
+	defer rd.stop()
 	for {
-		rctx, cancel := context.WithDeadline(ctx, r.nextStatus)
-		msg, err := conn.ReceiveMessage(rctx)
-		cancel()
+		msg, err := conn.ReceiveMessage(rd.until(ctx, r.nextStatus))
 		switch {
 		case ctx.Err() != nil:
 			r.goodbye()
@@ -92,6 +92,34 @@ func (s *Stream) stream(ctx context.Context, conn *pgconn.PgConn, h *handoff, st
 				return err
 			}
 		}
+	}
+}
+
+// recvDeadline is the context of the reader's receives. One serves every
+// message until it ends, rather than a context and its timer per message
+// (three an event). A status update moves nextStatus later, so it may end
+// before nextStatus: a wake-up with nothing to do, at most one a
+// statusInterval, after which the next one ends at nextStatus.
+type recvDeadline struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+	at     time.Time
+}
+
+// until returns a context of parent that ends no later than t: the
+// current one while it lasts, else a new one that ends at t.
+func (d *recvDeadline) until(parent context.Context, t time.Time) context.Context {
+	if d.ctx == nil || d.ctx.Err() != nil || d.at.After(t) {
+		d.stop()
+		d.ctx, d.cancel = context.WithDeadline(parent, t)
+		d.at = t
+	}
+	return d.ctx
+}
+
+func (d *recvDeadline) stop() {
+	if d.cancel != nil {
+		d.cancel()
 	}
 }
 

@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -8,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"strconv"
 	"time"
 
 	"github.com/hashicorp/go-retryablehttp"
@@ -79,38 +79,88 @@ func (d *Deliverer) quickRetry(ctx context.Context, resp *http.Response, err err
 
 // post sends one row to the runner and reads what it answered.
 func (d *Deliverer) post(ctx context.Context, r *store.Row) answer {
-	// A fresh buffer per request: the transport may still be reading the
-	// body when Do returns (an early answer), so it cannot be reused.
-	body := appendBody(make([]byte, 0, 160+len(r.Type)+len(r.Payload)), r)
-	req, err := retryablehttp.NewRequestWithContext(ctx, http.MethodPost, d.cfg.RunnerURL, body)
+	req, body, err := d.newRequest(ctx, r)
 	if err != nil {
 		return answer{err: fmt.Errorf("build request: %w", err)}
 	}
-	h := req.Header
-	h.Set("Content-Type", "application/json")
-	h.Set("User-Agent", d.cfg.UserAgent)
-	h.Set("Idempotency-Key", r.EventID)
-	if d.cfg.SigningKey != nil {
-		ts := time.Now().Unix()
-		h.Set("webhook-id", r.EventID)
-		h.Set("webhook-timestamp", strconv.FormatInt(ts, 10))
-		h.Set("webhook-signature", sign(d.cfg.SigningKey, r.EventID, ts, body))
-	}
-	if d.cfg.Token != "" {
-		h.Set("Authorization", "Bearer "+d.cfg.Token)
-	}
-	if r.Traceparent != "" {
-		setTraceHeaders(h, r)
-	}
-	resp, err := d.client.Do(req)
+	resp, err := d.do(req, body)
 	if err != nil {
 		return answer{err: describe(err)}
 	}
 	defer resp.Body.Close()
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxDrain))
-	ra, _ := retryafter.Parse(resp.Header.Get("Retry-After"), time.Now())
-	return answer{code: resp.StatusCode, retryAfter: ra}
+	if resp.ContentLength != 0 { // a 204 has nothing to drain
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxDrain))
+	}
+	a := answer{code: resp.StatusCode}
+	if v := resp.Header.Get("Retry-After"); v != "" {
+		a.retryAfter, _ = retryafter.Parse(v, time.Now())
+	}
+	return a
 }
+
+// newRequest builds the POST of row r and returns its body too, which do
+// sends again on a quick retry.
+func (d *Deliverer) newRequest(ctx context.Context, r *store.Row) (*http.Request, []byte, error) {
+	// A fresh buffer per request: the transport may still be reading the
+	// body when Do returns (an early answer), so it cannot be reused.
+	body := appendBody(make([]byte, 0, 160+len(r.Type)+len(r.Payload)), r)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, d.cfg.RunnerURL, nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	req.ContentLength = int64(len(body))
+	// The transport rewinds with GetBody to resend on a kept-alive
+	// connection the runner had closed.
+	req.GetBody = func() (io.ReadCloser, error) { return newBodyReader(body), nil }
+	setHeader(req.Header, &d.cfg, r, body, time.Now().Unix())
+	return req, body, nil
+}
+
+// do sends req, whose body is body, with the quick retries of d.client's
+// policy (newClient). It is retryablehttp.Client.Do's loop as that policy
+// runs it (no logger, hooks or response handler; errors passed through),
+// without its per-request costs: a request wrapper and its closures.
+func (d *Deliverer) do(req *http.Request, body []byte) (*http.Response, error) {
+	c := d.client
+	for i := 0; ; i++ {
+		req.Body = newBodyReader(body)
+		resp, err := c.HTTPClient.Do(req)
+		retry, checkErr := c.CheckRetry(req.Context(), resp, err)
+		if !retry || i >= c.RetryMax {
+			if err == nil && checkErr == nil && !retry {
+				return resp, nil
+			}
+			// As retryablehttp does after a failed attempt: connections
+			// kept alive to a runner that fails may be broken too.
+			c.HTTPClient.CloseIdleConnections()
+			if checkErr != nil {
+				return resp, checkErr
+			}
+			return resp, err
+		}
+		if err == nil { // an answer to retry: read it so its connection is reused
+			_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
+			resp.Body.Close()
+		}
+		t := time.NewTimer(c.Backoff(c.RetryWaitMin, c.RetryWaitMax, i, resp))
+		select {
+		case <-req.Context().Done():
+			t.Stop()
+			c.HTTPClient.CloseIdleConnections()
+			return nil, req.Context().Err()
+		case <-t.C:
+		}
+		// A copy to set the next body on: the transport may still close
+		// the last one (persistConn.writeLoop).
+		next := *req
+		req = &next
+	}
+}
+
+// newBodyReader is a request body over b. The transport knows these
+// types for in memory and writes the headers and the body in one
+// segment; a reader of its own type would cost a write of its own.
+func newBodyReader(b []byte) io.ReadCloser { return io.NopCloser(bytes.NewReader(b)) }
 
 // describe turns a client error into a short reason. url.Error quotes the
 // URL, which may hold credentials: the runner is named by host only.

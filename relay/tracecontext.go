@@ -100,10 +100,10 @@ func validTracestate(s string) bool {
 }
 
 // setTraceHeaders puts the row's trace context on the request.
-func setTraceHeaders(h http.Header, r *store.Row) {
-	h.Set(HeaderTraceparent, r.Traceparent)
+func setTraceHeaders(h *headers, r *store.Row) {
+	h.set(headerTraceparent, r.Traceparent)
 	if r.Tracestate != "" {
-		h.Set(HeaderTracestate, r.Tracestate)
+		h.set(headerTracestate, r.Tracestate)
 	}
 }
 
