@@ -48,8 +48,15 @@ type reader struct {
 	ackDue         bool          // ids were handed off since the last confirmation
 
 	lastRecv, nextStatus time.Time
+	lastAck              time.Time // when the last status update went
 	warnedNoID           bool
 }
+
+// ackEvery paces the confirmations of handed-off positions: one standby
+// status update per commit made the walsender process hundreds of replies
+// a second at a steady load, for WAL that a few milliseconds later is
+// confirmed anyway.
+const ackEvery = 50 * time.Millisecond
 
 // stream reads the replication stream until the connection fails or ctx
 // is done. It returns nil when ctx is done, after a last confirmation.
@@ -63,7 +70,11 @@ func (s *Stream) stream(ctx context.Context, conn *pgconn.PgConn, h *handoff, st
 	var rd recvDeadline
 	defer rd.stop()
 	for {
-		msg, err := conn.ReceiveMessage(rd.until(ctx, r.nextStatus))
+		until := r.nextStatus
+		if ack := r.lastAck.Add(ackEvery); r.ackDue && r.safe > r.sent && ack.Before(until) {
+			until = ack
+		}
+		msg, err := conn.ReceiveMessage(rd.until(ctx, until))
 		switch {
 		case ctx.Err() != nil:
 			r.goodbye()
@@ -87,7 +98,7 @@ func (s *Stream) stream(ctx context.Context, conn *pgconn.PgConn, h *handoff, st
 			if err := r.status(true); err != nil {
 				return err
 			}
-		case r.ackDue && r.safe > r.sent:
+		case r.ackDue && r.safe > r.sent && !now.Before(r.lastAck.Add(ackEvery)):
 			if err := r.status(false); err != nil {
 				return err
 			}
@@ -334,7 +345,8 @@ func (r *reader) status(reply bool) error {
 		return fmt.Errorf("standby status update: %w", err)
 	}
 	r.sent, r.ackDue = pos, false
-	r.nextStatus = time.Now().Add(statusInterval)
+	r.lastAck = time.Now()
+	r.nextStatus = r.lastAck.Add(statusInterval)
 	if pos != 0 {
 		r.s.setConfirmed(pos)
 	}
