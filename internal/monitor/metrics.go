@@ -17,10 +17,10 @@ import (
 type Metrics struct {
 	Registry *prometheus.Registry
 
-	deliveries      *prometheus.CounterVec
+	deliveries *prometheus.CounterVec
 	// attempts holds deliveries' counters of the known paths and outcomes,
 	// so that an attempt costs no label hashing and lock (ObserveAttempt).
-	attempts map[[2]string]prometheus.Counter
+	attempts        map[[2]string]prometheus.Counter
 	requestDuration prometheus.Histogram
 	eventAge        prometheus.Histogram
 
