@@ -104,14 +104,15 @@ const (
 	// right after each start still backs off.
 	resetAfter = 5 * time.Second
 
-	// handoffLimit, times BatchSize, is how many ids may wait for the
-	// hand-off goroutine before the reader waits too. Measured (make
-	// bench): a buffer of 262,144 ids kept every id of an overload for the
-	// one hand-off goroutine, which claims a batch at a time, and at
-	// 5,000 events/s most events were still queued in memory ten seconds
-	// later. A short buffer sheds such a burst to the sweeper instead,
-	// which the stream wakes at once, so the two claim side by side.
-	handoffLimit = 4
+	// handoffWhole, times BatchSize, is how many rows wait whole for the
+	// hand-off goroutine, to be sent from their tuple; handoffMax is how
+	// many rows and ids may wait in all before the reader waits too, and
+	// then drops them to the sweeper (about 8 MiB of ids). Measured (make
+	// bench): a buffer of 4 × BatchSize made a burst of single-row commits
+	// fall back to the sweeper, whose grace then delayed thousands of
+	// events by seconds although the deliverer was only briefly behind.
+	handoffWhole = 4
+	handoffMax   = 1 << 18
 
 	// handoffWait is how long the reader waits for room in a full
 	// hand-off buffer before it leaves the ids to the sweeper. Long enough
@@ -141,7 +142,7 @@ type Stream struct {
 	log *slog.Logger
 
 	standbyEvery, unavailableEvery time.Duration
-	handoffIDs                     int // handoffLimit × BatchSize; tests change it
+	handoffIDs                     int // handoffMax; tests change it
 
 	// wake is signalled when rows are left in the table that the stream
 	// will not announce: see Wake.
@@ -175,7 +176,7 @@ func New(cfg Config, d Deliverer, log *slog.Logger) *Stream {
 	}
 	return &Stream{
 		cfg: cfg, d: d, log: log.With("slot", cfg.Slot),
-		standbyEvery: standbyRetry, unavailableEvery: unavailableRetry, handoffIDs: handoffLimit * cfg.BatchSize,
+		standbyEvery: standbyRetry, unavailableEvery: unavailableRetry, handoffIDs: handoffMax,
 		wake:    make(chan struct{}, 1),
 		dropped: make(chan struct{}, 1),
 		state:   State{Role: RoleDown},
@@ -275,7 +276,7 @@ func (s *Stream) Run(ctx context.Context) error {
 	s.password = conf.sql.Password
 	s.mu.Unlock()
 
-	h := newHandoff(s.handoffIDs)
+	h := newHandoff(handoffWhole*s.cfg.BatchSize, s.handoffIDs)
 	var wg sync.WaitGroup
 	wg.Go(func() { s.handOff(ctx, h) })
 	defer wg.Wait()

@@ -2,6 +2,7 @@ package cdc
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -77,5 +78,41 @@ func TestReplayedRowsAreLeftToTheSweeper(t *testing.T) {
 	case <-s.Dropped():
 	default:
 		t.Error("the sweeper was not told of the rows left to it")
+	}
+}
+
+// The hand-off keeps the first rows whole and a backlog behind them as
+// ids, in order, and refuses more once full.
+func TestHandOffKeepsABacklogAsIDs(t *testing.T) {
+	h := newHandoff(2, 5)
+	in := func(ids ...string) []store.Insert {
+		out := make([]store.Insert, len(ids))
+		for i, id := range ids {
+			out[i] = store.Insert{Row: store.Row{ID: id, Payload: []byte(`{}`)}, Sendable: true}
+		}
+		return out
+	}
+	ctx := context.Background()
+	if ok, err := h.put(ctx, in("1", "2", "3"), 0); !ok || err != nil {
+		t.Fatalf("put = %v, %v", ok, err)
+	}
+	if ok, _ := h.put(ctx, in("4", "5"), 0); !ok {
+		t.Fatal("put within the limit refused")
+	}
+	if ok, _ := h.put(ctx, in("6"), 0); ok {
+		t.Fatal("put past the limit accepted")
+	}
+	var got []string
+	var whole int
+	for b := h.take(10); b != nil; b = h.take(10) {
+		for _, x := range b {
+			got = append(got, x.Row.ID)
+			if x.Sendable {
+				whole++
+			}
+		}
+	}
+	if strings.Join(got, ",") != "1,2,3,4,5" || whole != 2 {
+		t.Errorf("took %v with %d whole, want 1..5 with the first 2 whole", got, whole)
 	}
 }

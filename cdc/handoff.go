@@ -16,18 +16,29 @@ import (
 // and under load the batches grow by themselves to what arrives during one
 // claim: no timer adds latency, and a burst costs few claim statements.
 // (BenchmarkHandOff compares this with waiting for a pause in the stream.)
+//
+// The first rows wait whole, to be sent from their tuple; behind them, a
+// backlog waits as ids only (about 32 bytes each), to be claimed by id:
+// rows that wait that long are past sending without a claim anyway, and a
+// burst far larger than the deliverer's pace stays with the stream instead
+// of falling back to the sweeper's grace.
 type handoff struct {
 	mu    sync.Mutex
-	ids   []store.Insert
-	limit int // ids buffered before put waits
+	ids   []store.Insert // whole rows (or ids, when not decoded), first out
+	more  []string       // the backlog behind ids, as ids
+	whole int            // rows kept whole before the backlog starts
+	limit int            // rows and ids buffered before put waits
 
 	ready chan struct{} // signalled when ids were put
 	space chan struct{} // signalled when ids were taken
 }
 
-func newHandoff(limit int) *handoff {
-	return &handoff{limit: limit, ready: make(chan struct{}, 1), space: make(chan struct{}, 1)}
+func newHandoff(whole, limit int) *handoff {
+	return &handoff{whole: min(whole, limit), limit: limit, ready: make(chan struct{}, 1), space: make(chan struct{}, 1)}
 }
+
+// len is how many rows wait; h.mu is held.
+func (h *handoff) len() int { return len(h.ids) + len(h.more) }
 
 func signal(c chan struct{}) {
 	select {
@@ -45,8 +56,14 @@ func (h *handoff) put(ctx context.Context, ids []store.Insert, wait time.Duratio
 	var timeout <-chan time.Time
 	for {
 		h.mu.Lock()
-		if len(h.ids) < h.limit {
-			h.ids = append(h.ids, ids...)
+		if h.len() < h.limit {
+			for _, in := range ids {
+				if len(h.more) == 0 && len(h.ids) < h.whole {
+					h.ids = append(h.ids, in)
+				} else {
+					h.more = append(h.more, in.Row.ID)
+				}
+			}
 			h.mu.Unlock()
 			signal(h.ready)
 			return true, nil
@@ -70,19 +87,29 @@ func (h *handoff) put(ctx context.Context, ids []store.Insert, wait time.Duratio
 	}
 }
 
-// take removes and returns up to n rows, nil when there are none.
+// take removes and returns up to n rows, nil when there are none: whole
+// rows first, then the backlog's ids.
 func (h *handoff) take(n int) []store.Insert {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if len(h.ids) == 0 {
+	if h.len() == 0 {
 		return nil
 	}
-	k := min(n, len(h.ids))
-	ids := slices.Clone(h.ids[:k])
-	left := copy(h.ids, h.ids[k:])
-	clear(h.ids[left:]) // the rows moved up: let their payloads go
-	h.ids = h.ids[:left]
-	signal(h.space)
+	defer signal(h.space)
+	if len(h.ids) > 0 {
+		k := min(n, len(h.ids))
+		ids := slices.Clone(h.ids[:k])
+		left := copy(h.ids, h.ids[k:])
+		clear(h.ids[left:]) // the rows moved up: let their payloads go
+		h.ids = h.ids[:left]
+		return ids
+	}
+	k := min(n, len(h.more))
+	ids := byID(h.more[:k])
+	h.more = h.more[k:]
+	if len(h.more) == 0 {
+		h.more = nil // let a burst's backlog go
+	}
 	return ids
 }
 

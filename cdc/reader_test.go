@@ -64,7 +64,7 @@ func replicationConn(t *testing.T) *pgconn.PgConn {
 func newReader(t *testing.T, conn *pgconn.PgConn, batchSize int) *reader {
 	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	s := New(Config{Schema: table.Schema, Table: table.Name, Slot: "reader_test", BatchSize: batchSize}, nil, log)
-	return &reader{s: s, conn: conn, h: newHandoff(handoffLimit * s.cfg.BatchSize), rels: map[uint32]relation{}}
+	return &reader{s: s, conn: conn, h: newHandoff(handoffWhole*s.cfg.BatchSize, handoffMax), rels: map[uint32]relation{}}
 }
 
 // The messages, encoded as the walsender and pgoutput (protocol 1) send
@@ -266,7 +266,7 @@ func TestReaderConfirmationRules(t *testing.T) {
 		// a slow runner must not pin WAL.
 		name: "ids dropped by a full hand-off are safe at their commit",
 		prepare: func(r *reader) {
-			r.h = newHandoff(1)
+			r.h = newHandoff(1, 1)
 			r.h.ids = byID(ids(99))
 			r.s.shedding.Store(true) // so the put does not wait
 		},
@@ -302,7 +302,7 @@ func TestReaderConfirmationRules(t *testing.T) {
 // makes nothing safe: the ids were not handed off.
 func TestReaderKeepsPositionWhenHandOffFails(t *testing.T) {
 	r := newReader(t, nil, 0) // nothing here sends a status update
-	r.h = newHandoff(1)
+	r.h = newHandoff(1, 1)
 	r.h.ids = byID([]string{"99"})
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
