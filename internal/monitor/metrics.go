@@ -18,11 +18,12 @@ type Metrics struct {
 	Registry *prometheus.Registry
 
 	deliveries      *prometheus.CounterVec
+	requestDuration prometheus.Histogram
+	eventAge        prometheus.Histogram
+
 	// attempts holds deliveries' counters of the known paths and outcomes,
 	// so that an attempt costs no label hashing and lock (ObserveAttempt).
 	attempts map[[2]string]prometheus.Counter
-	requestDuration prometheus.Histogram
-	eventAge        prometheus.Histogram
 
 	pending, oldestPending, dead prometheus.Gauge
 
