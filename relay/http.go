@@ -21,8 +21,9 @@ import (
 // reused; a longer answer is cut and its connection closed.
 const maxDrain = 64 << 10
 
-// newClient makes the runner's HTTP client; check decides the quick
-// retries (see quickRetry).
+// newClient makes the runner's HTTP client and its quick-retry policy;
+// check decides the quick retries (see quickRetry). do runs the policy:
+// the retryablehttp.Client holds it, its Do is not used.
 func newClient(cfg Config, check retryablehttp.CheckRetry) *retryablehttp.Client {
 	tr := &http.Transport{
 		Proxy:                 http.ProxyFromEnvironment,

@@ -17,12 +17,13 @@ import (
 type Metrics struct {
 	Registry *prometheus.Registry
 
-	deliveries *prometheus.CounterVec
-	// attempts holds deliveries' counters of the known paths and outcomes,
-	// so that an attempt costs no label hashing and lock (ObserveAttempt).
-	attempts        map[[2]string]prometheus.Counter
+	deliveries      *prometheus.CounterVec
 	requestDuration prometheus.Histogram
 	eventAge        prometheus.Histogram
+
+	// attempts holds deliveries' counters of the known paths and outcomes,
+	// so that an attempt costs no label hashing and lock (ObserveAttempt).
+	attempts map[[2]string]prometheus.Counter
 
 	pending, oldestPending, dead prometheus.Gauge
 
