@@ -203,8 +203,10 @@ func TestReaderConfirmationRules(t *testing.T) {
 			{outboxInsert(1), view{pending: ids(1)}},
 			{outboxInsert(2), view{pending: ids(1, 2)}},
 			{commit(0x100), view{received: 0x100, safe: 0x100, ackDue: true, handedOff: ids(1, 2)}},
-			// The next keepalive carries the confirmation.
-			{keepalive(0x100, false), view{received: 0x100, safe: 0x100, sent: 0x100, handedOff: ids(1, 2)}},
+			// A keepalive leaves the confirmation to the paced one
+			// (ackDue); one that asks for a reply carries it.
+			{keepalive(0x100, false), view{received: 0x100, safe: 0x100, ackDue: true, handedOff: ids(1, 2)}},
+			{keepalive(0x100, true), view{received: 0x100, safe: 0x100, sent: 0x100, handedOff: ids(1, 2)}},
 		},
 	}, {
 		name: "a keepalive inside a transaction does not advance",
@@ -215,12 +217,13 @@ func TestReaderConfirmationRules(t *testing.T) {
 			{keepalive(0x500, false), view{pending: ids(1)}},
 			{keepalive(0x500, true), view{pending: ids(1)}},
 			{commit(0x180), view{received: 0x180, safe: 0x180, ackDue: true, handedOff: ids(1)}},
-			{keepalive(0x500, false), view{received: 0x500, safe: 0x500, sent: 0x500, handedOff: ids(1)}},
+			{keepalive(0x500, true), view{received: 0x500, safe: 0x500, sent: 0x500, handedOff: ids(1)}},
 		},
 	}, {
 		name: "a keepalive between transactions makes the server's WAL end safe",
 		steps: []step{
-			{keepalive(0x1000, false), view{received: 0x1000, safe: 0x1000, sent: 0x1000}},
+			{keepalive(0x1000, false), view{received: 0x1000, safe: 0x1000, ackDue: true}},
+			{keepalive(0x1000, true), view{received: 0x1000, safe: 0x1000, sent: 0x1000}},
 			{keepalive(0x800, false), view{received: 0x1000, safe: 0x1000, sent: 0x1000}},
 			{keepalive(0x2000, true), view{received: 0x2000, safe: 0x2000, sent: 0x2000}},
 		},
@@ -252,7 +255,7 @@ func TestReaderConfirmationRules(t *testing.T) {
 			{outboxInsert(2), view{ackDue: true, handedOff: ids(1, 2)}},
 			{outboxInsert(3), view{ackDue: true, pending: ids(3), handedOff: ids(1, 2)}},
 			{commit(0x300), view{received: 0x300, safe: 0x300, ackDue: true, handedOff: ids(1, 2, 3)}},
-			{keepalive(0x300, false), view{received: 0x300, safe: 0x300, sent: 0x300, handedOff: ids(1, 2, 3)}},
+			{keepalive(0x300, true), view{received: 0x300, safe: 0x300, sent: 0x300, handedOff: ids(1, 2, 3)}},
 			// A transaction handed off whole before its commit is
 			// safe at the commit, and owes a confirmation.
 			{begin(), view{received: 0x300, safe: 0x300, sent: 0x300, handedOff: ids(1, 2, 3)}},

@@ -177,9 +177,13 @@ func (r *reader) keepalive(ka pglogrepl.PrimaryKeepaliveMessage) error {
 			r.safe = max(r.safe, r.received)
 		}
 	}
-	if ka.ReplyRequested || r.safe > r.sent {
+	if ka.ReplyRequested {
 		return r.status(false)
 	}
+	// Otherwise the position goes with the next paced confirmation: the
+	// walsender sends a keepalive after every commit, and answering each
+	// one doubled the replies per event.
+	r.ackDue = r.ackDue || r.safe > r.sent
 	return nil
 }
 

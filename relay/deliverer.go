@@ -541,7 +541,7 @@ func (d *Deliverer) attempt(ctx context.Context, j job) (res store.Result, sent 
 	d.observe(Attempt{Path: j.path, Outcome: outcome, Duration: took, Age: time.Since(r.CreatedAt)})
 	if res.Status == store.StatusDead {
 		d.log.Warn("event dead-lettered", "id", r.ID, "event_id", r.EventID, "type", r.Type, "attempts", r.Attempt, "reason", res.Error)
-	} else {
+	} else if d.log.Enabled(ctx, slog.LevelDebug) {
 		d.log.Debug("attempt", "id", r.ID, "path", j.path, "outcome", outcome, "took", took)
 	}
 	return res, true
