@@ -44,6 +44,7 @@ type recorder struct {
 type sent struct {
 	res   store.Result
 	fresh *freshSend
+	at    time.Time // when it was added
 }
 
 // heldResult is an outcome the database refused, waiting for its next try.
@@ -65,11 +66,11 @@ func newRecorder(st *store.Store, log *slog.Logger, refuse *refusals, buffer int
 
 // add queues an outcome; it blocks while the recorder is behind, which
 // holds the workers back rather than let outcomes pile up unwritten.
-func (rec *recorder) add(r store.Result) { rec.results <- sent{res: r} }
+func (rec *recorder) add(r store.Result) { rec.results <- sent{res: r, at: time.Now()} }
 
 // addSent queues the outcome of a POST; fresh is its fresh send, if any.
 func (rec *recorder) addSent(r store.Result, fresh *freshSend) {
-	rec.results <- sent{res: r, fresh: fresh}
+	rec.results <- sent{res: r, fresh: fresh, at: time.Now()}
 }
 
 // close says that no outcome will be added; run returns once it has
@@ -82,6 +83,9 @@ func (rec *recorder) close() { close(rec.results) }
 func (rec *recorder) run(ctx context.Context) {
 	batch := make([]sent, 0, recordBatch)
 	results := make([]store.Result, 0, recordBatch)
+	linger := time.NewTimer(time.Hour)
+	linger.Stop()
+	defer linger.Stop()
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	defer timer.Stop()
@@ -97,7 +101,7 @@ func (rec *recorder) run(ctx context.Context) {
 				rec.lastTry(ctx)
 				return
 			}
-			batch = rec.fill(append(batch[:0], r))
+			batch = rec.gather(rec.fill(append(batch[:0], r)), linger)
 			results = rec.sealAll(batch, results[:0])
 			if len(results) > 0 {
 				rec.writeFresh(ctx, results, nil)
@@ -125,6 +129,41 @@ func (rec *recorder) fill(batch []sent) []sent {
 		}
 	}
 	return batch
+}
+
+// Outcomes are coalesced: a batch smaller than lingerBelow is written
+// once its first outcome is recordLinger old, with whatever arrived
+// meanwhile, so that at moderate rates one statement records several
+// events. The wait counts from each outcome's arrival and runs while the
+// previous write does, so it never slows the recorder below the rate
+// outcomes arrive at; it delays only the outcome write, far inside the half
+// grace a fresh row's outcome has (fresh.go).
+const (
+	lingerBelow  = 16
+	recordLinger = 2 * time.Millisecond
+)
+
+// gather adds to a small batch what arrives until its first outcome is
+// recordLinger old.
+func (rec *recorder) gather(batch []sent, t *time.Timer) []sent {
+	wait := time.Until(batch[0].at.Add(recordLinger))
+	if len(batch) >= lingerBelow || wait <= 0 {
+		return batch
+	}
+	t.Reset(wait)
+	defer t.Stop()
+	for len(batch) < lingerBelow {
+		select {
+		case r, ok := <-rec.results:
+			if !ok {
+				return batch // run sees the close next
+			}
+			batch = append(batch, r)
+		case <-t.C:
+			return rec.fill(batch)
+		}
+	}
+	return rec.fill(batch)
 }
 
 // sealAll ends the fresh sends of batch and appends the outcomes to write
