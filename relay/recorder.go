@@ -234,40 +234,36 @@ func (rec *recorder) notSeen(unseen []store.Result, tries map[string]int) (again
 
 // retryUnseen writes again the unseen outcomes that are due, in one batch.
 func (rec *recorder) retryUnseen(ctx context.Context, now time.Time) {
-	n := 0
-	for n < len(rec.unseen) && !rec.unseen[n].next.After(now) {
-		n++
+	if batch, tries := takeDue(&rec.unseen, now); len(batch) > 0 {
+		rec.writeFresh(ctx, batch, tries)
 	}
-	if n == 0 {
-		return
-	}
-	due := rec.unseen[:n:n]
-	rec.unseen = slices.Clone(rec.unseen[n:])
-	tries := make(map[string]int, n)
-	batch := make([]store.Result, n)
-	for i, h := range due {
-		batch[i], tries[h.res.ID] = h.res, h.tries
-	}
-	rec.writeFresh(ctx, batch, tries)
 }
 
 // retryHeld writes the held outcomes that are due, in one batch.
 func (rec *recorder) retryHeld(ctx context.Context, now time.Time) {
+	if batch, tries := takeDue(&rec.held, now); len(batch) > 0 {
+		rec.writeTried(ctx, batch, tries)
+	}
+}
+
+// takeDue removes from list (sorted by next) the outcomes due at now, and
+// returns them with the tries each has had.
+func takeDue(list *[]heldResult, now time.Time) ([]store.Result, map[string]int) {
 	n := 0
-	for n < len(rec.held) && !rec.held[n].next.After(now) {
+	for n < len(*list) && !(*list)[n].next.After(now) {
 		n++
 	}
 	if n == 0 {
-		return
+		return nil, nil
 	}
-	due := rec.held[:n:n]
-	rec.held = slices.Clone(rec.held[n:])
+	due := (*list)[:n:n]
+	*list = slices.Clone((*list)[n:])
 	tries := make(map[string]int, n)
 	batch := make([]store.Result, n)
 	for i, h := range due {
 		batch[i], tries[h.res.ID] = h.res, h.tries
 	}
-	rec.writeTried(ctx, batch, tries)
+	return batch, tries
 }
 
 // lastTry writes the held outcomes once more at shutdown. Those still

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strconv"
 	"time"
 )
@@ -45,7 +46,7 @@ func (s *Schema) TupleDecoder(columns []string) (d *TupleDecoder, ok bool) {
 	}
 	d = &TupleDecoder{s: s, idx: make(map[Role]int, len(s.Columns))}
 	for r, c := range s.Columns {
-		i := indexOf(columns, c.Name)
+		i := slices.Index(columns, c.Name)
 		if i < 0 {
 			return nil, false
 		}
@@ -57,15 +58,6 @@ func (s *Schema) TupleDecoder(columns []string) (d *TupleDecoder, ok bool) {
 		}
 	}
 	return d, true
-}
-
-func indexOf(names []string, name string) int {
-	for i, n := range names {
-		if n == name {
-			return i
-		}
-	}
-	return -1
 }
 
 // Decode reads a row; value(i) is column i's text and whether it is
