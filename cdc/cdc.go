@@ -104,14 +104,19 @@ const (
 	// right after each start still backs off.
 	resetAfter = 5 * time.Second
 
-	// handoffWhole, times BatchSize, is how many rows wait whole for the
-	// hand-off goroutine, to be sent from their tuple; handoffMax is how
-	// many rows and ids may wait in all before the reader waits too, and
-	// then drops them to the sweeper (about 8 MiB of ids). Measured (make
-	// bench): a buffer of 4 × BatchSize made a burst of single-row commits
-	// fall back to the sweeper, whose grace then delayed thousands of
-	// events by seconds although the deliverer was only briefly behind.
-	handoffWhole = 4
+	// handoffWhole is how many bytes of rows wait whole for the hand-off
+	// goroutine, to be sent from their tuple; handoffMax is how many rows
+	// and ids may wait in all before the reader waits too, and then drops
+	// them to the sweeper (about 8 MiB of ids). Measured (make bench): a
+	// buffer of 4 × BatchSize made a burst of single-row commits fall back
+	// to the sweeper, whose grace then delayed thousands of events by
+	// seconds although the deliverer was only briefly behind; and with
+	// only 4 × BatchSize rows whole, 98 % of a burst was claimed by id, at
+	// one more statement and row version each, so the stream delivered an
+	// INSERT … SELECT slower than the sweeper alone. 8 MiB holds about a
+	// second of the deliverer's pace here even at kilobyte payloads; rows
+	// older than that are claimed anyway (relay.DeliverInserts).
+	handoffWhole = 4 << 20
 	handoffMax   = 1 << 18
 
 	// handoffWait is how long the reader waits for room in a full
@@ -276,7 +281,7 @@ func (s *Stream) Run(ctx context.Context) error {
 	s.password = conf.sql.Password
 	s.mu.Unlock()
 
-	h := newHandoff(handoffWhole*s.cfg.BatchSize, s.handoffIDs)
+	h := newHandoff(handoffWhole, s.handoffIDs)
 	var wg sync.WaitGroup
 	wg.Go(func() { s.handOff(ctx, h) })
 	defer wg.Wait()

@@ -81,10 +81,9 @@ func TestReplayedRowsAreLeftToTheSweeper(t *testing.T) {
 	}
 }
 
-// The hand-off keeps the first rows whole and a backlog behind them as
-// ids, in order, and refuses more once full.
+// The hand-off keeps the first rows whole, up to its budget of bytes, and
+// a backlog behind them as ids, in order, and refuses more once full.
 func TestHandOffKeepsABacklogAsIDs(t *testing.T) {
-	h := newHandoff(2, 5)
 	in := func(ids ...string) []store.Insert {
 		out := make([]store.Insert, len(ids))
 		for i, id := range ids {
@@ -92,6 +91,8 @@ func TestHandOffKeepsABacklogAsIDs(t *testing.T) {
 		}
 		return out
 	}
+	// Room for two rows whole, not three.
+	h := newHandoff(3*size(in("1")[0])-1, 5)
 	ctx := context.Background()
 	if ok, err := h.put(ctx, in("1", "2", "3"), 0); !ok || err != nil {
 		t.Fatalf("put = %v, %v", ok, err)

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/outbox-relay/outbox-relay/internal/store"
 )
@@ -17,16 +18,20 @@ import (
 // claim: no timer adds latency, and a burst costs few claim statements.
 // (BenchmarkHandOff compares this with waiting for a pause in the stream.)
 //
-// The first rows wait whole, to be sent from their tuple; behind them, a
-// backlog waits as ids only (about 32 bytes each), to be claimed by id:
-// rows that wait that long are past sending without a claim anyway, and a
-// burst far larger than the deliverer's pace stays with the stream instead
-// of falling back to the sweeper's grace.
+// The first rows wait whole, to be sent from their tuple, up to a budget of
+// bytes; behind them, a backlog waits as ids only (about 32 bytes each), to
+// be claimed by id: rows that wait that long are past sending without a
+// claim anyway, and a burst far larger than the deliverer's pace stays with
+// the stream instead of falling back to the sweeper's grace. The budget is
+// in bytes, not rows, because every row a burst sends from its tuple saves
+// the claim's statement and row version, while payloads vary in size.
 type handoff struct {
 	mu    sync.Mutex
 	ids   []store.Insert // whole rows (or ids, when not decoded), first out
+	head  int            // ids before head were taken
 	more  []string       // the backlog behind ids, as ids
-	whole int            // rows kept whole before the backlog starts
+	bytes int            // held by ids
+	whole int            // bytes of whole rows kept before the backlog starts
 	limit int            // rows and ids buffered before put waits
 
 	ready chan struct{} // signalled when ids were put
@@ -34,11 +39,11 @@ type handoff struct {
 }
 
 func newHandoff(whole, limit int) *handoff {
-	return &handoff{whole: min(whole, limit), limit: limit, ready: make(chan struct{}, 1), space: make(chan struct{}, 1)}
+	return &handoff{whole: whole, limit: limit, ready: make(chan struct{}, 1), space: make(chan struct{}, 1)}
 }
 
 // len is how many rows wait; h.mu is held.
-func (h *handoff) len() int { return len(h.ids) + len(h.more) }
+func (h *handoff) len() int { return len(h.ids) - h.head + len(h.more) }
 
 func signal(c chan struct{}) {
 	select {
@@ -58,8 +63,13 @@ func (h *handoff) put(ctx context.Context, ids []store.Insert, wait time.Duratio
 		h.mu.Lock()
 		if h.len() < h.limit {
 			for _, in := range ids {
-				if len(h.more) == 0 && len(h.ids) < h.whole {
+				if n := size(in); len(h.more) == 0 && h.bytes+n <= h.whole {
+					if len(h.ids) == cap(h.ids) && h.head > 0 { // reuse the taken front
+						h.ids = h.ids[:copy(h.ids, h.ids[h.head:])]
+						h.head = 0
+					}
 					h.ids = append(h.ids, in)
+					h.bytes += n
 				} else {
 					h.more = append(h.more, in.Row.ID)
 				}
@@ -96,12 +106,20 @@ func (h *handoff) take(n int) []store.Insert {
 		return nil
 	}
 	defer signal(h.space)
-	if len(h.ids) > 0 {
-		k := min(n, len(h.ids))
-		ids := slices.Clone(h.ids[:k])
-		left := copy(h.ids, h.ids[k:])
-		clear(h.ids[left:]) // the rows moved up: let their payloads go
-		h.ids = h.ids[:left]
+	if h.head < len(h.ids) {
+		k := min(n, len(h.ids)-h.head)
+		ids := slices.Clone(h.ids[h.head : h.head+k])
+		clear(h.ids[h.head : h.head+k]) // let their payloads go
+		h.head += k
+		for _, in := range ids {
+			h.bytes -= size(in)
+		}
+		if h.head == len(h.ids) {
+			h.ids, h.head = h.ids[:0], 0
+			if cap(h.ids) > keepWhole {
+				h.ids = nil // let a burst's buffer go
+			}
+		}
 		return ids
 	}
 	k := min(n, len(h.more))
@@ -111,6 +129,19 @@ func (h *handoff) take(n int) []store.Insert {
 		h.more = nil // let a burst's backlog go
 	}
 	return ids
+}
+
+// keepWhole is the most rows whose room the hand-off keeps once empty:
+// a steady stream reuses it, a burst's larger buffer goes.
+const keepWhole = 1024
+
+// insertBytes is what an Insert holds besides its strings.
+const insertBytes = int(unsafe.Sizeof(store.Insert{}))
+
+// size is about how much memory a row waiting whole holds.
+func size(in store.Insert) int {
+	r := &in.Row
+	return insertBytes + len(r.ID) + len(r.EventID) + len(r.Type) + len(r.Payload) + len(r.Traceparent) + len(r.Tracestate)
 }
 
 // byID makes inserts to be claimed by id.

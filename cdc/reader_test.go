@@ -64,7 +64,7 @@ func replicationConn(t *testing.T) *pgconn.PgConn {
 func newReader(t *testing.T, conn *pgconn.PgConn, batchSize int) *reader {
 	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	s := New(Config{Schema: table.Schema, Table: table.Name, Slot: "reader_test", BatchSize: batchSize}, nil, log)
-	return &reader{s: s, conn: conn, h: newHandoff(handoffWhole*s.cfg.BatchSize, handoffMax), rels: map[uint32]relation{}}
+	return &reader{s: s, conn: conn, h: newHandoff(handoffWhole, handoffMax), rels: map[uint32]relation{}}
 }
 
 // The messages, encoded as the walsender and pgoutput (protocol 1) send

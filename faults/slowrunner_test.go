@@ -17,7 +17,7 @@ import (
 // next_attempt_at) to a stream that may be sending it (cmd/outbox-relay).
 // A held answer outlives it by at least holdMin-streamGrace.
 const (
-	streamGrace = 2 * time.Second
+	streamGrace = 5 * time.Second
 	holdMin     = streamGrace + 500*time.Millisecond
 	holdMax     = streamGrace + time.Second
 )
@@ -96,7 +96,7 @@ func TestSlowRunnerPastGrace(t *testing.T) {
 }
 
 // The same three relays; the runner, fast at first, holds every request
-// that arrives during a few seconds (a deploy) for 2.5–3 s, then is fast
+// that arrives during a few seconds (a deploy) for 5.5–6 s, then is fast
 // again. At the default concurrency the workers fill, rows wait in the
 // queue and ids are shed to the sweeper, all while POSTs outlive the
 // grace. Every event exactly once.
