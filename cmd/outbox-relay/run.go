@@ -15,6 +15,7 @@ import (
 	"github.com/outbox-relay/outbox-relay/cdc"
 	"github.com/outbox-relay/outbox-relay/internal/config"
 	"github.com/outbox-relay/outbox-relay/internal/monitor"
+	"github.com/outbox-relay/outbox-relay/internal/procs"
 	"github.com/outbox-relay/outbox-relay/internal/retention"
 	"github.com/outbox-relay/outbox-relay/internal/store"
 	"github.com/outbox-relay/outbox-relay/relay"
@@ -74,6 +75,7 @@ func runRelay(ctx context.Context, args, environ []string, stderr io.Writer) err
 		sweeper.New(sweepConfig(cfg, stream, metrics), d, st, log),
 		retention.New(retentionConfig(cfg, metrics), st, log),
 		watcher,
+		procs.Sizer{Log: log},
 	}
 	if stream != nil {
 		services = append(services, stream)

@@ -1,0 +1,168 @@
+package procs
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+func TestControllerRules(t *testing.T) {
+	calm := Sample{CPU: 0.1, Waits: 500}
+	busy := Sample{CPU: 0.7, Waits: 500}
+	queued := Sample{CPU: 0.3, Waits: 500, Long: 50} // 10 % waited long
+	few := Sample{CPU: 0.3, Waits: minWaits - 1, Long: minWaits - 1}
+	middling := Sample{CPU: 0.5, Waits: 500} // between the thresholds
+	ticks := func(d time.Duration) int { return int(d / tick) }
+
+	t.Run("one P stays while calm or middling", func(t *testing.T) {
+		c := newController(4)
+		for _, s := range []Sample{calm, middling, few, calm} {
+			if got := c.next(s); got != 1 {
+				t.Fatalf("next(%+v) = %d, want 1", s, got)
+			}
+		}
+	})
+	t.Run("CPU or long waits raise at once", func(t *testing.T) {
+		for _, s := range []Sample{busy, queued} {
+			c := newController(4)
+			if got := c.next(s); got != 4 {
+				t.Errorf("next(%+v) = %d, want 4", s, got)
+			}
+		}
+	})
+	t.Run("the default stays until calm for dropAfter", func(t *testing.T) {
+		c := newController(4)
+		c.next(busy)
+		for i := range ticks(dropAfter) - 1 {
+			if got := c.next(calm); got != 4 {
+				t.Fatalf("tick %d of calm: %d Ps, want 4", i+1, got)
+			}
+		}
+		if got := c.next(calm); got != 1 {
+			t.Fatalf("after %s of calm: %d Ps, want 1", dropAfter, got)
+		}
+	})
+	t.Run("a middling tick restarts the calm", func(t *testing.T) {
+		c := newController(4)
+		c.next(busy)
+		for range ticks(dropAfter) - 1 {
+			c.next(calm)
+		}
+		c.next(middling)
+		if got := c.next(calm); got != 4 {
+			t.Fatalf("%d Ps right after a middling tick, want 4", got)
+		}
+	})
+	t.Run("a raise soon after a drop doubles the calm needed", func(t *testing.T) {
+		c := newController(4)
+		c.next(busy)
+		for range ticks(dropAfter) {
+			c.next(calm)
+		}
+		c.next(busy) // right after the drop
+		for i := range ticks(2*dropAfter) - 1 {
+			if got := c.next(calm); got != 4 {
+				t.Fatalf("tick %d of calm after a flap: %d Ps, want 4 until %s", i+1, got, 2*dropAfter)
+			}
+		}
+		if got := c.next(calm); got != 1 {
+			t.Fatalf("after %s of calm: %d Ps, want 1", 2*dropAfter, got)
+		}
+	})
+	t.Run("the calm needed is capped", func(t *testing.T) {
+		c := newController(4)
+		for range 20 {
+			c.next(busy)
+			for i := 0; c.cur != 1; i++ {
+				if i > ticks(maxCalm) {
+					t.Fatalf("still %d Ps after %s of calm", c.cur, maxCalm)
+				}
+				c.next(calm)
+			}
+		}
+		if c.need != maxCalm {
+			t.Errorf("calm needed after 20 flaps = %s, want %s", c.need, maxCalm)
+		}
+	})
+}
+
+// Run takes the process to one P while idle and back to the default under
+// a real CPU load, and leaves the default when it stops.
+func TestSizerFollowsTheLoad(t *testing.T) {
+	max := runtime.GOMAXPROCS(0)
+	if max < 2 || os.Getenv("GOMAXPROCS") != "" {
+		t.Skipf("GOMAXPROCS is %d (environment %q): nothing to size", max, os.Getenv("GOMAXPROCS"))
+	}
+	t.Setenv("GOMAXPROCS", "") // the sizer leaves a set one alone
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Sizer{Log: slog.New(slog.NewTextHandler(io.Discard, nil))}.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+		if got := runtime.GOMAXPROCS(0); got != max {
+			t.Errorf("GOMAXPROCS after Run = %d, want the default %d", got, max)
+		}
+	}()
+	waitFor(t, "one P while idle", func() bool { return runtime.GOMAXPROCS(0) == 1 })
+
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Go(func() {
+			var x uint64
+			for {
+				select {
+				case <-stop:
+					sink.Add(x)
+					return
+				default:
+					x = spin(x)
+				}
+			}
+		})
+	}
+	waitFor(t, "the default under load", func() bool { return runtime.GOMAXPROCS(0) == max })
+	close(stop)
+	wg.Wait()
+}
+
+func TestSizerLeavesASetGOMAXPROCSAlone(t *testing.T) {
+	t.Setenv("GOMAXPROCS", "3")
+	before := runtime.GOMAXPROCS(0)
+	if err := (Sizer{Log: slog.New(slog.NewTextHandler(io.Discard, nil))}).Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := runtime.GOMAXPROCS(0); got != before {
+		t.Errorf("GOMAXPROCS = %d, want %d untouched", got, before)
+	}
+}
+
+// sink keeps the spinning from being optimised away.
+var sink atomic.Uint64
+
+func spin(x uint64) uint64 {
+	for i := range 100_000 {
+		x = x*31 + uint64(i)
+	}
+	return x
+}
+
+func waitFor(t *testing.T, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
