@@ -113,9 +113,11 @@ const (
 	// seconds although the deliverer was only briefly behind; and with
 	// only 4 × BatchSize rows whole, 98 % of a burst was claimed by id, at
 	// one more statement and row version each, so the stream delivered an
-	// INSERT … SELECT slower than the sweeper alone. 8 MiB holds about a
-	// second of the deliverer's pace here even at kilobyte payloads; rows
-	// older than that are claimed anyway (relay.DeliverInserts).
+	// INSERT … SELECT slower than the sweeper alone. 4 MiB holds about
+	// 13,000 rows of 150 bytes, two seconds of the deliverer's pace here;
+	// rows that wait longer are claimed anyway (relay.DeliverInserts). A
+	// row larger than the budget, and every row behind it until the
+	// backlog drains, waits as an id.
 	handoffWhole = 4 << 20
 	handoffMax   = 1 << 18
 

@@ -65,8 +65,9 @@ func (h *handoff) put(ctx context.Context, ids []store.Insert, wait time.Duratio
 			for _, in := range ids {
 				if n := size(in); len(h.more) == 0 && h.bytes+n <= h.whole {
 					if len(h.ids) == cap(h.ids) && h.head > 0 { // reuse the taken front
-						h.ids = h.ids[:copy(h.ids, h.ids[h.head:])]
-						h.head = 0
+						n := copy(h.ids, h.ids[h.head:])
+						clear(h.ids[n:]) // the rows moved down: let their old slots go
+						h.ids, h.head = h.ids[:n], 0
 					}
 					h.ids = append(h.ids, in)
 					h.bytes += n

@@ -58,12 +58,12 @@ func relayKilled(t *testing.T, m mode) {
 // have sent without their outcome committed, so the most duplicates its
 // death can leave: POSTs under way or answered and waiting to queue their
 // outcome (one a worker), outcomes queued for the recorder (as many), and
-// the batch it is gathering or writing: up to lingerBelow outcomes, or
-// fewer that are 50 ms old, plus what the queue held then. 4 × concurrency
-// was the bound while the recorder gathered for 2 ms; with 50 ms (a tenth
-// of the statements per event at 500/s), one killed ordered relay left 32
-// at concurrency 8.
-func window(concurrency int) int { return 3*concurrency + lingerBelow }
+// the batch it is writing: up to lingerBelow outcomes gathered, plus what
+// the queue and the blocked workers held then (2 × concurrency). 4 ×
+// concurrency was the bound while the recorder gathered for 2 ms; with
+// 50 ms (a tenth of the statements per event at 500/s), one killed ordered
+// relay left 32 at concurrency 8.
+func window(concurrency int) int { return 4*concurrency + lingerBelow }
 
 // lingerBelow is the relay's (relay/recorder.go): a batch of outcomes this
 // large is written without waiting for more.

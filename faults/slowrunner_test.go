@@ -81,7 +81,7 @@ func (a *slowAnswer) answer(w http.ResponseWriter, r *http.Request, _ []byte) bo
 
 // Three relays on one table and slot (one streams, two stand by; all sweep
 // every 100 ms) and a runner that holds the first request of every tenth
-// event for 2.5–3 s, past the 2 s the sweepers leave a fresh row to the
+// event for 5.5–6 s, past the 5 s the sweepers leave a fresh row to the
 // stream, and answers the rest at once; RELAY_HTTP_TIMEOUT is far above
 // that. Whoever sends a row, no other relay may send it while the first
 // POST or its outcome write is under way. No relay dies, so there is no

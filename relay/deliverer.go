@@ -155,7 +155,7 @@ func New(cfg Config, st *store.Store, log *slog.Logger, obs Observer) *Deliverer
 	d.lease = d.queueBudget + attemptBudget
 	if st.Ordered() {
 		d.next = newSuccessors()
-		d.rec.written = d.next.add
+		d.rec.written, d.rec.linger = d.next.add, orderedLinger
 	}
 	d.rec.seal, d.rec.forget = d.seal, d.fresh.remove
 	d.brk = newBreaker(log, cfg.Concurrency, cfg.ProbeMax, d.rec.wake)

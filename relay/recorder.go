@@ -33,6 +33,10 @@ type recorder struct {
 	// its rows the database refused: ordered delivery claims the next row
 	// of each key that is done.
 	written func(batch []store.Result, refused func(id string) bool)
+	// linger is how long a small batch waits for more outcomes: short when
+	// rows are ordered, since a key's next row is claimed only once its
+	// previous row's outcome is written.
+	linger time.Duration
 
 	held []heldResult // used by run's goroutine only
 	// unseen are fresh outcomes whose row the write did not find yet,
@@ -61,6 +65,7 @@ func newRecorder(st *store.Store, log *slog.Logger, refuse *refusals, buffer int
 		refuse:      refuse,
 		results:     make(chan sent, buffer),
 		rescheduled: make(chan struct{}, 1),
+		linger:      recordLinger,
 	}
 }
 
@@ -145,16 +150,20 @@ func (rec *recorder) fill(batch []sent) []sent {
 // The price is a wider crash window: a relay killed within 50 ms of a POST
 // has not recorded it, and the row is sent again (README, "Delivery
 // semantics"). Database CPU is what an operator feels first; a killed
-// relay is rare, and the runner dedupes by event id anyway.
+// relay is rare, and the runner dedupes by event id anyway. With rows
+// ordered per key the wait is orderedLinger: each of a key's rows waits
+// for its predecessor's outcome write, so a hot key would be held to 20
+// events/s at 50 ms.
 const (
-	lingerBelow  = 64
-	recordLinger = 50 * time.Millisecond
+	lingerBelow   = 64
+	recordLinger  = 50 * time.Millisecond
+	orderedLinger = 2 * time.Millisecond
 )
 
 // gather adds to a small batch what arrives until its first outcome is
-// recordLinger old.
+// rec.linger old.
 func (rec *recorder) gather(batch []sent, t *time.Timer) []sent {
-	wait := time.Until(batch[0].at.Add(recordLinger))
+	wait := time.Until(batch[0].at.Add(rec.linger))
 	if len(batch) >= lingerBelow || wait <= 0 {
 		return batch
 	}

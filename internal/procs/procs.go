@@ -26,7 +26,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/metrics"
-	"syscall"
+	"sync/atomic"
 	"time"
 )
 
@@ -39,14 +39,15 @@ const (
 	// this large over a tick asks for more.
 	raiseWait = 0.05
 	waitLong  = 500 * time.Microsecond
-	// minWaits is the fewest scheduling events a tick needs for its share
-	// of long waits to mean anything.
-	minWaits = 100
+	// minWaits is the fewest scheduling latencies a tick needs for its
+	// share of long waits to mean anything. The runtime records one
+	// goroutine's in eight, so 25 is about 200 scheduling events.
+	minWaits = 25
 	// dropCPU, dropAfter: on the default Ps, the process goes back to one
 	// after dropAfter below dropCPU cores with no long waits. Below the
 	// raise thresholds, so that a load near them does not flap; and the
 	// calm needed doubles after each raise that follows a drop within
-	// dropAfter's double, up to maxCalm.
+	// twice the calm then needed, up to maxCalm.
 	dropCPU   = 0.4
 	dropAfter = 5 * time.Second
 	maxCalm   = 5 * time.Minute
@@ -55,8 +56,8 @@ const (
 // Sample is the load over one tick.
 type Sample struct {
 	CPU   float64 // cores of CPU the process used
-	Waits uint64  // goroutines that became runnable and then ran
-	Long  uint64  // of those, how many waited more than waitLong
+	Waits uint64  // scheduling latencies recorded (the runtime samples them)
+	Long  uint64  // of those, how many were longer than waitLong
 }
 
 // controller decides the Ps for the next tick from the last one's sample.
@@ -113,11 +114,18 @@ type Sizer struct {
 // Run sizes GOMAXPROCS until ctx ends, then gives the runtime its default
 // back. It does nothing when GOMAXPROCS is set in the environment (the
 // operator's choice stands) or when the default is one P already.
+//
+// GOMAXPROCS belongs to the process, so only one Sizer sizes it at a time
+// (tests run several relays in one process); the others return at once.
 func (z Sizer) Run(ctx context.Context) error {
 	log := z.Log
-	if os.Getenv("GOMAXPROCS") != "" || runtime.GOMAXPROCS(0) <= 1 {
+	if !cpuKnown || os.Getenv("GOMAXPROCS") != "" || runtime.GOMAXPROCS(0) <= 1 {
 		return nil
 	}
+	if !running.CompareAndSwap(false, true) {
+		return nil
+	}
+	defer running.Store(false)
 	c := newController(runtime.GOMAXPROCS(0))
 	runtime.GOMAXPROCS(1)
 	defer runtime.SetDefaultGOMAXPROCS()
@@ -192,11 +200,5 @@ func (r *reader) read() Sample {
 	return s
 }
 
-// processCPU is the CPU time the process has used, user and system.
-func processCPU() time.Duration {
-	var u syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &u); err != nil {
-		return 0
-	}
-	return time.Duration(u.Utime.Nano() + u.Stime.Nano())
-}
+// running is set while a Sizer sizes GOMAXPROCS.
+var running atomic.Bool
