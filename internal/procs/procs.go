@@ -53,8 +53,8 @@ const (
 	maxCalm   = 5 * time.Minute
 )
 
-// Sample is the load over one tick.
-type Sample struct {
+// sample is the load over one tick.
+type sample struct {
 	CPU   float64 // cores of CPU the process used
 	Waits uint64  // scheduling latencies recorded (the runtime samples them)
 	Long  uint64  // of those, how many were longer than waitLong
@@ -74,7 +74,7 @@ func newController(max int) *controller {
 }
 
 // next returns the Ps for the next tick.
-func (c *controller) next(s Sample) int {
+func (c *controller) next(s sample) int {
 	if c.dropped >= 0 {
 		c.dropped += tick
 	}
@@ -140,7 +140,6 @@ func (z Sizer) Run(ctx context.Context) error {
 		}
 		before := c.cur
 		s := r.read()
-
 		if after := c.next(s); after != before {
 			if after == 1 {
 				runtime.GOMAXPROCS(1)
@@ -170,10 +169,10 @@ func newReader() *reader {
 	return r
 }
 
-func (r *reader) read() Sample {
+func (r *reader) read() sample {
 	now, cpu := time.Now(), processCPU()
 	metrics.Read(r.m)
-	var s Sample
+	var s sample
 	if d := now.Sub(r.at); !r.at.IsZero() && d > 0 {
 		s.CPU = (cpu - r.cpu).Seconds() / d.Seconds()
 	}

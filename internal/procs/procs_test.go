@@ -13,23 +13,23 @@ import (
 )
 
 func TestControllerRules(t *testing.T) {
-	calm := Sample{CPU: 0.1, Waits: 500}
-	busy := Sample{CPU: 0.7, Waits: 500}
-	queued := Sample{CPU: 0.3, Waits: 500, Long: 50} // 10 % waited long
-	few := Sample{CPU: 0.3, Waits: minWaits - 1, Long: minWaits - 1}
-	middling := Sample{CPU: 0.5, Waits: 500} // between the thresholds
+	calm := sample{CPU: 0.1, Waits: 500}
+	busy := sample{CPU: 0.7, Waits: 500}
+	queued := sample{CPU: 0.3, Waits: 500, Long: 50} // 10 % waited long
+	few := sample{CPU: 0.3, Waits: minWaits - 1, Long: minWaits - 1}
+	middling := sample{CPU: 0.5, Waits: 500} // between the thresholds
 	ticks := func(d time.Duration) int { return int(d / tick) }
 
 	t.Run("one P stays while calm or middling", func(t *testing.T) {
 		c := newController(4)
-		for _, s := range []Sample{calm, middling, few, calm} {
+		for _, s := range []sample{calm, middling, few, calm} {
 			if got := c.next(s); got != 1 {
 				t.Fatalf("next(%+v) = %d, want 1", s, got)
 			}
 		}
 	})
 	t.Run("CPU or long waits raise at once", func(t *testing.T) {
-		for _, s := range []Sample{busy, queued} {
+		for _, s := range []sample{busy, queued} {
 			c := newController(4)
 			if got := c.next(s); got != 4 {
 				t.Errorf("next(%+v) = %d, want 4", s, got)
