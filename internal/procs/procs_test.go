@@ -13,26 +13,26 @@ import (
 )
 
 func TestControllerRules(t *testing.T) {
-	calm := sample{CPU: 0.1, Waits: 500}
-	busy := sample{CPU: 0.7, Waits: 500}
-	queued := sample{CPU: 0.3, Waits: 500, Long: 50} // 10 % waited long
-	few := sample{CPU: 0.3, Waits: minWaits - 1, Long: minWaits - 1}
-	middling := sample{CPU: 0.5, Waits: 500} // between the thresholds
+	const (
+		calm     = 0.1
+		busy     = 0.7
+		middling = 0.5 // between the thresholds
+	)
 	ticks := func(d time.Duration) int { return int(d / tick) }
 
 	t.Run("one P stays while calm or middling", func(t *testing.T) {
 		c := newController(4)
-		for _, s := range []sample{calm, middling, few, calm} {
-			if got := c.next(s); got != 1 {
-				t.Fatalf("next(%+v) = %d, want 1", s, got)
+		for _, cpu := range []float64{calm, middling, raiseCPU - 0.01, calm} {
+			if got := c.next(cpu); got != 1 {
+				t.Fatalf("next(%v) = %d, want 1", cpu, got)
 			}
 		}
 	})
-	t.Run("CPU or long waits raise at once", func(t *testing.T) {
-		for _, s := range []sample{busy, queued} {
+	t.Run("CPU raises at once", func(t *testing.T) {
+		for _, cpu := range []float64{raiseCPU, busy} {
 			c := newController(4)
-			if got := c.next(s); got != 4 {
-				t.Errorf("next(%+v) = %d, want 4", s, got)
+			if got := c.next(cpu); got != 4 {
+				t.Errorf("next(%v) = %d, want 4", cpu, got)
 			}
 		}
 	})
