@@ -10,7 +10,6 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 )
 
@@ -62,10 +61,7 @@ func (b *bench) cpuNow(relay *relayProc) cpuSnapshot {
 	if relay != nil {
 		s.relay, _ = procCPU(relay.pid())
 	}
-	var ru syscall.Rusage
-	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
-		s.self = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-	}
+	s.self = ownCPU()
 	s.busy = machineBusy()
 	pm := b.postmasterPID()
 	if pm == 0 {

@@ -28,6 +28,13 @@ import (
 )
 
 func main() {
+	if url := os.Getenv(floorURLEnv); url != "" { // the harness as the bare client (floor.go)
+		if err := floorClient(url); err != nil {
+			fmt.Fprintln(os.Stderr, "bench floor client:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Stdout)
 	stop()
@@ -234,7 +241,13 @@ func (b *bench) measure(ctx context.Context, selected map[string]bool, res *resu
 		}
 		b.logf("%s took %s", name, time.Since(t).Round(time.Second))
 	}
-	step("latency", func() (err error) { res.Latency, err = b.latency(ctx); return })
+	step("latency", func() (err error) {
+		if res.Latency, err = b.latency(ctx); err != nil {
+			return err
+		}
+		res.Floor, err = b.floor(ctx, 500, b.plan.LatencyDuration)
+		return err
+	})
 	step("throughput", func() (err error) { res.Throughput, err = b.throughput(ctx); return })
 	step("burst", func() (err error) { res.Burst, err = b.burst(ctx); return })
 	step("backlog", func() (err error) { res.Backlog, res.SweepCost, err = b.backlog(ctx); return })

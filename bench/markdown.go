@@ -116,6 +116,7 @@ func mdCost(b *markdown, r *results) {
 			thousands(int(s.Stream)), thousands(int(s.Sweep)), thousands(int(s.Retries)))
 	}
 	mdWork(b, r)
+	mdFloor(b, r)
 }
 
 // mdWAL is section 5: the slot's lag and retained WAL while the runner is down.

@@ -20,6 +20,7 @@ type results struct {
 	Stream   streamState       `json:"stream"`
 
 	Latency    []latencyResult    `json:"latency"`
+	Floor      []floorResult      `json:"floor,omitempty"`
 	Throughput []throughputResult `json:"throughput"`
 	Burst      *burstResult       `json:"burst,omitempty"`
 	Backlog    []backlogResult    `json:"backlog"`
