@@ -25,6 +25,8 @@ const (
 	floorURLEnv     = "BENCH_FLOOR_URL"
 	floorRateEnv    = "BENCH_FLOOR_RATE"
 	floorSecondsEnv = "BENCH_FLOOR_SECONDS"
+	// floorRate is the rate of issue 11's relay CPU target.
+	floorRate = 500
 )
 
 // floorResult is one run of the bare client.
@@ -35,7 +37,6 @@ type floorResult struct {
 	Received   int     `json:"received"` // by the runner, warm-up included
 	Seconds    float64 `json:"seconds"`
 	CPUSeconds float64 `json:"cpu_seconds"`
-	Skipped    string  `json:"skipped,omitempty"`
 }
 
 // MicrosPerPost is the client's CPU per POST.

@@ -140,7 +140,7 @@ func (r *results) cpuTarget(who string, limit float64, get func(cpuUse) float64)
 	if l := r.latencyOf(streamMode.Name, 500); l != nil && l.Load.Committed > 0 {
 		v := perEventMicros(get(l.CPU), l.Load.Committed)
 		t.Measured, t.Verdict = fmt.Sprintf("%.0f µs", v), verdictAtMost(v, limit)
-		if f := r.floorAt(500, "1"); who == "relay" && f != nil {
+		if f := r.floorAt(floorRate, "1"); who == "relay" && f != nil {
 			t.Measured += fmt.Sprintf(" (a bare Go client, one POST every 2 ms on one P: %.0f µs)", f.MicrosPerPost())
 		}
 	}
@@ -150,7 +150,7 @@ func (r *results) cpuTarget(who string, limit float64, get func(cpuUse) float64)
 // floorAt is the bare client's run at rate with that GOMAXPROCS.
 func (r *results) floorAt(rate int, procs string) *floorResult {
 	for i, f := range r.Floor {
-		if f.Rate == rate && f.GOMAXPROCS == procs && f.Skipped == "" && f.Posts > 0 {
+		if f.Rate == rate && f.GOMAXPROCS == procs && f.Posts > 0 {
 			return &r.Floor[i]
 		}
 	}
@@ -159,8 +159,8 @@ func (r *results) floorAt(rate int, procs string) *floorResult {
 
 // mdFloor says what the bare client cost, next to the relay at its rate.
 func mdFloor(b *markdown, r *results) {
-	one, all := r.floorAt(500, "1"), r.floorAt(500, "default")
-	l := r.latencyOf(streamMode.Name, 500)
+	one, all := r.floorAt(floorRate, "1"), r.floorAt(floorRate, "default")
+	l := r.latencyOf(streamMode.Name, floorRate)
 	if one == nil || l == nil || l.Load.Committed == 0 {
 		return
 	}

@@ -245,7 +245,7 @@ func (b *bench) measure(ctx context.Context, selected map[string]bool, res *resu
 		if res.Latency, err = b.latency(ctx); err != nil {
 			return err
 		}
-		res.Floor, err = b.floor(ctx, 500, b.plan.LatencyDuration)
+		res.Floor, err = b.floor(ctx, floorRate, b.plan.LatencyDuration)
 		return err
 	})
 	step("throughput", func() (err error) { res.Throughput, err = b.throughput(ctx); return })
