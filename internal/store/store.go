@@ -132,10 +132,11 @@ FROM (`
 		// planner takes the pending rows for few: given the ids as a list
 		// (or even joined), it walked the due index and filtered every
 		// pending row against them (11 ms per 100 ids at 20,000 pending).
+		// The status is {is_pending} for the same reason (see expand).
 		idRows = `
 	SELECT r.{id} FROM unnest($4::text[]) AS k(id) CROSS JOIN LATERAL (
 		SELECT {id} FROM {table}
-		WHERE {id} = k.id::{idtype} AND {status} = {pending} AND {next_attempt_at} <= now()
+		WHERE {id} = k.id::{idtype} AND {status} = {is_pending} AND {next_attempt_at} <= now()
 			AND NOT {id} = ANY($5::text[]::{idtype}[])
 		FOR UPDATE SKIP LOCKED) r
 	LIMIT $3`
@@ -168,17 +169,17 @@ UPDATE {table} o SET
 	{delivered_at} = CASE WHEN r.status = 'delivered' THEN now() ELSE o.{delivered_at} END,
 	{last_error} = CASE WHEN r.status = 'delivered' THEN {no_error} ELSE {r_err} END
 FROM unnest($1::text[], $2::int[], $3::text[], $4::timestamptz[], $5::text[], $6::bool[], $7::bool[]) AS r(id, attempt, status, next, err, uncount, fresh)
-WHERE o.{id} = r.id::{idtype} AND o.{attempts} = r.attempt - r.fresh::int AND o.{status} = {pending}
+WHERE o.{id} = r.id::{idtype} AND o.{attempts} = r.attempt - r.fresh::int AND o.{status} = {is_pending}
 RETURNING o.{id}::text`),
 		lease: x(`
 UPDATE {table} SET {attempts} = {attempts} + 1, {next_attempt_at} = now() + $3::float8 * interval '1 second'
-WHERE {id} = $1::text::{idtype} AND {attempts} = $2 AND {status} = {pending}`),
+WHERE {id} = $1::text::{idtype} AND {attempts} = $2 AND {status} = {is_pending}`),
 		// Giving a lease back on shutdown un-counts the attempt that never
 		// happened and makes the row due at once.
 		release: x(`
 UPDATE {table} o SET {attempts} = o.{attempts} - 1, {next_attempt_at} = now()
 FROM unnest($1::text[], $2::int[]) AS r(id, attempt)
-WHERE o.{id} = r.id::{idtype} AND o.{attempts} = r.attempt AND o.{status} = {pending}`),
+WHERE o.{id} = r.id::{idtype} AND o.{attempts} = r.attempt AND o.{status} = {is_pending}`),
 		// Two walks of the partial index in due order, each stopping at
 		// its first row: a min() over a CASE would read every pending row,
 		// and the sweeper asks after every batch of recorded retries.
@@ -428,6 +429,15 @@ func (s *Store) NextDue(ctx context.Context, grace time.Duration) (d time.Durati
 func (s *Schema) expand(sql string) string {
 	pairs := []string{"{table}", s.Table.Ident(), "{idtype}", s.idType(),
 		"{pending}", s.statusLiteral(s.Statuses.Pending),
+		// The pending status as a value the planner cannot see: the writes
+		// by id compare with it, so that no index on the status (the due
+		// index, a user's own) is a way to them. Given the constant, the
+		// planner proves the due index's predicate and, on statistics that
+		// say few rows are pending (a table never analyzed, or analyzed
+		// when nearly all was delivered, then given a burst), walks it and
+		// filters every pending row for each id: 5.6 ms for 16 outcomes at
+		// 20,000 pending, against 0.2 ms by the primary key.
+		"{is_pending}", "(SELECT " + s.statusLiteral(s.Statuses.Pending) + ")",
 		"{delivered}", s.statusLiteral(s.Statuses.Delivered),
 		"{dead}", s.statusLiteral(s.Statuses.Dead),
 		"{no_error}", s.noError(),
