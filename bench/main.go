@@ -67,8 +67,12 @@ type plan struct {
 	BurstAlone int           `json:"burst_alone_runs"`
 	BurstWait  time.Duration `json:"burst_wait_ns"`
 
-	BacklogN     int           `json:"backlog_n"`
-	SmallTableN  int           `json:"small_table_n"`
+	BacklogN    int `json:"backlog_n"`
+	SmallTableN int `json:"small_table_n"`
+	// DrainLimit is a time-out, not a target: at 150 s, 1,000,000 rows
+	// needed 6,667 events/s, and a slow day's drain (6,247 to 7,246 on
+	// 2026-12-02) failed the whole run where it should only have missed
+	// the target.
 	DrainLimit   time.Duration `json:"drain_limit_ns"`
 	SweepPending int           `json:"sweep_pending"`
 
@@ -94,7 +98,7 @@ func fullPlan() plan {
 		BurstWait:       10 * time.Second,
 		BacklogN:        1_000_000,
 		SmallTableN:     10_000,
-		DrainLimit:      150 * time.Second,
+		DrainLimit:      300 * time.Second,
 		SweepPending:    1_000,
 		WALOutage:       60 * time.Second,
 		WALBytesRate:    5 << 20,
