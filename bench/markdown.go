@@ -93,7 +93,7 @@ func mdLatency(b *markdown, r *results) {
 // mdThroughput is section 2, with the CPU ceiling behind its misses.
 func mdThroughput(b *markdown, r *results) {
 	b.w("## 2. Throughput\n\n")
-	b.w("A fresh relay per load, on an empty or lightly filled table. For an `INSERT … SELECT` (one transaction) the clock starts when its `COMMIT` returns; for single-row transactions (%d connections, as fast as they go) it starts at the first insert. It stops at the last receipt. One POST per event. The last load runs `ANALYZE` first, on a table whose rows (the earlier loads\x27) are all delivered: its statistics then say that almost nothing is pending, as a production outbox\x27s do when a burst comes, and no plan may depend on them.\n\n", r.Plan.SingleConns)
+	b.w("A fresh relay per load, on one table per mode that keeps every earlier load's rows (the first load starts empty). For an `INSERT … SELECT` (one transaction) the clock starts when its `COMMIT` returns; for single-row transactions (%d connections, as fast as they go) it starts at the first insert. It stops at the last receipt. One POST per event. The last load runs `ANALYZE` first, on a table whose rows (the earlier loads') are all delivered: its statistics then say that almost nothing is pending, as a production outbox's do when a burst comes, and no plan may depend on them.\n\n", r.Plan.SingleConns)
 	b.w("%s\n", throughputTable(r))
 	b.w("%s", ceilingNote(r))
 	mdBurst(b, r)
