@@ -302,8 +302,10 @@ func unclaimed(ids []string, c store.Claim) (missing []string) {
 // the claim took or tried.
 //
 // While the runner is down it claims only a probe, when one is due: the
-// oldest due row, whatever grace says. During a Retry-After pause it
-// claims nothing. Paused says how long either lasts.
+// oldest row a sweep may take, under the same grace, since another
+// replica's stream may be sending a younger one (internal/handover).
+// During a Retry-After pause it claims nothing. Paused says how long
+// either lasts.
 func (d *Deliverer) DeliverDue(ctx context.Context, limit int, grace time.Duration) (int, error) {
 	if d.stopping() {
 		return 0, errStopped
@@ -313,7 +315,7 @@ func (d *Deliverer) DeliverDue(ctx context.Context, limit int, grace time.Durati
 		if probe = d.brk.mayProbe(time.Now()); probe == 0 {
 			return 0, nil
 		}
-		limit, grace = 1, 0
+		limit = 1
 	}
 	start := time.Now()
 	cctx, cancel := context.WithTimeout(ctx, claimTimeout)

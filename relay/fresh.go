@@ -6,37 +6,17 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/outbox-relay/outbox-relay/internal/handover"
 	"github.com/outbox-relay/outbox-relay/internal/store"
 )
 
-// Sending a fresh row without claiming it.
-//
-// A row the stream has just seen inserted is sent straight from its WAL
-// tuple: no claim statement before the POST, and one conditional outcome
-// write after it (store.Result.Fresh). That is safe because nobody else
-// may send the row meanwhile:
-//
-//   - the sweepers of every replica leave a row never tried alone until its
-//     next_attempt_at plus the grace (Config.FreshGrace, the sweepers'
-//     grace), measured on the server's clock; the sweeps of this process
-//     skip its fresh rows until their outcome is written, whatever their
-//     age (a woken sweep, a probe, a database away for a while);
-//   - only one stream session receives a row's INSERT first: the stream
-//     hands a row on as fresh only when it was committed after its session
-//     took the slot (cdc: the session's horizon), and leaves the rows of
-//     an earlier session's WAL to the sweeper;
-//   - a send that is not written within half the grace claims the row after
-//     all (store.Lease, conditional on the attempts it was inserted with),
-//     which keeps the sweepers off it as any claim does;
-//   - the outcome is written only if the row still has the attempts it was
-//     inserted with, so it never overwrites someone else's claim.
-//
-// Outside the crash window (a relay that dies between the POST and the
-// outcome write, as for any send) two senders overlap only when the lease
-// or outcome write of a fresh send takes more than half the grace to
-// reach the database (a failover, an outage) and another replica's sweep
-// reaches it first, or the relay's clock jumps against the server's during
-// a stream session (the session measures the offset when it starts).
+// A row the stream has just seen committed is sent straight from its WAL
+// tuple when internal/handover says it is fresh: no claim statement before
+// the POST, and one conditional outcome write after it
+// (store.Result.Fresh). handover's package comment argues why no other
+// sender takes the row meanwhile; this file keeps its side of that rule:
+// the lease at the row's lease time, the conditional writes, and the sweeps
+// of this process skipping its fresh rows until their outcome is written.
 
 // freshSend is the state of one fresh row from its queueing to its
 // outcome: the timer that claims it when the send runs long.
@@ -49,11 +29,6 @@ type freshSend struct {
 	leased   bool          // the lease write claimed the row; set before done
 	lost     bool          // someone else had claimed it; set before done
 }
-
-// freshBudget is the least time left before a fresh row's lease must be
-// written for it to be sent without a claim at all; closer than that it
-// is claimed by id like any other.
-const freshBudget = 50 * time.Millisecond
 
 // DeliverInserts queues rows the stream saw inserted: those it decoded
 // whole and that are due are sent without a claim while that is safe (see
@@ -71,8 +46,8 @@ func (d *Deliverer) DeliverInserts(ctx context.Context, ins []store.Insert) (mis
 	var fresh []job
 	for i := range ins {
 		in := &ins[i]
-		leaseAt := in.Due.Add(d.cfg.FreshGrace / 2)
-		if !in.Sendable || d.cfg.FreshGrace <= 0 || d.next != nil || in.Due.After(now) || leaseAt.Sub(now) < freshBudget {
+		leaseAt, ok := handover.Fresh(d.cfg.FreshGrace, in.Row.Attempt-1, in.Due, now)
+		if !in.Sendable || !ok || d.next != nil {
 			claim = append(claim, in.Row.ID)
 			continue
 		}

@@ -35,17 +35,17 @@ type Queue interface {
 type Config struct {
 	Interval  time.Duration
 	BatchSize int
-	// Grace, when set, returns how long fresh rows are left to the
-	// replication stream; zero while the stream is down, so the sweeper
-	// takes everything.
-	Grace func() time.Duration
+	// Grace is how long rows never tried are left to the replication
+	// stream (internal/handover); the server drops it to zero where no
+	// stream can run.
+	Grace time.Duration
 	// OnSweep, when set, is told of every pass (for metrics).
 	OnSweep func(Pass)
 	// Wake, when set, makes the sweeper sweep at once instead of at its
 	// next tick: the stream signals it after a failover, when rows it will
 	// not announce are left in the table. The pass keeps the grace (a
 	// fresh row may be in flight from the stream, unclaimed: see
-	// relay/fresh.go), and the sweeper comes back when the youngest of
+	// internal/handover), and the sweeper comes back when the youngest of
 	// them passes it.
 	Wake <-chan struct{}
 	// Nudge, when set, makes the sweeper sweep at once with its usual
@@ -127,7 +127,7 @@ func (s *Sweeper) Run(ctx context.Context) error {
 // without a claim, and a claim would not stop that send.
 func (s *Sweeper) pass(ctx context.Context) (time.Duration, error) {
 	start := time.Now()
-	n, err := s.sweep(ctx, s.grace())
+	n, err := s.sweep(ctx, s.cfg.Grace)
 	if s.cfg.OnSweep != nil {
 		s.cfg.OnSweep(Pass{Claimed: n, Took: time.Since(start), Err: err})
 	}
@@ -142,7 +142,7 @@ func (s *Sweeper) pass(ctx context.Context) (time.Duration, error) {
 	}
 	qctx, cancel := context.WithTimeout(ctx, queryTimeout)
 	defer cancel()
-	next, ok, err := s.q.NextDue(qctx, s.grace())
+	next, ok, err := s.q.NextDue(qctx, s.cfg.Grace)
 	if err != nil {
 		return 0, err
 	}
@@ -155,7 +155,7 @@ func (s *Sweeper) pass(ctx context.Context) (time.Duration, error) {
 // RunOnce claims due rows batch after batch until a batch comes back short,
 // and returns how many it claimed.
 func (s *Sweeper) RunOnce(ctx context.Context) (int, error) {
-	return s.sweep(ctx, s.grace())
+	return s.sweep(ctx, s.cfg.Grace)
 }
 
 func (s *Sweeper) sweep(ctx context.Context, grace time.Duration) (int, error) {
@@ -167,11 +167,4 @@ func (s *Sweeper) sweep(ctx context.Context, grace time.Duration) (int, error) {
 			return total, err
 		}
 	}
-}
-
-func (s *Sweeper) grace() time.Duration {
-	if s.cfg.Grace == nil {
-		return 0
-	}
-	return s.cfg.Grace()
 }

@@ -110,7 +110,7 @@ func TestGraceLeavesFreshRowsToTheStream(t *testing.T) {
 	t.Parallel()
 	b := setup(t, 0)
 	insertN(t, b.pool, 3)
-	s := sweeper.New(sweeper.Config{Interval: time.Hour, BatchSize: 100, Grace: func() time.Duration { return time.Hour }}, b.d, b.st, quiet)
+	s := sweeper.New(sweeper.Config{Interval: time.Hour, BatchSize: 100, Grace: time.Hour}, b.d, b.st, quiet)
 	if n, err := s.RunOnce(context.Background()); err != nil || n != 0 {
 		t.Fatalf("RunOnce with a grace = %d, %v; want 0", n, err)
 	}
@@ -189,7 +189,7 @@ func TestWakeSweepsAtOnce(t *testing.T) {
 	var passes, claimed atomic.Int64
 	const grace = 500 * time.Millisecond
 	s := sweeper.New(sweeper.Config{Interval: time.Hour, BatchSize: 100, Wake: wake,
-		Grace: func() time.Duration { return grace },
+		Grace: grace,
 		OnSweep: func(p sweeper.Pass) {
 			passes.Add(1)
 			claimed.Add(int64(p.Claimed))

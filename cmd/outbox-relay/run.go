@@ -14,6 +14,7 @@ import (
 
 	"github.com/outbox-relay/outbox-relay/cdc"
 	"github.com/outbox-relay/outbox-relay/internal/config"
+	"github.com/outbox-relay/outbox-relay/internal/handover"
 	"github.com/outbox-relay/outbox-relay/internal/monitor"
 	"github.com/outbox-relay/outbox-relay/internal/procs"
 	"github.com/outbox-relay/outbox-relay/internal/retention"
@@ -61,7 +62,7 @@ func runRelay(ctx context.Context, args, environ []string, stderr io.Writer) err
 	defer tracing.stop(cfg.ShutdownGrace)
 	dcfg := delivererConfig(cfg)
 	if cfg.CDC != "off" {
-		dcfg.FreshGrace = streamGrace
+		dcfg.FreshGrace = handover.Grace
 	}
 	dcfg.Tracer = tracing.tracer()
 	d := relay.New(dcfg, st, log, metrics)
@@ -148,31 +149,11 @@ func delivererConfig(cfg config.Config) relay.Config {
 	}
 }
 
-// streamGrace is how long the sweepers leave fresh rows to the stream:
-// far above the stream's milliseconds. The stream sends a fresh row
-// without a claim for up to half of it (relay/fresh.go), and a burst is
-// sent that way only as far as it is delivered within that half: at 2 s,
-// the rows of a burst of 20,000 single-row commits waited past their
-// second and all were claimed first, one more statement and row version
-// each (make bench). The cost of a longer grace falls on the rows the
-// stream leaves to the sweeper (a relay's restart, a failover): they wait
-// this long before a sweep takes them.
-const streamGrace = 5 * time.Second
-
 func sweepConfig(cfg config.Config, stream *cdc.Stream, metrics *monitor.Metrics) sweeper.Config {
-	c := sweeper.Config{Interval: cfg.SweepInterval, BatchSize: cfg.BatchSize, OnSweep: metrics.ObserveSweep}
+	// Every sweeper leaves never-tried rows to the stream for the grace,
+	// whether or not this process streams: another replica's may.
+	c := sweeper.Config{Interval: cfg.SweepInterval, BatchSize: cfg.BatchSize, Grace: handover.Grace, OnSweep: metrics.ObserveSweep}
 	if stream != nil {
-		// Fresh rows are the stream's: the sweeper takes them only if the
-		// stream has not within the grace. Not only while this process
-		// streams: another replica's stream may be sending them without a
-		// claim (relay/fresh.go). Only a server that cannot stream at all
-		// leaves them to the sweeper at once.
-		c.Grace = func() time.Duration {
-			if stream.State().Role == cdc.RoleUnavailable {
-				return 0
-			}
-			return streamGrace
-		}
 		c.Wake, c.Nudge = stream.Wake(), stream.Dropped()
 	}
 	return c

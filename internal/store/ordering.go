@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/outbox-relay/outbox-relay/internal/handover"
 )
 
 // Delivery in order per key (the optional role ordering_key).
@@ -161,7 +163,7 @@ SELECT given.id::text, NULL, NULL, 'null', now(), 0, false` + traceNulls + `, NU
 	s.nextDue = x(`SELECT extract(epoch FROM least(
 	(SELECT {next_attempt_at} FROM {table} WHERE {status} = {pending} AND {attempts} > 0` + head + ` ORDER BY {next_attempt_at} LIMIT 1),
 	(SELECT {next_attempt_at} FROM {table} WHERE {status} = {pending} AND {attempts} = 0` + head + ` ORDER BY {next_attempt_at} LIMIT 1)
-		+ $1::float8 * interval '1 second') - now()::timestamptz)::float8`)
+		+ ` + handover.GraceSQL("$1") + ` * interval '1 second') - now()::timestamptz)::float8`)
 }
 
 // ClaimKeys claims the heads of keys that are pending and due, none of

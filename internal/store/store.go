@@ -13,6 +13,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/outbox-relay/outbox-relay/internal/handover"
 )
 
 // The relay's own names for the three states; Statuses says what the
@@ -147,7 +149,7 @@ RETURNING o.{id}::text, o.{event_id}::text, o.{event_type}::text, coalesce(o.{pa
 	coalesce(o.{created_at}::timestamptz, now()), o.{attempts}::int, o.{status} = {dead}`
 		claim = claimSet + dueRows + claimTail
 	)
-	const due = "AND ({attempts} > 0 OR {next_attempt_at} <= now() - $4::float8 * interval '1 second')"
+	due := "AND " + handover.MayTake("{attempts}", "{next_attempt_at}", "$4")
 	s := &Store{
 		pool:      pool,
 		schema:    schema,
@@ -188,7 +190,7 @@ WHERE o.{id} = r.id::{idtype} AND o.{attempts} = r.attempt AND o.{status} = {is_
 		nextDue: x(`SELECT extract(epoch FROM least(
 	(SELECT {next_attempt_at} FROM {table} WHERE {status} = {pending} AND {attempts} > 0 ORDER BY {next_attempt_at} LIMIT 1),
 	(SELECT {next_attempt_at} FROM {table} WHERE {status} = {pending} AND {attempts} = 0 ORDER BY {next_attempt_at} LIMIT 1)
-		+ $1::float8 * interval '1 second') - now()::timestamptz)::float8`),
+		+ ` + handover.GraceSQL("$1") + ` * interval '1 second') - now()::timestamptz)::float8`),
 	}
 	for _, o := range opts {
 		o(s)
