@@ -165,6 +165,8 @@ type Stream struct {
 	streaming atomic.Bool
 	shedding  atomic.Bool // the last hand-off was dropped
 	broken    bool        // the slot must be made again; used by Run's goroutine only
+	// warnedClaimFirst: the reason rows are claimed first was logged.
+	warnedClaimFirst bool
 
 	mu        sync.Mutex
 	state     State

@@ -84,6 +84,7 @@ func (s *Stream) session(ctx context.Context, conf dbConfig, h *handoff) (stream
 		if sess, err = s.horizon(ctx, db); err != nil {
 			return 0, err
 		}
+		sess.changes = start.changes
 	}
 	closeDB()
 	began := time.Now()
@@ -128,6 +129,10 @@ type sessionStart struct {
 	// row sent then could be lost in a failover that the application's
 	// commit never returned from. A claim sees the row only once visible.
 	claimFirst bool
+	// changes: the publication carries updates and deletes, so the stream
+	// sees a row changed later in its own transaction. Without them no
+	// row is sent from its tuple.
+	changes bool
 }
 
 // horizon reads the session's start once START_REPLICATION has taken the
@@ -232,6 +237,7 @@ func majorVersion(v string) int {
 type startPoint struct {
 	lsn          pglogrepl.LSN
 	create, drop bool
+	changes      bool // the publication carries updates and deletes
 }
 
 // prepare reads the server and the slot, ensures the publication and drops
@@ -249,10 +255,12 @@ func (s *Stream) prepare(ctx context.Context, db *pgx.Conn) (startPoint, error) 
 	if slot.InRecovery {
 		return startPoint{}, errInRecovery
 	}
-	if err := s.ensurePublication(ctx, db); err != nil {
+	changes, err := s.ensurePublication(ctx, db)
+	if err != nil {
 		return startPoint{}, err
 	}
 	start, err := startFrom(slot, s.broken)
+	start.changes = changes
 	if err != nil || !start.drop {
 		return start, err
 	}
@@ -300,24 +308,58 @@ func SlotFits(slot store.Slot) bool {
 	return slot.SlotType == "logical" && slot.Plugin == "pgoutput" && slot.Database == slot.CurrentDatabase
 }
 
-// ensurePublication creates the insert-only publication of the outbox, or
-// adds the table to a publication that lacks it.
-func (s *Stream) ensurePublication(ctx context.Context, db *pgx.Conn) error {
+// ensurePublication creates the outbox's publication, adds the table to a
+// publication that lacks it, or adds updates and deletes to one of the
+// table alone. It reports whether the publication carries updates and
+// deletes: without them the stream cannot tell a row changed later in its
+// own transaction, so every row is claimed before it is sent.
+func (s *Stream) ensurePublication(ctx context.Context, db *pgx.Conn) (changes bool, err error) {
 	pub, err := store.ReadPublication(ctx, db, s.cfg.Publication, s.cfg.table())
 	if err != nil {
-		return fmt.Errorf("read publication %s: %w", s.cfg.Publication, err)
+		return false, fmt.Errorf("read publication %s: %w", s.cfg.Publication, err)
 	}
 	if !pub.Inserts {
-		return fmt.Errorf("publication %s does not publish inserts; alter it with publish = 'insert'", s.cfg.Publication)
+		return false, fmt.Errorf("publication %s does not publish inserts; alter it with publish = 'insert'", s.cfg.Publication)
 	}
 	changed, err := store.EnsurePublication(ctx, db, pub)
+	if err != nil && (!pub.Exists || !pub.HasTable) {
+		return false, fmt.Errorf("publication %s: %w", s.cfg.Publication, err)
+	}
 	if err != nil {
-		return fmt.Errorf("publication %s: %w", s.cfg.Publication, err)
+		s.warnClaimFirst(pub, err.Error())
+		return false, nil
 	}
 	if changed {
 		s.log.Info("replication: publication set up", "publication", s.cfg.Publication, "table", s.cfg.Schema+"."+s.cfg.Table)
+		if pub, err = store.ReadPublication(ctx, db, s.cfg.Publication, s.cfg.table()); err != nil {
+			return false, fmt.Errorf("read publication %s: %w", s.cfg.Publication, err)
+		}
 	}
-	return nil
+	if !pub.Changes {
+		s.warnClaimFirst(pub, "")
+	}
+	return pub.Changes, nil
+}
+
+// warnClaimFirst says once per process why rows are claimed before they
+// are sent: the publication cannot carry the table's updates and deletes.
+func (s *Stream) warnClaimFirst(pub store.Publication, cause string) {
+	if s.warnedClaimFirst {
+		return
+	}
+	s.warnedClaimFirst = true
+	why := "it publishes other tables too"
+	switch {
+	case !pub.Identity:
+		why = "the table has no replica identity (no primary key)"
+	case cause != "":
+		why = "altering it failed: " + cause
+	case pub.Alone:
+		why = "it does not publish them"
+	}
+	s.log.Warn("replication: the publication does not carry the table's updates and deletes, so every row is claimed before it is sent",
+		"publication", s.cfg.Publication, "reason", why,
+		"fix", fmt.Sprintf("ALTER PUBLICATION %s SET (publish = 'insert, update, delete') as its owner", pgx.Identifier{s.cfg.Publication}.Sanitize()))
 }
 
 // createSlot makes the persistent pgoutput slot and returns its consistent

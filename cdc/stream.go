@@ -24,9 +24,16 @@ type reader struct {
 	// a relation that is not the outbox (or has no id column).
 	rels map[uint32]relation
 
-	pending []store.Insert // not yet handed off
-	inTx    bool           // between a Begin and its Commit
-	txIDs   bool           // the current transaction had outbox inserts
+	pending []store.Insert // ids to claim, not yet handed off
+	// held are the rows of the open transaction to be sent from their
+	// tuple: handed off only at its commit, since a later change of the
+	// transaction to one of them (changes.go) makes it a row to claim
+	// instead. heldAt indexes them by id once there are many.
+	held      []store.Insert
+	heldBytes int
+	heldAt    map[string]int
+	inTx      bool // between a Begin and its Commit
+	txIDs     bool // the current transaction had outbox inserts
 
 	// start is the session's horizon and clock offset (session.go); the
 	// zero value hands every row on to be claimed by id.
@@ -192,6 +199,12 @@ func (r *reader) change(ctx context.Context, data []byte) error {
 	if len(data) == 0 {
 		return nil
 	}
+	if len(r.held) == 0 && changeOnly(data[0]) {
+		// An update, delete or truncate matters only to rows held for
+		// their commit: the relay's own claims and outcomes stop here,
+		// undecoded.
+		return nil
+	}
 	m, err := pglogrepl.Parse(data)
 	if err != nil {
 		// A message type protocol 1 does not send (or a newer one):
@@ -210,6 +223,7 @@ func (r *reader) change(ctx context.Context, data []byte) error {
 			r.s.leftToSweeper(r.replayed)
 			r.replayed = 0
 		}
+		r.release()
 		if len(r.pending) > 0 {
 			// Hand off at every commit: the hand-off goroutine batches
 			// whatever gathers while it is busy (docs/BENCHMARKS.md).
@@ -234,12 +248,23 @@ func (r *reader) change(ctx context.Context, data []byte) error {
 			r.replayed++
 			return nil
 		}
+		if r.hold(&in) {
+			return nil
+		}
 		r.pending = append(r.pending, in)
 		if len(r.pending) >= r.s.cfg.BatchSize {
+			// Ids are claimed, which reads the row as committed: they
+			// may go before the commit arrives.
 			return r.flush(ctx)
 		}
+	case *pglogrepl.UpdateMessage:
+		r.updated(m)
+	case *pglogrepl.DeleteMessage:
+		r.deleted(m)
+	case *pglogrepl.TruncateMessage:
+		r.truncated(m)
 	}
-	// Update, Delete, Truncate, Type, Origin, Message: not ours to act on.
+	// Type, Origin, Message: not ours to act on.
 	return nil
 }
 
@@ -267,7 +292,7 @@ func (r *reader) relation(m *pglogrepl.RelationMessage) {
 			r.warnedNoID = true
 			r.s.log.Error("replication: the outbox table has no id column; inserts are left to the sweeper", "column", r.s.cfg.IDColumn)
 		}
-		if r.s.cfg.Outbox != nil && r.start.horizon != 0 && !r.start.claimFirst {
+		if r.s.cfg.Outbox != nil && r.start.horizon != 0 && !r.start.claimFirst && r.start.changes {
 			rel.dec, _ = r.s.cfg.Outbox.TupleDecoder(names)
 		}
 	}

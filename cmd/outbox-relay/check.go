@@ -419,7 +419,7 @@ func (c *checker) publicationItem(ctx context.Context) checkItem {
 		return publishedItem(it, p, scope)
 	case !p.Exists && p.CanCreate:
 		it.Status = checkOK
-		it.Detail = fmt.Sprintf("%s does not exist yet; the relay creates it for inserts into %s (%s may)", name, t, p.User)
+		it.Detail = fmt.Sprintf("%s does not exist yet; the relay creates it for %s (%s may)", name, t, p.User)
 	case !p.Exists:
 		it.Status = checkFail
 		it.Detail = fmt.Sprintf("%s does not exist and %s may not create it (it needs CREATE on the database and to own %s)", name, p.User, t)
@@ -436,28 +436,33 @@ func (c *checker) publicationItem(ctx context.Context) checkItem {
 	return it
 }
 
-// publishedItem judges a publication that serves the outbox: anything it
-// publishes besides inserts into it is decoded for nothing.
+// publishedItem judges a publication that serves the outbox. The stream
+// needs the table's updates and deletes besides its inserts, to send each
+// row as committed (without them every row is claimed first); truncates
+// and other tables are decoded for nothing.
 func publishedItem(it checkItem, p store.Publication, scope store.PublicationScope) checkItem {
-	it.Status, it.Detail = checkOK, fmt.Sprintf("%s publishes inserts into %s", p.Name, p.Table)
-	var actions []string
-	for _, a := range []struct {
-		on   bool
-		name string
-	}{{scope.Updates, "update"}, {scope.Deletes, "delete"}, {scope.Truncates, "truncate"}} {
-		if a.on {
-			actions = append(actions, a.name)
-		}
-	}
+	it.Status, it.Detail = checkOK, fmt.Sprintf("%s publishes inserts, updates and deletes of %s", p.Name, p.Table)
+	ident := pgx.Identifier{p.Name}.Sanitize()
 	others := slices.DeleteFunc(slices.Clone(scope.Tables), func(s string) bool { return s == p.Table.String() })
 	switch {
-	case len(actions) > 0:
+	case !p.Changes && !p.Identity:
 		it.Status = checkWarn
-		it.Detail += fmt.Sprintf(", and %s too: the relay uses inserts only, the rest is decoded for nothing", strings.Join(actions, ", "))
-		it.Fix = fmt.Sprintf("ALTER PUBLICATION %s SET (publish = 'insert')", pgx.Identifier{p.Name}.Sanitize())
+		it.Detail = fmt.Sprintf("%s publishes inserts into %s, which has no replica identity to publish its updates with: every row is claimed before it is sent", p.Name, p.Table)
+		it.Fix = fmt.Sprintf("give %s a primary key, then ALTER PUBLICATION %s SET (publish = 'insert, update, delete')", p.Table, ident)
+	case !p.Changes && p.Alone:
+		it.Status = checkOK
+		it.Detail = fmt.Sprintf("%s publishes inserts into %s; the relay adds its updates and deletes when it starts (it owns the publication)", p.Name, p.Table)
+	case !p.Changes:
+		it.Status = checkWarn
+		it.Detail = fmt.Sprintf("%s publishes inserts into %s but not its updates and deletes, and serves other tables too: every row is claimed before it is sent", p.Name, p.Table)
+		it.Fix = "set RELAY_PUBLICATION to a publication of the outbox alone (the relay creates it)"
+	case scope.Truncates:
+		it.Status = checkWarn
+		it.Detail += ", and truncates too: the relay does not use them, they are decoded for nothing"
+		it.Fix = fmt.Sprintf("ALTER PUBLICATION %s SET (publish = 'insert, update, delete')", ident)
 	case scope.AllTables || len(others) > 0:
 		it.Status = checkWarn
-		it.Detail += fmt.Sprintf(", and %s too: their inserts are decoded for nothing", tableList(store.PublicationScope{AllTables: scope.AllTables, Tables: others}))
+		it.Detail += fmt.Sprintf(", and %s too: their changes are decoded for nothing", tableList(store.PublicationScope{AllTables: scope.AllTables, Tables: others}))
 		it.Fix = "set RELAY_PUBLICATION to a publication of the outbox alone (the relay creates it)"
 	}
 	return it

@@ -210,7 +210,7 @@ func TestCheck(t *testing.T) {
 			"✓ replication_connection: accepted (IDENTIFY_SYSTEM)",
 			"✓ privileges: postgres has SELECT, UPDATE, DELETE on public.portal_event_outbox",
 			"✓ table: public.portal_event_outbox has the columns the relay uses",
-			"✓ publication: outbox_relay publishes inserts into public.portal_event_outbox",
+			"✓ publication: outbox_relay publishes inserts, updates and deletes of public.portal_event_outbox",
 			"✓ slot: outbox_relay does not exist; the relay creates it",
 			"✓ runner: "+runner.URL()+" answered HEAD with 204 No Content in …",
 			"ready: nothing blocks delivery or the fast path")
@@ -251,7 +251,7 @@ func TestCheck(t *testing.T) {
 			"- privileges: not checked: public.portal_event_outbox does not exist",
 			"✗ table: public.portal_event_outbox does not exist",
 			"    fix: outbox-relay migrate (or check --fix), or the application's migration",
-			"✓ publication: outbox_relay does not exist yet; the relay creates it for inserts into public.portal_event_outbox (postgres may)",
+			"✓ publication: outbox_relay does not exist yet; the relay creates it for public.portal_event_outbox (postgres may)",
 			"blocked: 1 problem stops delivery or the fast path")
 		if after := catalog(t, u); after != before {
 			t.Errorf("check changed the catalog:\nbefore %s\nafter  %s", before, after)
@@ -329,12 +329,18 @@ func TestCheck(t *testing.T) {
 			"✗ publication: outbox_relay publishes public.other but not public.portal_event_outbox, and check_pubrepl may not add it (it must own the table)",
 			`    fix: ALTER PUBLICATION "outbox_relay" ADD TABLE "public"."portal_event_outbox" as the table's owner, or set RELAY_PUBLICATION to a publication of its own`)
 
-		// Updates and deletes are decoded for nothing.
+		// Truncates are decoded for nothing.
 		adminExec(t, u, `DROP PUBLICATION outbox_relay;
-			CREATE PUBLICATION outbox_relay FOR TABLE portal_event_outbox WITH (publish = 'insert, update, delete')`)
+			CREATE PUBLICATION outbox_relay FOR TABLE portal_event_outbox`)
 		wantCheck(t, checkEnv(u, runner.URL(), "RELAY_CDC=on"), exitOK,
-			"! publication: outbox_relay publishes inserts into public.portal_event_outbox, and update, delete too: the relay uses inserts only, the rest is decoded for nothing",
-			`    fix: ALTER PUBLICATION "outbox_relay" SET (publish = 'insert')`)
+			"! publication: outbox_relay publishes inserts, updates and deletes of public.portal_event_outbox, and truncates too: the relay does not use them, they are decoded for nothing",
+			`    fix: ALTER PUBLICATION "outbox_relay" SET (publish = 'insert, update, delete')`)
+
+		// Inserts only, with other tables: every row is claimed first.
+		adminExec(t, u, `DROP PUBLICATION outbox_relay;
+			CREATE PUBLICATION outbox_relay FOR TABLE portal_event_outbox, other WITH (publish = 'insert')`)
+		wantCheck(t, checkEnv(u, runner.URL(), "RELAY_CDC=on"), exitOK,
+			"! publication: outbox_relay publishes inserts into public.portal_event_outbox but not its updates and deletes, and serves other tables too: every row is claimed before it is sent")
 	})
 
 	t.Run("slot held by another session", func(t *testing.T) {

@@ -83,7 +83,9 @@ GRANT SELECT, UPDATE, DELETE ON TABLE :"schema".:"table" TO outbox_relay;
 -- on the database, so the table's owner makes it: `outbox-relay migrate`
 -- does when it runs as the owner, or the application's migration does with
 --   CREATE PUBLICATION outbox_relay FOR TABLE public.portal_event_outbox
---     WITH (publish = 'insert');
+--     WITH (publish = 'insert, update, delete');
+-- (The updates and deletes let the stream send each row as its transaction
+-- committed it; they need the table's primary key as replica identity.)
 -- The relay only streams from it by name, which takes REPLICATION and no
 -- privilege on the publication: it need not own it, so leave it with whoever
 -- made it. (Transferring it with
@@ -92,7 +94,7 @@ GRANT SELECT, UPDATE, DELETE ON TABLE :"schema".:"table" TO outbox_relay;
 -- needs.) If it is missing, this script, running as a superuser, makes it
 -- here, so that the relay does not quietly run sweep-only.
 SELECT format('CREATE PUBLICATION %I FOR TABLE %I.%I WITH (publish = %L)',
-              :'publication', :'schema', :'table', 'insert')
+              :'publication', :'schema', :'table', 'insert, update, delete')
 WHERE NOT EXISTS (SELECT FROM pg_publication WHERE pubname = :'publication') \gexec
 -- A publication of that name that does not cover the table would deliver
 -- nothing: stop rather than leave it to be found later.

@@ -35,7 +35,7 @@ type Config struct {
 
 	OutboxTable string `env:"OUTBOX_TABLE" envDefault:"public.portal_event_outbox" help:"outbox table, optionally schema-qualified"`
 	SlotName    string `env:"SLOT_NAME" envDefault:"outbox_relay" help:"logical replication slot"`
-	Publication string `env:"PUBLICATION" envDefault:"outbox_relay" help:"publication of the outbox table (inserts only)"`
+	Publication string `env:"PUBLICATION" envDefault:"outbox_relay" help:"publication of the outbox table (its inserts, updates and deletes)"`
 	CDC         string `env:"CDC" envDefault:"auto" help:"replication fast path: auto (use it when possible), on (required), off (sweep only)"`
 
 	SweepInterval time.Duration `env:"SWEEP_INTERVAL" envDefault:"5s" help:"time between sweeps of due rows"`

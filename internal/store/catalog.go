@@ -158,6 +158,17 @@ type Publication struct {
 	// Inserts is whether it publishes inserts; true when it does not exist,
 	// since the relay would make it so.
 	Inserts bool
+	// Changes is whether it publishes updates and deletes as well: only
+	// then can the stream see that a transaction changed a row after
+	// inserting it, and send rows without claiming them first.
+	Changes bool
+	// Alone is whether it publishes Table and nothing else, so that the
+	// relay may change what it publishes.
+	Alone bool
+	// Identity is whether Table has a replica identity (a primary key, a
+	// chosen index or FULL). Without one, a publication of its updates
+	// would make every UPDATE of the table fail, the application's too.
+	Identity bool
 	// CanCreate is whether the role may create it for Table or add Table
 	// to it: a superuser, or one with CREATE on the database that owns the
 	// table (directly or through a role it belongs to).
@@ -169,34 +180,44 @@ type Publication struct {
 // the server's, for the caller to say what it was doing.
 func ReadPublication(ctx context.Context, q Querier, name string, t Table) (Publication, error) {
 	p := Publication{Name: name, Table: t}
-	err := q.QueryRow(ctx, `SELECT
-	EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1),
+	err := q.QueryRow(ctx, `WITH pub AS (SELECT * FROM pg_publication WHERE pubname = $1),
+rel AS (SELECT c.* FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $2 AND c.relname = $3)
+SELECT
+	EXISTS (SELECT 1 FROM pub),
 	EXISTS (SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = $2 AND tablename = $3),
-	coalesce((SELECT pubinsert FROM pg_publication WHERE pubname = $1), true),
+	coalesce((SELECT pubinsert FROM pub), true),
+	coalesce((SELECT pubupdate AND pubdelete FROM pub), false),
+	coalesce((SELECT NOT puballtables FROM pub), false)
+		AND (SELECT count(*) FROM pg_publication_tables WHERE pubname = $1) = 1,
+	coalesce((SELECT c.relreplident = 'f' OR EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid
+		AND ((c.relreplident = 'd' AND i.indisprimary) OR (c.relreplident = 'i' AND i.indisreplident))) FROM rel c), false),
 	current_user,
 	(SELECT rolsuper FROM pg_roles WHERE rolname = current_user) OR (
 		has_database_privilege(current_database(), 'CREATE') AND coalesce((
-			SELECT pg_has_role(current_user, c.relowner, 'USAGE')
-			FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-			WHERE n.nspname = $2 AND c.relname = $3), false))`,
-		name, t.Schema, t.Name).Scan(&p.Exists, &p.HasTable, &p.Inserts, &p.User, &p.CanCreate)
+			SELECT pg_has_role(current_user, c.relowner, 'USAGE') FROM rel c), false))`,
+		name, t.Schema, t.Name).Scan(&p.Exists, &p.HasTable, &p.Inserts, &p.Changes, &p.Alone, &p.Identity, &p.User, &p.CanCreate)
 	return p, err
 }
 
 // EnsurePublication makes p, as read by ReadPublication, publish inserts
-// into its table: it creates the insert-only publication when it is
-// missing and adds the table when the publication lacks it. It reports
-// whether it changed anything. A publication or table entry made by
-// another process a moment ago counts as done. It leaves alone a
-// publication that does not publish inserts: that is the caller's to judge.
-// Its error is the server's, for the caller to say what it was doing.
+// into its table, and its updates and deletes where the table has a
+// replica identity: it creates the publication when it is missing, adds the
+// table when the publication lacks it, and adds updates and deletes to a
+// publication of the table alone. It reports whether it changed anything.
+// A publication or table entry made by another process a moment ago counts
+// as done. It leaves alone a publication that does not publish inserts:
+// that is the caller's to judge. Its error is the server's, for the caller
+// to say what it was doing.
 func EnsurePublication(ctx context.Context, q Querier, p Publication) (changed bool, err error) {
 	var sql string
+	ident := pgx.Identifier{p.Name}.Sanitize()
 	switch {
 	case !p.Exists:
-		sql = createPublicationSQL(p.Table, p.Name)
+		sql = createPublicationSQL(p.Table, p.Name, p.Identity)
 	case !p.HasTable:
-		sql = fmt.Sprintf(`ALTER PUBLICATION %s ADD TABLE %s`, pgx.Identifier{p.Name}.Sanitize(), p.Table.Ident())
+		sql = fmt.Sprintf(`ALTER PUBLICATION %s ADD TABLE %s`, ident, p.Table.Ident())
+	case !p.Changes && p.Alone && p.Identity && p.Inserts:
+		sql = fmt.Sprintf(`ALTER PUBLICATION %s SET (publish = %s)`, ident, QuoteLiteral(publishChanges))
 	default:
 		return false, nil
 	}
@@ -209,21 +230,32 @@ func EnsurePublication(ctx context.Context, q Querier, p Publication) (changed b
 	return true, nil
 }
 
-// createPublicationSQL is the one way the relay's publication is made:
-// inserts into the outbox table only.
-func createPublicationSQL(t Table, publication string) string {
-	return fmt.Sprintf(`CREATE PUBLICATION %s FOR TABLE %s WITH (publish = 'insert')`,
-		pgx.Identifier{publication}.Sanitize(), t.Ident())
+// publishChanges is what the relay's publication publishes: the stream
+// needs a row's later updates and deletes in its own transaction to send
+// the row as committed (cdc).
+const publishChanges = "insert, update, delete"
+
+// createPublicationSQL is the one way the relay's publication is made: the
+// outbox table only, with its updates and deletes when it has a replica
+// identity.
+func createPublicationSQL(t Table, publication string, identity bool) string {
+	publish := "insert"
+	if identity {
+		publish = publishChanges
+	}
+	return fmt.Sprintf(`CREATE PUBLICATION %s FOR TABLE %s WITH (publish = %s)`,
+		pgx.Identifier{publication}.Sanitize(), t.Ident(), QuoteLiteral(publish))
 }
 
-// PublicationSQL creates the insert-only publication of table if missing,
-// as one statement an operator can run by hand (migrate --print).
+// PublicationSQL creates the publication of table if missing, as one
+// statement an operator can run by hand (migrate --print). The table it
+// follows is the migrated one, whose id is its primary key.
 func PublicationSQL(t Table, publication string) string {
 	return fmt.Sprintf(`DO $$ BEGIN
 	IF NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = %s) THEN
 		%s;
 	END IF;
-END $$`, QuoteLiteral(publication), createPublicationSQL(t, publication))
+END $$`, QuoteLiteral(publication), createPublicationSQL(t, publication, true))
 }
 
 // Position is what a replication session that just took its slot reads of

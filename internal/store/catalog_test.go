@@ -26,8 +26,10 @@ func migrated(t *testing.T) *pgx.Conn {
 	return conn
 }
 
-// Migrate and the stream make the publication one way: created insert-only
-// when missing, the table added when it is left out, nothing when complete.
+// Migrate and the stream make the publication one way: created with the
+// table's inserts, updates and deletes when missing, the table added when
+// it is left out, updates and deletes added to an insert-only publication
+// of the table alone, nothing when complete.
 func TestEnsurePublication(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -52,8 +54,17 @@ func TestEnsurePublication(t *testing.T) {
 		t.Errorf("after: %+v; want complete", p)
 	}
 	var ins, upd, del bool
-	if err := conn.QueryRow(ctx, `SELECT pubinsert, pubupdate, pubdelete FROM pg_publication WHERE pubname = 'outbox_relay'`).Scan(&ins, &upd, &del); err != nil || !ins || upd || del {
-		t.Errorf("publishes insert %v, update %v, delete %v (%v); want inserts only", ins, upd, del, err)
+	if err := conn.QueryRow(ctx, `SELECT pubinsert, pubupdate, pubdelete FROM pg_publication WHERE pubname = 'outbox_relay'`).Scan(&ins, &upd, &del); err != nil || !ins || !upd || !del {
+		t.Errorf("publishes insert %v, update %v, delete %v (%v); want all three", ins, upd, del, err)
+	}
+	if _, err := conn.Exec(ctx, `ALTER PUBLICATION outbox_relay SET (publish = 'insert')`); err != nil {
+		t.Fatal(err)
+	}
+	if p := ensure(true); p.Changes || !p.Alone || !p.Identity {
+		t.Errorf("insert-only: %+v; want no changes published, the table alone, with an identity", p)
+	}
+	if p := ensure(false); !p.Changes {
+		t.Errorf("after: %+v; want changes published", p)
 	}
 
 	// A publication of that name without the table gets it added.
@@ -66,6 +77,17 @@ func TestEnsurePublication(t *testing.T) {
 	}
 	if changed, err := EnsurePublication(ctx, conn, p); err != nil || !changed {
 		t.Fatalf("add the table: %v, %v", changed, err)
+	}
+	// Shared with another table, it keeps what it publishes: updates of
+	// that table might have no replica identity to publish them with.
+	if _, err := conn.Exec(ctx, `ALTER PUBLICATION elsewhere SET (publish = 'insert')`); err != nil {
+		t.Fatal(err)
+	}
+	if p, err = ReadPublication(ctx, conn, "elsewhere", table); err != nil || p.Alone || p.Changes {
+		t.Fatalf("elsewhere with the table: %+v, %v; want shared, inserts only", p, err)
+	}
+	if changed, err := EnsurePublication(ctx, conn, p); err != nil || changed {
+		t.Fatalf("a shared publication: changed %v, %v; want it left alone", changed, err)
 	}
 	// Whoever read the same state a moment ago and acts on it finds the
 	// work done, which is not an error.

@@ -1,0 +1,146 @@
+package cdc
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/outbox-relay/outbox-relay/internal/pgtest"
+	"github.com/outbox-relay/outbox-relay/internal/store"
+)
+
+// A row that its own transaction updates or deletes after inserting it is
+// never handed on from its first tuple: updated rows go by id (the claim
+// reads them as committed), deleted ones not at all. Rows the transaction
+// leaves alone still go whole.
+func TestRowsChangedInTheirTransactionAreNotSentAsInserted(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.cfg.Outbox = store.DefaultSchema(table)
+	rec := newRecorder()
+	s, _ := b.start(t, rec)
+	waitStreaming(t, s)
+
+	for _, n := range []int{3, 3 * heldScan} { // one by one, then by index
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			plain, updated, rescheduled, deleted := changedInTx(t, b, n)
+			last := b.insert(t) // commits after the others: read after them
+			pgtest.WaitFor(t, 10*time.Second, "the last row", func() bool { return rec.has(last) })
+
+			rec.mu.Lock()
+			defer rec.mu.Unlock()
+			for _, id := range plain {
+				if in, ok := rec.rows[id]; !ok || !in.Sendable {
+					t.Errorf("row %s, untouched after its insert, was not handed on whole (%+v)", id, in)
+				}
+			}
+			for _, id := range append(updated, rescheduled...) {
+				if in, ok := rec.rows[id]; !ok || in.Sendable {
+					t.Errorf("row %s, changed after its insert, was not handed on to be claimed (%+v)", id, in)
+				}
+			}
+			for _, id := range deleted {
+				if in, ok := rec.rows[id]; ok {
+					t.Errorf("row %s, deleted in its transaction, was handed on (%+v)", id, in)
+				}
+			}
+		})
+	}
+}
+
+// changedInTx commits one transaction of 4n inserts: n left alone, n with
+// their payload updated, n moved an hour ahead, n deleted.
+func changedInTx(t *testing.T, b *bundle, n int) (plain, updated, rescheduled, deleted []string) {
+	t.Helper()
+	ctx := context.Background()
+	tx, err := b.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // a no-op after Commit
+	insert := func() string {
+		var id string
+		if err := tx.QueryRow(ctx, `INSERT INTO portal_event_outbox (event_type, payload)
+			VALUES ('t', '{"v": 1}') RETURNING id::text`).Scan(&id); err != nil {
+			t.Fatal(err)
+		}
+		return id
+	}
+	change := []struct {
+		ids *[]string
+		sql string
+	}{
+		{&plain, ""},
+		{&updated, `UPDATE portal_event_outbox SET payload = '{"v": 2}' WHERE id = $1`},
+		{&rescheduled, `UPDATE portal_event_outbox SET next_attempt_at = now() + interval '1 hour' WHERE id = $1`},
+		{&deleted, `DELETE FROM portal_event_outbox WHERE id = $1`},
+	}
+	for i := range n {
+		for _, c := range change {
+			id := insert()
+			*c.ids = append(*c.ids, id)
+			if c.sql != "" && i%2 == 0 {
+				// Half change at once, half after more inserts.
+				if _, err := tx.Exec(ctx, c.sql, id); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	for _, c := range change {
+		for i, id := range *c.ids {
+			if c.sql != "" && i%2 == 1 {
+				if _, err := tx.Exec(ctx, c.sql, id); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return plain, updated, rescheduled, deleted
+}
+
+// The relay publishes a table's updates and deletes only where the table
+// has a replica identity: without one, every UPDATE of the table would
+// fail. There the stream hands every row on to be claimed.
+func TestATableWithoutReplicaIdentityKeepsItsUpdates(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	if _, err := b.pool.Exec(ctx, `ALTER TABLE portal_event_outbox DROP CONSTRAINT portal_event_outbox_pkey;
+		CREATE UNIQUE INDEX portal_event_outbox_id ON portal_event_outbox (id)`); err != nil {
+		t.Fatal(err)
+	}
+	b.cfg.Outbox = store.DefaultSchema(table)
+	rec := newRecorder()
+	s, _ := b.start(t, rec)
+	waitStreaming(t, s)
+
+	id := b.insert(t)
+	pgtest.WaitFor(t, 10*time.Second, "the row", func() bool { return rec.has(id) })
+	rec.mu.Lock()
+	in := rec.rows[id]
+	rec.mu.Unlock()
+	if in.Sendable {
+		t.Errorf("row %s was handed on whole, though the stream cannot see its later changes", id)
+	}
+	if _, err := b.pool.Exec(ctx, `UPDATE portal_event_outbox SET attempts = 1 WHERE id = $1`, id); err != nil {
+		t.Fatalf("the table's updates fail: %v", err)
+	}
+	var publish string
+	if err := b.pool.QueryRow(ctx, `SELECT concat_ws(',', CASE WHEN pubinsert THEN 'insert' END,
+		CASE WHEN pubupdate THEN 'update' END, CASE WHEN pubdelete THEN 'delete' END)
+		FROM pg_publication WHERE pubname = $1`, b.cfg.Publication).Scan(&publish); err != nil {
+		t.Fatal(err)
+	}
+	if publish != "insert" {
+		t.Errorf("publication publishes %s, want insert only", publish)
+	}
+	if !strings.Contains(b.logs.String(), "no replica identity") {
+		t.Errorf("nothing logged says why rows are claimed first:\n%s", b.logs)
+	}
+}
