@@ -42,9 +42,10 @@ type RunnerState struct {
 // Defaults of the breaker; Config.ProbeMax overrides the cap.
 const (
 	// failuresToOpen consecutive runner-wide failures, with no answer from
-	// the runner between them, open the breaker. A lone reset or timeout
-	// does not; a runner that refuses every connection opens it within the
-	// first wave of requests.
+	// the runner between them and none sent more than the breaker's
+	// streakGap after the one before, open the breaker. A lone reset or
+	// timeout does not; a runner that refuses every connection opens it
+	// within the first wave of requests.
 	failuresToOpen = 5
 	// probeMin is the wait before the first probe; it doubles after each
 	// failed probe up to Config.ProbeMax.
@@ -58,42 +59,12 @@ const (
 	holdOpen = math.MaxInt64
 )
 
-// blame is whose failure an answer is, which decides whether the attempt
-// counts towards dead.
-type blame int
-
-const (
-	// blameRow: the row's own failure; the attempt counts, as always.
-	blameRow blame = iota
-	// blameRunner: the runner as a whole is down; the attempt is given
-	// back and the row is due again at once (the breaker holds claims).
-	blameRunner
-	// blameThrottle: the runner asked for less (429); the attempt is given
-	// back and the row retried after its backoff or Retry-After.
-	blameThrottle
-)
-
-// runnerWide reports whether an answer is a failure of the runner as a
-// whole rather than of the row: no answer at all (refused, reset, TLS,
-// timeout) or a gateway's 502, 503 or 504.
-func runnerWide(a answer) bool {
-	if a.err != nil {
-		return true
-	}
-	switch a.code {
-	case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
-		return true
-	}
-	return false
-}
-
-func delivered(a answer) bool { return a.err == nil && a.code >= 200 && a.code < 300 }
-
 // breaker watches the runner as a whole. It opens after failuresToOpen
 // runner-wide failures in a row, with no answer from the runner between
 // them; while open nothing is claimed, and one probe at a time (a real due
 // row, the oldest) is sent at growing intervals; the first 2xx closes it
-// and claiming resumes at once at full concurrency.
+// and claiming resumes at once at full concurrency. Which attempts count
+// towards dead is its rule too: see whose (attempts.go).
 //
 // It also applies the runner's back-pressure: a 429 or 503 halves the
 // concurrency limit (once per round of requests: an answer to a request
@@ -120,8 +91,10 @@ type breaker struct {
 	mu          sync.Mutex
 	state       string
 	since       time.Time
-	streak      int // runner-wide failures in a row
-	run         int // successes in a row since the limit last moved
+	streak      int           // runner-wide failures in a row
+	lastWide    time.Time     // when the last runner-wide failure came
+	streakGap   time.Duration // see streakGap
+	run         int           // successes in a row since the limit last moved
 	halved      time.Time
 	pausedUntil time.Time
 	lastErr     string
@@ -133,12 +106,13 @@ type breaker struct {
 	grown       chan struct{}
 }
 
-func newBreaker(log *slog.Logger, concurrency int, probeMax time.Duration, wake func()) *breaker {
+func newBreaker(log *slog.Logger, concurrency int, probeMax time.Duration, backoff Backoff, wake func()) *breaker {
 	if probeMax <= 0 {
 		probeMax = DefaultProbeMax
 	}
 	b := &breaker{log: log, max: concurrency, probeMax: probeMax, wake: wake,
-		state: RunnerClosed, since: time.Now(), grown: make(chan struct{})}
+		streakGap: streakGap(backoff, probeMax),
+		state:     RunnerClosed, since: time.Now(), grown: make(chan struct{})}
 	b.limit.Store(int32(concurrency))
 	b.calm.Store(true)
 	return b
@@ -219,7 +193,11 @@ func (b *breaker) observe(a answer, sentAt time.Time, probe uint64) blame {
 		}
 		b.grow()
 	case wide:
+		if sentAt.After(b.lastWide.Add(b.streakGap)) {
+			b.streak = 0 // the runner went untried since: a new streak
+		}
 		b.streak++
+		b.lastWide = now
 		b.run = 0
 		b.lastErr = a.describe()
 		if b.state == RunnerClosed && b.streak >= failuresToOpen {
@@ -237,18 +215,7 @@ func (b *breaker) observe(a answer, sentAt time.Time, probe uint64) blame {
 			b.probeFailed(now)
 		}
 	}
-	switch {
-	case ok:
-		return blameRow
-	case b.state != RunnerClosed, wide && b.streak >= 2:
-		// While the runner is down nothing counts; and a runner-wide
-		// failure right after another, with no answer between, is the
-		// runner's too. The first of a streak counts: it may be the row's.
-		return blameRunner
-	case a.err == nil && a.code == http.StatusTooManyRequests:
-		return blameThrottle
-	}
-	return blameRow
+	return b.whose(a, probe)
 }
 
 // settle publishes the state for the hot path; b.mu is held.

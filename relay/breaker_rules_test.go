@@ -8,9 +8,12 @@ import (
 	"time"
 )
 
+// testBreakerBackoff makes a streakGap of 2 × 8 s.
+var testBreakerBackoff = Backoff{Base: time.Second, Max: time.Minute}
+
 func testBreaker(concurrency int) (*breaker, *int) {
 	woken := 0
-	return newBreaker(slog.New(slog.NewTextHandler(io.Discard, nil)), concurrency, 4*time.Second, func() { woken++ }), &woken
+	return newBreaker(slog.New(slog.NewTextHandler(io.Discard, nil)), concurrency, 4*time.Second, testBreakerBackoff, func() { woken++ }), &woken
 }
 
 var (
@@ -38,9 +41,10 @@ func TestBreakerRules(t *testing.T) {
 	if b.state != RunnerOpen || b.admit() || !b.down() {
 		t.Fatalf("after %d failures in a row: state %s, admit %v", failuresToOpen, b.state, b.admit())
 	}
-	// A 404 while open is not the row's fault: nothing counts while down.
-	if got := b.observe(answer{code: 404}, sent, 0); got != blameRunner {
-		t.Errorf("404 while open blamed on %v, want the runner", got)
+	// A request sent before the opening and answered after it was sent to
+	// a runner thought up: its answer counts.
+	if got := b.observe(answer{code: 404}, sent, 0); got != blameRow {
+		t.Errorf("404 to a request sent before the opening blamed on %v, want the row", got)
 	}
 
 	now := time.Now()
@@ -63,6 +67,11 @@ func TestBreakerRules(t *testing.T) {
 	}
 	if b.interval != 4*time.Second {
 		t.Errorf("probe interval %s after many failed probes, want the 4s cap", b.interval)
+	}
+	// Nothing a probe is answered counts but a 2xx.
+	b.nextProbe = time.Time{}
+	if got := b.observe(answer{code: 404}, sent, b.mayProbe(time.Now())); got != blameRunner || b.state != RunnerOpen {
+		t.Errorf("probe answered 404: blame %v, state %s; want the runner's, open", got, b.state)
 	}
 	// A probe that could not be sent leaves the interval as it was.
 	b.nextProbe = time.Time{}
@@ -158,4 +167,56 @@ func TestBreakerAwait(t *testing.T) {
 	close(stop)
 	b.observe(answer{code: 429}, time.Now(), 0)
 	b.await(3, stop) // returns at once when stopping
+}
+
+// A request sent while the breaker is closed and answered counts, whatever
+// the answer and whatever came before it: a 503 right after other rows'
+// 503s, and one that comes after the breaker opened on them.
+func TestBreakerCountsAnsweredRequests(t *testing.T) {
+	b, _ := testBreaker(8)
+	sent := time.Now()
+	for i := 1; i <= failuresToOpen+2; i++ {
+		if got := b.observe(answer{code: 503}, sent, 0); got != blameRow {
+			t.Errorf("503 %d of a streak blamed on %v, want the row", i, got)
+		}
+	}
+	if b.state != RunnerOpen {
+		t.Fatalf("after %d 503s in a row: state %s, want open", failuresToOpen+2, b.state)
+	}
+	b.nextProbe = time.Time{}
+	if got := b.observe(answer{code: 503}, time.Now(), b.mayProbe(time.Now())); got != blameRunner {
+		t.Errorf("probe answered 503 blamed on %v, want the runner", got)
+	}
+	// No answer at all is still the runner's after the first of a streak.
+	b, _ = testBreaker(8)
+	b.observe(answer{code: 503}, sent, 0)
+	if got := b.observe(connRefused, sent, 0); got != blameRunner {
+		t.Errorf("connection refused after a 503 blamed on %v, want the runner", got)
+	}
+}
+
+// Runner-wide failures whose requests went more than streakGap after the
+// failure before are not a streak: however many, they neither open the
+// breaker nor stop counting. Within the gap they still are one.
+func TestBreakerStreakDecays(t *testing.T) {
+	b, _ := testBreaker(8)
+	if b.streakGap != 16*time.Second {
+		t.Fatalf("streakGap %s, want twice the 8 s before a 4th retry", b.streakGap)
+	}
+	for i := 1; i <= 3*failuresToOpen; i++ {
+		b.lastWide = b.lastWide.Add(-b.streakGap - time.Second) // the failure before came long ago
+		if got := b.observe(connRefused, time.Now(), 0); got != blameRow {
+			t.Errorf("failure %d, long after the one before, blamed on %v, want the row", i, got)
+		}
+	}
+	if b.state != RunnerClosed || b.streak != 1 {
+		t.Errorf("after failures spread over time: state %s, streak %d; want closed, 1", b.state, b.streak)
+	}
+	for range failuresToOpen - 1 {
+		b.lastWide = b.lastWide.Add(-b.streakGap + time.Second)
+		b.observe(connRefused, time.Now(), 0)
+	}
+	if b.state != RunnerOpen {
+		t.Errorf("after %d failures each within the gap: state %s, want open", failuresToOpen, b.state)
+	}
 }

@@ -158,7 +158,7 @@ func New(cfg Config, st *store.Store, log *slog.Logger, obs Observer) *Deliverer
 		d.rec.written, d.rec.linger = d.next.add, orderedLinger
 	}
 	d.rec.seal, d.rec.forget = d.seal, d.fresh.remove
-	d.brk = newBreaker(log, cfg.Concurrency, cfg.ProbeMax, d.rec.wake)
+	d.brk = newBreaker(log, cfg.Concurrency, cfg.ProbeMax, cfg.Backoff, d.rec.wake)
 	d.client = newClient(cfg, d.quickRetry)
 	return d
 }

@@ -41,7 +41,7 @@ func TestQuickRetryResendsTheSameRequest(t *testing.T) {
 		}))
 		cfg := Config{RunnerURL: srv.URL + "/events", HTTPTimeout: 5 * time.Second, Concurrency: 2, UserAgent: "outbox-relay"}
 		d := &Deliverer{cfg: cfg}
-		d.brk = newBreaker(slog.New(slog.NewTextHandler(io.Discard, nil)), cfg.Concurrency, 0, func() {})
+		d.brk = newBreaker(slog.New(slog.NewTextHandler(io.Discard, nil)), cfg.Concurrency, 0, cfg.Backoff, func() {})
 		d.client = newClient(cfg, d.quickRetry)
 
 		a := d.post(context.Background(), benchRow())

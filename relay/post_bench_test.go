@@ -39,7 +39,7 @@ func benchDeliverer(b *testing.B, tweak func(*Config)) *Deliverer {
 		tweak(&cfg)
 	}
 	d := &Deliverer{cfg: cfg}
-	d.brk = newBreaker(slog.New(slog.NewTextHandler(io.Discard, nil)), cfg.Concurrency, 0, func() {})
+	d.brk = newBreaker(slog.New(slog.NewTextHandler(io.Discard, nil)), cfg.Concurrency, 0, cfg.Backoff, func() {})
 	d.client = newClient(cfg, d.quickRetry)
 	b.Cleanup(d.client.HTTPClient.CloseIdleConnections)
 	return d
