@@ -5,7 +5,7 @@
 GO ?= go
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: build test fuzz lint demo bench faults clean
+.PHONY: build test test-django fuzz lint demo bench faults clean
 
 build:
 	$(GO) build -o bin/outbox-relay ./cmd/outbox-relay
@@ -21,6 +21,14 @@ build:
 test:
 	$(GO) test -race -count=1 -timeout 15m ./...
 	$(MAKE) fuzz FUZZTIME=20000x
+
+# The Django app (contrib/django): its tests on Django's test runner and the
+# browser test, against a throwaway PostgreSQL and the relay binary. It
+# installs what they need (Debian packages when root, a virtualenv, npm ci);
+# contrib/django/run-tests says how.
+test-django: build
+	$(GO) build -o bin/withpg ./internal/pgtest/withpg
+	contrib/django/run-tests $(CURDIR)/bin/outbox-relay $(CURDIR)/bin/withpg
 
 FUZZTIME ?= 300000x
 fuzz:
