@@ -261,11 +261,27 @@ func (d *Deliverer) DeliverIDs(ctx context.Context, ids []string) (missing []str
 	cctx, cancel := context.WithTimeout(ctx, claimTimeout)
 	c, err := d.store.ClaimIDs(cctx, ids, d.lease, d.cfg.MaxAttempts)
 	cancel()
-	if err != nil {
+	if err = d.take(ctx, PathStream, start, c, 0, err); err != nil {
 		return nil, err
 	}
-	d.claimed(PathStream, c)
-	return unclaimed(ids, c), d.enqueue(ctx, PathStream, start, c, 0)
+	return unclaimed(ids, c), nil
+}
+
+// take hands on what a claim took, also when the claim failed part way: a
+// claim halved around refused rows commits each half on its own, so the
+// rows of the halves before a failing one are claimed, leased and counted.
+// They are sent like any others (or given back, attempt uncounted), never
+// left to their lease with an attempt that did not happen. It returns the
+// claim's error, or else enqueue's.
+func (d *Deliverer) take(ctx context.Context, path string, start time.Time, c store.Claim, probe uint64, err error) error {
+	if err != nil && c.Len() == 0 {
+		return err
+	}
+	d.claimed(path, c)
+	if qerr := d.enqueue(ctx, path, start, c, probe); err == nil {
+		return qerr
+	}
+	return err
 }
 
 // unclaimed is ids less those the claim took, tried or saw.
@@ -322,11 +338,7 @@ func (d *Deliverer) DeliverDue(ctx context.Context, limit int, grace time.Durati
 	if len(c.Rows) == 0 {
 		d.brk.probeDone(probe)
 	}
-	if err != nil {
-		return 0, err
-	}
-	d.claimed(PathSweep, c)
-	return c.Len(), d.enqueue(ctx, PathSweep, start, c, probe)
+	return c.Len(), d.take(ctx, PathSweep, start, c, probe, err)
 }
 
 // claimed deals with what a claim took besides rows to send: rows dead
@@ -405,6 +417,9 @@ func (d *Deliverer) enqueue(ctx context.Context, path string, claimedAt time.Tim
 // release gives back the leases of claimed rows that will not be sent, so
 // they are due again at once instead of when the lease ends.
 func (d *Deliverer) release(ctx context.Context, rows []store.Row) {
+	if len(rows) == 0 {
+		return
+	}
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
 	defer cancel()
 	refused, err := d.store.Release(rctx, rows)

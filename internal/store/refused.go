@@ -43,9 +43,9 @@ func refusal(err error) (*pgconn.PgError, bool) {
 // isolate runs write on items. When the database refuses the batch because
 // of some rows, it halves the batch until each refused row stands alone:
 // every other row is written, and the refused ones come back with the
-// reason. Any other error stops it and is returned; the writes made so far
-// are guarded (by attempt and status) so that the caller may retry the
-// whole batch.
+// reason. Any other error stops it and is returned with the rows refused
+// so far; the writes made so far stand, and are guarded (by attempt and
+// status) so that the caller may retry the whole batch.
 func isolate[T any](ctx context.Context, items []T, id func(T) string, write func(context.Context, []T) error) ([]Refused, error) {
 	err := write(ctx, items)
 	if err == nil {
@@ -61,13 +61,10 @@ func isolate[T any](ctx context.Context, items []T, id func(T) string, write fun
 	mid := len(items) / 2
 	left, err := isolate(ctx, items[:mid], id, write)
 	if err != nil {
-		return nil, err
+		return left, err
 	}
 	right, err := isolate(ctx, items[mid:], id, write)
-	if err != nil {
-		return nil, err
-	}
-	return append(left, right...), nil
+	return append(left, right...), err
 }
 
 func oneLine(s string) string {
