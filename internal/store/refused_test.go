@@ -2,11 +2,14 @@ package store
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/outbox-relay/outbox-relay/internal/pgtest"
 )
 
 // migratedOutbox is a store on a fresh outbox table.
@@ -121,5 +124,60 @@ CREATE TRIGGER fail_claim BEFORE UPDATE ON outbox FOR EACH ROW EXECUTE FUNCTION 
 	}
 	if got := ids(c.Rows); len(leased) == 0 || !sameSet(got, leased) {
 		t.Errorf("claim returned rows %v; the table has %v leased", got, leased)
+	}
+}
+
+// A statement the database refuses whatever its rows (a privilege revoked
+// from the relay's role, a statement trigger) comes back as that, after
+// the batch and one write of no rows: it is not halved down to every row.
+func TestStatementRefusedIsNotHalved(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	admin, role := pgtest.NewDBWithRole(t)
+	if _, err := Migrate(ctx, admin, DefaultSchema(outbox), ""); err != nil {
+		t.Fatal(err)
+	}
+	mustExec(t, admin, `INSERT INTO outbox (event_type) SELECT 'e' || g FROM generate_series(1, 16) g`)
+	mustExec(t, admin, `GRANT SELECT, UPDATE ON outbox TO `+role.Ident)
+	pool, sent := role.Pool(t, Configure)
+	st := New(pool, DefaultSchema(outbox))
+	c, err := st.ClaimDue(ctx, 16, 0, time.Minute, 25, nil)
+	if err != nil || len(c.Rows) != 16 {
+		t.Fatalf("ClaimDue before the refusal = %d rows, %v", len(c.Rows), err)
+	}
+	results := make([]Result, len(c.Rows))
+	for i, r := range c.Rows {
+		results[i] = Result{ID: r.ID, Attempt: r.Attempt, Status: StatusDelivered}
+	}
+	ids := make([]string, len(c.Rows))
+	for i, r := range c.Rows {
+		ids[i] = r.ID
+	}
+
+	for _, refuse := range []struct{ name, sql, sqlstate string }{
+		{"privilege revoked", `REVOKE UPDATE ON outbox FROM ` + role.Ident, "42501"},
+		{"statement trigger", `GRANT UPDATE ON outbox TO ` + role.Ident + `;
+CREATE FUNCTION refuse_all() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'frozen' USING ERRCODE = '23514'; END $$;
+CREATE TRIGGER refuse_all BEFORE UPDATE ON outbox FOR EACH STATEMENT EXECUTE FUNCTION refuse_all()`, "23514"},
+	} {
+		mustExec(t, admin, refuse.sql)
+		for _, w := range []struct {
+			statement string
+			write     func() error
+		}{
+			{"claim", func() error { _, err := st.ClaimIDs(ctx, ids, time.Minute, 25); return err }},
+			{"record", func() error { _, _, err := st.Record(ctx, results); return err }},
+			{"release", func() error { _, err := st.Release(ctx, c.Rows); return err }},
+		} {
+			before := sent.Count()
+			err := w.write()
+			var whole *StatementRefused
+			if !errors.As(err, &whole) || whole.SQLState != refuse.sqlstate {
+				t.Errorf("%s, %s: error %v, want the statement refused with %s", refuse.name, w.statement, err, refuse.sqlstate)
+			}
+			if n := sent.Count() - before; n != 2 {
+				t.Errorf("%s, %s: %d statements for %d rows, want 2 (the batch, then no rows)", refuse.name, w.statement, n, len(ids))
+			}
+		}
 	}
 }
