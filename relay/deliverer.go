@@ -100,6 +100,7 @@ type Deliverer struct {
 	client *retryablehttp.Client
 	rec    *recorder
 	refuse *refusals
+	whole  *statementRefusals
 	next   *successors // nil unless rows are ordered per key
 	brk    *breaker
 
@@ -137,14 +138,15 @@ func New(cfg Config, st *store.Store, log *slog.Logger, obs Observer) *Deliverer
 		obs = nopObserver{}
 	}
 	attemptBudget := time.Duration(quickRetries+1)*cfg.HTTPTimeout + 2*time.Second
-	refuse := newRefusals(log, obs)
+	refuse, whole := newRefusals(log, obs), newStatementRefusals(log, obs)
 	d := &Deliverer{
 		cfg:    cfg,
 		store:  st,
 		log:    log,
 		obs:    obs,
-		rec:    newRecorder(st, log, refuse, cfg.Concurrency),
+		rec:    newRecorder(st, log, refuse, whole, cfg.Concurrency),
 		refuse: refuse,
+		whole:  whole,
 		// A row normally waits in the queue for milliseconds; one that
 		// waited longer than an attempt's budget is given back unsent (see
 		// work), so the lease is two budgets.
@@ -167,9 +169,13 @@ func New(cfg Config, st *store.Store, log *slog.Logger, obs Observer) *Deliverer
 func (d *Deliverer) Runner() RunnerState { return d.brk.snapshot() }
 
 // Paused is how long claiming waits from now because the runner is down
-// (until the next probe) or asked for a pause (Retry-After); 0 when rows
-// may be claimed. DeliverDue claims nothing meanwhile but the probes.
-func (d *Deliverer) Paused() time.Duration { return d.brk.paused(time.Now()) }
+// (until the next probe), asked for a pause (Retry-After), or the database
+// refuses a statement whatever its rows (statements.go); 0 when rows may
+// be claimed. DeliverDue claims nothing meanwhile but the probes.
+func (d *Deliverer) Paused() time.Duration {
+	now := time.Now()
+	return max(d.brk.paused(now), d.whole.wait(now))
+}
 
 // Lease is how long a claim holds a row.
 func (d *Deliverer) Lease() time.Duration { return d.lease }
@@ -248,24 +254,44 @@ func (d *Deliverer) stopping() bool {
 // DeliverIDs claims those of ids that are pending and due and queues them
 // for delivery. It returns the ids it did not claim: already taken, already
 // done, not due, or not yet visible to this snapshot. While the runner is
-// down or has asked for a pause it claims nothing and returns none: the
-// rows wait in the table for the sweeper.
+// down or has asked for a pause, or the database refuses a statement
+// whatever its rows, it claims nothing and returns none: the rows wait in
+// the table for the sweeper.
 func (d *Deliverer) DeliverIDs(ctx context.Context, ids []string) (missing []string, err error) {
 	if d.stopping() {
 		return nil, errStopped
 	}
-	if !d.brk.admit() {
+	if !d.brk.admit() || d.whole.active() {
 		return nil, nil
 	}
 	start := time.Now()
 	cctx, cancel := context.WithTimeout(ctx, claimTimeout)
 	c, err := d.store.ClaimIDs(cctx, ids, d.lease, d.cfg.MaxAttempts)
 	cancel()
-	if err != nil {
+	if d.whole.refused(StatementClaim, err) {
+		return nil, nil
+	}
+	if err = d.take(ctx, PathStream, start, c, 0, err); err != nil {
 		return nil, err
 	}
-	d.claimed(PathStream, c)
-	return unclaimed(ids, c), d.enqueue(ctx, PathStream, start, c, 0)
+	return unclaimed(ids, c), nil
+}
+
+// take hands on what a claim took, also when the claim failed part way: a
+// claim halved around refused rows commits each half on its own, so the
+// rows of the halves before a failing one are claimed, leased and counted.
+// They are sent like any others (or given back, attempt uncounted), never
+// left to their lease with an attempt that did not happen. It returns the
+// claim's error, or else enqueue's.
+func (d *Deliverer) take(ctx context.Context, path string, start time.Time, c store.Claim, probe uint64, err error) error {
+	if err != nil && c.Len() == 0 {
+		return err
+	}
+	d.claimed(path, c)
+	if qerr := d.enqueue(ctx, path, start, c, probe); err == nil {
+		return qerr
+	}
+	return err
 }
 
 // unclaimed is ids less those the claim took, tried or saw.
@@ -304,11 +330,18 @@ func unclaimed(ids []string, c store.Claim) (missing []string) {
 // While the runner is down it claims only a probe, when one is due: the
 // oldest row a sweep may take, under the same grace, since another
 // replica's stream may be sending a younger one (internal/handover).
-// During a Retry-After pause it claims nothing. Paused says how long
-// either lasts.
+// During a Retry-After pause it claims nothing, and while the database
+// refuses a statement whatever its rows it claims one row when the
+// refusal's backoff ends. Paused says how long each lasts.
 func (d *Deliverer) DeliverDue(ctx context.Context, limit int, grace time.Duration) (int, error) {
 	if d.stopping() {
 		return 0, errStopped
+	}
+	if d.whole.wait(time.Now()) > 0 {
+		return 0, nil
+	}
+	if d.whole.active() {
+		limit = 1
 	}
 	var probe uint64
 	if !d.brk.admit() {
@@ -324,11 +357,10 @@ func (d *Deliverer) DeliverDue(ctx context.Context, limit int, grace time.Durati
 	if len(c.Rows) == 0 {
 		d.brk.probeDone(probe)
 	}
-	if err != nil {
-		return 0, err
+	if d.whole.refused(StatementClaim, err) {
+		return 0, nil
 	}
-	d.claimed(PathSweep, c)
-	return c.Len(), d.enqueue(ctx, PathSweep, start, c, probe)
+	return c.Len(), d.take(ctx, PathSweep, start, c, probe, err)
 }
 
 // claimed deals with what a claim took besides rows to send: rows dead
@@ -407,10 +439,13 @@ func (d *Deliverer) enqueue(ctx context.Context, path string, claimedAt time.Tim
 // release gives back the leases of claimed rows that will not be sent, so
 // they are due again at once instead of when the lease ends.
 func (d *Deliverer) release(ctx context.Context, rows []store.Row) {
+	if len(rows) == 0 {
+		return
+	}
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
 	defer cancel()
 	refused, err := d.store.Release(rctx, rows)
-	if err != nil {
+	if !d.whole.refused(StatementRelease, err) && err != nil {
 		d.log.Warn("could not give back unsent rows; they are retried when their lease ends", "rows", len(rows), "error", err)
 	}
 	d.refuse.note(StatementRelease, refused)
@@ -481,37 +516,41 @@ func (d *Deliverer) unsent(list []store.Row, j job) []store.Row {
 // giveBack releases a job that must not be sent now, attempt uncounted,
 // and says whether it did.
 func (d *Deliverer) giveBack(ctx context.Context, j job) bool {
-	if j.fresh != nil {
-		// Nothing is held: a fresh row not sent stays untouched in the
-		// table, due, for the sweeper once the grace passes.
-		if j.probe == 0 && d.brk.down() {
-			if d.drop(j.fresh) {
-				d.release(ctx, []store.Row{j.row})
-			}
-			return true
-		}
+	switch {
+	case d.whole.wait(time.Now()) > 0:
+		// The database refuses a statement whatever its rows: the row's
+		// outcome could not be written, so it waits in the table.
+		d.brk.probeDone(j.probe)
+	case j.fresh == nil && time.Since(j.claimedAt) > d.queueBudget:
+		// A row that waited in the queue past its budget may have been
+		// claimed again elsewhere once its lease ends: sending it now could
+		// double it. Still within the lease (two budgets), so nobody else
+		// holds it: release it, attempt uncounted, rather than let the
+		// lease run out with an attempt counted that never happened.
+		d.log.Warn("gave back a claim that waited too long to be sent",
+			"id", j.row.ID, "waited", time.Since(j.claimedAt).Round(time.Millisecond))
+		d.brk.probeDone(j.probe)
+	case j.probe == 0 && d.brk.down():
+		// The runner went down after the row was claimed (or taken from
+		// the stream): it waits in the table for the runner's return. (A
+		// Retry-After pause stops claims only: what was claimed goes, at
+		// the lowered concurrency.)
+	default:
 		return false
 	}
-	// A row that waited in the queue past its budget may have been
-	// claimed again elsewhere once its lease ends: sending it now could
-	// double it. Still within the lease (two budgets), so nobody else
-	// holds it: release it, attempt uncounted, rather than let the lease
-	// run out with an attempt counted that never happened.
-	if waited := time.Since(j.claimedAt); waited > d.queueBudget {
-		d.log.Warn("gave back a claim that waited too long to be sent",
-			"id", j.row.ID, "waited", waited.Round(time.Millisecond))
-		d.brk.probeDone(j.probe)
-		d.release(ctx, []store.Row{j.row})
-		return true
+	d.putBack(ctx, j)
+	return true
+}
+
+// putBack gives back a job that will not be sent: a claimed row's lease,
+// attempt uncounted. A fresh row holds nothing unless its timer claimed
+// it: left untouched, it is due in the table, for the sweeper once the
+// grace passes.
+func (d *Deliverer) putBack(ctx context.Context, j job) {
+	if j.fresh != nil && !d.drop(j.fresh) {
+		return
 	}
-	// The runner went down after the row was claimed: it waits in the
-	// table for the runner's return. (A Retry-After pause stops claims
-	// only: what was claimed goes, at the lowered concurrency.)
-	if j.probe == 0 && d.brk.down() {
-		d.release(ctx, []store.Row{j.row})
-		return true
-	}
-	return false
+	d.release(ctx, []store.Row{j.row})
 }
 
 // attempt POSTs one row and decides its outcome; sent is false when the

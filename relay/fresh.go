@@ -67,7 +67,8 @@ func (d *Deliverer) DeliverInserts(ctx context.Context, ins []store.Insert) (mis
 
 // enqueueFresh arms each job's lease timer and queues it, blocking while
 // the queue is full. Jobs it cannot queue are dropped: untouched in the
-// table, they are the sweeper's once the grace has passed.
+// table, they are the sweeper's once the grace has passed; one whose timer
+// claimed it while it waited is released, attempt uncounted.
 func (d *Deliverer) enqueueFresh(ctx context.Context, jobs []job) error {
 	d.queueing.RLock()
 	defer d.queueing.RUnlock()
@@ -84,7 +85,9 @@ func (d *Deliverer) enqueueFresh(ctx context.Context, jobs []job) error {
 		case <-d.stop:
 		case <-ctx.Done():
 		}
-		d.drop(fs)
+		if d.drop(fs) {
+			d.release(ctx, []store.Row{j.row})
+		}
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}

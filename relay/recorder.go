@@ -2,8 +2,10 @@ package relay
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/sethvargo/go-retry"
@@ -20,6 +22,7 @@ type recorder struct {
 	store   *store.Store
 	log     *slog.Logger
 	refuse  *refusals
+	whole   *statementRefusals
 	results chan sent
 	// seal ends the fresh send of an outcome before it is written (see
 	// fresh.go): the row may have been claimed meanwhile.
@@ -38,7 +41,13 @@ type recorder struct {
 	// previous row's outcome is written.
 	linger time.Duration
 
-	held []heldResult // used by run's goroutine only
+	held []heldResult // used by run's goroutine only; see held.go
+	// maxHeld caps held; heldN is len(held) for other goroutines; full
+	// is set while outcomes past the cap are dropped, dropped counts them.
+	maxHeld int
+	heldN   atomic.Int32
+	full    bool
+	dropped int
 	// unseen are fresh outcomes whose row the write did not find yet,
 	// by next try; used by run's goroutine only.
 	unseen []heldResult
@@ -58,11 +67,13 @@ type heldResult struct {
 	tries int
 }
 
-func newRecorder(st *store.Store, log *slog.Logger, refuse *refusals, buffer int) *recorder {
+func newRecorder(st *store.Store, log *slog.Logger, refuse *refusals, whole *statementRefusals, buffer int) *recorder {
 	return &recorder{
 		store:       st,
 		log:         log,
 		refuse:      refuse,
+		whole:       whole,
+		maxHeld:     maxHeld,
 		results:     make(chan sent, buffer),
 		rescheduled: make(chan struct{}, 1),
 		linger:      recordLinger,
@@ -262,6 +273,7 @@ func (rec *recorder) retryUnseen(ctx context.Context, now time.Time) {
 func (rec *recorder) retryHeld(ctx context.Context, now time.Time) {
 	if batch, tries := takeDue(&rec.held, now); len(batch) > 0 {
 		rec.writeTried(ctx, batch, tries)
+		rec.counted()
 	}
 }
 
@@ -298,6 +310,7 @@ func (rec *recorder) lastTry(ctx context.Context) {
 			"id", h.res.ID, "status", h.res.Status)
 	}
 	rec.held = nil
+	rec.counted()
 }
 
 // writeFresh writes batch; fresh outcomes whose row the write did not
@@ -316,16 +329,18 @@ func (rec *recorder) writeFresh(ctx context.Context, batch []store.Result, tries
 // writeTried writes batch, retrying while the database is away; if it never
 // comes back before shutdown the rows' leases end and they are sent again,
 // with the same event_id. Rows the database refuses are held for another
-// try; tries counts the earlier tries of rows held before.
+// try, and so is the whole batch when the database refuses the statement
+// whatever its rows; tries counts the earlier tries of rows held before.
 func (rec *recorder) writeTried(ctx context.Context, batch []store.Result, tries map[string]int) (unseen []store.Result) {
 	b := retry.WithCappedDuration(writeRetryMax, retry.NewExponential(writeRetryMin))
 	failed := false
 	var refused []store.Refused
+	var whole *store.StatementRefused
 	err := retry.Do(ctx, b, func(ctx context.Context) error {
 		wctx, cancel := context.WithTimeout(ctx, writeTimeout)
 		defer cancel()
 		var err error
-		if refused, unseen, err = rec.store.Record(wctx, batch); err != nil {
+		if refused, unseen, err = rec.store.Record(wctx, batch); err != nil && !errors.As(err, &whole) {
 			if !failed {
 				rec.log.Error("cannot record delivery outcomes; retrying", "rows", len(batch), "error", err)
 				failed = true
@@ -341,6 +356,12 @@ func (rec *recorder) writeTried(ctx context.Context, batch []store.Result, tries
 	case failed:
 		rec.log.Info("recording delivery outcomes again")
 	}
+	if whole != nil {
+		rec.whole.fail(StatementRecord, whole)
+		rec.holdAll(batch, whole, tries)
+		return nil
+	}
+	rec.whole.accepted(StatementRecord)
 	rec.hold(batch, refused, tries)
 	if rec.written != nil {
 		rec.written(batch, func(id string) bool {
@@ -359,27 +380,4 @@ func (rec *recorder) wake() {
 	case rec.rescheduled <- struct{}{}:
 	default: // a wake-up is already pending
 	}
-}
-
-// hold keeps the refused outcomes of batch for another try and forgets the
-// refusals of those written.
-func (rec *recorder) hold(batch []store.Result, refused []store.Refused, tries map[string]int) {
-	rec.refuse.note(StatementRecord, refused)
-	if len(refused) == 0 && len(tries) == 0 && rec.refuse.n.Load() == 0 {
-		return
-	}
-	isRefused := make(map[string]bool, len(refused))
-	for _, r := range refused {
-		isRefused[r.ID] = true
-	}
-	now := time.Now()
-	for _, r := range batch {
-		if !isRefused[r.ID] {
-			rec.refuse.clear(r.ID)
-			continue
-		}
-		n := tries[r.ID] + 1
-		rec.held = append(rec.held, heldResult{res: r, next: now.Add(refusalBackoff(n)), tries: n})
-	}
-	slices.SortFunc(rec.held, func(a, b heldResult) int { return a.next.Compare(b.next) })
 }

@@ -49,6 +49,9 @@ type refused struct {
 	// held: the outcome of a POST waits to be written, so the row must not
 	// be claimed (and sent) again by this process at all.
 	held bool
+	// quiet: refused with its statement as a whole, which is logged once
+	// for every row.
+	quiet bool
 }
 
 // refusalBackoff is the wait before a refused row is tried again: from a
@@ -75,6 +78,9 @@ func (f *refusals) note(statement string, rs []store.Refused) {
 		if !ok {
 			e = &refused{WriteError: WriteError{ID: r.ID, Since: now}}
 			f.rows[r.ID] = e
+		}
+		if !ok || e.quiet {
+			e.quiet = false
 			f.log.Error("the database refused to write a row; it is retried with backoff, the others go on",
 				"id", r.ID, "statement", statement, "sqlstate", r.SQLState, "error", r.Message)
 		}
@@ -84,6 +90,37 @@ func (f *refusals) note(statement string, rs []store.Refused) {
 		e.held = statement == StatementRecord
 	}
 	f.n.Store(int32(len(f.rows)))
+}
+
+// quiet notes rows whose write of statement was refused with the
+// statement as a whole: kept from the sweeps and listed like the rows note
+// records, but neither logged nor counted one by one (statementRefusals
+// does that once for the statement).
+func (f *refusals) quiet(statement string, ids []string, e *store.StatementRefused) {
+	now := time.Now()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, id := range ids {
+		r, ok := f.rows[id]
+		if !ok {
+			r = &refused{WriteError: WriteError{ID: id, Since: now}}
+			f.rows[id] = r
+		}
+		r.Statement, r.SQLState, r.Message = statement, e.SQLState, e.Message
+		r.Tries++
+		r.next = now
+		r.held, r.quiet = statement == StatementRecord, true
+	}
+	f.n.Store(int32(len(f.rows)))
+}
+
+// forget drops a row without its write having succeeded: its outcome is
+// no longer held, and the row is the sweeps' again.
+func (f *refusals) forget(id string) {
+	f.mu.Lock()
+	delete(f.rows, id)
+	f.n.Store(int32(len(f.rows)))
+	f.mu.Unlock()
 }
 
 // clear forgets rows whose write succeeded.
@@ -96,7 +133,9 @@ func (f *refusals) clear(ids ...string) {
 	for _, id := range ids {
 		if e, ok := f.rows[id]; ok {
 			delete(f.rows, id)
-			f.log.Info("a row refused before was written", "id", id, "statement", e.Statement, "tries", e.Tries)
+			if !e.quiet {
+				f.log.Info("a row refused before was written", "id", id, "statement", e.Statement, "tries", e.Tries)
+			}
 		}
 	}
 	f.n.Store(int32(len(f.rows)))

@@ -85,8 +85,8 @@ func (d *Deliverer) DeliverKeys(ctx context.Context, keys []string) error {
 	if d.stopping() {
 		return errStopped
 	}
-	if !d.brk.admit() {
-		return nil // the runner is down: the probes and the sweep take over
+	if !d.brk.admit() || d.whole.active() {
+		return nil // the runner is down or a statement refused: the probes and the sweep take over
 	}
 	start := time.Now()
 	cctx, cancel := context.WithTimeout(ctx, claimTimeout)

@@ -70,7 +70,7 @@ func NewMetrics() *Metrics {
 			"Duration of the last sweep pass."),
 		retentionDeleted: f.counter("retention_deleted_total", "Delivered rows deleted by retention."),
 		writeErrors: f.counterVec("write_errors_total",
-			"Writes of one row the database refused (a constraint, a trigger, row-level security), by statement (claim, record, release); each is retried with backoff while the other rows flow.",
+			"Writes the database refused, by statement (claim, record, release): of one row (a constraint, a trigger, row-level security), retried with backoff while the other rows flow, or of a whole statement refused whatever its rows (a revoked privilege), while claiming and sending wait.",
 			"statement"),
 		traceContextInvalid: f.counterVec("trace_context_invalid_total",
 			"Trace context values of rows dropped as invalid W3C (the event is sent without them), by header (traceparent, tracestate).",

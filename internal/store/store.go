@@ -230,6 +230,9 @@ func (c Claim) Len() int { return len(c.Rows) + len(c.Dead) + len(c.Refused) }
 // maxAttempts buries rows that have used every attempt; they come back in
 // Dead and must not be sent, as do rows that cannot be read. Ids whose
 // claim the database refuses come back in Refused; the others are claimed.
+// With an error, the claim holds what the statements before it took (a
+// claim halved around refused rows commits each half on its own): the
+// caller must send or release those rows all the same.
 func (s *Store) ClaimIDs(ctx context.Context, ids []string, lease time.Duration, maxAttempts int) (Claim, error) {
 	var c Claim
 	refused, err := isolate(ctx, ids, func(id string) string { return id }, func(ctx context.Context, ids []string) error {
