@@ -47,6 +47,12 @@ type Config struct {
 	// Outbox, when set, lets the stream decode inserted rows whole, so
 	// that fresh ones are sent without a claim; nil hands ids only.
 	Outbox *store.Schema
+	// SkipOrigins asks the server (16 and later) not to send changes made
+	// by sessions that carry a replication origin: the relay's outcome
+	// writes carry one (store.TakeOrigin). Rows that a logical
+	// replication subscriber applies to the outbox carry one too; the
+	// stream then leaves them to the sweeper.
+	SkipOrigins bool
 }
 
 // Roles of a Stream, as State reports them.

@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/outbox-relay/outbox-relay/internal/pgtest"
+	"github.com/outbox-relay/outbox-relay/internal/store"
 )
 
 // insertRetrying commits one outbox row, retrying while the pool finds its
@@ -183,8 +184,8 @@ func TestSlotIsFailoverOn17(t *testing.T) {
 
 func TestMajorVersion(t *testing.T) {
 	for v, want := range map[string]int{"15.8 (Debian 15.8-0+deb12u1)": 15, "17.2": 17, "18beta1": 18, "": 0, "x": 0} {
-		if got := majorVersion(v); got != want {
-			t.Errorf("majorVersion(%q) = %d, want %d", v, got, want)
+		if got := store.MajorVersion(v); got != want {
+			t.Errorf("MajorVersion(%q) = %d, want %d", v, got, want)
 		}
 	}
 }

@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -62,14 +60,8 @@ func (s *Stream) session(ctx context.Context, conf dbConfig, h *handoff) (stream
 
 	sctx, cancel := context.WithTimeout(ctx, queryTimeout)
 	err = pglogrepl.StartReplication(sctx, conn, s.cfg.Slot, 0, pglogrepl.StartReplicationOptions{
-		Mode: pglogrepl.LogicalReplication,
-		PluginArgs: []string{
-			"proto_version '1'",
-			// pgoutput splits the list as SQL identifiers and folds unquoted
-			// ones to lower case: quote the name so that PortalEvents stays
-			// PortalEvents.
-			"publication_names " + store.QuoteLiteral(pgx.Identifier{s.cfg.Publication}.Sanitize()),
-		},
+		Mode:       pglogrepl.LogicalReplication,
+		PluginArgs: s.pluginArgs(),
 	})
 	cancel()
 	if err != nil {
@@ -110,6 +102,21 @@ func (s *Stream) session(ctx context.Context, conf dbConfig, h *handoff) (stream
 		s.broken = true
 	}
 	return time.Since(began), err
+}
+
+// pluginArgs are the options of pgoutput for a session on s.server.
+func (s *Stream) pluginArgs() []string {
+	args := []string{
+		"proto_version '1'",
+		// pgoutput splits the list as SQL identifiers and folds unquoted
+		// ones to lower case: quote the name so that PortalEvents stays
+		// PortalEvents.
+		"publication_names " + store.QuoteLiteral(pgx.Identifier{s.cfg.Publication}.Sanitize()),
+	}
+	if s.cfg.SkipOrigins && s.server.version >= 16 {
+		args = append(args, "origin 'none'")
+	}
+	return args
 }
 
 // sessionStart is what a session knows from the moment it took the slot.
@@ -178,7 +185,7 @@ func (s *Stream) identify(ctx context.Context, conn *pgconn.PgConn) error {
 	if err != nil {
 		return fmt.Errorf("identify system: %w", err)
 	}
-	now := server{systemID: sys.SystemID, timeline: sys.Timeline, version: majorVersion(conn.ParameterStatus("server_version"))}
+	now := server{systemID: sys.SystemID, timeline: sys.Timeline, version: store.MajorVersion(conn.ParameterStatus("server_version"))}
 	if c := conn.Conn(); c != nil {
 		now.host = c.RemoteAddr().String()
 	}
@@ -218,17 +225,6 @@ func (s *Stream) streamsAfterSwitch() {
 		s.afterSwitch = false
 		signal(s.wake)
 	}
-}
-
-// majorVersion reads 17 from a server_version such as "17.2 (Debian …)"
-// or "18beta1"; 0 when it cannot.
-func majorVersion(v string) int {
-	end := strings.IndexFunc(v, func(r rune) bool { return r < '0' || r > '9' })
-	if end < 0 {
-		end = len(v)
-	}
-	n, _ := strconv.Atoi(v[:end])
-	return n
 }
 
 // startPoint is where a session starts: the slot's confirmed position, or

@@ -40,7 +40,7 @@ func startFlow(t *testing.T, admin, pool *pgxpool.Pool, maxHeld int) *flow {
 	}, st, log, nil)
 	relay.SetMaxHeld(d, maxHeld)
 	sw := sweeper.New(sweeper.Config{Interval: 200 * time.Millisecond, BatchSize: 50,
-		Grace: func() time.Duration { return time.Second }}, d, st, log)
+		Grace: time.Second}, d, st, log)
 	ctx, cancel := context.WithCancel(context.Background())
 	var running sync.WaitGroup
 	running.Go(func() { _ = d.Run(ctx) })

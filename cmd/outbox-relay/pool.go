@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
+	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -19,6 +21,33 @@ func openPool(ctx context.Context, cfg config.Config, maxConns int32) (*pgxpool.
 	pcfg := cfg.DB.Copy()
 	pcfg.MaxConns = maxConns
 	store.Configure(pcfg)
+	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
+	if err != nil {
+		return nil, fmt.Errorf("database pool: %w", err)
+	}
+	return pool, nil
+}
+
+// openWriter makes the one-session pool the relay writes outcomes
+// through. Its session takes a replication origin where the server can
+// filter changes by one (store.TakeOrigin), so the stream never receives
+// those writes; where it cannot, it writes as any session does, and says
+// why once.
+func openWriter(ctx context.Context, cfg config.Config, log *slog.Logger) (*pgxpool.Pool, error) {
+	pcfg := cfg.DB.Copy()
+	pcfg.MaxConns = 1
+	store.Configure(pcfg)
+	var said atomic.Bool
+	pcfg.AfterConnect = func(ctx context.Context, conn *pgx.Conn) error {
+		name, err := store.TakeOrigin(ctx, conn, cfg.SlotName)
+		switch {
+		case err != nil && !said.Swap(true):
+			log.Info("outcome writes carry no replication origin: the stream receives them too", "reason", err.Error())
+		case err == nil:
+			log.Debug("outcome writes carry a replication origin", "origin", name)
+		}
+		return nil
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
 	if err != nil {
 		return nil, fmt.Errorf("database pool: %w", err)

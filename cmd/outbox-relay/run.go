@@ -50,7 +50,16 @@ func runRelay(ctx context.Context, args, environ []string, stderr io.Writer) err
 		}
 		return err
 	}
-	st := store.New(pool, schema, store.WithOrderingOnDead(cfg.OnDead))
+	opts := []store.Option{store.WithOrderingOnDead(cfg.OnDead)}
+	if cfg.CDC != "off" {
+		writer, err := openWriter(ctx, cfg, log)
+		if err != nil {
+			return err
+		}
+		defer writer.Close()
+		opts = append(opts, store.WithWriter(writer))
+	}
+	st := store.New(pool, schema, opts...)
 	metrics := monitor.NewMetrics()
 	if st.Ordered() {
 		metrics.WatchOrdering()
@@ -211,6 +220,7 @@ func startupCDC(ctx context.Context, cfg config.Config, outbox *store.Schema, d 
 		Publication: cfg.Publication,
 		BatchSize:   cfg.BatchSize,
 		Outbox:      outbox,
+		SkipOrigins: true,
 	}
 	if cfg.CDC == "on" {
 		cctx, cancel := context.WithTimeout(ctx, cdcCheckTimeout)

@@ -78,6 +78,16 @@ GRANT USAGE ON SCHEMA :"schema" TO outbox_relay;
 -- REFERENCES or TRIGGER.
 GRANT SELECT, UPDATE, DELETE ON TABLE :"schema".:"table" TO outbox_relay;
 
+-- On PostgreSQL 16 and later the relay writes its outcomes in a session
+-- that carries a replication origin, so that its stream never receives
+-- them (internal/store/origin.go). These functions are the superuser's
+-- unless granted; without them the relay works, and the walsender decodes
+-- its writes too.
+SELECT format('GRANT EXECUTE ON FUNCTION %s TO outbox_relay', p.oid::regprocedure)
+FROM pg_proc p
+WHERE p.proname IN ('pg_replication_origin_create', 'pg_replication_origin_oid', 'pg_replication_origin_session_setup')
+  AND p.pronamespace = 'pg_catalog'::regnamespace \gexec
+
 -- The publication. CREATE PUBLICATION ... FOR TABLE requires owning the
 -- table (in every PostgreSQL version; a superuser bypasses it) and CREATE
 -- on the database, so the table's owner makes it: `outbox-relay migrate`

@@ -80,6 +80,7 @@ type Result struct {
 // Store runs the outbox queries on a pool.
 type Store struct {
 	pool   *pgxpool.Pool
+	writer Querier // outcome writes (WithWriter); pool by default
 	schema *Schema
 	onDead OnDead
 
@@ -192,6 +193,7 @@ WHERE o.{id} = r.id::{idtype} AND o.{attempts} = r.attempt AND o.{status} = {is_
 	(SELECT {next_attempt_at} FROM {table} WHERE {status} = {pending} AND {attempts} = 0 ORDER BY {next_attempt_at} LIMIT 1)
 		+ ` + handover.GraceSQL("$1") + ` * interval '1 second') - now()::timestamptz)::float8`),
 	}
+	s.writer = pool
 	for _, o := range opts {
 		o(s)
 	}
@@ -374,7 +376,7 @@ func (s *Store) recordOnce(ctx context.Context, results []Result) (unseen []Resu
 		uncount[i] = r.Uncount && r.Status == StatusPending
 		fresh[i] = r.Fresh
 	}
-	rows, err := s.pool.Query(ctx, s.record, ids, attempts, statuses, nexts, errs, uncount, fresh)
+	rows, err := s.writer.Query(ctx, s.record, ids, attempts, statuses, nexts, errs, uncount, fresh)
 	if err != nil {
 		return nil, fmt.Errorf("record outcomes: %w", err)
 	}
