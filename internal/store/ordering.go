@@ -77,32 +77,31 @@ func (s *Schema) orderColumns() []Role {
 	return []Role{RoleCreatedAt, RoleID}
 }
 
-// order is the row order as a SQL row of the columns of alias: a table
-// alias, or the quoted table name where the claim's row choice names the
+// order is the row order as a template of a SQL row of the columns of
+// alias: a table alias, or {table} where the claim's row choice names the
 // table bare.
 func (s *Schema) order(alias string) string {
 	var cols []string
 	for _, r := range s.orderColumns() {
-		cols = append(cols, alias+"."+s.col(r))
+		cols = append(cols, alias+"."+placeholder(r))
 	}
 	return "(" + strings.Join(cols, ", ") + ")"
 }
 
-// isHead is the claim's condition that the candidate row (the bare table
-// of the row choice) has no earlier row of its key that is pending, or
-// dead under block. Each NOT EXISTS is one probe of a partial index that
-// migrate makes (orderIndexes).
+// isHead is the template of the claim's condition that the candidate row
+// (the bare table of the row choice) has no earlier row of its key that is
+// pending, or dead under block. Each NOT EXISTS is one probe of a partial
+// index that migrate makes (orderIndexes).
 func (s *Schema) isHead(onDead OnDead) string {
-	t := s.Table.Ident()
 	earlier := func(status string) string {
-		return fmt.Sprintf(`NOT EXISTS (SELECT 1 FROM {table} p WHERE p.{ordering_key} = %[1]s.{ordering_key}
-			AND p.{status} = %[2]s AND %[3]s < %[4]s)`, t, status, s.order("p"), s.order(t))
+		return fmt.Sprintf(`NOT EXISTS (SELECT 1 FROM {table} p WHERE p.{ordering_key} = {table}.{ordering_key}
+			AND p.{status} = %s AND %s < %s)`, status, s.order("p"), s.order("{table}"))
 	}
 	cond := earlier("{pending}")
 	if onDead == OnDeadBlock {
 		cond += " AND " + earlier("{dead}")
 	}
-	return s.expand(fmt.Sprintf(" AND ({ordering_key} IS NULL OR (%s))", cond))
+	return " AND ({ordering_key} IS NULL OR (" + cond + "))"
 }
 
 // orderIndexes are the indexes the head test probes: the key's rows in
@@ -110,12 +109,12 @@ func (s *Schema) isHead(onDead OnDead) string {
 func (s *Schema) orderIndexes() []string {
 	var cols []string
 	for _, r := range append([]Role{RoleOrderingKey}, s.orderColumns()...) {
-		cols = append(cols, s.col(r))
+		cols = append(cols, placeholder(r))
 	}
-	on := "{table} (" + strings.Join(cols, ", ") + ")"
+	index := `CREATE INDEX IF NOT EXISTS {index} ON {table} (` + strings.Join(cols, ", ") + `) WHERE {status} = `
 	return []string{
-		s.expand(`CREATE INDEX IF NOT EXISTS ` + quoteIdent(s.Table.Name+"_order_idx") + ` ON ` + on + ` WHERE {status} = {pending}`),
-		s.expand(`CREATE INDEX IF NOT EXISTS ` + quoteIdent(s.Table.Name+"_order_dead_idx") + ` ON ` + on + ` WHERE {status} = {dead}`),
+		s.expand(index+`{pending}`, "{index}", quoteIdent(s.Table.Name+"_order_idx")),
+		s.expand(index+`{dead}`, "{index}", quoteIdent(s.Table.Name+"_order_dead_idx")),
 	}
 }
 
@@ -213,7 +212,7 @@ func (s *Store) orderingStats(ctx context.Context) (*OrderingStats, error) {
 	UNION ALL
 	(SELECT DISTINCT ON ({ordering_key}) {ordering_key}::text, {id}::text, true, {created_at}::timestamptz, {last_error}
 	FROM {table} WHERE {status} = {dead} AND {ordering_key} IS NOT NULL
-	ORDER BY {ordering_key}, ` + strings.Trim(s.schema.order(s.schema.Table.Ident()), "()") + `)`
+	ORDER BY {ordering_key}, ` + strings.Trim(s.schema.order("{table}"), "()") + `)`
 	}
 	q := s.schema.expand(`WITH w AS (` + waiting + `)
 SELECT (SELECT count(DISTINCT key) FROM w),
