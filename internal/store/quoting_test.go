@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 )
@@ -69,5 +70,43 @@ func TestCraftedNamesAndValuesStayData(t *testing.T) {
 				t.Errorf("the sequence was advanced (%v, %v): a configured value ran as SQL", ran, err)
 			}
 		})
+	}
+}
+
+// With standard_conforming_strings off (a database's setting, which the
+// relay's sessions inherit), a backslash in a plain literal escapes the
+// character after it. Status values and error texts with backslashes and
+// quotes are still stored and matched exactly, by every statement.
+func TestQuotingWithoutStandardConformingStrings(t *testing.T) {
+	t.Parallel()
+	pool := openPool(t)
+	ctx := context.Background()
+	mustExec(t, pool, `ALTER DATABASE "`+pool.Config().ConnConfig.Database+`" SET standard_conforming_strings = off`)
+	pool.Reset()
+	var scs string
+	if err := pool.QueryRow(ctx, `SHOW standard_conforming_strings`).Scan(&scs); err != nil || scs != "off" {
+		t.Fatalf("standard_conforming_strings = %q, %v; want off", scs, err)
+	}
+	const statuses = `pending=new\,delivered=it's \'sent\',dead=dead\\'`
+	exerciseStore(t, pool, craftedTable(t, pool, "slashed_plain", "ordering_key=entity", statuses))
+	st := craftedTable(t, pool, "slashed", "ordering_key=entity", statuses)
+	id := addKeyed(t, st, keyed{key: "k"}, keyed{key: "k"})
+	got := claimAll(t, st)
+	if len(got) != 1 || got[0].ID != id[0] {
+		t.Fatalf("claim = %v, want the head of key k, %s", ids(got), id[0])
+	}
+	const why = `runner answered 503: C:\temp\'s "x"\`
+	res := []Result{{ID: got[0].ID, Attempt: got[0].Attempt, Status: StatusPending, Next: time.Now().Add(time.Hour), Error: why, Key: got[0].Key}}
+	if refused, _, err := st.Record(ctx, res); err != nil || refused != nil {
+		t.Fatalf("Record = %v, %v", refused, err)
+	}
+	var status, lastErr string
+	err := pool.QueryRow(ctx, `SELECT status, last_error FROM slashed WHERE id = $1::bigint`, got[0].ID).Scan(&status, &lastErr)
+	if err != nil || status != `new\` || lastErr != why {
+		t.Errorf("row %s: status %q last_error %q (%v); want %q and %q", got[0].ID, status, lastErr, err, `new\`, why)
+	}
+	stats, err := st.Stats(ctx, false)
+	if err != nil || stats.Ordering == nil || stats.Ordering.BlockedKeys != 1 || stats.Ordering.Oldest.LastError != why {
+		t.Errorf("Stats = %+v, %v; want key k waiting with its error", stats, err)
 	}
 }
