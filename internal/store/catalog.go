@@ -37,8 +37,9 @@ func isCode(err error, code string) bool {
 // same whatever that setting is, rather than the setting pinned on the
 // relay's pool: the same text also goes where no pool setting reaches
 // (migrate --print, run by hand in any session). A string with a
-// backslash is an E'' literal with every backslash doubled; one without
-// stays plain, which is also the only form a replication command reads.
+// backslash is an escape string (E'a\\b') with every backslash doubled;
+// one without stays plain, which is also the only form a replication
+// command reads.
 func QuoteLiteral(s string) string {
 	q := "'" + strings.ReplaceAll(s, "'", "''") + "'"
 	if !strings.Contains(s, `\`) {
