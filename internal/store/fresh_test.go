@@ -198,13 +198,8 @@ func TestTupleDecoderLeavesOddRowsToTheClaim(t *testing.T) {
 // the claim does, so the runner gets the same traceparent either way.
 func TestTupleDecoderTrimsCharColumns(t *testing.T) {
 	t.Parallel()
-	pool, table := openPool(t), Table{Schema: "public", Name: "traced"}
+	pool, table := tracedTable(t, `ADD COLUMN tp char(64)`)
 	ctx := context.Background()
-	if _, err := Migrate(ctx, pool, DefaultSchema(table), ""); err != nil {
-		t.Fatal(err)
-	}
-	mustExec(t, pool, `ALTER TABLE traced ADD COLUMN tp char(64)`)
-	const tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 	mustExec(t, pool, `INSERT INTO traced (event_type, tp) VALUES ('traced', $1)`, tp)
 	cols, err := ParseColumns("traceparent=tp")
 	if err != nil {
