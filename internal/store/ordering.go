@@ -200,10 +200,27 @@ type WaitingHead struct {
 // maxDeadKeys bounds the blocked keys status names.
 const maxDeadKeys = 20
 
-// orderingStats reads the keys that wait. The heads waiting for a retry
+// orderingStats reads the keys that wait (orderingStatsSQL).
+func (s *Store) orderingStats(ctx context.Context) (*OrderingStats, error) {
+	var st OrderingStats
+	var key, id, lastErr *string
+	var dead *bool
+	var age *float64
+	err := s.pool.QueryRow(ctx, s.orderingStatsSQL(), maxDeadKeys).Scan(&st.BlockedKeys, &st.DeadKeys, &key, &id, &dead, &age, &lastErr)
+	if err != nil {
+		return nil, fmt.Errorf("ordering stats: %w", err)
+	}
+	if key != nil {
+		st.Oldest = &WaitingHead{Key: *key, ID: *id, Dead: *dead, LastError: *lastErr,
+			Age: time.Duration(max(*age, 0) * float64(time.Second))}
+	}
+	return &st, nil
+}
+
+// orderingStatsSQL reads the keys that wait. The heads waiting for a retry
 // are found among the pending rows (the same scan as counting them); the
 // dead ones, under block, among the dead rows.
-func (s *Store) orderingStats(ctx context.Context) (*OrderingStats, error) {
+func (s *Store) orderingStatsSQL() string {
 	waiting := `SELECT {ordering_key}::text AS key, {id}::text AS id, false AS dead, {created_at}::timestamptz AS created, {last_error} AS err
 	FROM {table} WHERE {status} = {pending} AND {ordering_key} IS NOT NULL AND {attempts} > 0
 		AND coalesce({last_error}, '') <> ''` + s.schema.isHead(OnDeadSkip)
@@ -214,24 +231,11 @@ func (s *Store) orderingStats(ctx context.Context) (*OrderingStats, error) {
 	FROM {table} WHERE {status} = {dead} AND {ordering_key} IS NOT NULL
 	ORDER BY {ordering_key}, ` + strings.Trim(s.schema.order("{table}"), "()") + `)`
 	}
-	q := s.schema.expand(`WITH w AS (` + waiting + `)
+	return s.schema.expand(`WITH w AS (` + waiting + `)
 SELECT (SELECT count(DISTINCT key) FROM w),
 	(SELECT array_agg(key ORDER BY created) FROM (SELECT key, min(created) AS created FROM w WHERE dead GROUP BY key ORDER BY 2 LIMIT $1) d),
 	o.key, o.id, o.dead, extract(epoch FROM now() - o.created)::float8, coalesce(o.err, '')
 FROM (SELECT 1) one LEFT JOIN LATERAL (SELECT * FROM w ORDER BY created LIMIT 1) o ON true`)
-	var st OrderingStats
-	var key, id, lastErr *string
-	var dead *bool
-	var age *float64
-	err := s.pool.QueryRow(ctx, q, maxDeadKeys).Scan(&st.BlockedKeys, &st.DeadKeys, &key, &id, &dead, &age, &lastErr)
-	if err != nil {
-		return nil, fmt.Errorf("ordering stats: %w", err)
-	}
-	if key != nil {
-		st.Oldest = &WaitingHead{Key: *key, ID: *id, Dead: *dead, LastError: *lastErr,
-			Age: time.Duration(max(*age, 0) * float64(time.Second))}
-	}
-	return &st, nil
 }
 
 // scanKey adds where a claim's ordered row puts its key, and for the
