@@ -436,6 +436,9 @@ func (s *Store) NextDue(ctx context.Context, grace time.Duration) (d time.Durati
 // templates (placeholder, not s.col(r)), and only a whole statement, or a
 // part that is then only joined to other expanded parts, is expanded.
 // Names reach SQL only as quoted identifiers and values only as literals.
+// Status values are literals, not parameters: the planner matches a
+// partial index (due, dead, order) only against a constant, and the DDL
+// (an index predicate, a column default) takes no parameters.
 func (s *Schema) expand(sql string, extra ...string) string {
 	pairs := []string{"{table}", s.Table.Ident(), "{idtype}", s.idType(),
 		"{pending}", s.statusLiteral(s.Statuses.Pending),
