@@ -34,6 +34,7 @@ FUZZTIME ?= 300000x
 fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzLoad$$' -fuzztime=$(FUZZTIME) ./internal/config
 	$(GO) test -run='^$$' -fuzz='^FuzzParse$$' -fuzztime=$(FUZZTIME) ./internal/retryafter
+	$(GO) test -run='^$$' -fuzz='^FuzzStatementsKeepConfigAsData$$' -fuzztime=$(FUZZTIME) ./internal/store
 
 # gofmt -l exits 0 even when files need formatting, so fail on any output.
 lint:

@@ -213,3 +213,51 @@ func TestSpansExportedOverOTLP(t *testing.T) {
 		}
 	}
 }
+
+// A traceparent stored in a char(n) column longer than the value reaches
+// the runner exactly as stored, without the padding, whether the stream
+// or the sweep sends the row.
+func TestCharTraceparentArrivesUnpadded(t *testing.T) {
+	const tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+	for _, path := range []string{"stream", "sweep"} {
+		t.Run(path, func(t *testing.T) {
+			t.Parallel()
+			url, conn := migrated(t)
+			ctx := context.Background()
+			exec(t, conn, `ALTER TABLE portal_event_outbox ADD COLUMN traceparent char(64)`)
+			rn := newTraceRunner(t)
+			env := []string{"RELAY_DATABASE_URL=" + url, "RELAY_RUNNER_URL=" + rn.URL,
+				"RELAY_COLUMNS=traceparent=traceparent", "RELAY_SLOT_NAME=char_traceparent"}
+			if path == "stream" {
+				env = append(env, "RELAY_CDC=on", "RELAY_SWEEP_INTERVAL=1h")
+			} else {
+				env = append(env, "RELAY_CDC=off", "RELAY_SWEEP_INTERVAL=20ms")
+			}
+			relay := startRelay(t, env)
+			if path == "stream" {
+				pgtest.WaitFor(t, 30*time.Second, "the stream", func() bool {
+					return strings.Contains(relay.logs.String(), "streaming inserts from the slot")
+				})
+			}
+			var id string
+			if err := conn.QueryRow(ctx, `INSERT INTO portal_event_outbox (event_type, traceparent)
+				VALUES ('traced', $1) RETURNING event_id::text`, tp).Scan(&id); err != nil {
+				t.Fatal(err)
+			}
+			pgtest.WaitFor(t, 30*time.Second, "the event delivered", func() bool {
+				var n int
+				err := conn.QueryRow(ctx, `SELECT count(*) FROM portal_event_outbox WHERE status = 'delivered'`).Scan(&n)
+				return err == nil && n == 1
+			})
+			if got := rn.got(id); len(got) != 1 || got[0] != tp {
+				t.Errorf("the runner got traceparents %q, want [%q]", got, tp)
+			}
+			if n := relay.counter(t, `outbox_relay_deliveries_total{outcome="delivered",path="`+path+`"}`); n != 1 {
+				t.Errorf("%v deliveries by the %s, want 1", n, path)
+			}
+			if code := relay.stop(); code != 0 {
+				t.Errorf("relay exit %d", code)
+			}
+		})
+	}
+}

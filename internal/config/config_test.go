@@ -79,6 +79,9 @@ func TestBadValues(t *testing.T) {
 		{"STATUS_VALUES", "pending=A,delivered=A"},
 		{"STATUS_VALUES", "waiting=W"},
 		{"STATUS_VALUES", "pending"},
+		{"STATUS_VALUES", "pending=a\x00b"}, // a statement ends at a NUL
+		{"STATUS_VALUES", "dead=d\xe9faut"}, // Latin-1, not UTF-8
+		{"COLUMNS", "status=\xe9tat"},
 		{"ORDERING_ON_DEAD", "stop"},
 		{"OUTBOX_TABLE", "a.b.c"},
 		{"OUTBOX_TABLE", "outbox; drop table x"},

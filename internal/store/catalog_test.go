@@ -129,7 +129,7 @@ func TestSlotInfo(t *testing.T) {
 
 func TestQuoteLiteral(t *testing.T) {
 	t.Parallel()
-	for in, want := range map[string]string{"": "''", "outbox_relay": "'outbox_relay'", "it's": "'it''s'", `a\b`: `'a\b'`} {
+	for in, want := range map[string]string{"": "''", "outbox_relay": "'outbox_relay'", "it's": "'it''s'", `a\b`: `E'a\\b'`, `\'`: `E'\\'''`} {
 		if got := QuoteLiteral(in); got != want {
 			t.Errorf("QuoteLiteral(%q) = %s, want %s", in, got, want)
 		}

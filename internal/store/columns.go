@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 )
 
 // Role is a part the relay plays on a column of the outbox table. Users
@@ -78,8 +79,8 @@ func ParseColumns(s string) (Columns, error) {
 			return fmt.Errorf("unknown role %q (roles: %s)", role, roleList())
 		case named[role]:
 			return fmt.Errorf("role %s is named twice", role)
-		case len(col) > 63 || strings.ContainsRune(col, 0):
-			return fmt.Errorf("column %q for role %s is not a valid column name (at most 63 bytes)", col, role)
+		case len(col) > 63 || !isText(col):
+			return fmt.Errorf("column %q for role %s is not a valid column name (at most 63 bytes of UTF-8, no NUL)", col, role)
 		}
 		named[role] = true
 		c[role] = col
@@ -182,8 +183,11 @@ func ParseStatuses(s string) (Statuses, error) {
 	}
 	named := map[string]bool{}
 	err := eachPair(s, "state=value", func(k, v string) error {
-		if named[k] {
+		switch {
+		case named[k]:
 			return fmt.Errorf("state %s is named twice", k)
+		case !isText(v):
+			return fmt.Errorf("value %q of state %s is not UTF-8 text without NUL bytes", v, k)
 		}
 		named[k] = true
 		switch k {
@@ -206,6 +210,10 @@ func ParseStatuses(s string) (Statuses, error) {
 	}
 	return st, nil
 }
+
+// isText reports whether s can stand in a statement: the server reads a
+// statement as UTF-8 (pgx's client_encoding) up to its first NUL byte.
+func isText(s string) bool { return utf8.ValidString(s) && !strings.ContainsRune(s, 0) }
 
 // Integer reports whether every value is an integer, as an integer status
 // column (Django's IntegerChoices) needs.

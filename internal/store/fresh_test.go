@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -41,9 +42,11 @@ func tuple(t *testing.T, pool *pgxpool.Pool, s *Schema, typ string) (names []str
 	if rows.Err() != nil {
 		t.Fatal(rows.Err())
 	}
+	// format() calls the type's output function, as pgoutput does: a cast
+	// to text would drop a char(n) column's padding.
 	cols := make([]string, len(names))
 	for i, n := range names {
-		cols[i] = quoteIdent(n) + "::text"
+		cols[i] = fmt.Sprintf("CASE WHEN %[1]s IS NOT NULL THEN format('%%s', %[1]s) END", quoteIdent(n))
 	}
 	values = make([]*string, len(names))
 	dest := make([]any, len(names))
@@ -187,5 +190,39 @@ func TestTupleDecoderLeavesOddRowsToTheClaim(t *testing.T) {
 	di, _ := ints.TupleDecoder(names)
 	if _, ok := decode(di, row(func(v []*string) { v[4] = p("0") })); !ok {
 		t.Error("integer status 0 not read as pending")
+	}
+}
+
+// A char(n) column comes from the stream padded to n characters, and from
+// a claim (a cast to text) without the padding: the decoder reads it as
+// the claim does, so the runner gets the same traceparent either way.
+func TestTupleDecoderTrimsCharColumns(t *testing.T) {
+	t.Parallel()
+	pool, table := tracedTable(t, `ADD COLUMN tp char(64)`)
+	ctx := context.Background()
+	mustExec(t, pool, `INSERT INTO traced (event_type, tp) VALUES ('traced', $1)`, tp)
+	cols, err := ParseColumns("traceparent=tp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := Inspect(ctx, pool, table, cols, DefaultStatuses())
+	if err != nil {
+		t.Fatal(err)
+	}
+	names, values := tuple(t, pool, s, "traced")
+	if tpAt := slices.Index(names, "tp"); tpAt < 0 || values[tpAt] == nil || len(*values[tpAt]) != 64 {
+		t.Fatalf("the tuple's tp is not padded to 64 characters: %v", values)
+	}
+	d, ok := s.TupleDecoder(names)
+	if !ok {
+		t.Fatal("no decoder")
+	}
+	in, ok := decode(d, values)
+	if !ok || in.Row.Traceparent != tp {
+		t.Errorf("decoded traceparent %q (%v), want %q", in.Row.Traceparent, ok, tp)
+	}
+	c, err := New(pool, s).ClaimIDs(ctx, []string{in.Row.ID}, lease, 25)
+	if err != nil || len(c.Rows) != 1 || c.Rows[0].Traceparent != tp {
+		t.Errorf("claimed %+v, %v; want traceparent %q", c.Rows, err, tp)
 	}
 }

@@ -31,12 +31,12 @@ func (s *Schema) tableSQL() []string {
 		s.createTable(),
 		// The sweep reads only pending rows in due order: this index keeps
 		// it O(batch) however many delivered rows the table holds.
-		s.expand(`CREATE INDEX IF NOT EXISTS ` + quoteIdent(t.Name+"_due_idx") +
-			` ON {table} ({next_attempt_at}) WHERE {status} = {pending}`),
+		s.expand(`CREATE INDEX IF NOT EXISTS {index} ON {table} ({next_attempt_at}) WHERE {status} = {pending}`,
+			"{index}", quoteIdent(t.Name+"_due_idx")),
 		// Dead rows are few; this keeps counting them (every metrics
 		// refresh) and requeueing them from scanning the whole table.
-		s.expand(`CREATE INDEX IF NOT EXISTS ` + quoteIdent(t.Name+"_dead_idx") +
-			` ON {table} ({created_at}) WHERE {status} = {dead}`),
+		s.expand(`CREATE INDEX IF NOT EXISTS {index} ON {table} ({created_at}) WHERE {status} = {dead}`,
+			"{index}", quoteIdent(t.Name+"_dead_idx")),
 	}
 	if s.Has(RoleOrderingKey) {
 		stmts = append(stmts, s.orderIndexes()...)
@@ -87,9 +87,11 @@ func (s *Schema) createTable() string {
 		if b.Len() > 0 {
 			b.WriteString(",\n")
 		}
-		fmt.Fprintf(&b, "\t%-17s %s", s.col(c.role), def)
+		// Each part is expanded on its own: a quoted name is never
+		// expanded again (see expand).
+		fmt.Fprintf(&b, "\t%-17s %s", s.col(c.role), s.expand(def))
 	}
-	return s.expand("CREATE TABLE IF NOT EXISTS {table} (\n" + b.String() + "\n)")
+	return "CREATE TABLE IF NOT EXISTS " + s.Table.Ident() + " (\n" + b.String() + "\n)"
 }
 
 // Migrate creates the table, its indexes and the publication when missing,

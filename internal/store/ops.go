@@ -22,17 +22,8 @@ type Stats struct {
 // status command asks for (up to a million; past that it reports 1000000).
 func (s *Store) Stats(ctx context.Context, delivered bool) (Stats, error) {
 	var st Stats
-	countDelivered := "0"
-	if delivered {
-		countDelivered = `(SELECT count(*) FROM (SELECT 1 FROM {table} WHERE {status} = {delivered} LIMIT 1000000) d)`
-	}
-	q := s.schema.expand(`SELECT
-		(SELECT count(*) FROM {table} WHERE {status} = {pending}),
-		(SELECT count(*) FROM {table} WHERE {status} = {dead}),
-		` + countDelivered + `,
-		coalesce((SELECT extract(epoch FROM now() - min({created_at})::timestamptz) FROM {table} WHERE {status} = {pending}), 0)::float8`)
 	var oldest float64
-	if err := s.pool.QueryRow(ctx, q).Scan(&st.Pending, &st.Dead, &st.Delivered, &oldest); err != nil {
+	if err := s.pool.QueryRow(ctx, s.schema.statsSQL(delivered)).Scan(&st.Pending, &st.Dead, &st.Delivered, &oldest); err != nil {
 		return st, fmt.Errorf("outbox stats: %w", err)
 	}
 	st.OldestPending = time.Duration(max(oldest, 0) * float64(time.Second))
@@ -43,6 +34,19 @@ func (s *Store) Stats(ctx context.Context, delivered bool) (Stats, error) {
 		}
 	}
 	return st, nil
+}
+
+// statsSQL is the statement of Stats.
+func (s *Schema) statsSQL(delivered bool) string {
+	countDelivered := "0"
+	if delivered {
+		countDelivered = `(SELECT count(*) FROM (SELECT 1 FROM {table} WHERE {status} = {delivered} LIMIT 1000000) d)`
+	}
+	return s.expand(`SELECT
+		(SELECT count(*) FROM {table} WHERE {status} = {pending}),
+		(SELECT count(*) FROM {table} WHERE {status} = {dead}),
+		` + countDelivered + `,
+		coalesce((SELECT extract(epoch FROM now() - min({created_at})::timestamptz) FROM {table} WHERE {status} = {pending}), 0)::float8`)
 }
 
 // RequeueFilter selects rows to move back to pending: dead ones, or
@@ -86,9 +90,9 @@ func (f RequeueFilter) where() (string, []any) {
 
 // RequeueMatches counts the rows f selects, whatever its Limit.
 func (s *Store) RequeueMatches(ctx context.Context, f RequeueFilter) (int64, error) {
-	cond, args := f.where()
+	q, args := s.schema.requeueMatchesSQL(f)
 	var n int64
-	if err := s.pool.QueryRow(ctx, s.schema.expand(`SELECT count(*) FROM {table} WHERE `+cond), args...).Scan(&n); err != nil {
+	if err := s.pool.QueryRow(ctx, q, args...).Scan(&n); err != nil {
 		return 0, fmt.Errorf("requeue: %w", err)
 	}
 	return n, nil
@@ -99,6 +103,22 @@ func (s *Store) RequeueMatches(ctx context.Context, f RequeueFilter) (int64, err
 // then sent again with its own event_id. With dryRun it only counts them.
 // Pending rows are never touched.
 func (s *Store) Requeue(ctx context.Context, f RequeueFilter, dryRun bool) (int64, error) {
+	q, args := s.schema.requeueSQL(f, dryRun)
+	var n int64
+	if err := s.pool.QueryRow(ctx, q, args...).Scan(&n); err != nil {
+		return 0, fmt.Errorf("requeue: %w", err)
+	}
+	return n, nil
+}
+
+// requeueMatchesSQL is the statement of RequeueMatches and its arguments.
+func (s *Schema) requeueMatchesSQL(f RequeueFilter) (string, []any) {
+	cond, args := f.where()
+	return s.expand(`SELECT count(*) FROM {table} WHERE ` + cond), args
+}
+
+// requeueSQL is the statement of Requeue and its arguments.
+func (s *Schema) requeueSQL(f RequeueFilter, dryRun bool) (string, []any) {
 	cond, args := f.where()
 	// LIMIT NULL is no limit.
 	var limit *int
@@ -115,11 +135,7 @@ func (s *Store) Requeue(ctx context.Context, f RequeueFilter, dryRun bool) (int6
 				FROM (` + picked + ` FOR UPDATE) picked WHERE o.{id} = picked.{id} AND o.` + f.status() + ` RETURNING 1)
 		SELECT count(*) FROM moved`
 	}
-	var n int64
-	if err := s.pool.QueryRow(ctx, s.schema.expand(q), args...).Scan(&n); err != nil {
-		return 0, fmt.Errorf("requeue: %w", err)
-	}
-	return n, nil
+	return s.expand(q), args
 }
 
 // globToLike turns a shell glob into a LIKE pattern.
@@ -145,11 +161,15 @@ func globToLike(g string) string {
 // cutoff and returns how many it deleted. Small batches keep locks short
 // and WAL bursts small.
 func (s *Store) DeleteDelivered(ctx context.Context, cutoff time.Time, limit int) (int64, error) {
-	tag, err := s.pool.Exec(ctx, s.schema.expand(`DELETE FROM {table} WHERE {id} IN (
-		SELECT {id} FROM {table} WHERE {status} = {delivered} AND {delivered_at}::timestamptz < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)`),
-		cutoff, limit)
+	tag, err := s.pool.Exec(ctx, s.schema.deleteDeliveredSQL(), cutoff, limit)
 	if err != nil {
 		return 0, fmt.Errorf("retention: %w", err)
 	}
 	return tag.RowsAffected(), nil
+}
+
+// deleteDeliveredSQL is the statement of DeleteDelivered.
+func (s *Schema) deleteDeliveredSQL() string {
+	return s.expand(`DELETE FROM {table} WHERE {id} IN (
+		SELECT {id} FROM {table} WHERE {status} = {delivered} AND {delivered_at}::timestamptz < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)`)
 }

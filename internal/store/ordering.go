@@ -79,32 +79,31 @@ func (s *Schema) orderColumns() []Role {
 	return []Role{RoleCreatedAt, RoleID}
 }
 
-// order is the row order as a SQL row of the columns of alias: a table
-// alias, or the quoted table name where the claim's row choice names the
+// order is the row order as a template of a SQL row of the columns of
+// alias: a table alias, or {table} where the claim's row choice names the
 // table bare.
 func (s *Schema) order(alias string) string {
 	var cols []string
 	for _, r := range s.orderColumns() {
-		cols = append(cols, alias+"."+s.col(r))
+		cols = append(cols, alias+"."+placeholder(r))
 	}
 	return "(" + strings.Join(cols, ", ") + ")"
 }
 
-// isHead is the claim's condition that the candidate row (the bare table
-// of the row choice) has no earlier row of its key that is pending, or
-// dead under block. Each NOT EXISTS is one probe of a partial index that
-// migrate makes (orderIndexes).
+// isHead is the template of the claim's condition that the candidate row
+// (the bare table of the row choice) has no earlier row of its key that is
+// pending, or dead under block. Each NOT EXISTS is one probe of a partial
+// index that migrate makes (orderIndexes).
 func (s *Schema) isHead(onDead OnDead) string {
-	t := s.Table.Ident()
 	earlier := func(status string) string {
-		return fmt.Sprintf(`NOT EXISTS (SELECT 1 FROM {table} p WHERE p.{ordering_key} = %[1]s.{ordering_key}
-			AND p.{status} = %[2]s AND %[3]s < %[4]s)`, t, status, s.order("p"), s.order(t))
+		return fmt.Sprintf(`NOT EXISTS (SELECT 1 FROM {table} p WHERE p.{ordering_key} = {table}.{ordering_key}
+			AND p.{status} = %s AND %s < %s)`, status, s.order("p"), s.order("{table}"))
 	}
 	cond := earlier("{pending}")
 	if onDead == OnDeadBlock {
 		cond += " AND " + earlier("{dead}")
 	}
-	return s.expand(fmt.Sprintf(" AND ({ordering_key} IS NULL OR (%s))", cond))
+	return " AND ({ordering_key} IS NULL OR (" + cond + "))"
 }
 
 // orderIndexes are the indexes the head test probes: the key's rows in
@@ -112,12 +111,12 @@ func (s *Schema) isHead(onDead OnDead) string {
 func (s *Schema) orderIndexes() []string {
 	var cols []string
 	for _, r := range append([]Role{RoleOrderingKey}, s.orderColumns()...) {
-		cols = append(cols, s.col(r))
+		cols = append(cols, placeholder(r))
 	}
-	on := "{table} (" + strings.Join(cols, ", ") + ")"
+	index := `CREATE INDEX IF NOT EXISTS {index} ON {table} (` + strings.Join(cols, ", ") + `) WHERE {status} = `
 	return []string{
-		s.expand(`CREATE INDEX IF NOT EXISTS ` + quoteIdent(s.Table.Name+"_order_idx") + ` ON ` + on + ` WHERE {status} = {pending}`),
-		s.expand(`CREATE INDEX IF NOT EXISTS ` + quoteIdent(s.Table.Name+"_order_dead_idx") + ` ON ` + on + ` WHERE {status} = {dead}`),
+		s.expand(index+`{pending}`, "{index}", quoteIdent(s.Table.Name+"_order_idx")),
+		s.expand(index+`{dead}`, "{index}", quoteIdent(s.Table.Name+"_order_dead_idx")),
 	}
 }
 
@@ -203,30 +202,13 @@ type WaitingHead struct {
 // maxDeadKeys bounds the blocked keys status names.
 const maxDeadKeys = 20
 
-// orderingStats reads the keys that wait. The heads waiting for a retry
-// are found among the pending rows (the same scan as counting them); the
-// dead ones, under block, among the dead rows.
+// orderingStats reads the keys that wait (orderingStatsSQL).
 func (s *Store) orderingStats(ctx context.Context) (*OrderingStats, error) {
-	waiting := `SELECT {ordering_key}::text AS key, {id}::text AS id, false AS dead, {created_at}::timestamptz AS created, {last_error} AS err
-	FROM {table} WHERE {status} = {pending} AND {ordering_key} IS NOT NULL AND {attempts} > 0
-		AND coalesce({last_error}, '') <> ''` + s.schema.isHead(OnDeadSkip)
-	if s.onDead == OnDeadBlock {
-		waiting += `
-	UNION ALL
-	(SELECT DISTINCT ON ({ordering_key}) {ordering_key}::text, {id}::text, true, {created_at}::timestamptz, {last_error}
-	FROM {table} WHERE {status} = {dead} AND {ordering_key} IS NOT NULL
-	ORDER BY {ordering_key}, ` + strings.Trim(s.schema.order(s.schema.Table.Ident()), "()") + `)`
-	}
-	q := s.schema.expand(`WITH w AS (` + waiting + `)
-SELECT (SELECT count(DISTINCT key) FROM w),
-	(SELECT array_agg(key ORDER BY created) FROM (SELECT key, min(created) AS created FROM w WHERE dead GROUP BY key ORDER BY 2 LIMIT $1) d),
-	o.key, o.id, o.dead, extract(epoch FROM now() - o.created)::float8, coalesce(o.err, '')
-FROM (SELECT 1) one LEFT JOIN LATERAL (SELECT * FROM w ORDER BY created LIMIT 1) o ON true`)
 	var st OrderingStats
 	var key, id, lastErr *string
 	var dead *bool
 	var age *float64
-	err := s.pool.QueryRow(ctx, q, maxDeadKeys).Scan(&st.BlockedKeys, &st.DeadKeys, &key, &id, &dead, &age, &lastErr)
+	err := s.pool.QueryRow(ctx, s.orderingStatsSQL(), maxDeadKeys).Scan(&st.BlockedKeys, &st.DeadKeys, &key, &id, &dead, &age, &lastErr)
 	if err != nil {
 		return nil, fmt.Errorf("ordering stats: %w", err)
 	}
@@ -235,6 +217,27 @@ FROM (SELECT 1) one LEFT JOIN LATERAL (SELECT * FROM w ORDER BY created LIMIT 1)
 			Age: time.Duration(max(*age, 0) * float64(time.Second))}
 	}
 	return &st, nil
+}
+
+// orderingStatsSQL reads the keys that wait. The heads waiting for a retry
+// are found among the pending rows (the same scan as counting them); the
+// dead ones, under block, among the dead rows.
+func (s *Store) orderingStatsSQL() string {
+	waiting := `SELECT {ordering_key}::text AS key, {id}::text AS id, false AS dead, {created_at}::timestamptz AS created, {last_error} AS err
+	FROM {table} WHERE {status} = {pending} AND {ordering_key} IS NOT NULL AND {attempts} > 0
+		AND coalesce({last_error}, '') <> ''` + s.schema.isHead(OnDeadSkip)
+	if s.onDead == OnDeadBlock {
+		waiting += `
+	UNION ALL
+	(SELECT DISTINCT ON ({ordering_key}) {ordering_key}::text, {id}::text, true, {created_at}::timestamptz, {last_error}
+	FROM {table} WHERE {status} = {dead} AND {ordering_key} IS NOT NULL
+	ORDER BY {ordering_key}, ` + strings.Trim(s.schema.order("{table}"), "()") + `)`
+	}
+	return s.schema.expand(`WITH w AS (` + waiting + `)
+SELECT (SELECT count(DISTINCT key) FROM w),
+	(SELECT array_agg(key ORDER BY created) FROM (SELECT key, min(created) AS created FROM w WHERE dead GROUP BY key ORDER BY 2 LIMIT $1) d),
+	o.key, o.id, o.dead, extract(epoch FROM now() - o.created)::float8, coalesce(o.err, '')
+FROM (SELECT 1) one LEFT JOIN LATERAL (SELECT * FROM w ORDER BY created LIMIT 1) o ON true`)
 }
 
 // scanKey adds where a claim's ordered row puts its key, and for the

@@ -8,6 +8,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -430,10 +431,22 @@ func (s *Store) NextDue(ctx context.Context, grace time.Duration) (d time.Durati
 	return time.Duration(*secs * float64(time.Second)), true, nil
 }
 
-// expand fills the placeholders of a statement: {table}, a role's column
-// ({status}), a status value ({pending}), the id's type for casts
-// ({idtype}), and the last_error values that fit the column.
-func (s *Schema) expand(sql string) string {
+// expand fills the placeholders of a statement template: {table}, a
+// role's column ({status}), a status value ({pending}), the id's type for
+// casts ({idtype}), the last_error values that fit the column, and extra
+// (placeholder, SQL) pairs of the caller.
+//
+// A template is expanded once, in one pass, and what it puts in is never
+// expanded again: a configured name or value may spell a placeholder
+// ({dead}), and expanding it a second time would put the value of that
+// placeholder, unquoted, into the statement. So templates are built from
+// templates (placeholder, not s.col(r)), and only a whole statement, or a
+// part that is then only joined to other expanded parts, is expanded.
+// Names reach SQL only as quoted identifiers and values only as literals.
+// Status values are literals, not parameters: the planner matches a
+// partial index (due, dead, order) only against a constant, and the DDL
+// (an index predicate, a column default) takes no parameters.
+func (s *Schema) expand(sql string, extra ...string) string {
 	pairs := []string{"{table}", s.Table.Ident(), "{idtype}", s.idType(),
 		"{pending}", s.statusLiteral(s.Statuses.Pending),
 		// The pending status as a value the planner cannot see: the writes
@@ -452,13 +465,16 @@ func (s *Schema) expand(sql string) string {
 		"{gave_up}", s.errorValue(QuoteLiteral("gave up: the relay stopped during each of the last attempts")),
 	}
 	for r := range s.Columns {
-		pairs = append(pairs, "{"+string(r)+"}", s.col(r))
+		pairs = append(pairs, placeholder(r), s.col(r))
 	}
 	if s.Has(RoleOrderingKey) {
 		pairs = append(pairs, "{keytype}", s.Columns[RoleOrderingKey].Type)
 	}
-	return strings.NewReplacer(pairs...).Replace(sql)
+	return strings.NewReplacer(append(pairs, extra...)...).Replace(sql)
 }
+
+// placeholder is the template's name for the column that plays role.
+func placeholder(role Role) string { return "{" + string(role) + "}" }
 
 // idType is the type ids are cast to from their text form.
 func (s *Schema) idType() string {
@@ -475,10 +491,15 @@ func (s *Schema) idType() string {
 	return "text"
 }
 
-// statusLiteral is v as SQL: a number for an integer status column.
+// statusLiteral is v as SQL: a number for an integer status column (in
+// its canonical form, so that only digits and a sign reach the statement),
+// a quoted literal otherwise.
 func (s *Schema) statusLiteral(v string) string {
 	if isInteger(s.Columns[RoleStatus].Type) {
-		return v // Inspect checked that it is an integer
+		if n, err := strconv.ParseInt(v, 10, 32); err == nil {
+			return strconv.FormatInt(n, 10)
+		}
+		// Inspect refuses this; as a literal it fails at the server.
 	}
 	return QuoteLiteral(v)
 }

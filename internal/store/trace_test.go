@@ -4,6 +4,8 @@ import (
 	"context"
 	"strings"
 	"testing"
+
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // The claim returns the trace context columns when their roles are mapped,
@@ -11,13 +13,8 @@ import (
 // with them unmapped the claim is the statement it always was.
 func TestClaimReturnsTraceContext(t *testing.T) {
 	t.Parallel()
-	pool, table := openPool(t), Table{Schema: "public", Name: "traced"}
+	pool, table := tracedTable(t, `ADD COLUMN tp char(55), ADD COLUMN ts varchar(512)`)
 	ctx := context.Background()
-	if _, err := Migrate(ctx, pool, DefaultSchema(table), ""); err != nil {
-		t.Fatal(err)
-	}
-	mustExec(t, pool, `ALTER TABLE traced ADD COLUMN tp char(55), ADD COLUMN ts varchar(512)`)
-	const tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 	mustExec(t, pool, `INSERT INTO traced (id, event_type, tp, ts) VALUES
 		(1, 'a', $1, 'congo=t61rcWkgMzE'), (2, 'b', NULL, NULL), (3, 'c', $1, NULL)`, tp)
 
@@ -58,4 +55,20 @@ func TestClaimReturnsTraceContext(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// tp is a valid W3C traceparent.
+const tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+// tracedTable makes the table traced on a database of its own, as migrate
+// makes it, with the trace context columns that alter (an ALTER TABLE's
+// actions) adds.
+func tracedTable(t *testing.T, alter string) (*pgxpool.Pool, Table) {
+	t.Helper()
+	pool, table := openPool(t), Table{Schema: "public", Name: "traced"}
+	if _, err := Migrate(context.Background(), pool, DefaultSchema(table), ""); err != nil {
+		t.Fatal(err)
+	}
+	mustExec(t, pool, `ALTER TABLE traced `+alter)
+	return pool, table
 }
