@@ -184,8 +184,8 @@ func TestAlertRules(t *testing.T) {
 				t.Errorf("%s: no %s annotation", r.Alert, a)
 			}
 		}
-		if !strings.Contains(r.Annotations["description"], "Runbook: README, section Production") {
-			t.Errorf("%s: the description should point to the runbook (README, section Production)", r.Alert)
+		if !strings.Contains(r.Annotations["description"], "Runbook: docs/operations.md") {
+			t.Errorf("%s: the description should point to the runbook (docs/operations.md)", r.Alert)
 		}
 		if m := runbookLink.FindStringSubmatch(r.Annotations["description"]); m == nil {
 			t.Errorf("%s: the description has no deploy/README.md#entry link", r.Alert)

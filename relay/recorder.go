@@ -160,7 +160,7 @@ func (rec *recorder) fill(batch []sent) []sent {
 // 396–404 µs, and the relay's own CPU from about 600 to 440 µs, since the
 // process wakes up less often. The price is a wider crash window: a relay
 // killed within 50 ms of a POST has not recorded it, and the row is sent
-// again (README, "Delivery semantics"). lingerBelow stays 16: at 64, a
+// again (docs/delivery.md). lingerBelow stays 16: at 64, a
 // relay killed while catching up (outcomes arriving by the thousand a
 // second) left up to 45 duplicates, 145 in 20 kills against 27 before. Database CPU is what an operator feels first; a killed
 // relay is rare, and the runner dedupes by event id anyway. With rows

@@ -16,7 +16,7 @@ import (
 	"github.com/outbox-relay/outbox-relay/internal/store"
 )
 
-// appendBody writes the request body of DESIGN.md. data is the stored
+// appendBody writes the request body of docs/http.md. data is the stored
 // jsonb text copied as it is: it is valid JSON already, and re-encoding a
 // large payload would cost more than the POST.
 func appendBody(b []byte, r *store.Row) []byte {

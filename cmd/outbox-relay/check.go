@@ -69,7 +69,7 @@ const checkTimeout = 60 * time.Second
 // is deployed: one item per thing the relay depends on, each with its
 // fix. It only reads, unless --fix asks it to create what migrate creates.
 //
-// Exit codes, documented in the README: 0 nothing blocks (warnings may
+// Exit codes, documented in docs/commands.md: 0 nothing blocks (warnings may
 // remain); 1 an item blocks delivery, or the fast path with RELAY_CDC=on
 // (with auto a replication problem is a warning: the relay runs
 // sweep-only); 2 the settings are bad, the database cannot be reached, or
@@ -394,7 +394,7 @@ func (c *checker) tableItem(ctx context.Context) checkItem {
 		return unreadable(it.Name, "the table", err)
 	default:
 		it.Status, it.Detail = checkFail, err.Error()
-		it.Fix = "each column above is named with its fix; or map the table's own columns with RELAY_COLUMNS and RELAY_STATUS_VALUES (README: Adopting an existing outbox table)"
+		it.Fix = "each column above is named with its fix; or map the table's own columns with RELAY_COLUMNS and RELAY_STATUS_VALUES (docs/table.md: Adopting an existing outbox table)"
 	}
 	return it
 }

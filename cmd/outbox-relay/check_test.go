@@ -277,7 +277,7 @@ func TestCheck(t *testing.T) {
 		out := wantCheck(t, checkEnv(u, runner.URL(), "RELAY_CDC=off"), exitFailure,
 			"- replication: not checked: RELAY_CDC=off, the relay delivers sweep-only",
 			"✗ table: …",
-			"    fix: each column above is named with its fix; or map the table's own columns with RELAY_COLUMNS and RELAY_STATUS_VALUES (README: Adopting an existing outbox table)")
+			"    fix: each column above is named with its fix; or map the table's own columns with RELAY_COLUMNS and RELAY_STATUS_VALUES (docs/table.md: Adopting an existing outbox table)")
 		if line := checkLine(t, out, "✗ table: "); !strings.Contains(line, "last_error") {
 			t.Errorf("the table line does not name the column: %q", line)
 		}

@@ -1,5 +1,5 @@
 // Command outbox-relay delivers transactional-outbox rows from PostgreSQL
-// to an HTTP runner. See the README for the contract. This package is the
+// to an HTTP runner. See docs/http.md for the contract. This package is the
 // wiring: it turns the parsed configuration into each component and runs
 // them (run.go), and holds the subcommands migrate, status and requeue.
 package main
@@ -53,7 +53,7 @@ Settings are environment variables only:
 // standard ones, not RELAY_*.
 const tracingSummary = `
 Tracing: OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT exports a
-span per attempt over OTLP/HTTP (OTEL_SERVICE_NAME, default outbox-relay); see the README.
+span per attempt over OTLP/HTTP (OTEL_SERVICE_NAME, default outbox-relay); see docs/operations.md.
 `
 
 // newFlags is the flag set of a subcommand, writing its errors to stderr.

@@ -30,7 +30,7 @@ type errDegraded struct{}
 
 func (errDegraded) Error() string { return "degraded" }
 
-// The rules for "degraded", documented in the README:
+// The rules for "degraded", documented in docs/commands.md:
 //   - a pending row older than --max-pending-age (default 5m);
 //   - any dead row (it needs an operator: requeue or delete it);
 //   - with RELAY_CDC not off and wal_level logical: the slot is missing,

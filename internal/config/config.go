@@ -409,6 +409,27 @@ func Help() string {
 	return b.String()
 }
 
+// Reference is the table of every variable in docs/configuration.md, made
+// from the same tags as Help, so that the manual cannot drift from the
+// code (a test compares them).
+func Reference() string {
+	var b strings.Builder
+	b.WriteString("| variable | default | meaning |\n|---|---|---|\n")
+	t := reflect.TypeFor[Config]()
+	for i := range t.NumField() {
+		f := t.Field(i)
+		if f.Tag.Get("env") == "" {
+			continue
+		}
+		def := f.Tag.Get("envDefault")
+		if def != "" {
+			def = "`" + def + "`"
+		}
+		fmt.Fprintf(&b, "| `%s` | %s | %s |\n", Prefix+f.Tag.Get("env"), def, f.Tag.Get("help"))
+	}
+	return b.String()
+}
+
 // DecodeSecret turns a Standard Webhooks secret ("whsec_" and base64) into
 // the HMAC key. The error never quotes the secret.
 func DecodeSecret(s string) ([]byte, error) {

@@ -2,6 +2,7 @@ package config
 
 import (
 	"log/slog"
+	"os"
 	"reflect"
 	"strings"
 	"testing"
@@ -239,4 +240,16 @@ func FuzzLoad(f *testing.F) {
 			t.Fatalf("error quotes the password: %q", err)
 		}
 	})
+}
+
+// The manual's table of variables is the one Reference makes from the
+// tags: a setting added, renamed or given another default shows there.
+func TestReferenceIsInTheManual(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/configuration.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := Reference(); !strings.Contains(string(doc), want) {
+		t.Errorf("docs/configuration.md does not hold the table of the config tags; replace its table with:\n%s", want)
+	}
 }

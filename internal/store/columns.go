@@ -14,7 +14,7 @@ import (
 // (RELAY_COLUMNS); a role not named is played by the column of its own name.
 type Role string
 
-// The roles, in the order of DESIGN.md's table contract.
+// The roles, in the order of the table contract in docs/table.md.
 const (
 	RoleID            Role = "id"
 	RoleEventID       Role = "event_id"

@@ -44,7 +44,7 @@ func (s *Schema) tableSQL() []string {
 	return stmts
 }
 
-// createTable is the CREATE TABLE of DESIGN.md with the mapped names: a
+// createTable is the CREATE TABLE of docs/table.md with the mapped names: a
 // uuid primary key when the id also serves as event_id, an integer status
 // when the status values are integers.
 func (s *Schema) createTable() string {

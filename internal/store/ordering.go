@@ -23,7 +23,7 @@ import (
 // of key k, r1 in flight (pending, leased; its outcome not yet committed).
 // A claim decides which rows are heads on its statement's snapshot. In any
 // snapshot that sees r2, r1 is visible too (the application committed r1
-// before r2: the contract of the README) and pending, since r1 stays
+// before r2: the contract of docs/delivery.md) and pending, since r1 stays
 // pending until its outcome commits. So r2 is not a head for anyone until
 // r1's outcome is written. The head itself is taken by one claimer only:
 // the claim locks it FOR UPDATE SKIP LOCKED, a racing claimer skips it,
