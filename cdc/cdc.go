@@ -113,17 +113,11 @@ const (
 	// handoffWhole is how many bytes of rows wait whole for the hand-off
 	// goroutine, to be sent from their tuple; handoffMax is how many rows
 	// and ids may wait in all before the reader waits too, and then drops
-	// them to the sweeper (about 8 MiB of ids). Measured (make bench): a
-	// buffer of 4 × BatchSize made a burst of single-row commits fall back
-	// to the sweeper, whose grace then delayed thousands of events by
-	// seconds although the deliverer was only briefly behind; and with
-	// only 4 × BatchSize rows whole, 98 % of a burst was claimed by id, at
-	// one more statement and row version each, so the stream delivered an
-	// INSERT … SELECT slower than the sweeper alone. 4 MiB holds about
-	// 13,000 rows of 150 bytes, two seconds of the deliverer's pace here;
-	// rows that wait longer are claimed anyway (relay.DeliverInserts). A
-	// row larger than the budget, and every row behind it until the
-	// backlog drains, waits as an id.
+	// them to the sweeper (about 8 MiB of ids). Rows that wait longer
+	// than their share of the grace are claimed anyway
+	// (relay.DeliverInserts); a row larger than the budget, and every row
+	// behind it until the backlog drains, waits as an id. Why these sizes:
+	// docs/decisions/0004-hand-off-holds-4-mib-of-whole-rows.md.
 	handoffWhole = 4 << 20
 	handoffMax   = 1 << 18
 
@@ -213,23 +207,15 @@ func New(cfg Config, d Deliverer, log *slog.Logger) *Stream {
 func (s *Stream) Wake() <-chan struct{} { return s.wake }
 
 // Streaming reports whether this process holds the slot and receives
-// changes: while it does, the sweeper leaves rows younger than its grace
-// to the stream. Ids the stream drops are not a reason to say otherwise:
-// a sweep that takes fresh rows beside a stream that is behind claims the
-// rows the stream is about to claim, and makes it fall further behind
-// (see Dropped).
+// changes.
 func (s *Stream) Streaming() bool { return s.streaming.Load() }
 
 // Dropped is signalled when the stream left ids to the sweeper because
 // the deliverer was behind. The sweeper should sweep then, with its usual
 // grace, rather than at its next tick: the dropped rows are claimed as
 // soon as they are older than the grace (its next wake-up is timed on the
-// oldest of them), and a whole sweep interval no longer strands them.
-// Measured (make bench, 5,000 events/s): waking a sweep that took fresh
-// rows at every drop made the stream drop more, and 20,586 to 27,987 of
-// 50,000 events were still pending after 10 s; not waking it at all left
-// 69 to 1,393 events of a 20,000-commit burst to a 1-minute sweep
-// interval.
+// oldest of them) rather than after a whole sweep interval
+// (docs/decisions/0003-wake-the-sweeper-on-drops.md).
 func (s *Stream) Dropped() <-chan struct{} { return s.dropped }
 
 // shed notes whether a hand-off was dropped, logging once per change.

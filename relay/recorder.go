@@ -153,20 +153,12 @@ func (rec *recorder) fill(batch []sent) []sent {
 // The wait counts from each outcome's arrival and runs while the previous
 // write does, so it never slows the recorder below the rate outcomes
 // arrive at; it delays only the outcome write, far inside the half grace a
-// fresh row's outcome has (fresh.go), and never the POST. Measured at a
-// steady 500 events/s (go run ./bench -only=latency): at 2 ms, 0.53
-// statements per event and 680 µs of PostgreSQL CPU per event; at 20 ms,
-// 0.092 and 412–444 µs; at 50 ms (with up to 64 rows), 0.039 and
-// 396–404 µs, and the relay's own CPU from about 600 to 440 µs, since the
-// process wakes up less often. The price is a wider crash window: a relay
-// killed within 50 ms of a POST has not recorded it, and the row is sent
-// again (docs/delivery.md). lingerBelow stays 16: at 64, a
-// relay killed while catching up (outcomes arriving by the thousand a
-// second) left up to 45 duplicates, 145 in 20 kills against 27 before. Database CPU is what an operator feels first; a killed
-// relay is rare, and the runner dedupes by event id anyway. With rows
-// ordered per key the wait is orderedLinger: each of a key's rows waits
-// for its predecessor's outcome write, so a hot key would be held to 20
-// events/s at 50 ms.
+// fresh row's outcome has (fresh.go), and never the POST. It trades a
+// wider crash window (a relay killed within the wait re-sends what it has
+// not recorded) for far fewer statements; with rows ordered per key the
+// wait is orderedLinger, since each of a key's rows waits for its
+// predecessor's outcome. The figures:
+// docs/decisions/0002-outcomes-linger-50ms.md.
 const (
 	lingerBelow   = 16
 	recordLinger  = 50 * time.Millisecond

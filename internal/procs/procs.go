@@ -1,28 +1,12 @@
 // Package procs runs the relay on one P (GOMAXPROCS=1) while it is lightly
 // loaded, and on the runtime's default when it is busy.
 //
-// Why: at a steady few hundred events a second the relay's work is tiny
-// and comes in small pieces (a WAL message, a POST, its answer), each
-// handed from one goroutine to the next. With two or more Ps, every hand-
-// off wakes another OS thread to run the woken goroutine in parallel, and
-// the runtime's monitor thread polls every 20 µs while any P is busy. On
-// the benchmark machine (2 cores) that was most of the relay's CPU: at 500
-// events/s, 420–480 µs per event with the default of 2 Ps and 290 with one
-// (perf put half of it in the monitor thread's sleeps and wake-ups). One P
-// costs throughput when the relay is busy (a burst: 8,400 against 9,600
-// events/s), so the controller gives the Ps back as soon as the load asks
-// for them, within a tick.
-//
-// The load is the process's own CPU time. An earlier version also raised
-// when the runtime's scheduling latencies grew (5 % of goroutines waiting
-// over 500 µs for the P), to catch work queueing behind the one thread
-// before its CPU time said so. On a machine shared with the database that
-// rule fired at a steady 2,000 events/s with the P 30–40 % busy: the waits
-// were the OS running PostgreSQL on the thread's core, which more Ps do
-// not cure. With it, 2,000/s cost the relay 215–245 µs per event and had a
-// p99 of 2.4–13 ms across runs; without it, 158–164 µs and 2.1–2.8 ms,
-// and bursts of 20,000 commits were no slower (median 4,977 and 5,007
-// against 4,741 and 4,968 events/s).
+// Why: at a steady few hundred events a second the relay's work comes in
+// small pieces handed from one goroutine to the next, and with more Ps every
+// hand-off wakes another OS thread; one P costs throughput only when the
+// relay is busy, so the controller gives the Ps back as soon as its own CPU
+// time asks for them, within a tick. The figures and the rule that was
+// dropped: docs/decisions/0001-one-p-while-lightly-loaded.md.
 package procs
 
 import (

@@ -40,7 +40,7 @@ const tupleTime = "2006-01-02 15:04:05.999999-07"
 // a role's column is missing, times are stored without a time zone (their
 // meaning depends on the session that reads them), or rows are ordered per
 // key (the head of a key is known only to the table). Such rows are
-// claimed as before.
+// claimed before they are sent.
 func (s *Schema) TupleDecoder(columns []string) (d *TupleDecoder, ok bool) {
 	if s.Has(RoleOrderingKey) {
 		return nil, false
