@@ -46,7 +46,7 @@ faults:
 
 # The randomized soak (faults/soak_test.go) for minutes: a mix of
 # application transactions while faults strike at random moments, then
-# every promise checked. `make test` runs it for 25 s. SOAK_SEED replays
+# every promise checked. `make test` runs it for 30 s. SOAK_SEED replays
 # a run (its result line prints the seed); SOAK_DURATION sets the length.
 # Not under -race: the relays run as built for production.
 SOAK_DURATION ?= 3m

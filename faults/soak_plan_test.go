@@ -1,6 +1,7 @@
 package faults
 
 import (
+	"cmp"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -40,50 +41,73 @@ var faultKinds = []struct {
 }{{"kill", 3}, {"replica", 2}, {"postgres", 1}, {"503", 1}, {"slow", 1}, {"down", 1}}
 
 // planFaults draws the fault plan of a run from seed: a fault every 2 to
-// 5 s; the runner has one fault at a time, with 5 s without one after
-// it, and one second replica runs at a time; everything ends 2 s before
-// the load does.
+// 5 s; the runner has one fault at a time, for 2 to 4 s, and none for 5 s
+// after it (1 s while the first faults try each kind once), so that some
+// rows live while no fault is on; one second replica runs at a time, for
+// 4 to 12 s; everything ends 2 s before the load does.
 func planFaults(seed uint64, d time.Duration) []step {
-	rng := rand.New(rand.NewPCG(seed, 1))
-	between := func(lo, hi time.Duration) time.Duration { return lo + time.Duration(rng.Int64N(int64(hi-lo))) }
-	var kinds []string
+	p := &planner{rng: rand.New(rand.NewPCG(seed, 1)), end: d - 2*time.Second}
+	var todo []string // each kind once first
 	total := 0
 	for _, k := range faultKinds {
-		kinds = append(kinds, k.kind)
+		todo = append(todo, k.kind)
 		total += k.weight
 	}
-	rng.Shuffle(len(kinds), func(i, j int) { kinds[i], kinds[j] = kinds[j], kinds[i] })
-	end := d - 2*time.Second
-	var plan []step
-	var runnerFree, replicaFree time.Duration
-	for at, i := between(time.Second, 3*time.Second), 0; at < end; at, i = at+between(2*time.Second, 5*time.Second), i+1 {
-		kind := drawFault(rng.IntN(total))
-		if i < len(kinds) {
-			kind = kinds[i]
+	p.rng.Shuffle(len(todo), func(i, j int) { todo[i], todo[j] = todo[j], todo[i] })
+	for at := p.between(time.Second, 3*time.Second); at < p.end; at += p.between(2*time.Second, 5*time.Second) {
+		kind := drawFault(p.rng.IntN(total))
+		if len(todo) > 0 {
+			kind = todo[0]
 		}
-		lane := rng.IntN(3)
-		switch kind {
-		case "kill":
-			plan = append(plan, step{at, "kill", lane, pick(rng, "main", "replica")})
-		case "postgres":
-			plan = append(plan, step{at, "postgres", 0, pick(rng, "fast", "immediate")})
-		case "replica":
-			if at < replicaFree {
-				continue
-			}
-			replicaFree = min(at+between(4*time.Second, 12*time.Second), end)
-			plan = append(plan, step{at, "replica", lane, pick(rng, replicaSettings...)}, step{replicaFree, "replica-stop", lane, ""})
-		default: // the runner
-			if at < runnerFree {
-				continue
-			}
-			stop := min(at+between(2*time.Second, 5*time.Second), end)
-			plan = append(plan, step{at, "runner", 0, kind}, step{stop, "runner", 0, "ok"})
-			runnerFree = stop + 5*time.Second
+		p.calm = 5 * time.Second
+		if len(todo) > 0 {
+			p.calm = time.Second // a short run sees every fault
+		}
+		if p.add(at, kind) && len(todo) > 0 {
+			todo = todo[1:]
 		}
 	}
-	slices.SortStableFunc(plan, func(a, b step) int { return int(a.at - b.at) })
-	return plan
+	slices.SortStableFunc(p.plan, func(a, b step) int { return cmp.Compare(a.at, b.at) })
+	return p.plan
+}
+
+// planner is planFaults' state.
+type planner struct {
+	rng                     *rand.Rand
+	end                     time.Duration
+	plan                    []step
+	runnerFree, replicaFree time.Duration
+	calm                    time.Duration // without a runner fault after one
+}
+
+func (p *planner) between(lo, hi time.Duration) time.Duration {
+	return lo + time.Duration(p.rng.Int64N(int64(hi-lo)))
+}
+
+// add plans a fault of kind at at, and reports false when the runner or
+// the second replica is still busy with one.
+func (p *planner) add(at time.Duration, kind string) bool {
+	lane := p.rng.IntN(3)
+	switch kind {
+	case "kill":
+		p.plan = append(p.plan, step{at, "kill", lane, pick(p.rng, "main", "replica")})
+	case "postgres":
+		p.plan = append(p.plan, step{at, "postgres", 0, pick(p.rng, "fast", "immediate")})
+	case "replica":
+		if at < p.replicaFree {
+			return false
+		}
+		p.replicaFree = min(at+p.between(4*time.Second, 12*time.Second), p.end)
+		p.plan = append(p.plan, step{at, "replica", lane, pick(p.rng, replicaSettings...)}, step{p.replicaFree, "replica-stop", lane, ""})
+	default: // the runner
+		if at < p.runnerFree {
+			return false
+		}
+		stop := min(at+p.between(2*time.Second, 4*time.Second), p.end)
+		p.plan = append(p.plan, step{at, "runner", 0, kind}, step{stop, "runner", 0, "ok"})
+		p.runnerFree = stop + p.calm
+	}
+	return true
 }
 
 // drawFault is the kind of faultKinds that x, below their total weight,

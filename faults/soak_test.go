@@ -55,7 +55,7 @@ type soakConfig struct {
 // Defaults of a soak run; drainLimit bounds the wait for the last rows,
 // which covers a lease left by a killed relay.
 const (
-	soakDefaultDuration = 25 * time.Second
+	soakDefaultDuration = 30 * time.Second
 	soakMinDuration     = 10 * time.Second
 	drainLimit          = 3 * time.Minute
 )
