@@ -148,11 +148,11 @@ func (ev *evidence) forbidden() (deleted, early, unknown []string) {
 		r, ok := ev.rows[id]
 		switch {
 		case qs[0].kind == "delete":
-			deleted = append(deleted, fmt.Sprintf("event %s sent %d times at %s", id, len(qs), qs[0].at.Format(time.StampMicro)))
+			deleted = append(deleted, fmt.Sprintf("event %s %s: %s", id, qs[0].data, describe(qs)))
 		case ok && r.p.Kind == "reschedule":
-			early = append(early, fmt.Sprintf("event %s sent %d times, first at %s", id, len(qs), qs[0].at.Format(time.StampMicro)))
+			early = append(early, fmt.Sprintf("event %s %s: %s", id, qs[0].data, describe(qs)))
 		case !ok:
-			unknown = append(unknown, fmt.Sprintf("event %s (%s)", id, qs[0].kind))
+			unknown = append(unknown, fmt.Sprintf("event %s %s: %s", id, qs[0].data, describe(qs)))
 		}
 	}
 	return deleted, early, unknown
