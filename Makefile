@@ -5,7 +5,7 @@
 GO ?= go
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: build test test-django fuzz lint demo bench faults clean
+.PHONY: build test test-django fuzz lint demo bench faults soak clean
 
 build:
 	$(GO) build -o bin/outbox-relay ./cmd/outbox-relay
@@ -52,6 +52,16 @@ bench:
 # Results go to docs/faults-results.jsonl for docs/RELIABILITY.md.
 faults:
 	RELAY_FAULTS=full RELAY_FAULTS_OUT=$(CURDIR)/docs/faults-results.jsonl $(GO) test -count=1 -timeout 30m -v ./faults/
+
+# The randomized soak (faults/soak_test.go) for minutes: a mix of
+# application transactions while faults strike at random moments, then
+# every promise checked. `make test` runs it for 30 s. SOAK_SEED replays
+# a run (its result line prints the seed); SOAK_DURATION sets the length.
+# Not under -race: the relays run as built for production.
+SOAK_DURATION ?= 3m
+SOAK_SEED ?=
+soak:
+	SOAK_SEED=$(SOAK_SEED) SOAK_DURATION=$(SOAK_DURATION) $(GO) test -count=1 -timeout 60m -v -run '^TestSoak$$' ./faults/
 
 clean:
 	rm -rf bin

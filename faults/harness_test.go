@@ -191,14 +191,7 @@ func startKeyedInserter(t *testing.T, d *db, rate, conns, keys int) *inserter {
 	every := time.Second * time.Duration(conns) / time.Duration(rate)
 	for c := range conns {
 		in.wg.Go(func() {
-			tick := time.NewTicker(every)
-			defer tick.Stop()
-			for i := 0; ; i++ {
-				select {
-				case <-ctx.Done():
-					return
-				case <-tick.C:
-				}
+			paced(ctx, every, func(i int) {
 				var id string
 				var err error
 				if keys == 0 {
@@ -213,11 +206,25 @@ func startKeyedInserter(t *testing.T, d *db, rate, conns, keys int) *inserter {
 					in.ids[id] = true
 					in.mu.Unlock()
 				}
-			}
+			})
 		})
 	}
 	t.Cleanup(in.stop)
 	return in
+}
+
+// paced calls f(0), f(1), … once every interval until ctx ends.
+func paced(ctx context.Context, every time.Duration, f func(i int)) {
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for i := 0; ; i++ {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		f(i)
+	}
 }
 
 func (in *inserter) stop() {

@@ -44,18 +44,24 @@ func newSenders(rn *relaytest.Runner, answer relaytest.Answer) *senders {
 			ok = answer(w, r, body)
 		}
 		if ok {
-			relay, err := strconv.Atoi(r.URL.Query().Get("relay"))
-			if err != nil {
-				relay = -1 // untagged: never a killed relay, so judged outside the window
-			}
 			key := r.Header.Get("Idempotency-Key")
 			s.mu.Lock()
-			s.by[key] = append(s.by[key], relay)
+			s.by[key] = append(s.by[key], relayOf(r))
 			s.mu.Unlock()
 		}
 		return ok
 	})
 	return s
+}
+
+// relayOf is the number of the relay that sent r (see tag), -1 for an
+// untagged request: never a killed relay, so judged outside the window.
+func relayOf(r *http.Request) int {
+	relay, err := strconv.Atoi(r.URL.Query().Get("relay"))
+	if err != nil {
+		return -1
+	}
+	return relay
 }
 
 // tag is the environment variable that makes the next relay's requests
