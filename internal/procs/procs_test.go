@@ -122,7 +122,7 @@ func TestSizerFollowsTheLoad(t *testing.T) {
 			}
 		})
 	}
-	waitFor(t, 10*time.Second, "the default under load", func() bool { return runtime.GOMAXPROCS(0) == max })
+	waitFor(t, 30*time.Second, "the default under load", func() bool { return runtime.GOMAXPROCS(0) == max })
 	close(stop)
 	wg.Wait()
 	waitFor(t, dropAfter+10*time.Second, "one P once calm", func() bool { return runtime.GOMAXPROCS(0) == 1 })
