@@ -236,27 +236,7 @@ func (r *reader) change(ctx context.Context, data []byte) error {
 	case *pglogrepl.RelationMessage:
 		r.relation(m)
 	case *pglogrepl.InsertMessage:
-		in, ok := r.insert(m)
-		if !ok {
-			return nil
-		}
-		r.txIDs = true
-		if r.replay {
-			// Not to be claimed at once: the session that announced it
-			// may still be sending it without a claim. The sweeper takes
-			// it once the grace has passed.
-			r.replayed++
-			return nil
-		}
-		if r.hold(&in) {
-			return nil
-		}
-		r.pending = append(r.pending, in)
-		if len(r.pending) >= r.s.cfg.BatchSize {
-			// Ids are claimed, which reads the row as committed: they
-			// may go before the commit arrives.
-			return r.flush(ctx)
-		}
+		return r.inserted(ctx, m)
 	case *pglogrepl.UpdateMessage:
 		r.updated(m)
 	case *pglogrepl.DeleteMessage:
@@ -265,6 +245,33 @@ func (r *reader) change(ctx context.Context, data []byte) error {
 		r.truncated(m)
 	}
 	// Type, Origin, Message: not ours to act on.
+	return nil
+}
+
+// inserted takes a row inserted into the outbox: held for its commit when
+// it can be sent from its tuple, else an id to claim.
+func (r *reader) inserted(ctx context.Context, m *pglogrepl.InsertMessage) error {
+	in, ok := r.insert(m)
+	if !ok {
+		return nil
+	}
+	r.txIDs = true
+	if r.replay {
+		// Not to be claimed at once: the session that announced it may
+		// still be sending it without a claim. The sweeper takes it once
+		// the grace has passed.
+		r.replayed++
+		return nil
+	}
+	if r.hold(&in) {
+		return nil
+	}
+	r.pending = append(r.pending, in)
+	if len(r.pending) >= r.s.cfg.BatchSize {
+		// Ids are claimed, which reads the row as committed: they may go
+		// before the commit arrives.
+		return r.flush(ctx)
+	}
 	return nil
 }
 

@@ -50,16 +50,11 @@ func runRelay(ctx context.Context, args, environ []string, stderr io.Writer) err
 		}
 		return err
 	}
-	opts := []store.Option{store.WithOrderingOnDead(cfg.OnDead)}
-	if cfg.CDC != "off" {
-		writer, err := openWriter(ctx, cfg, log)
-		if err != nil {
-			return err
-		}
-		defer writer.Close()
-		opts = append(opts, store.WithWriter(writer))
+	st, closeWriter, err := relayStore(ctx, cfg, pool, schema, log)
+	if err != nil {
+		return err
 	}
-	st := store.New(pool, schema, opts...)
+	defer closeWriter()
 	metrics := monitor.NewMetrics()
 	if st.Ordered() {
 		metrics.WatchOrdering()
@@ -70,9 +65,6 @@ func runRelay(ctx context.Context, args, environ []string, stderr io.Writer) err
 	}
 	defer tracing.stop(cfg.ShutdownGrace)
 	dcfg := delivererConfig(cfg)
-	if cfg.CDC != "off" {
-		dcfg.FreshGrace = handover.Grace
-	}
 	dcfg.Tracer = tracing.tracer()
 	d := relay.New(dcfg, st, log, metrics)
 	metrics.WatchRunner(d.Runner)
@@ -143,8 +135,23 @@ func orderedBy(cfg config.Config, st *store.Store) string {
 	return cfg.Columns[store.RoleOrderingKey] + " (on dead: " + string(cfg.OnDead) + ")"
 }
 
+// relayStore is the store the relay runs on: claims through pool, and
+// with the stream, outcomes through a session of their own (openWriter).
+// The returned func closes that session.
+func relayStore(ctx context.Context, cfg config.Config, pool *pgxpool.Pool, schema *store.Schema, log *slog.Logger) (*store.Store, func(), error) {
+	opts := []store.Option{store.WithOrderingOnDead(cfg.OnDead)}
+	if cfg.CDC == "off" {
+		return store.New(pool, schema, opts...), func() {}, nil
+	}
+	writer, err := openWriter(ctx, cfg, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	return store.New(pool, schema, append(opts, store.WithWriter(writer))...), writer.Close, nil
+}
+
 func delivererConfig(cfg config.Config) relay.Config {
-	return relay.Config{
+	c := relay.Config{
 		RunnerURL:     cfg.RunnerURL,
 		SigningKey:    cfg.SigningKey,
 		Token:         cfg.RunnerToken,
@@ -156,6 +163,10 @@ func delivererConfig(cfg config.Config) relay.Config {
 		ShutdownGrace: cfg.ShutdownGrace,
 		ProbeMax:      cfg.ProbeMax,
 	}
+	if cfg.CDC != "off" {
+		c.FreshGrace = handover.Grace
+	}
+	return c
 }
 
 func sweepConfig(cfg config.Config, stream *cdc.Stream, metrics *monitor.Metrics) sweeper.Config {
