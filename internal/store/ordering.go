@@ -90,6 +90,9 @@ func (s *Schema) orderColumns() []Role {
 	return []Role{RoleID}
 }
 
+// OrderColumn names the column that orders a key's rows.
+func (s *Schema) OrderColumn() string { return s.Columns[s.orderColumns()[0]].Name }
+
 // orderProblem says, on one line, what to add when the ordering key is
 // mapped, no sequence column is, and the id is not an integer; "" when
 // the rows are ordered, or not ordered at all.
