@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
@@ -25,41 +24,20 @@ import (
 // whether a request waits until release is closed before its answer;
 // flaky refuses the first attempt of one event in flaky (503), none when 0.
 func keyedRunner(t *testing.T, load *relaytest.KeyLoad, hold func(eventType string) bool, release <-chan struct{}, flaky int) *relaytest.Runner {
-	rn, err := relaytest.StartRunner()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(rn.Stop)
-	var mu sync.Mutex
-	tries := map[string]int{}
-	rn.SetAnswer(func(w http.ResponseWriter, r *http.Request, body []byte) bool {
-		var ev struct {
-			Type string
-			Data struct{ Key string }
-		}
-		_ = json.Unmarshal(body, &ev)
-		leave := load.Enter(ev.Data.Key)
-		defer leave()
-		id := r.Header.Get("Idempotency-Key")
-		mu.Lock()
-		tries[id]++
-		first := tries[id] == 1
-		mu.Unlock()
+	return triedRunner(t, func(r *http.Request, ev event, try int) int {
+		defer load.Enter(ev.Data.Key)()
 		if hold != nil && hold(ev.Type) {
 			select {
 			case <-release:
 			case <-r.Context().Done():
-				return false
+				return http.StatusServiceUnavailable
 			}
 		}
-		if flaky > 0 && first && rand.IntN(flaky) == 0 {
-			w.WriteHeader(http.StatusServiceUnavailable)
-			return false
+		if flaky > 0 && try == 1 && rand.IntN(flaky) == 0 {
+			return http.StatusServiceUnavailable
 		}
-		w.WriteHeader(http.StatusNoContent)
-		return true
+		return http.StatusNoContent
 	})
-	return rn
 }
 
 // execer is a connection or an open transaction.
