@@ -80,10 +80,9 @@ func soakSettings(t *testing.T) soakConfig {
 	return c
 }
 
-// uuidColumns maps the uuid table's roles. The check orders a key's rows
-// by seq; when the relay can be told which column orders a key's rows,
-// map seq to that role here.
-const uuidColumns = "id=event_id,ordering_key=entity"
+// uuidColumns maps the uuid table's roles: its uuid id cannot order a
+// key's rows, so seq (a bigserial) does, for the relay and the check alike.
+const uuidColumns = "id=event_id,ordering_key=entity,sequence=seq"
 
 // lane is one outbox table with its relays.
 type lane struct {

@@ -392,6 +392,9 @@ func (c *checker) tableItem(ctx context.Context) checkItem {
 		it.Fix = "outbox-relay migrate (or check --fix), or the application's migration"
 	case errors.As(err, &pgErr), ctx.Err() != nil:
 		return unreadable(it.Name, "the table", err)
+	case errors.Is(err, store.ErrCannotOrder):
+		it.Status, it.Detail = checkFail, err.Error()
+		it.Fix = "add the column named above and map it, or drop ordering_key from RELAY_COLUMNS (README: Ordered delivery per key)"
 	default:
 		it.Status, it.Detail = checkFail, err.Error()
 		it.Fix = "each column above is named with its fix; or map the table's own columns with RELAY_COLUMNS and RELAY_STATUS_VALUES (docs/table.md: Adopting an existing outbox table)"

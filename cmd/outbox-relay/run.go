@@ -43,11 +43,14 @@ func runRelay(ctx context.Context, args, environ []string, stderr io.Writer) err
 	}
 	defer pool.Close()
 	schema, err := waitForSchema(ctx, pool, cfg, log)
-	if err != nil {
-		if ctx.Err() != nil {
-			log.Info("stopped before start-up completed")
-			return nil
-		}
+	switch {
+	case err != nil && ctx.Err() != nil:
+		log.Info("stopped before start-up completed")
+		return nil
+	case errors.Is(err, store.ErrCannotOrder):
+		// The ordering key is a setting the table cannot honour.
+		return usageError{err}
+	case err != nil:
 		return err
 	}
 	st, closeWriter, err := relayStore(ctx, cfg, pool, schema, log)
@@ -132,7 +135,7 @@ func orderedBy(cfg config.Config, st *store.Store) string {
 	if !st.Ordered() {
 		return "none"
 	}
-	return cfg.Columns[store.RoleOrderingKey] + " (on dead: " + string(cfg.OnDead) + ")"
+	return cfg.Columns[store.RoleOrderingKey] + " in order of " + st.Schema().OrderColumn() + " (on dead: " + string(cfg.OnDead) + ")"
 }
 
 // relayStore is the store the relay runs on: claims through pool, and

@@ -56,7 +56,7 @@ type Config struct {
 	Retention     time.Duration `env:"RETENTION" envDefault:"168h" help:"delivered rows older than this are deleted; 0 keeps them"`
 	StatsInterval time.Duration `env:"STATS_INTERVAL" envDefault:"15s" help:"refresh interval of the SQL-backed gauges and the slot guard"`
 
-	ColumnMap      string `env:"COLUMNS" help:"columns of an existing table by role: role=column,… (id, event_id, event_type, payload, status, attempts, next_attempt_at, last_error, created_at, delivered_at; optional: ordering_key)"`
+	ColumnMap      string `env:"COLUMNS" help:"columns of an existing table by role: role=column,… (id, event_id, event_type, payload, status, attempts, next_attempt_at, last_error, created_at, delivered_at; optional: ordering_key, sequence, traceparent, tracestate)"`
 	StatusValues   string `env:"STATUS_VALUES" help:"stored status values: pending=…,delivered=…,dead=… (default pending, delivered, dead)"`
 	OrderingOnDead string `env:"ORDERING_ON_DEAD" envDefault:"skip" help:"with an ordering_key column: skip (a dead row lets its key go on) or block (the key waits until it is requeued or deleted)"`
 

@@ -3,6 +3,8 @@ package relaytest
 import (
 	"context"
 	"fmt"
+	"maps"
+	"sync"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -16,7 +18,7 @@ type KeyedRow struct {
 
 // OrderViolations checks the order in which a runner first accepted
 // events (Runner.FirstAcceptances) against the row order of each key:
-// rows lists the table's rows in that order (id, or created_at then id).
+// rows lists the table's rows in that order (id, or the sequence column).
 // Within a key, the first acceptances must follow the rows' order. Dead
 // rows are left out: under skip their successors go on, and a dead row's
 // late acceptance (a timeout the runner answered after all) is no
@@ -60,8 +62,14 @@ type Querier interface {
 // its ordering key in keyColumn, in the key's row order (id) as
 // OrderViolations wants them.
 func ReadKeyedRows(ctx context.Context, q Querier, table, keyColumn string) ([]KeyedRow, error) {
-	rows, err := q.Query(ctx, fmt.Sprintf(`SELECT event_id::text, coalesce(%s::text, ''), status = 'dead' FROM %s ORDER BY id`,
-		pgx.Identifier{keyColumn}.Sanitize(), table))
+	return ReadKeyedRowsBy(ctx, q, table, keyColumn, "id")
+}
+
+// ReadKeyedRowsBy is ReadKeyedRows for a table whose rows are ordered by
+// orderColumn (the column mapped to the role sequence).
+func ReadKeyedRowsBy(ctx context.Context, q Querier, table, keyColumn, orderColumn string) ([]KeyedRow, error) {
+	rows, err := q.Query(ctx, fmt.Sprintf(`SELECT event_id::text, coalesce(%s::text, ''), status = 'dead' FROM %s ORDER BY %s`,
+		pgx.Identifier{keyColumn}.Sanitize(), table, pgx.Identifier{orderColumn}.Sanitize()))
 	if err != nil {
 		return nil, err
 	}
@@ -69,4 +77,46 @@ func ReadKeyedRows(ctx context.Context, q Querier, table, keyColumn string) ([]K
 		var k KeyedRow
 		return k, r.Scan(&k.EventID, &k.Key, &k.Dead)
 	})
+}
+
+// KeyLoad counts, per ordering key, the requests a runner is answering at
+// once, and keeps each key's most: on an ordered outbox it must never pass
+// one. The zero value is ready.
+type KeyLoad struct {
+	mu        sync.Mutex
+	now, most map[string]int
+}
+
+// Enter notes that a request of key is being answered; the function it
+// returns notes that it was.
+func (l *KeyLoad) Enter(key string) (leave func()) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.now == nil {
+		l.now, l.most = map[string]int{}, map[string]int{}
+	}
+	l.now[key]++
+	l.most[key] = max(l.most[key], l.now[key])
+	return func() {
+		l.mu.Lock()
+		l.now[key]--
+		l.mu.Unlock()
+	}
+}
+
+// Now is how many requests of key are being answered.
+func (l *KeyLoad) Now(key string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.now[key]
+}
+
+// Overlapped are the keys that had more than one request answered at
+// once, each with its most.
+func (l *KeyLoad) Overlapped() map[string]int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := maps.Clone(l.most)
+	maps.DeleteFunc(out, func(_ string, n int) bool { return n <= 1 })
+	return out
 }

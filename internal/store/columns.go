@@ -32,6 +32,7 @@ const (
 // change nothing when none is.
 const (
 	RoleOrderingKey Role = "ordering_key" // delivery in order per key
+	RoleSequence    Role = "sequence"     // the order of a key's rows, from a sequence
 	RoleTraceparent Role = "traceparent"  // W3C trace context, sent as a header
 	RoleTracestate  Role = "tracestate"
 )
@@ -41,13 +42,13 @@ var Roles = []Role{RoleID, RoleEventID, RoleEventType, RolePayload, RoleStatus,
 	RoleAttempts, RoleNextAttemptAt, RoleLastError, RoleCreatedAt, RoleDeliveredAt}
 
 // OptionalRoles lists the roles played only when RELAY_COLUMNS maps them.
-var OptionalRoles = []Role{RoleOrderingKey, RoleTraceparent, RoleTracestate}
+var OptionalRoles = []Role{RoleOrderingKey, RoleSequence, RoleTraceparent, RoleTracestate}
 
 // readOnly roles are only read by the relay, so one column may play two of
 // them (event_id=id when the primary key is a UUID). A column the relay
 // writes must play one role only, or one write would clobber another.
 var readOnly = []Role{RoleID, RoleEventID, RoleEventType, RolePayload, RoleCreatedAt,
-	RoleOrderingKey, RoleTraceparent, RoleTracestate}
+	RoleOrderingKey, RoleSequence, RoleTraceparent, RoleTracestate}
 
 // Columns maps each role to the column that plays it. Column names are
 // exact (case-sensitive) and always quoted in SQL.

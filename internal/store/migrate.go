@@ -46,7 +46,7 @@ func (s *Schema) tableSQL() []string {
 
 // createTable is the CREATE TABLE of docs/table.md with the mapped names: a
 // uuid primary key when the id also serves as event_id, an integer status
-// when the status values are integers.
+// when the status values are integers, the optional columns mapped.
 func (s *Schema) createTable() string {
 	status := "text NOT NULL DEFAULT {pending}"
 	if s.Statuses.Integer() {
@@ -74,6 +74,12 @@ func (s *Schema) createTable() string {
 			def  string
 		}{RoleOrderingKey, "text"})
 	}
+	if s.Has(RoleSequence) {
+		cols = append(cols, struct {
+			role Role
+			def  string
+		}{RoleSequence, "bigserial"})
+	}
 	shared := s.Columns[RoleID].Name == s.Columns[RoleEventID].Name
 	var b strings.Builder
 	for _, c := range cols {
@@ -83,6 +89,8 @@ func (s *Schema) createTable() string {
 			def = "uuid PRIMARY KEY DEFAULT gen_random_uuid()"
 		case shared && c.role == RoleEventID:
 			continue
+		case c.role == RoleSequence && s.Columns[RoleSequence].Name == s.Columns[RoleID].Name:
+			continue // the id itself
 		}
 		if b.Len() > 0 {
 			b.WriteString(",\n")

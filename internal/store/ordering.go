@@ -2,39 +2,46 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/outbox-relay/outbox-relay/internal/handover"
 )
 
 // Delivery in order per key (the optional role ordering_key).
 //
-// Rows with the same non-NULL key are sent one at a time, in the key's row
-// order: the primary key for an integer id, (created_at, id) otherwise.
-// A row is claimable only when it is the head of its key: no earlier row
-// of the key is pending (in flight, waiting for a retry or not yet tried)
-// and, under OnDeadBlock, none is dead. The head test is part of the claim
-// statement itself, so exclusivity comes from the table, across the stream,
-// the sweep, replicas and restarts, as it does for rows without a key.
+// A key's rows are ordered by a column that a sequence fills: the id when
+// it is an integer (serial, bigserial, identity), else the column mapped
+// to the role sequence. A sequence gives the application's insertion order
+// within a transaction, and commit order across transactions that write
+// the key one after the other (the contract of docs/delivery.md). A uuid or text
+// id gives neither, nor does created_at (now() is the transaction's start,
+// the same for every row of a transaction), so a table with nothing else
+// is refused (ErrCannotOrder).
 //
-// Why two claimers can never hold two rows of one key: let r1 < r2 be rows
-// of key k, r1 in flight (pending, leased; its outcome not yet committed).
-// A claim decides which rows are heads on its statement's snapshot. In any
-// snapshot that sees r2, r1 is visible too (the application committed r1
-// before r2: the contract of docs/delivery.md) and pending, since r1 stays
-// pending until its outcome commits. So r2 is not a head for anyone until
-// r1's outcome is written. The head itself is taken by one claimer only:
-// the claim locks it FOR UPDATE SKIP LOCKED, a racing claimer skips it,
-// and one whose snapshot predates the other's committed claim re-checks
-// the row's new version (READ COMMITTED's re-check of an updated row),
-// finds it leased (not due) and leaves it. A re-check never adds a row the
-// snapshot did not pick, so it cannot make r2 a head either. Once r1's
-// outcome commits as delivered (or dead under OnDeadSkip), r2 becomes the
-// head for every later snapshot. A retry keeps r1 pending, so its
-// successors wait for it. The one way back to two in flight is requeueing
-// a dead r1 while r2 is in flight: r1 is then sent again as the key's head.
+// Rows with the same non-NULL key are sent one at a time, in that order.
+// A row is claimable only when it is the head of its key: no earlier row
+// of the key is pending (in flight, waiting for a retry or not yet tried),
+// none under OnDeadBlock is dead, and no other row of the key is leased
+// (in flight or waiting for its retry: tried and not due). The head test
+// is part of the claim statement itself, so exclusivity comes from the
+// table, across the stream, the sweep, replicas and restarts, as it does
+// for rows without a key.
+//
+// Why two rows of one key are never in flight at once: the claims of an
+// ordered table take turns (claimLock), each on a snapshot taken once the
+// claims before it committed. A row in flight is pending and leased from
+// its claim's commit until its outcome's commit, so every later claim sees
+// it leased and takes no other row of its key, whatever else that claim
+// sees: a row earlier in the order that became visible late (a
+// transaction that took its number first and committed last) or a dead
+// row requeued. Those wait for the row in flight's outcome, and then go
+// first. A row waiting for its retry holds its key the same way until its
+// retry is due; then the key's first pending row goes. The head itself is
+// taken by one claim only, as any row is: FOR UPDATE SKIP LOCKED.
 
 // OnDead says what a dead row does to the later rows of its key.
 type OnDead string
@@ -71,12 +78,46 @@ func (s *Store) Ordered() bool { return s.schema.Has(RoleOrderingKey) }
 // OnDead is the policy for dead rows of ordered keys.
 func (s *Store) OnDead() OnDead { return s.onDead }
 
-// orderColumns are the columns of a key's row order.
+// ErrCannotOrder is what a SchemaError matches when the ordering key is
+// mapped but the table has no column that orders a key's rows.
+var ErrCannotOrder = errors.New("the table cannot order the rows of a key")
+
+// orderColumns are the columns of a key's row order: the sequence column
+// when one is mapped, else the id.
 func (s *Schema) orderColumns() []Role {
-	if isInteger(s.Columns[RoleID].Type) {
-		return []Role{RoleID}
+	if s.Has(RoleSequence) {
+		return []Role{RoleSequence}
 	}
-	return []Role{RoleCreatedAt, RoleID}
+	return []Role{RoleID}
+}
+
+// OrderColumn names the column that orders a key's rows.
+func (s *Schema) OrderColumn() string { return s.Columns[s.orderColumns()[0]].Name }
+
+// orderProblem says, on one line, what to add when the ordering key is
+// mapped, no sequence column is, and the id is not an integer; "" when
+// the rows are ordered, or not ordered at all.
+func (s *Schema) orderProblem() string {
+	id, ok := s.Columns[RoleID]
+	if !s.Has(RoleOrderingKey) || !ok || isInteger(id.Type) {
+		return ""
+	}
+	return fmt.Sprintf("ordered delivery needs an order the table cannot give: its id %s is %s, not a number from a sequence; "+
+		"add a column that a sequence fills (ALTER TABLE %s ADD COLUMN seq bigserial) and map it with sequence=seq in RELAY_COLUMNS",
+		quoteIdent(id.Name), id.Type, s.Table.Ident())
+}
+
+// checkSequence returns what is wrong with c as the sequence column: its
+// values must come from a sequence, in the order rows are inserted.
+func (s *Schema) checkSequence(c Column, alter string) string {
+	switch {
+	case !c.Sequenced:
+		return fmt.Sprintf("column %s (role sequence) is not filled by a sequence (neither a nextval default nor an identity), so it does not give the order of insertion (map sequence to a column added with ALTER TABLE %s ADD COLUMN seq bigserial)",
+			quoteIdent(c.Name), s.Table.Ident())
+	case !c.NotNull:
+		return fmt.Sprintf("column %s (role sequence) allows NULL, and a row with NULL there has no place in its key's order (%s SET NOT NULL)", quoteIdent(c.Name), alter)
+	}
+	return ""
 }
 
 // order is the row order as a template of a SQL row of the columns of
@@ -90,10 +131,11 @@ func (s *Schema) order(alias string) string {
 	return "(" + strings.Join(cols, ", ") + ")"
 }
 
-// isHead is the template of the claim's condition that the candidate row
-// (the bare table of the row choice) has no earlier row of its key that is
-// pending, or dead under block. Each NOT EXISTS is one probe of a partial
-// index that migrate makes (orderIndexes).
+// isHead is the template of the claim's condition that the candidate row (the bare table
+// of the row choice) has no earlier row of its key that is pending, or
+// dead under block, and that no other row of its key is leased: pending,
+// tried (a claim counts the attempt) and not due. Each NOT EXISTS is one
+// probe of a partial index that migrate makes (orderIndexes).
 func (s *Schema) isHead(onDead OnDead) string {
 	earlier := func(status string) string {
 		return fmt.Sprintf(`NOT EXISTS (SELECT 1 FROM {table} p WHERE p.{ordering_key} = {table}.{ordering_key}
@@ -103,11 +145,14 @@ func (s *Schema) isHead(onDead OnDead) string {
 	if onDead == OnDeadBlock {
 		cond += " AND " + earlier("{dead}")
 	}
+	cond += ` AND NOT EXISTS (SELECT 1 FROM {table} p WHERE p.{ordering_key} = {table}.{ordering_key}
+			AND p.{status} = {pending} AND p.{attempts} > 0 AND p.{next_attempt_at} > now() AND p.{id} <> {table}.{id})`
 	return " AND ({ordering_key} IS NULL OR (" + cond + "))"
 }
 
 // orderIndexes are the indexes the head test probes: the key's rows in
-// order, one index of the pending rows and one of the (few) dead rows.
+// order, one index of the pending rows and one of the (few) dead rows, and
+// the (few) leased rows of each key.
 func (s *Schema) orderIndexes() []string {
 	var cols []string
 	for _, r := range append([]Role{RoleOrderingKey}, s.orderColumns()...) {
@@ -117,6 +162,8 @@ func (s *Schema) orderIndexes() []string {
 	return []string{
 		s.expand(index+`{pending}`, "{index}", quoteIdent(s.Table.Name+"_order_idx")),
 		s.expand(index+`{dead}`, "{index}", quoteIdent(s.Table.Name+"_order_dead_idx")),
+		s.expand(`CREATE INDEX IF NOT EXISTS {index} ON {table} ({ordering_key}, {next_attempt_at}) WHERE {status} = {pending} AND {attempts} > 0`,
+			"{index}", quoteIdent(s.Table.Name+"_order_leased_idx")),
 	}
 }
 
@@ -131,6 +178,7 @@ func (s *Schema) headOf(key string) string {
 // sweeper's next-due query, and the claim of the heads of given keys.
 func (s *Store) orderedStatements(claim, due string) {
 	x, head := s.schema.expand, s.schema.isHead(s.onDead)
+	s.claimLock = `SELECT pg_advisory_xact_lock(hashtext('outbox-relay claim'), hashtext($1))`
 	// The claim returns each row's key, for the claim of its successor.
 	claim += ", o.{ordering_key}::text"
 	s.claimDue = x(fmt.Sprintf(claim, due+head))
@@ -163,6 +211,41 @@ SELECT given.id::text, NULL, NULL, 'null', now(), 0, false` + traceNulls + `, NU
 	(SELECT {next_attempt_at} FROM {table} WHERE {status} = {pending} AND {attempts} > 0` + head + ` ORDER BY {next_attempt_at} LIMIT 1),
 	(SELECT {next_attempt_at} FROM {table} WHERE {status} = {pending} AND {attempts} = 0` + head + ` ORDER BY {next_attempt_at} LIMIT 1)
 		+ ` + handover.GraceSQL("$1") + ` * interval '1 second') - now()::timestamptz)::float8`)
+}
+
+// claimRows runs a claim statement. On an ordered table the claims take
+// turns: the statement runs once it holds the table's claim lock, in the
+// same implicit transaction and round trip, so that its snapshot sees
+// every claim before it committed. finish ends the statement (and on an
+// ordered table commits it): only when it returns nil was anything
+// claimed. It may be called again.
+func (s *Store) claimRows(ctx context.Context, sql string, args ...any) (rows pgx.Rows, finish func() error, err error) {
+	if s.claimLock == "" {
+		rows, err := s.pool.Query(ctx, sql, args...)
+		if err != nil {
+			return nil, nil, err
+		}
+		return rows, func() error { rows.Close(); return rows.Err() }, nil
+	}
+	b := &pgx.Batch{}
+	b.Queue(s.claimLock, s.schema.Table.Ident())
+	b.Queue(sql, args...)
+	br := s.pool.SendBatch(ctx, b)
+	if _, err := br.Exec(); err != nil {
+		return nil, nil, errors.Join(err, br.Close())
+	}
+	if rows, err = br.Query(); err != nil {
+		return nil, nil, errors.Join(err, br.Close())
+	}
+	var done error
+	finished := false
+	return rows, func() error {
+		if !finished {
+			rows.Close()
+			done, finished = errors.Join(rows.Err(), br.Close()), true
+		}
+		return done
+	}, nil
 }
 
 // ClaimKeys claims the heads of keys that are pending and due, none of

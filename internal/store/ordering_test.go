@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -207,21 +208,87 @@ func TestOrderedDeadHead(t *testing.T) {
 	}
 }
 
-// With a uuid primary key the key's order is created_at, then id.
-func TestOrderedByCreatedAtForUUIDs(t *testing.T) {
+// With a uuid primary key the key's order is the sequence column's: the
+// order of insertion, though the rows share a transaction (and so
+// created_at) and their uuids and created_at run the other way.
+func TestOrderedBySequenceForUUIDs(t *testing.T) {
 	t.Parallel()
-	st := orderedTable(t, setup(t).pool, "by_uuid", orderedColumns("id=event_id"))
+	ctx := context.Background()
+	st := orderedTable(t, setup(t).pool, "by_uuid", orderedColumns("id=event_id", "sequence=seq"))
 	if st.Schema().Columns[RoleID].Type != "uuid" {
 		t.Fatalf("id is %s, want uuid", st.Schema().Columns[RoleID].Type)
 	}
-	// Inserted newest first: created_at, not insertion, orders them.
-	id := addKeyed(t, st, keyed{key: "k", created: time.Second}, keyed{key: "k", created: 2 * time.Second}, keyed{key: "k", created: 3 * time.Second})
-	for want := len(id) - 1; want >= 0; want-- {
+	tx, err := st.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	var id []string
+	for i, u := range []string{"ffffffff-0000-4000-8000-000000000000", "88888888-0000-4000-8000-000000000000", "00000000-0000-4000-8000-000000000000"} {
+		var got string
+		if err := tx.QueryRow(ctx, `INSERT INTO by_uuid (event_id, event_type, entity, created_at)
+			VALUES ($1, 'ordered', 'k', now() - $2 * interval '1 second') RETURNING event_id::text`, u, i).Scan(&got); err != nil {
+			t.Fatal(err)
+		}
+		id = append(id, got)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for want := range id {
 		got := claimAll(t, st)
 		if !sameSet(ids(got), id[want:want+1]) {
-			t.Fatalf("claim = %v, want the oldest undelivered row %s", ids(got), id[want])
+			t.Fatalf("claim = %v, want the first row inserted and not delivered %s", ids(got), id[want])
 		}
 		recordAll(t, st, got, StatusDelivered)
+	}
+}
+
+// An ordering key on a table whose rows have no order of insertion is
+// refused, in one line naming the column to add and its mapping; so is a
+// sequence column that no sequence fills. An integer id, or a sequence
+// column a sequence fills, is taken.
+func TestOrderedRefusesATableWithoutAnOrder(t *testing.T) {
+	t.Parallel()
+	pool := setup(t).pool
+	ctx := context.Background()
+	mustExec(t, pool, `CREATE TABLE unordered_uuid (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), event_id uuid NOT NULL,
+		event_type text NOT NULL, payload jsonb NOT NULL DEFAULT '{}', status text NOT NULL DEFAULT 'pending',
+		attempts int NOT NULL DEFAULT 0, next_attempt_at timestamptz NOT NULL DEFAULT now(), last_error text,
+		created_at timestamptz NOT NULL DEFAULT now(), delivered_at timestamptz, entity text,
+		by_hand bigint NOT NULL, nullable bigint DEFAULT 1, identity bigint GENERATED ALWAYS AS IDENTITY, serial bigserial)`)
+	table := Table{Schema: "public", Name: "unordered_uuid"}
+	inspect := func(mapping string) error {
+		_, err := Inspect(ctx, pool, table, orderedColumns(mapping), DefaultStatuses())
+		return err
+	}
+	err := inspect("id=id")
+	want := `outbox table public.unordered_uuid: ordered delivery needs an order the table cannot give: its id "id" is uuid, not a number from a sequence; ` +
+		`add a column that a sequence fills (ALTER TABLE "public"."unordered_uuid" ADD COLUMN seq bigserial) and map it with sequence=seq in RELAY_COLUMNS`
+	if !errors.Is(err, ErrCannotOrder) || err.Error() != want {
+		t.Fatalf("uuid id without a sequence column: %v\nwant %s", err, want)
+	}
+	for col, problem := range map[string]string{
+		"by_hand":  `column "by_hand" (role sequence) is not filled by a sequence`,
+		"nullable": `column "nullable" (role sequence) is not filled by a sequence`,
+		"entity":   `column "entity" (role sequence) is text, want int8 or int4`,
+	} {
+		if err := inspect("sequence=" + col); err == nil || !strings.Contains(err.Error(), problem) || errors.Is(err, ErrCannotOrder) {
+			t.Errorf("sequence=%s: %v, want %q", col, err, problem)
+		}
+	}
+	mustExec(t, pool, `CREATE SEQUENCE nullable_seq`)
+	mustExec(t, pool, `ALTER TABLE unordered_uuid ALTER COLUMN nullable SET DEFAULT nextval('nullable_seq')`)
+	if err := inspect("sequence=nullable"); err == nil || !strings.Contains(err.Error(), `column "nullable" (role sequence) allows NULL`) {
+		t.Errorf("a nullable sequence column: %v", err)
+	}
+	for _, col := range []string{"identity", "serial"} {
+		if err := inspect("sequence=" + col); err != nil {
+			t.Errorf("sequence=%s: %v", col, err)
+		}
+	}
+	if _, err := Inspect(ctx, pool, table, DefaultColumns(), DefaultStatuses()); err != nil {
+		t.Errorf("the table without an ordering key: %v", err)
 	}
 }
 
@@ -353,7 +420,7 @@ func TestOrderedClaimUsesTheOrderIndex(t *testing.T) {
 	keys := strings.Replace(choice(st.claimKeys), "unnest(0::text[])", "unnest('{k1,k2}'::text[])", 1)
 	for name, sel := range map[string]string{"due": choice(st.claimDue), "keys": keys} {
 		p := explain(t, st.pool, sel)
-		if !strings.Contains(p, "burst_order_idx") || strings.Contains(p, "Seq Scan") {
+		if !strings.Contains(p, "burst_order_idx") || !strings.Contains(p, "burst_order_leased_idx") || strings.Contains(p, "Seq Scan") {
 			t.Errorf("the %s claim does not probe the order index:\n%s", name, p)
 		}
 	}

@@ -14,6 +14,9 @@ type Column struct {
 	Type    string // the base type's name: int8, varchar, timestamptz, …
 	Length  int    // n of varchar(n), in characters; 0 when unbounded
 	NotNull bool
+	// Sequenced is a column a sequence fills: an identity column, or one
+	// whose default is nextval(…).
+	Sequenced bool
 }
 
 // Schema is an outbox table as the relay uses it: its name, the column
@@ -42,6 +45,9 @@ func Planned(t Table, cols Columns, st Statuses) *Schema {
 	}
 	if cols.Has(RoleOrderingKey) {
 		s.Columns[RoleOrderingKey] = Column{Name: cols[RoleOrderingKey], Type: "text"}
+	}
+	if cols.Has(RoleSequence) {
+		s.Columns[RoleSequence] = Column{Name: cols[RoleSequence], Type: "int8", NotNull: true, Sequenced: true}
 	}
 	return s
 }
@@ -127,10 +133,20 @@ func Inspect(ctx context.Context, q Querier, t Table, cols Columns, st Statuses)
 			problems = append(problems, fmt.Sprintf("column %s (role %s) is %s, want %s", quoteIdent(name), rc.role, c.Type, strings.Join(rc.types, " or ")))
 		default:
 			s.Columns[rc.role] = c
+			if p := s.checkColumn(rc.role, c, false); p != "" {
+				problems = append(problems, p)
+			}
 		}
 	}
+	order := ""
+	if !cols.Has(RoleSequence) { // a mapped one is judged above
+		order = s.orderProblem()
+	}
+	if order != "" {
+		problems = append(problems, order)
+	}
 	if len(problems) > 0 {
-		return nil, &SchemaError{Table: t, Problems: problems}
+		return nil, &SchemaError{Table: t, Problems: problems, cannotOrder: order != ""}
 	}
 	return s, nil
 }
@@ -141,6 +157,7 @@ var optionalColumns = []struct {
 	types []string
 }{
 	{RoleOrderingKey, []string{"text", "varchar", "int8", "int4", "int2", "uuid"}},
+	{RoleSequence, []string{"int8", "int4"}},
 	{RoleTraceparent, []string{"text", "varchar", "bpchar"}},
 	{RoleTracestate, []string{"text", "varchar"}},
 }
@@ -156,11 +173,18 @@ func (s *Schema) Has(r Role) bool {
 type SchemaError struct {
 	Table    Table
 	Problems []string
+	// cannotOrder is set when one problem is that the rows of a key have
+	// no order the relay can follow (ErrCannotOrder).
+	cannotOrder bool
 }
 
 func (e *SchemaError) Error() string {
 	return fmt.Sprintf("outbox table %s: %s", e.Table, strings.Join(e.Problems, "; "))
 }
+
+// Is makes a SchemaError that says the table cannot order a key's rows
+// match ErrCannotOrder.
+func (e *SchemaError) Is(target error) bool { return target == ErrCannotOrder && e.cannotOrder }
 
 // checkColumn returns what is wrong with c playing role, with the fix.
 func (s *Schema) checkColumn(role Role, c Column, idUnique bool) string {
@@ -189,6 +213,8 @@ func (s *Schema) checkColumn(role Role, c Column, idUnique bool) string {
 		if c.NotNull {
 			return fmt.Sprintf("column %s (role delivered_at) is NOT NULL, but it stays empty until an event is delivered (%s DROP NOT NULL)", quoteIdent(c.Name), alter)
 		}
+	case RoleSequence:
+		return s.checkSequence(c, alter)
 	}
 	return ""
 }
@@ -201,9 +227,11 @@ func readColumns(ctx context.Context, q Querier, t Table, idColumn string) (map[
 	rows, err := q.Query(ctx, `SELECT a.attname, ty.typname,
 	CASE WHEN ty.typname IN ('varchar', 'bpchar') AND a.atttypmod > 4 THEN a.atttypmod - 4 ELSE 0 END,
 	a.attnotnull,
+	a.attidentity <> '' OR coalesce(pg_get_expr(d.adbin, d.adrelid) LIKE 'nextval(%', false),
 	EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = a.attrelid AND i.indisunique
 		AND i.indnkeyatts = 1 AND i.indkey[0] = a.attnum AND i.indpred IS NULL) AND a.attname = $2
 FROM pg_attribute a JOIN pg_type ty ON ty.oid = a.atttypid
+	LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
 WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped`, t.Ident(), idColumn)
 	if err != nil {
 		return nil, false, fmt.Errorf("read columns of %s: %w", t, err)
@@ -214,7 +242,7 @@ WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped`, t.I
 	for rows.Next() {
 		var c Column
 		var unique bool
-		if err := rows.Scan(&c.Name, &c.Type, &c.Length, &c.NotNull, &unique); err != nil {
+		if err := rows.Scan(&c.Name, &c.Type, &c.Length, &c.NotNull, &c.Sequenced, &unique); err != nil {
 			return nil, false, fmt.Errorf("read columns of %s: %w", t, err)
 		}
 		found[c.Name] = c

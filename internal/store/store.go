@@ -86,7 +86,7 @@ type Store struct {
 	onDead OnDead
 
 	claimIDs, claimDue, dueIDs, record, release, nextDue, lease string
-	claimKeys                                                   string // ordered only
+	claimKeys, claimLock                                        string // ordered only
 	traceCols                                                   int    // see Schema.traceColumns
 }
 
@@ -272,11 +272,11 @@ func (s *Store) ClaimDue(ctx context.Context, limit int, grace, lease time.Durat
 }
 
 func (s *Store) claim(ctx context.Context, c *Claim, sql string, lease time.Duration, maxAttempts, limit int, arg, skip any) error {
-	rows, err := s.pool.Query(ctx, sql, lease.Seconds(), maxAttempts, limit, arg, skip)
+	rows, finish, err := s.claimRows(ctx, sql, lease.Seconds(), maxAttempts, limit, arg, skip)
 	if err != nil {
 		return fmt.Errorf("claim: %w", err)
 	}
-	defer rows.Close()
+	defer func() { _ = finish() }()
 	var got Claim
 	for rows.Next() {
 		var cr claimedRow
@@ -294,7 +294,7 @@ func (s *Store) claim(ctx context.Context, c *Claim, sql string, lease time.Dura
 		}
 		got.Rows = append(got.Rows, r)
 	}
-	if err := rows.Err(); err != nil {
+	if err := finish(); err != nil {
 		return fmt.Errorf("claim: %w", err)
 	}
 	// Only a statement that succeeded claimed anything: its transaction
