@@ -53,8 +53,17 @@ func (r *reader) release() {
 			r.pending = append(r.pending, in)
 		}
 	}
-	clear(r.held)
-	r.held, r.heldBytes, r.heldAt = r.held[:0], 0, nil
+	r.held, r.heldBytes, r.heldAt = emptied(r.held), 0, nil
+}
+
+// emptied is list with its rows let go: the room of a steady stream is
+// kept, a large transaction's goes.
+func emptied(list []store.Insert) []store.Insert {
+	if cap(list) > keepWhole {
+		return nil
+	}
+	clear(list)
+	return list[:0]
 }
 
 // find returns where the held row id is, or -1.

@@ -357,7 +357,7 @@ func (r *reader) flush(ctx context.Context) error {
 		return err
 	}
 	r.s.shed(!ok, len(r.pending))
-	r.pending = r.pending[:0]
+	r.pending = emptied(r.pending)
 	// Everything up to the last position received is handed off now:
 	// the table holds the rows, so the slot need not.
 	r.safe = max(r.safe, r.received)
