@@ -143,10 +143,7 @@ func (b *bench) burstRun(ctx context.Context, db *database, p *relayProc) (burst
 	}
 	end := now()
 	r.CPU = cpuBetween(cpu0, b.cpuNow(p))
-	if after, err := p.deliveries(); err == nil {
-		r.Stream = after["stream/delivered"] - before["stream/delivered"]
-		r.Sweep = after["sweep/delivered"] - before["sweep/delivered"]
-	}
+	r.Stream, r.Sweep = p.deliveredSince(before)
 	c := b.runner.Counts()
 	r.Duplicates = c.Requests - c.Distinct
 	var lr latencyResult

@@ -127,10 +127,7 @@ func (b *bench) latencyAt(ctx context.Context, db *database, p *relayProc, m mod
 		return res, err
 	}
 	res.CPU = cpuBetween(cpu0, b.cpuNow(p))
-	if after, err := p.deliveries(); err == nil {
-		res.Stream = after["stream/delivered"] - before["stream/delivered"]
-		res.Sweep = after["sweep/delivered"] - before["sweep/delivered"]
-	}
+	res.Stream, res.Sweep = p.deliveredSince(before)
 	c := b.runner.Counts()
 	res.Duplicates = c.Requests - c.Distinct
 	latencies(&res, sends, b.runner.FirstReceipts(), wait)

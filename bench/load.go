@@ -127,7 +127,19 @@ func paced(ctx context.Context, pool *pgxpool.Pool, rate, conns int, d time.Dura
 
 // pacedKey is paced with every row of ordering key key ("" for none).
 func pacedKey(ctx context.Context, pool *pgxpool.Pool, rate, conns int, d time.Duration, key string) ([]sent, loadStats, error) {
-	pc := &pacer{pool: pool, rate: rate, conns: conns, total: int(float64(rate) * d.Seconds()), start: time.Now(), key: key}
+	return runPacer(ctx, &pacer{pool: pool, rate: rate, conns: conns, total: int(float64(rate) * d.Seconds()), start: time.Now(), key: key})
+}
+
+// pacedFor is paced for a rate the connections may not reach: it stops at
+// d with the inserts still due left out, rather than catching up after d.
+func pacedFor(ctx context.Context, pool *pgxpool.Pool, rate, conns int, d time.Duration) ([]sent, loadStats, error) {
+	start := time.Now()
+	return runPacer(ctx, &pacer{pool: pool, rate: rate, conns: conns, total: int(float64(rate) * d.Seconds()), start: start, until: start.Add(d)})
+}
+
+// runPacer runs pc on its connections and gathers what they committed.
+func runPacer(ctx context.Context, pc *pacer) ([]sent, loadStats, error) {
+	conns := pc.conns
 	st := loadStats{Planned: pc.total}
 	logs := make([][]sent, conns)
 	var wg sync.WaitGroup
@@ -156,6 +168,7 @@ type pacer struct {
 	rate, conns, total int
 	start              time.Time
 	key                string
+	until              time.Time // no insert starts after it; zero: none
 	maxBehind          atomic.Int64
 	errs               loadErrors
 }
@@ -177,6 +190,9 @@ func (pc *pacer) run(ctx context.Context, w int) []sent {
 			}
 		} else if behind := int64(-wait); behind > pc.maxBehind.Load() {
 			pc.maxBehind.Store(behind)
+		}
+		if !pc.until.IsZero() && !time.Now().Before(pc.until) {
+			break
 		}
 		id := newUUID()
 		if err := insertEvent(ctx, conn, id, i, pc.key); err != nil {

@@ -45,7 +45,7 @@ func main() {
 }
 
 // measures are the parts -only can select, in the order they run.
-var measures = []string{"latency", "throughput", "burst", "backlog", "wal", "ordering", "profile"}
+var measures = []string{"latency", "throughput", "burst", "backlog", "wal", "ordering", "overload", "profile"}
 
 // plan is the size of every measure: the full run or -quick.
 type plan struct {
@@ -82,6 +82,16 @@ type plan struct {
 
 	OrderedKeys int `json:"ordered_keys"`
 	HotKeyRate  int `json:"hot_key_rate"`
+
+	// The overload measure offers twice the median events/s of
+	// OverloadCapacityRuns bursts for OverloadDuration, then
+	// OverloadNormalRate for at least OverloadNormal, on an empty table and
+	// on one holding OverloadWarmRows delivered rows.
+	OverloadCapacityRuns int           `json:"overload_capacity_runs"`
+	OverloadDuration     time.Duration `json:"overload_duration_ns"`
+	OverloadNormal       time.Duration `json:"overload_normal_ns"`
+	OverloadNormalRate   int           `json:"overload_normal_rate"`
+	OverloadWarmRows     int           `json:"overload_warm_rows"`
 }
 
 func fullPlan() plan {
@@ -105,6 +115,12 @@ func fullPlan() plan {
 		WALOutboxHz:     100,
 		OrderedKeys:     1_000,
 		HotKeyRate:      100,
+
+		OverloadCapacityRuns: 3,
+		OverloadDuration:     30 * time.Second,
+		OverloadNormal:       30 * time.Second,
+		OverloadNormalRate:   500,
+		OverloadWarmRows:     200_000,
 	}
 }
 
@@ -119,6 +135,10 @@ func quickPlan() plan {
 	p.BacklogN = 100_000
 	p.DrainLimit = 60 * time.Second
 	p.WALOutage = 10 * time.Second
+	p.OverloadCapacityRuns = 1
+	p.OverloadDuration = 10 * time.Second
+	p.OverloadNormal = 15 * time.Second
+	p.OverloadWarmRows = 50_000
 	return p
 }
 
@@ -257,6 +277,7 @@ func (b *bench) measure(ctx context.Context, selected map[string]bool, res *resu
 	step("backlog", func() (err error) { res.Backlog, res.SweepCost, err = b.backlog(ctx); return })
 	step("wal", func() (err error) { res.WAL, err = b.wal(ctx); return })
 	step("ordering", func() (err error) { res.Ordering, err = b.ordering(ctx); return })
+	step("overload", func() (err error) { res.Overload, err = b.overload(ctx); return })
 	step("profile", func() (err error) { res.Profile, err = b.profile(ctx); return })
 }
 

@@ -16,7 +16,7 @@ func (b *markdown) w(format string, args ...any) { fmt.Fprintf(b, format, args..
 func renderMarkdown(r *results) string {
 	var b markdown
 	for _, section := range []func(*markdown, *results){
-		mdHeader, mdMachine, mdLatency, mdThroughput, mdBacklog, mdCost, mdWAL, mdOrdering, mdProfile, mdReproduce,
+		mdHeader, mdMachine, mdLatency, mdThroughput, mdBacklog, mdCost, mdWAL, mdOrdering, mdOverload, mdProfile, mdReproduce,
 	} {
 		section(&b, r)
 	}
@@ -37,7 +37,7 @@ func mdHeader(b *markdown, r *results) {
 		b.w("> **Errors during the run:** %s\n\n", strings.Join(r.Errors, "; "))
 	}
 
-	b.w("## Targets (issues 6 and 13)\n\n")
+	b.w("## Targets (issues 6, 13 and 21)\n\n")
 	b.w("%s", targetsTable(r))
 	b.w("\n## Targets (issue 11)\n\n")
 	b.w("%s", targets11Table(r))

@@ -221,6 +221,16 @@ func (p *relayProc) kill() {
 
 func (p *relayProc) pid() int { return p.proc.Pid() }
 
+// deliveredSince is what p delivered by the stream and by the sweep since
+// before, an earlier scrape of deliveries; zero when it cannot be read.
+func (p *relayProc) deliveredSince(before map[string]float64) (stream, sweep float64) {
+	after, err := p.deliveries()
+	if err != nil {
+		return 0, 0
+	}
+	return after["stream/delivered"] - before["stream/delivered"], after["sweep/delivered"] - before["sweep/delivered"]
+}
+
 var deliveriesLine = regexp.MustCompile(`^outbox_relay_deliveries_total\{outcome="(\w+)",path="(\w+)"\} (\S+)$`)
 
 // deliveries scrapes outbox_relay_deliveries_total as "path/outcome".

@@ -27,6 +27,7 @@ type results struct {
 	SweepCost  []sweepCost        `json:"sweep_cost"`
 	WAL        *walResult         `json:"wal,omitempty"`
 	Ordering   *orderingResult    `json:"ordering,omitempty"`
+	Overload   *overloadResult    `json:"overload,omitempty"`
 	Profile    *profileResult     `json:"profile,omitempty"`
 	Relays     []relayStats       `json:"relays"`
 	Errors     []string           `json:"errors,omitempty"`
@@ -107,7 +108,7 @@ func (r *results) throughputOf(kind string, n int) *throughputResult {
 	return nil
 }
 
-// targets are the goals of issues 6 and 13, each judged on what this run measured.
+// targets are the run's goals, each judged on what this run measured.
 func (r *results) targets() []target {
 	return append([]target{
 		r.latencyTarget(500, "p50", targetP50At500, func(d distribution) float64 { return d.P50 }),
@@ -120,7 +121,7 @@ func (r *results) targets() []target {
 		r.rssTarget(),
 		r.lagTarget(),
 		r.retainedTarget(),
-	}, r.orderingTargets()...)
+	}, append(r.orderingTargets(), r.overloadTargets()...)...)
 }
 
 func (r *results) latencyTarget(rate int, q string, limit float64, get func(distribution) float64) target {
@@ -265,6 +266,8 @@ func summaryTables(r *results) string {
 	b.WriteString(backlogTables(r))
 	b.WriteString("\n")
 	b.WriteString(walTable(r))
+	b.WriteString("\n")
+	b.WriteString(overloadTable(r))
 	return b.String()
 }
 
