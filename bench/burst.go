@@ -9,7 +9,7 @@ import (
 	"time"
 )
 
-// burstResult is the stream at its limit (issue 11): one burst of
+// burstResult is the stream at its limit: one burst of
 // single-row transactions, as fast as the load goes, delivered by one
 // relay again and again, since a burst that overflows the stream's
 // hand-off shows only in some runs; and the load's own insert rate with

@@ -25,7 +25,7 @@ const (
 	floorURLEnv     = "BENCH_FLOOR_URL"
 	floorRateEnv    = "BENCH_FLOOR_RATE"
 	floorSecondsEnv = "BENCH_FLOOR_SECONDS"
-	// floorRate is the rate of issue 11's relay CPU target.
+	// floorRate is the rate of the relay CPU target (limits.go).
 	floorRate = 500
 )
 

@@ -6,7 +6,7 @@
 //	go run ./bench              # the full run (make bench), a few minutes
 //	go run ./bench -quick       # about a minute, for development; prints only
 //	go run ./bench -only=latency,wal
-//	go run ./bench -only=burst     # issue 11's repeated burst and the load's insert rate
+//	go run ./bench -only=burst     # the repeated burst and the load's insert rate
 //
 // Every child process and the cluster are stopped on exit, Ctrl-C included.
 package main

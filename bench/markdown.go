@@ -37,10 +37,10 @@ func mdHeader(b *markdown, r *results) {
 		b.w("> **Errors during the run:** %s\n\n", strings.Join(r.Errors, "; "))
 	}
 
-	b.w("## Targets (issues 6, 13 and 21)\n\n")
+	b.w("## Targets: latency, throughput, ordering, overload\n\n")
 	b.w("%s", targetsTable(r))
-	b.w("\n## Targets (issue 11)\n\n")
-	b.w("%s", targets11Table(r))
+	b.w("\n## Targets: the stream at its limit\n\n")
+	b.w("%s", limitTargetsTable(r))
 }
 
 // mdMachine describes the machine and the settings every run shares.

@@ -25,7 +25,7 @@ type orderingResult struct {
 	HotRatio     float64       `json:"hot_p50_ratio"`
 }
 
-// Targets of issue 13.
+// Targets of ordered delivery.
 const (
 	targetOrderedShare = 0.70 // of the unordered throughput
 	targetHotP50Factor = 2.0  // × the unordered p50
@@ -98,7 +98,7 @@ func (b *bench) orderingRuns(ctx context.Context, db *database, name string, key
 	return tp, hot, nil
 }
 
-// orderingTargets are the goals of issue 13.
+// orderingTargets are the goals of ordered delivery.
 func (r *results) orderingTargets() []target {
 	share := target{What: "ordered throughput, single-row txns over 1,000 keys", Goal: fmt.Sprintf("≥ %.0f %% of unordered", 100*targetOrderedShare),
 		Measured: "not measured", Verdict: "–"}

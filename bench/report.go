@@ -54,7 +54,7 @@ func (r *results) write(dir, markdown string) error {
 	return nil
 }
 
-// Targets of issue 6.
+// Targets of latency, throughput and the slot.
 const (
 	targetP50At500     = 1.5  // ms
 	targetP99At500     = 5.0  // ms
@@ -251,7 +251,7 @@ func summaryTables(r *results) string {
 	var b strings.Builder
 	b.WriteString(targetsTable(r))
 	b.WriteString("\n")
-	b.WriteString(targets11Table(r))
+	b.WriteString(limitTargetsTable(r))
 	b.WriteString("\n")
 	b.WriteString(latencyTable(r))
 	b.WriteString("\n")

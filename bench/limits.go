@@ -5,23 +5,23 @@ import (
 	"strings"
 )
 
-// Targets of issue 11: the stream at its limit, and less database work
+// Targets of the stream at its limit, and of less database work
 // per event.
 const (
-	target11BurstRate   = 8_000  // events/s, the slowest of the repeated bursts
-	target11BurstMaxMs  = 5_000  // commit → receipt of any event of any burst
-	target11BulkRate    = 15_000 // events/s, INSERT … SELECT of 20,000 rows by the stream
-	target11P50At500    = 0.25   // ms
-	target11P99At500    = 0.6    // ms
-	target11P99At2000   = 3.0    // ms
-	target11RelayCPU    = 250    // µs per event at 500/s
-	target11PostgresCPU = 400    // µs per event at 500/s, the load's inserts included
-	target11InsertShare = 0.85   // of the load's insert rate with no relay
+	targetLimitBurstRate   = 8_000  // events/s, the slowest of the repeated bursts
+	targetLimitBurstMaxMs  = 5_000  // commit → receipt of any event of any burst
+	targetLimitBulkRate    = 15_000 // events/s, INSERT … SELECT of 20,000 rows by the stream
+	targetLimitP50At500    = 0.25   // ms
+	targetLimitP99At500    = 0.6    // ms
+	targetLimitP99At2000   = 3.0    // ms
+	targetLimitRelayCPU    = 250    // µs per event at 500/s
+	targetLimitPostgresCPU = 400    // µs per event at 500/s, the load's inserts included
+	targetLimitInsertShare = 0.85   // of the load's insert rate with no relay
 )
 
-// targets11 are the goals of issue 11 that bench measures, each judged on
+// limitTargets are the goals of the stream at its limit, each judged on
 // what this run measured.
-func (r *results) targets11() []target {
+func (r *results) limitTargets() []target {
 	p50 := func(d distribution) float64 { return d.P50 }
 	p99 := func(d distribution) float64 { return d.P99 }
 	return []target{
@@ -29,11 +29,11 @@ func (r *results) targets11() []target {
 		r.burstLatencyTarget(),
 		r.bulkStreamTarget(),
 		r.streamVsSweepTarget(),
-		r.latencyTarget(500, "p50", target11P50At500, p50),
-		r.latencyTarget(500, "p99", target11P99At500, p99),
-		r.latencyTarget(2000, "p99", target11P99At2000, p99),
-		r.cpuTarget("relay", target11RelayCPU, func(c cpuUse) float64 { return c.Relay }),
-		r.cpuTarget("PostgreSQL", target11PostgresCPU, func(c cpuUse) float64 { return c.Postgres }),
+		r.latencyTarget(500, "p50", targetLimitP50At500, p50),
+		r.latencyTarget(500, "p99", targetLimitP99At500, p99),
+		r.latencyTarget(2000, "p99", targetLimitP99At2000, p99),
+		r.cpuTarget("relay", targetLimitRelayCPU, func(c cpuUse) float64 { return c.Relay }),
+		r.cpuTarget("PostgreSQL", targetLimitPostgresCPU, func(c cpuUse) float64 { return c.Postgres }),
 		r.workTarget(),
 		r.insertRateTarget(),
 		r.rssTarget(),
@@ -49,18 +49,18 @@ func (r *results) burstMeasured() *burstResult {
 }
 
 func (r *results) burstRateTarget() target {
-	t := target{What: "slowest of the repeated bursts of single-row txns (stream)", Goal: fmt.Sprintf("≥ %s events/s", thousands(target11BurstRate)),
+	t := target{What: "slowest of the repeated bursts of single-row txns (stream)", Goal: fmt.Sprintf("≥ %s events/s", thousands(targetLimitBurstRate)),
 		Measured: "not measured", Verdict: "–"}
 	if u := r.burstMeasured(); u != nil {
 		t.What = fmt.Sprintf("slowest of %d runs of %s single-row txns (stream)", len(u.Runs), thousands(u.Events))
 		t.Measured = fmt.Sprintf("min / median / max: %s / %s / %s events/s", thousands(int(u.MinRate)), thousands(int(u.MedianRate)), thousands(int(u.MaxRate)))
-		t.Verdict = verdictAtLeast(u.MinRate, target11BurstRate)
+		t.Verdict = verdictAtLeast(u.MinRate, targetLimitBurstRate)
 	}
 	return t
 }
 
 func (r *results) burstLatencyTarget() target {
-	t := target{What: "no event of a burst waits for a sweep (`RELAY_SWEEP_INTERVAL=1m`): max commit → receipt", Goal: fmt.Sprintf("< %s ms", thousands(target11BurstMaxMs)),
+	t := target{What: "no event of a burst waits for a sweep (`RELAY_SWEEP_INTERVAL=1m`): max commit → receipt", Goal: fmt.Sprintf("< %s ms", thousands(targetLimitBurstMaxMs)),
 		Measured: "not measured", Verdict: "–"}
 	if u := r.burstMeasured(); u != nil {
 		t.What += fmt.Sprintf(", all %d runs", len(u.Runs))
@@ -72,7 +72,7 @@ func (r *results) burstLatencyTarget() target {
 			}
 			t.Measured = fmt.Sprintf("> %s ms (%d events missing)", num(u.MaxLatencyMs), missing)
 		}
-		t.Verdict = verdictBelow(u.MaxLatencyMs, target11BurstMaxMs)
+		t.Verdict = verdictBelow(u.MaxLatencyMs, targetLimitBurstMaxMs)
 	}
 	return t
 }
@@ -97,9 +97,9 @@ func (r *results) throughputIn(mode, loadName string) *throughputResult {
 
 func (r *results) bulkStreamTarget() target {
 	l := load{kind: "bulk", n: 20_000}.String()
-	t := target{What: l + " (stream)", Goal: fmt.Sprintf("≥ %s events/s", thousands(target11BulkRate)), Measured: "not measured", Verdict: "–"}
+	t := target{What: l + " (stream)", Goal: fmt.Sprintf("≥ %s events/s", thousands(targetLimitBulkRate)), Measured: "not measured", Verdict: "–"}
 	if x := r.throughputIn(streamMode.Name, l); x != nil {
-		t.Measured, t.Verdict = fmt.Sprintf("%s events/s", thousands(int(x.EventsPerSec))), verdictAtLeast(x.EventsPerSec, target11BulkRate)
+		t.Measured, t.Verdict = fmt.Sprintf("%s events/s", thousands(int(x.EventsPerSec))), verdictAtLeast(x.EventsPerSec, targetLimitBulkRate)
 	}
 	return t
 }
@@ -195,11 +195,11 @@ func (r *results) workTarget() target {
 }
 
 func (r *results) insertRateTarget() target {
-	t := target{What: "the load's insert rate next to the relay, single-row txns", Goal: fmt.Sprintf("≥ %.0f %% of its rate alone", 100*target11InsertShare),
+	t := target{What: "the load's insert rate next to the relay, single-row txns", Goal: fmt.Sprintf("≥ %.0f %% of its rate alone", 100*targetLimitInsertShare),
 		Measured: "not measured", Verdict: "–"}
 	if u := r.burstMeasured(); u != nil && u.AloneInsertRate > 0 {
 		t.Measured = fmt.Sprintf("%s vs %s rows/s alone (%.0f %%)", thousands(int(u.InsertRate)), thousands(int(u.AloneInsertRate)), 100*u.InsertRate/u.AloneInsertRate)
-		t.Verdict = verdictAtLeast(u.InsertRate/u.AloneInsertRate, target11InsertShare)
+		t.Verdict = verdictAtLeast(u.InsertRate/u.AloneInsertRate, targetLimitInsertShare)
 	}
 	return t
 }
@@ -210,8 +210,8 @@ func versionsCell(w *dbWork) string {
 		num(w.perEvent(w.Inserted)), num(w.perEvent(w.Updated)), num(w.perEvent(w.HotUpdated)), num(w.perEvent(w.Deleted)))
 }
 
-func targets11Table(r *results) string {
-	return mdTable("| target | goal | measured | |\n", "|---|---|---|---|\n", r.targets11(), func(t target) string {
+func limitTargetsTable(r *results) string {
+	return mdTable("| target | goal | measured | |\n", "|---|---|---|---|\n", r.limitTargets(), func(t target) string {
 		return fmt.Sprintf("| %s | %s | %s | %s |\n", t.What, t.Goal, t.Measured, t.Verdict)
 	})
 }
