@@ -5,7 +5,7 @@
 GO ?= go
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: build test fuzz lint demo bench faults clean
+.PHONY: build test fuzz lint demo bench faults pg-binaries test-matrix clean
 
 build:
 	$(GO) build -o bin/outbox-relay ./cmd/outbox-relay
@@ -43,6 +43,12 @@ bench:
 # Results go to docs/faults-results.jsonl for docs/RELIABILITY.md.
 faults:
 	RELAY_FAULTS=full RELAY_FAULTS_OUT=$(CURDIR)/docs/faults-results.jsonl $(GO) test -count=1 -timeout 30m -v ./faults/
+
+# PostgreSQL server binaries of each major version, fetched with npm into a
+# cache outside the repository (.ci/pg-binaries pins the packages).
+PG_MAJORS ?= 14 15 16 17 18
+pg-binaries:
+	.ci/pg-binaries $(PG_MAJORS)
 
 clean:
 	rm -rf bin
