@@ -50,5 +50,14 @@ PG_MAJORS ?= 14 15 16 17 18
 pg-binaries:
 	.ci/pg-binaries $(PG_MAJORS)
 
+# The store, stream, deliverer and command tests and the fault suite (at
+# small counts) on each of PG_MAJORS in turn, two packages at a time, then
+# one summary line per version. Each version's go test -json output is
+# kept in bin/matrix/.
+MATRIX_PACKAGES ?= ./internal/store/ ./cdc/ ./relay/ ./cmd/outbox-relay/ ./faults/
+test-matrix: pg-binaries
+	$(GO) run ./internal/testmatrix -packages '$(MATRIX_PACKAGES)' -logs $(CURDIR)/bin/matrix \
+		$(foreach v,$(PG_MAJORS),$(v)=$(shell .ci/pg-binaries --bindir $(v)))
+
 clean:
 	rm -rf bin
