@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/outbox-relay/outbox-relay/internal/pgtest"
@@ -650,8 +651,27 @@ func TestPublicationDroppedIsRecreated(t *testing.T) {
 		}
 		return false
 	})
-	if n := strings.Count(b.logs.String(), "cannot decode past the removal of its publication"); n != 1 {
+	if n := strings.Count(b.logs.String(), "lost its publication"); n != 1 {
 		t.Errorf("logged the slot's recreation %d times, want once", n)
+	}
+}
+
+// pgoutput's warning for a publication missing at a point of the WAL
+// (PostgreSQL 18+) is known by its routine, whatever its language; other
+// warnings with its general SQLSTATE, and errors, are not it.
+func TestPublicationSkipped(t *testing.T) {
+	skipped := &pgconn.PgError{SeverityUnlocalized: "WARNING", Code: "55000", Routine: "LoadPublications", Message: "publication « outbox_relay » ignorée"}
+	if !publicationSkipped(fmt.Errorf("replication stream: %w", skipped)) {
+		t.Error("pgoutput's warning for a skipped publication is not recognised")
+	}
+	for _, other := range []*pgconn.PgError{
+		{SeverityUnlocalized: "WARNING", Code: "55000", Routine: "ReplicationSlotAcquire"},
+		{SeverityUnlocalized: "ERROR", Code: "55000", Routine: "LoadPublications"},
+		{SeverityUnlocalized: "WARNING", Code: "42704", Routine: "LoadPublications"},
+	} {
+		if publicationSkipped(other) {
+			t.Errorf("%+v taken for a skipped publication", other)
+		}
 	}
 }
 
