@@ -715,6 +715,9 @@ func TestInvalidatedSlotIsRecreated(t *testing.T) {
 	if n := strings.Count(b.logs.String(), "replication slot was invalidated"); n != 1 {
 		t.Errorf("logged the invalidation %d times, want once", n)
 	}
+	if !strings.Contains(b.logs.String(), "reason=wal_removed") {
+		t.Error("the invalidation's log does not say the slot's WAL was removed (reason=wal_removed)")
+	}
 }
 
 func TestReadOnlyServerIsWaitedFor(t *testing.T) {

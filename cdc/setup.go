@@ -282,7 +282,7 @@ func (s *Stream) prepare(ctx context.Context, db *pgx.Conn) (startPoint, error) 
 	if s.broken {
 		s.log.Warn("replication slot lost its publication (dropped while the slot was in use); recreating both, the sweeper covers the gap")
 	} else {
-		s.log.Warn("replication slot was invalidated (its WAL was removed); recreating it, the sweeper covers the gap")
+		s.log.Warn("replication slot was invalidated; recreating it, the sweeper covers the gap", "reason", invalidationReason(slot))
 	}
 	if err := store.DropIdleSlot(ctx, db, s.cfg.Slot); err != nil {
 		if isCode(err, codeObjectInUse) {
@@ -292,6 +292,16 @@ func (s *Stream) prepare(ctx context.Context, db *pgx.Conn) (startPoint, error) 
 	}
 	s.broken = false
 	return start, nil
+}
+
+// invalidationReason is why the server invalidated slot: as it says from
+// PostgreSQL 17 on; before, a primary invalidates a slot only when its WAL
+// is removed (max_slot_wal_keep_size).
+func invalidationReason(slot store.Slot) string {
+	if slot.InvalidationReason != "" {
+		return slot.InvalidationReason
+	}
+	return "wal_removed"
 }
 
 // startFrom decides where a session starts from the slot's state and
