@@ -675,51 +675,6 @@ func TestPublicationSkipped(t *testing.T) {
 	}
 }
 
-func TestInvalidatedSlotIsRecreated(t *testing.T) {
-	t.Parallel()
-	c := pgtest.StartT(t)
-	b := setupURL(t, c.URL("postgres"))
-	rec := newRecorder()
-	s, stop := b.start(t, rec)
-	waitStreaming(t, s)
-	stop()
-
-	// With the slot idle, let the server remove the WAL it holds.
-	ctx := context.Background()
-	for _, sql := range []string{
-		`ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'`,
-		`SELECT pg_reload_conf()`,
-	} {
-		if _, err := b.pool.Exec(ctx, sql); err != nil {
-			t.Fatal(err)
-		}
-	}
-	pgtest.WaitFor(t, 30*time.Second, "the slot to be invalidated", func() bool {
-		for _, sql := range []string{
-			`INSERT INTO other (body) SELECT repeat(md5(g::text), 30) FROM generate_series(1, 20000) g`,
-			`SELECT pg_switch_wal()`,
-			`CHECKPOINT`,
-		} {
-			if _, err := b.pool.Exec(ctx, sql); err != nil {
-				t.Fatal(err)
-			}
-		}
-		slot, err := store.SlotInfo(ctx, b.pool, b.cfg.Slot)
-		return err == nil && slot.WALStatus == "lost"
-	})
-
-	s2, _ := b.start(t, rec)
-	waitStreaming(t, s2)
-	id := b.insert(t)
-	pgtest.WaitFor(t, 5*time.Second, "a row through the new slot", func() bool { return rec.has(id) })
-	if n := strings.Count(b.logs.String(), "replication slot was invalidated"); n != 1 {
-		t.Errorf("logged the invalidation %d times, want once", n)
-	}
-	if !strings.Contains(b.logs.String(), "reason=wal_removed") {
-		t.Error("the invalidation's log does not say the slot's WAL was removed (reason=wal_removed)")
-	}
-}
-
 func TestReadOnlyServerIsWaitedFor(t *testing.T) {
 	t.Parallel()
 	c := pgtest.StartT(t)
