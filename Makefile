@@ -53,8 +53,9 @@ pg-binaries:
 # The store, stream, deliverer and command tests and the fault suite (at
 # small counts) on each of PG_MAJORS in turn, two packages at a time, then
 # one summary line per version. Each version's go test -json output is
-# kept in bin/matrix/.
-MATRIX_PACKAGES ?= ./internal/store/ ./cdc/ ./relay/ ./cmd/outbox-relay/ ./faults/
+# kept in bin/matrix/. The fault suite, the longest, comes first, so that
+# the others run beside it rather than after it.
+MATRIX_PACKAGES ?= ./faults/ ./cmd/outbox-relay/ ./internal/store/ ./cdc/ ./relay/
 test-matrix: pg-binaries
 	$(GO) run ./internal/testmatrix -packages '$(MATRIX_PACKAGES)' -logs $(CURDIR)/bin/matrix \
 		$(foreach v,$(PG_MAJORS),$(v)=$(shell .ci/pg-binaries --bindir $(v)))
