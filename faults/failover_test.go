@@ -65,8 +65,9 @@ type switchFigures struct {
 type scenario struct {
 	sync     bool // a synchronous standby
 	pairOpts []pgtest.PairOption
-	// atCrash runs under load just before the primary crashes.
-	atCrash func(*pgtest.Pair)
+	// ready runs once the relay streams, before the load starts; atCrash
+	// under load just before the primary crashes.
+	ready, atCrash func(*pgtest.Pair)
 }
 
 func (f switchFigures) figures() map[string]string {
@@ -97,6 +98,9 @@ func failover(t *testing.T, sc scenario) switchFigures {
 	// Rows committed before the first slot exists wait for the sweep's
 	// grace: a start-up figure, not the switch's.
 	pgtest.WaitFor(t, 30*time.Second, "the stream", func() bool { return streaming(metrics) })
+	if sc.ready != nil {
+		sc.ready(pair)
+	}
 	in := startInserter(t, d, 200, 4)
 	pgtest.WaitFor(t, 30*time.Second, "deliveries before the switch", func() bool { return len(rn.Accepted()) > 0 })
 	time.Sleep(time.Duration(scale(2, 10)) * time.Second) // load runs for a while: the fault's timing

@@ -29,6 +29,7 @@ func TestFailoverSyncedSlot(t *testing.T) {
 	pgtest.SkipBelow(t, 17, "a standby keeps copies of failover slots (sync_replication_slots) from 17 on")
 	var atCrash slotCopy
 	f := failover(t, scenario{sync: true, pairOpts: []pgtest.PairOption{pgtest.WithSlotSync()},
+		ready:   func(pair *pgtest.Pair) { waitSlotCopy(t, pair) },
 		atCrash: func(pair *pgtest.Pair) { atCrash = readSlotCopy(t, pair) }})
 	if f.dbLost != 0 {
 		t.Errorf("%d commits the inserter saw are missing on the promoted synchronous standby", f.dbLost)
@@ -73,18 +74,31 @@ type slotCopy struct {
 	behind              int64  // bytes the copy is behind the primary's slot
 }
 
-// readSlotCopy waits for the standby to hold a synced, persistent copy of
-// the relay's slot (the slot sync worker makes it a while after the slot),
-// then reads both positions: the copy's first, so it is not ahead of the
+// waitSlotCopy waits for the standby to hold a synced, persistent copy of
+// the relay's slot: the slot sync worker makes it a while after the slot
+// (it naps up to 30 s between rounds while nothing changes).
+func waitSlotCopy(t *testing.T, pair *pgtest.Pair) {
+	t.Helper()
+	standby := connect(t, pair.Standby.URL("postgres"))
+	pgtest.WaitFor(t, time.Minute, "the standby's synced copy of the relay's slot", func() bool {
+		var n int
+		err := standby.QueryRow(context.Background(), `SELECT count(*) FROM pg_replication_slots
+			WHERE slot_name = $1 AND synced AND NOT temporary AND confirmed_flush_lsn IS NOT NULL`, slotName).Scan(&n)
+		return err == nil && n == 1
+	})
+}
+
+// readSlotCopy reads the position of the relay's slot on the standby and
+// on the primary: the copy's first, so that it is not ahead of the
 // primary's read.
 func readSlotCopy(t *testing.T, pair *pgtest.Pair) slotCopy {
 	t.Helper()
-	standby := connect(t, pair.Standby.URL("postgres"))
 	var c slotCopy
-	pgtest.WaitFor(t, time.Minute, "the standby's synced copy of the relay's slot", func() bool {
-		return standby.QueryRow(context.Background(), `SELECT confirmed_flush_lsn::text FROM pg_replication_slots
-			WHERE slot_name = $1 AND synced AND NOT temporary AND confirmed_flush_lsn IS NOT NULL`, slotName).Scan(&c.copyLSN) == nil
-	})
+	standby := connect(t, pair.Standby.URL("postgres"))
+	if err := standby.QueryRow(context.Background(), `SELECT confirmed_flush_lsn::text FROM pg_replication_slots
+		WHERE slot_name = $1 AND synced`, slotName).Scan(&c.copyLSN); err != nil {
+		t.Fatalf("the standby's copy of the relay's slot: %v", err)
+	}
 	primary := connect(t, pair.Primary.URL("postgres"))
 	if err := primary.QueryRow(context.Background(), `SELECT confirmed_flush_lsn::text, pg_wal_lsn_diff(confirmed_flush_lsn, $2::pg_lsn)::bigint
 		FROM pg_replication_slots WHERE slot_name = $1`, slotName, c.copyLSN).Scan(&c.primaryLSN, &c.behind); err != nil {
