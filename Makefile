@@ -50,14 +50,14 @@ PG_MAJORS ?= 14 15 16 17 18
 pg-binaries:
 	.ci/pg-binaries $(PG_MAJORS)
 
-# The store, stream, deliverer and command tests and the fault suite (at
-# small counts) on each of PG_MAJORS in turn, two packages at a time, then
-# one summary line per version. Each version's go test -json output is
+# The store, stream, deliverer, command and test-harness tests and the
+# fault suite (at small counts) on each of PG_MAJORS in turn, two packages
+# at a time, then one summary line per version. Each version's go test -json output is
 # kept in bin/matrix/. The fault suite, the longest, comes first, so that
 # the others run beside it rather than after it.
-MATRIX_PACKAGES ?= ./faults/ ./cmd/outbox-relay/ ./internal/store/ ./cdc/ ./relay/
+MATRIX_PACKAGES ?= ./faults/ ./cmd/outbox-relay/ ./internal/store/ ./cdc/ ./relay/ ./internal/pgtest/
 test-matrix: pg-binaries
-	$(GO) run ./internal/testmatrix -packages '$(MATRIX_PACKAGES)' -logs $(CURDIR)/bin/matrix \
+	$(GO) run ./internal/testmatrix -go $(GO) -packages '$(MATRIX_PACKAGES)' -logs $(CURDIR)/bin/matrix \
 		$(foreach v,$(PG_MAJORS),$(v)=$(shell .ci/pg-binaries --bindir $(v)))
 
 clean:

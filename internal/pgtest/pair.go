@@ -21,9 +21,9 @@ type Pair struct {
 	Primary, Standby *Cluster
 }
 
-// StandbySlot is the physical slot that keeps the primary's WAL for the
+// standbySlot is the physical slot that keeps the primary's WAL for the
 // standby until it has streamed it (the standby's primary_slot_name).
-const StandbySlot = "pgtest_standby"
+const standbySlot = "pgtest_standby"
 
 // PairOption changes how StartPair sets up the two servers.
 type PairOption func(*pairConfig)
@@ -61,7 +61,7 @@ func StartPair(t testing.TB, sync bool, opts ...PairOption) *Pair {
 		primaryOpts = append(primaryOpts, WithSetting("synchronous_standby_names", "*"))
 	}
 	if cfg.slotSync {
-		primaryOpts = append(primaryOpts, WithSetting("synchronized_standby_slots", StandbySlot))
+		primaryOpts = append(primaryOpts, WithSetting("synchronized_standby_slots", standbySlot))
 	}
 	primary := StartT(t, primaryOpts...)
 	// The standby must not wait for a standby of its own once promoted,
@@ -111,7 +111,7 @@ func queryOne(c *Cluster, dest any, sql string, args ...any) error {
 // consistent, and the physical slot made before the stop keeps the WAL
 // from there until the standby streams.
 func (c *Cluster) newStandby(settings []string) (*Cluster, error) {
-	if err := queryOne(c, new(string), `SELECT pg_create_physical_replication_slot($1, true)::text`, StandbySlot); err != nil {
+	if err := queryOne(c, new(string), `SELECT pg_create_physical_replication_slot($1, true)::text`, standbySlot); err != nil {
 		return nil, fmt.Errorf("pgtest: create the standby's slot: %w", err)
 	}
 	dir, err := os.MkdirTemp(tempBase(c.cred), "pgtest-standby-")
@@ -174,8 +174,8 @@ func (s *Cluster) makeStandbyOf(c *Cluster) error {
 		}
 	}
 	conninfo := fmt.Sprintf("host=127.0.0.1 port=%d user=postgres password=%s dbname=postgres application_name=%s",
-		c.port, c.password, StandbySlot)
-	conf := fmt.Sprintf("primary_conninfo = '%s'\nprimary_slot_name = '%s'\n", conninfo, StandbySlot)
+		c.port, c.password, standbySlot)
+	conf := fmt.Sprintf("primary_conninfo = '%s'\nprimary_slot_name = '%s'\n", conninfo, standbySlot)
 	if err := s.appendFile("postgresql.auto.conf", conf); err != nil {
 		return err
 	}

@@ -38,6 +38,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	packages := fs.String("packages", "", "the packages to test, space-separated")
 	logs := fs.String("logs", "bin/matrix", "directory for each version's go test -json output")
 	goTestFlags := fs.String("flags", "-race -count=1 -p 2 -timeout 20m", "flags for go test")
+	goCmd := fs.String("go", "go", "the go command")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -60,7 +61,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		name := serverVersion(v)
 		fmt.Fprintf(stdout, "== PostgreSQL %s (%s)\n", name, v.binDir)
 		began := time.Now()
-		t, err := runVersion(v, goArgs, filepath.Join(*logs, "pg"+v.major+".json"), stdout)
+		t, err := runVersion(v, *goCmd, goArgs, filepath.Join(*logs, "pg"+v.major+".json"), stdout)
 		if err != nil {
 			// go test could not run at all, or its output broke off.
 			fmt.Fprintf(stdout, "testmatrix: PostgreSQL %s: %v\n", name, err)
@@ -112,14 +113,14 @@ func serverVersion(v version) string {
 
 // runVersion runs go test on one version's binaries, keeps its JSON in
 // logPath, and prints each package's result and each failure as they come.
-func runVersion(v version, goArgs []string, logPath string, stdout io.Writer) (*tally, error) {
+func runVersion(v version, goCmd string, goArgs []string, logPath string, stdout io.Writer) (*tally, error) {
 	t := newTally()
 	logFile, err := os.Create(logPath)
 	if err != nil {
 		return t, err
 	}
 	defer logFile.Close()
-	cmd := exec.Command("go", goArgs...)
+	cmd := exec.Command(goCmd, goArgs...)
 	cmd.Env = append(os.Environ(), "RELAY_TEST_PG_BINDIR="+v.binDir)
 	cmd.Stderr = stdout
 	pipe, err := cmd.StdoutPipe()
