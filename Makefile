@@ -5,7 +5,7 @@
 GO ?= go
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: build test test-django fuzz lint demo bench faults soak clean
+.PHONY: build test test-django fuzz lint demo bench faults soak pg-binaries test-matrix clean
 
 build:
 	$(GO) build -o bin/outbox-relay ./cmd/outbox-relay
@@ -62,6 +62,22 @@ SOAK_DURATION ?= 3m
 SOAK_SEED ?=
 soak:
 	SOAK_SEED=$(SOAK_SEED) SOAK_DURATION=$(SOAK_DURATION) $(GO) test -count=1 -timeout 60m -v -run '^TestSoak$$' ./faults/
+
+# PostgreSQL server binaries of each major version, fetched with npm into a
+# cache outside the repository (.ci/pg-binaries pins the packages).
+PG_MAJORS ?= 14 15 16 17 18
+pg-binaries:
+	.ci/pg-binaries $(PG_MAJORS)
+
+# The store, stream, deliverer, command and test-harness tests and the
+# fault suite (at small counts) on each of PG_MAJORS in turn, two packages
+# at a time, then one summary line per version. Each version's go test -json output is
+# kept in bin/matrix/. The fault suite, the longest, comes first, so that
+# the others run beside it rather than after it.
+MATRIX_PACKAGES ?= ./faults/ ./cmd/outbox-relay/ ./internal/store/ ./cdc/ ./relay/ ./internal/pgtest/
+test-matrix: pg-binaries
+	$(GO) run ./internal/testmatrix -go $(GO) -packages '$(MATRIX_PACKAGES)' -logs $(CURDIR)/bin/matrix \
+		$(foreach v,$(PG_MAJORS),$(v)=$(shell .ci/pg-binaries --bindir $(v)))
 
 clean:
 	rm -rf bin

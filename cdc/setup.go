@@ -19,7 +19,20 @@ const (
 	codeObjectInUse     = "55006" // the slot is active in another process
 	codeDuplicateObject = "42710" // made a moment ago by someone else
 	codeUndefinedObject = "42704" // dropped a moment ago by someone else
+
+	codeNotInPrerequisiteState = "55000" // with pgoutput's routine: a publication skipped
 )
+
+// publicationSkipped reports whether err is pgoutput's warning, from
+// PostgreSQL 18 on, that it skipped a change because the publication did
+// not exist at that point of the WAL. Its SQLSTATE (55000, object not in
+// prerequisite state) is a general one: the routine that raises it, which
+// no lc_messages translates, says which warning it is.
+func publicationSkipped(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.SeverityUnlocalized == "WARNING" &&
+		pgErr.Code == codeNotInPrerequisiteState && pgErr.Routine == "LoadPublications"
+}
 
 // isCode reports whether err is a server error with SQLSTATE code.
 func isCode(err error, code string) bool {
@@ -91,14 +104,16 @@ func (s *Stream) session(ctx context.Context, conf dbConfig, h *handoff) (stream
 	}
 	err = s.stream(ctx, conn, h, sess)
 	s.streaming.Store(false)
-	if isCode(err, codeUndefinedObject) {
+	if isCode(err, codeUndefinedObject) || publicationSkipped(err) {
 		// The publication was dropped (and made again by the next
 		// prepare). pgoutput reads it as of each change's position, so
-		// this slot fails on every change from the drop to the new
-		// publication, for ever: make a new slot instead. Once streaming,
-		// the publication is the only object the walsender looks up by
-		// name, so the SQLSTATE says it, whatever the language of the
-		// server's messages (lc_messages).
+		// up to PostgreSQL 17 this slot fails on every change from the
+		// drop to the new publication, for ever; from 18 on it skips
+		// those changes with a warning and never says the publication is
+		// gone. Either way make a new slot: the sweeper covers the rows
+		// of the gap. Once streaming, the publication is the only object
+		// the walsender looks up by name, so the SQLSTATE says it,
+		// whatever the language of the server's messages (lc_messages).
 		s.broken = true
 	}
 	return time.Since(began), err
@@ -261,9 +276,9 @@ func (s *Stream) prepare(ctx context.Context, db *pgx.Conn) (startPoint, error) 
 		return start, err
 	}
 	if s.broken {
-		s.log.Warn("replication slot cannot decode past the removal of its publication; recreating it, the sweeper covers the gap")
+		s.log.Warn("replication slot lost its publication (dropped while the slot was in use); recreating both, the sweeper covers the gap")
 	} else {
-		s.log.Warn("replication slot was invalidated (its WAL was removed); recreating it, the sweeper covers the gap")
+		s.log.Warn("replication slot was invalidated; recreating it, the sweeper covers the gap", "reason", invalidationReason(slot))
 	}
 	if err := store.DropIdleSlot(ctx, db, s.cfg.Slot); err != nil {
 		if isCode(err, codeObjectInUse) {
@@ -273,6 +288,16 @@ func (s *Stream) prepare(ctx context.Context, db *pgx.Conn) (startPoint, error) 
 	}
 	s.broken = false
 	return start, nil
+}
+
+// invalidationReason is why the server invalidated slot: as it says from
+// PostgreSQL 17 on; before, a primary invalidates a slot only when its WAL
+// is removed (max_slot_wal_keep_size).
+func invalidationReason(slot store.Slot) string {
+	if slot.InvalidationReason != "" {
+		return slot.InvalidationReason
+	}
+	return "wal_removed"
 }
 
 // startFrom decides where a session starts from the slot's state and

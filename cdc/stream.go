@@ -167,8 +167,13 @@ func (r *reader) handle(ctx context.Context, msg pgproto3.BackendMessage) error 
 		return fmt.Errorf("replication stream: %w", pgconn.ErrorResponseToPgError(msg))
 	case *pgproto3.CopyDone:
 		return errors.New("the server ended the replication stream")
+	case *pgproto3.NoticeResponse:
+		if notice := pgconn.ErrorResponseToPgError((*pgproto3.ErrorResponse)(msg)); publicationSkipped(notice) {
+			return fmt.Errorf("replication stream: %w", notice)
+		}
+		return nil
 	default:
-		// NoticeResponse, ParameterStatus: nothing to do.
+		// ParameterStatus: nothing to do.
 		return nil
 	}
 }

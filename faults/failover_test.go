@@ -2,6 +2,7 @@ package faults
 
 import (
 	"context"
+	"fmt"
 	"strconv"
 	"strings"
 	"testing"
@@ -16,7 +17,7 @@ import (
 // inserter saw is lost, every event is delivered, and a duplicate can only
 // be a POST whose outcome write the crash cut.
 func TestFailoverSync(t *testing.T) {
-	f := failover(t, true)
+	f := failover(t, scenario{sync: true})
 	if f.dbLost != 0 {
 		t.Errorf("%d commits the inserter saw are missing on the promoted synchronous standby", f.dbLost)
 	}
@@ -36,7 +37,7 @@ func TestFailoverAsync(t *testing.T) {
 	if !full {
 		t.Skip("the asynchronous case runs under make faults (RELAY_FAULTS=full); make test runs the synchronous one")
 	}
-	f := failover(t, false)
+	f := failover(t, scenario{})
 	t.Logf("the database lost %d of %d commits the inserter saw; the runner got %d events the new primary does not hold",
 		f.dbLost, f.committed, len(f.extra))
 	record(t, "failover, asynchronous standby", f.r, f.figures())
@@ -53,6 +54,20 @@ type switchFigures struct {
 	// after it; longestWait the longest created_at-to-first-receipt of
 	// any event, longestAcross of the events received after the crash.
 	promotion, firstDelivery, longestWait, longestAcross time.Duration
+	// streamAfter and sweepAfter are the events delivered from the
+	// promotion on by the stream and by a sweep.
+	streamAfter, sweepAfter float64
+	pair                    *pgtest.Pair
+	logs                    string // the relay's
+}
+
+// scenario is how a failover run is set up.
+type scenario struct {
+	sync     bool // a synchronous standby
+	pairOpts []pgtest.PairOption
+	// ready runs once the relay streams, before the load starts; atCrash
+	// under load just before the primary crashes.
+	ready, atCrash func(*pgtest.Pair)
 }
 
 func (f switchFigures) figures() map[string]string {
@@ -66,6 +81,8 @@ func (f switchFigures) figures() map[string]string {
 		"longest_wait_of_any_event_ms":    ms(f.longestWait),
 		"longest_wait_across_switch_ms":   ms(f.longestAcross),
 		"inserts_per_second":              "200",
+		"delivered_after_switch_stream":   fmt.Sprint(f.streamAfter),
+		"delivered_after_switch_sweep":    fmt.Sprint(f.sweepAfter),
 		"inserts_before_and_after_switch": strconv.Itoa(scale(2, 10)) + "s+" + strconv.Itoa(scale(2, 20)) + "s",
 	}
 }
@@ -73,17 +90,23 @@ func (f switchFigures) figures() map[string]string {
 // failover runs the scenario: load, crash of the primary (-m immediate),
 // promotion of the standby, more load on the new primary, then waits until
 // the new primary has nothing pending and measures.
-func failover(t *testing.T, sync bool) switchFigures {
-	pair := pgtest.StartPair(t, sync)
+func failover(t *testing.T, sc scenario) switchFigures {
+	pair := pgtest.StartPair(t, sc.sync, sc.pairOpts...)
 	d := newDB(t, pair.URL("postgres"))
 	rn := newRunner(t)
 	p, metrics := withMetrics(t, d, rn, "RELAY_CONCURRENCY="+strconv.Itoa(concurrency))
 	// Rows committed before the first slot exists wait for the sweep's
 	// grace: a start-up figure, not the switch's.
 	pgtest.WaitFor(t, 30*time.Second, "the stream", func() bool { return streaming(metrics) })
+	if sc.ready != nil {
+		sc.ready(pair)
+	}
 	in := startInserter(t, d, 200, 4)
 	pgtest.WaitFor(t, 30*time.Second, "deliveries before the switch", func() bool { return len(rn.Accepted()) > 0 })
 	time.Sleep(time.Duration(scale(2, 10)) * time.Second) // load runs for a while: the fault's timing
+	if sc.atCrash != nil {
+		sc.atCrash(pair)
+	}
 
 	crashed := time.Now()
 	if err := pair.Primary.StopServer("immediate"); err != nil {
@@ -94,11 +117,14 @@ func failover(t *testing.T, sync bool) switchFigures {
 		t.Fatal(err)
 	}
 	promoted := time.Now()
+	streamBefore, sweepBefore := deliveredBy(metrics)
 	time.Sleep(time.Duration(scale(2, 20)) * time.Second) // inserts go on against the new primary
 	in.stop()
 
-	f := switchFigures{promotion: promoted.Sub(start)}
+	f := switchFigures{promotion: promoted.Sub(start), pair: pair}
 	f.r, f.extra = compare(t, d, rn, 2*time.Minute)
+	streamEnd, sweepEnd := deliveredBy(metrics)
+	f.streamAfter, f.sweepAfter = streamEnd-streamBefore, sweepEnd-sweepBefore
 	onNew := d.eventIDs(t)
 	committed := in.committed()
 	f.committed = len(committed)
@@ -116,13 +142,22 @@ func failover(t *testing.T, sync bool) switchFigures {
 		t.Fatalf("the relay exited during the failover: %v", p.Err())
 	default:
 	}
-	t.Logf("promotion %s, promotion to first delivery %s, longest wait of any event %s (of those received after the crash %s), committed %d, lost by the database %d",
+	f.logs = p.Logs()
+	t.Logf("promotion %s, promotion to first delivery %s, longest wait of any event %s (of those received after the crash %s), committed %d, lost by the database %d, delivered after the switch by the stream %v, by a sweep %v",
 		f.promotion.Round(time.Millisecond), f.firstDelivery.Round(time.Millisecond), f.longestWait.Round(time.Millisecond),
-		f.longestAcross.Round(time.Millisecond), f.committed, f.dbLost)
+		f.longestAcross.Round(time.Millisecond), f.committed, f.dbLost, f.streamAfter, f.sweepAfter)
 	if testing.Verbose() {
-		t.Logf("relay logs around the switch:\n%s", switchLines(p.Logs()))
+		t.Logf("relay logs around the switch:\n%s", switchLines(f.logs))
 	}
 	return f
+}
+
+// deliveredBy is how many events the relay has delivered by the stream
+// and by a sweep, from its metrics.
+func deliveredBy(metrics string) (stream, sweep float64) {
+	stream, _ = scrape(metrics, `outbox_relay_deliveries_total{outcome="delivered",path="stream"}`)
+	sweep, _ = scrape(metrics, `outbox_relay_deliveries_total{outcome="delivered",path="sweep"}`)
+	return stream, sweep
 }
 
 // waits measures, from the runner's first receipts, the time from promoted

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+
+	"github.com/outbox-relay/outbox-relay/internal/pgtest"
 )
 
 var recordMu sync.Mutex
@@ -18,6 +20,9 @@ func record(t *testing.T, fault string, r result, extra map[string]string) {
 		return
 	}
 	line := map[string]any{"fault": fault, "test": t.Name(), "events": r.Events, "lost": r.Lost, "duplicates": r.Duplicates, "full": full}
+	if major, err := pgtest.ServerMajor(); err == nil {
+		line["postgres"] = major
+	}
 	if r.OrderViolations != nil {
 		line["order_violations"] = *r.OrderViolations
 	}

@@ -190,13 +190,16 @@ type checker struct {
 	server                      store.Server
 	repl                        store.ReplicationSettings
 	slot                        store.Slot
+	slotSettings                store.SlotSettings
 	serverErr, replErr, slotErr error
+	slotSettingsErr             error
 }
 
 func (c *checker) read(ctx context.Context) {
 	c.server, c.serverErr = store.ReadServer(ctx, c.conn)
 	c.repl, c.replErr = store.ReadReplicationSettings(ctx, c.conn)
 	c.slot, c.slotErr = store.SlotInfo(ctx, c.conn, c.cfg.SlotName)
+	c.slotSettings, c.slotSettingsErr = store.ReadSlotSettings(ctx, c.conn)
 }
 
 // items judges every item, in the order the report lists them.
@@ -206,11 +209,15 @@ func (c *checker) items(ctx context.Context) []checkItem {
 		items = append(items, checkItem{Name: "replication", Status: checkSkip,
 			Detail: "not checked: RELAY_CDC=off, the relay delivers sweep-only"})
 	} else {
-		items = append(items, c.walLevelItem(), c.capacityItem(), c.keepSizeItem(), c.roleItem(), c.replConnItem(ctx))
+		items = append(items, c.walLevelItem(), c.capacityItem(), c.keepSizeItem())
+		if it, ok := c.idleTimeoutItem(); ok {
+			items = append(items, it)
+		}
+		items = append(items, c.roleItem(), c.replConnItem(ctx))
 	}
 	items = append(items, c.privilegesItem(ctx), c.tableItem(ctx))
 	if c.cfg.CDC != "off" {
-		items = append(items, c.publicationItem(ctx), c.slotItem(ctx))
+		items = append(items, c.publicationItem(ctx), c.slotItem(ctx), c.failoverItem())
 	}
 	return append(items, probeRunner(ctx, c.cfg.RunnerURL))
 }
@@ -499,7 +506,7 @@ func (c *checker) slotItem(ctx context.Context) checkItem {
 		return c.heldSlotItem(ctx, it)
 	case sl.WALStatus == "lost":
 		it.Status = checkWarn
-		it.Detail = fmt.Sprintf("%s was invalidated (wal_status lost); the relay recreates it and the sweeper covers the gap", name)
+		it.Detail = fmt.Sprintf("%s was invalidated (wal_status lost%s); the relay recreates it and the sweeper covers the gap", name, reasonSuffix(sl))
 	default:
 		it.Status, it.Detail = checkOK, fmt.Sprintf("%s exists, inactive; the relay resumes from %s", name, sl.ConfirmedFlushLSN)
 	}

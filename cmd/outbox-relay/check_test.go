@@ -186,8 +186,21 @@ func closedPort(t *testing.T) string {
 	return addr
 }
 
+// failoverLine is check's failover line on a ready database of a server
+// of that major version.
+func failoverLine(major int) string {
+	if major < 17 {
+		return fmt.Sprintf("- failover: PostgreSQL %d keeps no slot across a failover (failover slots are 17+): …", major)
+	}
+	return "✓ failover: the relay makes outbox_relay a failover slot: a standby with sync_replication_slots = on, …"
+}
+
 func TestCheck(t *testing.T) {
 	c := &checkCluster{Cluster: pgtest.StartT(t, pgtest.WithSetting("max_slot_wal_keep_size", "1GB"))}
+	major, err := pgtest.ServerMajor()
+	if err != nil {
+		t.Fatal(err)
+	}
 	runner := newCheckRunner(t)
 	migratedDB := func(t *testing.T) string {
 		u := c.newDB(t)
@@ -212,8 +225,12 @@ func TestCheck(t *testing.T) {
 			"✓ table: public.portal_event_outbox has the columns the relay uses",
 			"✓ publication: outbox_relay publishes inserts, updates and deletes of public.portal_event_outbox",
 			"✓ slot: outbox_relay does not exist; the relay creates it",
+			failoverLine(major),
 			"✓ runner: "+runner.URL()+" answered HEAD with 204 No Content in …",
 			"ready: nothing blocks delivery or the fast path")
+		if major >= 18 {
+			checkLine(t, out, "✓ idle_replication_slot_timeout: 0: a slot is never invalidated for idling")
+		}
 		for line := range strings.Lines(out) {
 			if strings.HasPrefix(line, "!") || strings.HasPrefix(line, "✗") || strings.HasPrefix(line, "?") || strings.Contains(line, "fix:") {
 				t.Errorf("a ready database gives %q", line)
@@ -228,11 +245,15 @@ func TestCheck(t *testing.T) {
 		if err := json.Unmarshal([]byte(out), &r); err != nil {
 			t.Fatalf("check --json: %v\n%s", err, out)
 		}
-		if code != exitOK || r.ExitCode != exitOK || len(r.Items) != 11 {
-			t.Errorf("check --json: exit %d, %+v", code, r)
+		items := 12 // and idle_replication_slot_timeout from 18 on
+		if major >= 18 {
+			items++
+		}
+		if code != exitOK || r.ExitCode != exitOK || len(r.Items) != items {
+			t.Errorf("check --json: exit %d, %d items, want %d: %+v", code, len(r.Items), items, r)
 		}
 		for _, it := range r.Items {
-			if it.Status != checkOK {
+			if it.Status != checkOK && (it.Name != "failover" || major >= 17 || it.Status != checkSkip) {
 				t.Errorf("check --json: %+v", it)
 			}
 		}

@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
@@ -20,26 +22,55 @@ type Pair struct {
 }
 
 // standbySlot is the physical slot that keeps the primary's WAL for the
-// standby until it has streamed it.
+// standby until it has streamed it (the standby's primary_slot_name).
 const standbySlot = "pgtest_standby"
 
-// StartPair starts a primary and a standby made from it with
-// pg_basebackup -R, streaming from it, and stops both when the test ends.
+// PairOption changes how StartPair sets up the two servers.
+type PairOption func(*pairConfig)
+
+type pairConfig struct {
+	slotSync bool
+}
+
+// WithSlotSync makes the standby keep copies of the primary's failover
+// logical slots (PostgreSQL 17 and newer; the test skips below with
+// SkipBelow): the standby runs with sync_replication_slots and
+// hot_standby_feedback on and names the primary's database in
+// primary_conninfo, and the primary with synchronized_standby_slots naming
+// the standby's physical slot, so that no logical walsender sends a change
+// the standby has not flushed.
+func WithSlotSync() PairOption {
+	return func(c *pairConfig) { c.slotSync = true }
+}
+
+// StartPair starts a primary and a standby made from a copy of its data
+// directory, streaming from it, and stops both when the test ends.
 // With sync the standby is synchronous (synchronous_standby_names = '*'):
 // a commit returns only once the standby has flushed it, so a promotion
 // loses no acknowledged commit. Without, it replicates asynchronously and
 // a promotion can lose the last commits. Both run with synchronous_commit
 // on, as production does, whatever the harness's default.
-func StartPair(t testing.TB, sync bool) *Pair {
+func StartPair(t testing.TB, sync bool, opts ...PairOption) *Pair {
 	t.Helper()
-	opts := []Option{WithSetting("synchronous_commit", "on")}
-	if sync {
-		opts = append(opts, WithSetting("synchronous_standby_names", "*"))
+	var cfg pairConfig
+	for _, o := range opts {
+		o(&cfg)
 	}
-	primary := StartT(t, opts...)
+	primaryOpts := []Option{WithSetting("synchronous_commit", "on")}
+	if sync {
+		primaryOpts = append(primaryOpts, WithSetting("synchronous_standby_names", "*"))
+	}
+	if cfg.slotSync {
+		primaryOpts = append(primaryOpts, WithSetting("synchronized_standby_slots", standbySlot))
+	}
+	primary := StartT(t, primaryOpts...)
 	// The standby must not wait for a standby of its own once promoted,
 	// so it does not get synchronous_standby_names.
-	standby, err := primary.newStandby()
+	standbySettings := []string{"synchronous_commit=on"}
+	if cfg.slotSync {
+		standbySettings = append(standbySettings, "sync_replication_slots=on", "hot_standby_feedback=on")
+	}
+	standby, err := primary.newStandby(standbySettings)
 	if err != nil {
 		t.Fatalf("pgtest: cannot start a standby: %v", err)
 	}
@@ -73,34 +104,100 @@ func queryOne(c *Cluster, dest any, sql string, args ...any) error {
 	return conn.QueryRow(ctx, sql, args...).Scan(dest)
 }
 
-// newStandby copies the primary with pg_basebackup -R (which writes
-// primary_conninfo and standby.signal) into a new temporary directory and
-// starts it on a port of its own.
-func (c *Cluster) newStandby() (*Cluster, error) {
+// newStandby makes a standby of c with settings of its own and starts it
+// on a port of its own. It copies the data directory of the cleanly
+// stopped primary, which needs no pg_basebackup (the binaries of
+// make test-matrix have none): a shutdown checkpoint leaves the directory
+// consistent, and the physical slot made before the stop keeps the WAL
+// from there until the standby streams.
+func (c *Cluster) newStandby(settings []string) (*Cluster, error) {
+	if err := queryOne(c, new(string), `SELECT pg_create_physical_replication_slot($1, true)::text`, standbySlot); err != nil {
+		return nil, fmt.Errorf("pgtest: create the standby's slot: %w", err)
+	}
 	dir, err := os.MkdirTemp(tempBase(c.cred), "pgtest-standby-")
 	if err != nil {
 		return nil, fmt.Errorf("pgtest: temp dir: %w", err)
 	}
-	s := &Cluster{binDir: c.binDir, dir: dir, password: c.password, walLevel: c.walLevel,
-		settings: []string{"synchronous_commit=on"}, cred: c.cred}
-	if c.cred != nil {
-		if err := os.Chown(dir, int(c.cred.Uid), int(c.cred.Gid)); err != nil {
-			os.RemoveAll(dir)
-			return nil, fmt.Errorf("pgtest: chown %s to postgres: %w", dir, err)
-		}
-	}
-	out, err := s.runEnv([]string{"PGPASSWORD=" + c.password}, "pg_basebackup",
-		"-D", s.dataDir(), "-h", "127.0.0.1", "-p", strconv.Itoa(c.port), "-U", "postgres",
-		"-R", "-X", "stream", "-C", "-S", standbySlot, "--no-sync")
-	if err != nil {
+	s := &Cluster{binDir: c.binDir, dir: dir, password: c.password, walLevel: c.walLevel, settings: settings, cred: c.cred}
+	if err := s.copyFrom(c); err != nil {
 		os.RemoveAll(dir)
-		return nil, fmt.Errorf("pgtest: pg_basebackup: %w\n%s", err, out)
+		return nil, err
 	}
 	if err := s.startOnFreePort(); err != nil {
 		os.RemoveAll(dir)
 		return nil, err
 	}
 	return s, nil
+}
+
+// copyFrom stops the primary c, copies its data directory into s as the
+// server's user, makes the copy a standby of c and starts c again.
+func (s *Cluster) copyFrom(c *Cluster) error {
+	if c.cred != nil {
+		if err := os.Chown(s.dir, int(c.cred.Uid), int(c.cred.Gid)); err != nil {
+			return fmt.Errorf("pgtest: chown %s to postgres: %w", s.dir, err)
+		}
+	}
+	if err := c.StopServer("fast"); err != nil {
+		return err
+	}
+	cmd := exec.Command("cp", "-a", c.dataDir(), s.dataDir())
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: c.cred, Setpgid: true}
+	out, err := cmd.CombinedOutput()
+	if err == nil {
+		err = s.makeStandbyOf(c)
+	}
+	if startErr := c.StartServer(); err == nil {
+		err = startErr
+	}
+	if err != nil {
+		return fmt.Errorf("pgtest: copy the primary into a standby: %w\n%s", err, out)
+	}
+	return nil
+}
+
+// makeStandbyOf turns a copied data directory into a standby of c:
+// standby.signal, and where to stream from in postgresql.auto.conf, as
+// pg_basebackup -R writes them. The primary's slots stay behind, as a
+// base backup leaves them: a copy of the standby's own physical slot would
+// pin the WAL of the promoted standby for ever. The dbname in
+// primary_conninfo is what sync_replication_slots needs to reach the
+// primary's slots.
+func (s *Cluster) makeStandbyOf(c *Cluster) error {
+	slots, err := filepath.Glob(filepath.Join(s.dataDir(), "pg_replslot", "*"))
+	if err != nil {
+		return err
+	}
+	for _, slot := range slots {
+		if err := os.RemoveAll(slot); err != nil {
+			return err
+		}
+	}
+	conninfo := fmt.Sprintf("host=127.0.0.1 port=%d user=postgres password=%s dbname=postgres application_name=%s",
+		c.port, c.password, standbySlot)
+	conf := fmt.Sprintf("primary_conninfo = '%s'\nprimary_slot_name = '%s'\n", conninfo, standbySlot)
+	if err := s.appendFile("postgresql.auto.conf", conf); err != nil {
+		return err
+	}
+	return s.appendFile("standby.signal", "")
+}
+
+// appendFile appends text to a file of the data directory, creating it
+// owned by the server's user.
+func (s *Cluster) appendFile(name, text string) error {
+	path := filepath.Join(s.dataDir(), name)
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteString(text)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil && s.cred != nil {
+		err = os.Chown(path, int(s.cred.Uid), int(s.cred.Gid))
+	}
+	return err
 }
 
 // URL is a connection string for database db that names both servers and

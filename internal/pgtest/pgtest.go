@@ -36,6 +36,11 @@ import (
 // server instead of a throwaway cluster, e.g. a CI service container.
 const EnvDatabaseURL = "RELAY_TEST_DATABASE_URL"
 
+// EnvBinDir names the variable that points the tests at the directory of
+// the PostgreSQL server binaries to run, before any other place is looked
+// at: make test-matrix runs the tests once per major version with it.
+const EnvBinDir = "RELAY_TEST_PG_BINDIR"
+
 // errNoPostgres marks a missing PostgreSQL installation, which Main and StartT
 // turn into a skip outside CI.
 var errNoPostgres = errors.New("PostgreSQL server binaries (initdb, pg_ctl) not found")
@@ -43,11 +48,19 @@ var errNoPostgres = errors.New("PostgreSQL server binaries (initdb, pg_ctl) not 
 // pgCtlTimeout bounds how long pg_ctl -w waits for start, stop and restart.
 const pgCtlTimeout = 60 * time.Second
 
-// FindBinDir returns the directory holding initdb and pg_ctl. It looks on
-// PATH, then at `pg_config --bindir`, then at the newest
-// /usr/lib/postgresql/*/bin, because Debian installs the server binaries
-// there without putting them on PATH.
+// FindBinDir returns the directory holding initdb and pg_ctl: the one in
+// RELAY_TEST_PG_BINDIR when set, else it looks on PATH, then at
+// `pg_config --bindir`, then at the newest /usr/lib/postgresql/*/bin,
+// because Debian installs the server binaries there without putting them
+// on PATH.
 func FindBinDir() (string, error) {
+	if dir := os.Getenv(EnvBinDir); dir != "" {
+		// Named on purpose, so a wrong one fails rather than skips.
+		if !hasServerBinaries(dir) {
+			return "", fmt.Errorf("pgtest: %s=%s holds no initdb, pg_ctl and postgres", EnvBinDir, dir)
+		}
+		return dir, nil
+	}
 	if p, err := exec.LookPath("initdb"); err == nil {
 		// PATH often holds symlinks (e.g. /usr/local/bin/initdb); the real
 		// directory is where postgres itself lives too.
@@ -73,7 +86,7 @@ func FindBinDir() (string, error) {
 		}
 	}
 	return "", fmt.Errorf("%w: searched PATH, `pg_config --bindir` and /usr/lib/postgresql/*/bin; "+
-		"install the server (Debian/Ubuntu: apt-get install postgresql) or set %s", errNoPostgres, EnvDatabaseURL)
+		"install the server (Debian/Ubuntu: apt-get install postgresql) or set %s or %s", errNoPostgres, EnvBinDir, EnvDatabaseURL)
 }
 
 func hasServerBinaries(dir string) bool {

@@ -250,3 +250,33 @@ func TestPairAsync(t *testing.T) {
 		t.Errorf("sync_state %s, want async", got)
 	}
 }
+
+// With WithSlotSync the standby keeps a copy of the primary's failover
+// logical slot, persistent and marked synced, that stays after a
+// promotion.
+func TestPairSlotSync(t *testing.T) {
+	pgtest.SkipBelow(t, 17, "standbys synchronize failover slots (sync_replication_slots) from 17 on")
+	p := pgtest.StartPair(t, true, pgtest.WithSlotSync())
+	primary := connect(t, p.Primary.URL("postgres"))
+	if _, err := primary.Exec(context.Background(),
+		`SELECT pg_create_logical_replication_slot('kept', 'pgoutput', false, false, true)`); err != nil {
+		t.Fatal(err)
+	}
+	standby := connect(t, p.Standby.URL("postgres"))
+	pgtest.WaitFor(t, time.Minute, "the standby to keep a synced, persistent copy of the slot", func() bool {
+		var synced, temporary bool
+		err := standby.QueryRow(context.Background(),
+			`SELECT synced, temporary FROM pg_replication_slots WHERE slot_name = 'kept'`).Scan(&synced, &temporary)
+		return err == nil && synced && !temporary
+	})
+	if err := p.Primary.StopServer("fast"); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Promote(); err != nil {
+		t.Fatal(err)
+	}
+	after := connect(t, p.Standby.URL("postgres"))
+	if got := queryString(t, after, `SELECT count(*)::text FROM pg_replication_slots WHERE slot_name = 'kept' AND slot_type = 'logical'`); got != "1" {
+		t.Errorf("the promoted standby has %s copies of the failover slot, want 1", got)
+	}
+}

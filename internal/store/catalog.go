@@ -70,6 +70,13 @@ type Slot struct {
 	// ConfirmedFlushLSN is as Postgres writes it (0/16B3748); 0/0 when the
 	// slot has confirmed nothing yet.
 	ConfirmedFlushLSN string
+	// InvalidationReason is why the server invalidated the slot, from
+	// PostgreSQL 17 on (wal_removed; idle_timeout from 18); empty when it
+	// is valid or the server does not say.
+	InvalidationReason string
+	// Failover is whether a standby with sync_replication_slots keeps a
+	// copy of the slot (PostgreSQL 17+); nil on older servers.
+	Failover *bool
 }
 
 // SlotInfo reads the slot's state. On a standby pg_current_wal_lsn fails,
@@ -86,12 +93,15 @@ func SlotInfo(ctx context.Context, q Querier, slot string) (Slot, error) {
 	if sl.InRecovery {
 		current = "pg_last_wal_replay_lsn()"
 	}
+	// The columns of later versions are read through to_jsonb, which
+	// reads a column the server lacks as NULL rather than failing.
 	err = q.QueryRow(ctx, `SELECT active, coalesce(active_pid, 0), coalesce(wal_status, ''),
 		coalesce(`+current+` - restart_lsn, 0)::int8, coalesce(`+current+` - confirmed_flush_lsn, 0)::int8,
-		slot_type, coalesce(plugin, ''), coalesce(database, ''), coalesce(confirmed_flush_lsn, '0/0')::text
-		FROM pg_replication_slots WHERE slot_name = $1`, slot).
+		slot_type, coalesce(plugin, ''), coalesce(database, ''), coalesce(confirmed_flush_lsn, '0/0')::text,
+		coalesce(to_jsonb(s) ->> 'invalidation_reason', ''), (to_jsonb(s) ->> 'failover')::bool
+		FROM pg_replication_slots s WHERE slot_name = $1`, slot).
 		Scan(&sl.Active, &sl.ActivePID, &sl.WALStatus, &sl.RetainedBytes, &sl.ConfirmedLagBytes,
-			&sl.SlotType, &sl.Plugin, &sl.Database, &sl.ConfirmedFlushLSN)
+			&sl.SlotType, &sl.Plugin, &sl.Database, &sl.ConfirmedFlushLSN, &sl.InvalidationReason, &sl.Failover)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 		return sl, nil

@@ -99,3 +99,27 @@ func ReadPublicationScope(ctx context.Context, q Querier, name string) (Publicat
 	}
 	return s, err
 }
+
+// SlotSettings are the settings, present in some PostgreSQL versions only,
+// that decide what becomes of the relay's slot across a failover and
+// while no one streams from it. A setting the server lacks reads empty.
+type SlotSettings struct {
+	SynchronizedStandbySlots string   // 17+: the standbys' slots logical walsenders wait for
+	IdleSlotTimeout          string   // 18+: idle_replication_slot_timeout as SHOW prints it ("0", "1h")
+	PhysicalSlots            []string // sorted; at most listedSlots: the slots standbys stream through
+}
+
+// listedSlots bounds SlotSettings.PhysicalSlots: enough to name them in a
+// setting's fix.
+const listedSlots = 6
+
+// ReadSlotSettings reads the version-specific slot settings and the
+// physical slots.
+func ReadSlotSettings(ctx context.Context, q Querier) (SlotSettings, error) {
+	var s SlotSettings
+	err := q.QueryRow(ctx, `SELECT coalesce(current_setting('synchronized_standby_slots', true), ''),
+		coalesce(current_setting('idle_replication_slot_timeout', true), ''),
+		array(SELECT slot_name::text FROM pg_replication_slots WHERE slot_type = 'physical' ORDER BY 1 LIMIT $1)`, listedSlots).
+		Scan(&s.SynchronizedStandbySlots, &s.IdleSlotTimeout, &s.PhysicalSlots)
+	return s, err
+}
