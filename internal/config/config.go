@@ -391,20 +391,32 @@ func ParseTable(s string) (schema, table string, err error) {
 	return schema, table, nil
 }
 
-// Help returns one line per variable: name, default and meaning.
-func Help() string {
-	var b strings.Builder
+// variable is one setting as its tags declare it.
+type variable struct{ name, def, help string }
+
+// variables lists the settings in the order of Config: what Help and
+// Reference both render.
+func variables() []variable {
+	var vs []variable
 	t := reflect.TypeFor[Config]()
 	for i := range t.NumField() {
 		f := t.Field(i)
-		if f.Tag.Get("env") == "" {
-			continue
+		if f.Tag.Get("env") != "" {
+			vs = append(vs, variable{Prefix + f.Tag.Get("env"), f.Tag.Get("envDefault"), f.Tag.Get("help")})
 		}
-		def := f.Tag.Get("envDefault")
+	}
+	return vs
+}
+
+// Help returns one line per variable: name, default and meaning.
+func Help() string {
+	var b strings.Builder
+	for _, v := range variables() {
+		def := v.def
 		if def == "" {
 			def = "-"
 		}
-		fmt.Fprintf(&b, "  %-24s %-28s %s\n", Prefix+f.Tag.Get("env"), def, f.Tag.Get("help"))
+		fmt.Fprintf(&b, "  %-24s %-28s %s\n", v.name, def, v.help)
 	}
 	return b.String()
 }
@@ -415,17 +427,12 @@ func Help() string {
 func Reference() string {
 	var b strings.Builder
 	b.WriteString("| variable | default | meaning |\n|---|---|---|\n")
-	t := reflect.TypeFor[Config]()
-	for i := range t.NumField() {
-		f := t.Field(i)
-		if f.Tag.Get("env") == "" {
-			continue
-		}
-		def := f.Tag.Get("envDefault")
+	for _, v := range variables() {
+		def := v.def
 		if def != "" {
 			def = "`" + def + "`"
 		}
-		fmt.Fprintf(&b, "| `%s` | %s | %s |\n", Prefix+f.Tag.Get("env"), def, f.Tag.Get("help"))
+		fmt.Fprintf(&b, "| `%s` | %s | %s |\n", v.name, def, v.help)
 	}
 	return b.String()
 }
