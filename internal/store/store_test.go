@@ -288,3 +288,57 @@ func explainPrepared(t *testing.T, st *Store, mode, stmt, args string) string {
 	}
 	return strings.Join(plan, "\n")
 }
+
+// A burst into a new table outgrows the statistics that the session's
+// cached plans were made with. The relay's sessions plan each statement
+// for the table as it is, so an outcome write finds its rows by key
+// however many rows are pending, instead of reading every pending row:
+// 20 ms a write at 60,000 pending rows, which held a burst's goodput to a
+// tenth of the stream's capacity.
+func TestOutcomeWritesStayByKeyAsTheTableGrows(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	cfg, err := pgxpool.ParseConfig(pgtest.NewDB(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	Configure(cfg)
+	cfg.MaxConns = 1 // one session: the one whose statement cache is read below
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	st := withTable(t, pool, "portal_event_outbox")
+	for range 8 { // past the five executions after which a cached plan may go generic
+		row := claimOne(t, st, add(t, st, seed{})[0])
+		if _, _, err := st.Record(ctx, []Result{{ID: row.ID, Attempt: row.Attempt, Status: StatusDelivered}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustExec(t, pool, `INSERT INTO portal_event_outbox (event_type, payload) SELECT 'test.event', '{}' FROM generate_series(1, 30000)`)
+
+	var name string
+	if err := pool.QueryRow(ctx, `SELECT name FROM pg_prepared_statements WHERE statement = $1`, st.record).Scan(&name); err != nil {
+		t.Fatalf("the outcome write is not among the session's prepared statements: %v", err)
+	}
+	rows, err := pool.Query(ctx, `EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) EXECUTE `+pgx.Identifier{name}.Sanitize()+
+		`(ARRAY['0'], ARRAY[1], ARRAY['delivered'], ARRAY[now()], ARRAY[''], ARRAY[false], ARRAY[false])`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	hit := 0
+	for _, line := range plan {
+		if _, after, ok := strings.Cut(line, "Buffers: shared hit="); ok && hit == 0 {
+			fmt.Sscan(after, &hit)
+		}
+	}
+	if hit == 0 || hit > 100 {
+		t.Errorf("an outcome write of one row at 30,000 pending rows read %d buffers, want a handful by key; plan:\n%s",
+			hit, strings.Join(plan, "\n"))
+	}
+}
