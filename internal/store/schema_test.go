@@ -14,13 +14,19 @@ import (
 )
 
 // openPool is a pool on a fresh database, set up as the relay's sessions.
-func openPool(t *testing.T) *pgxpool.Pool {
+func openPool(t *testing.T) *pgxpool.Pool { return openSessions(t, 0) }
+
+// openSessions is openPool with at most n sessions (0: pgxpool's default).
+func openSessions(t *testing.T, n int32) *pgxpool.Pool {
 	t.Helper()
 	cfg, err := pgxpool.ParseConfig(pgtest.NewDB(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	Configure(cfg)
+	if n > 0 {
+		cfg.MaxConns = n
+	}
 	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)

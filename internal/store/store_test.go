@@ -298,17 +298,7 @@ func explainPrepared(t *testing.T, st *Store, mode, stmt, args string) string {
 func TestOutcomeWritesStayByKeyAsTheTableGrows(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	cfg, err := pgxpool.ParseConfig(pgtest.NewDB(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	Configure(cfg)
-	cfg.MaxConns = 1 // one session: the one whose statement cache is read below
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
+	pool := openSessions(t, 1) // one session: the one whose statement cache is read below
 	st := withTable(t, pool, "portal_event_outbox")
 	for range 8 { // past the five executions after which a cached plan may go generic
 		row := claimOne(t, st, add(t, st, seed{})[0])
