@@ -27,14 +27,17 @@ const heldScan = 32
 func changeOnly(t byte) bool { return t == 'U' || t == 'D' || t == 'T' }
 
 // hold keeps a row decoded whole for its transaction's commit, within the
-// hand-off's budget of whole rows. A row past the budget, or not whole, is
+// hand-off's budget of whole rows: rows held for their commit and rows
+// waiting whole in the hand-off share it, so that at the commit every held
+// row fits in the hand-off whole, and a large transaction's rows cost the
+// memory of one budget, not two. A row past the budget, or not whole, is
 // an id to claim instead (in is made one) and hold returns false.
 func (r *reader) hold(in *store.Insert) bool {
 	if !in.Sendable {
 		return false
 	}
 	n := size(*in)
-	if r.heldBytes+n > handoffWhole {
+	if r.heldBytes+r.h.wholeBytes()+n > r.h.whole {
 		*in = store.Insert{Row: store.Row{ID: in.Row.ID}}
 		return false
 	}

@@ -144,3 +144,35 @@ func TestATableWithoutReplicaIdentityKeepsItsUpdates(t *testing.T) {
 		t.Errorf("nothing logged says why rows are claimed first:\n%s", b.logs)
 	}
 }
+
+// Rows held for their commit and rows waiting whole in the hand-off share
+// one budget: with the hand-off partly full, a transaction's rows are held
+// whole only as far as the rest of the budget goes; the rows behind become
+// ids to claim.
+func TestHeldRowsShareTheHandOffBudget(t *testing.T) {
+	t.Parallel()
+	const budget = 10_000
+	row := func(id string, payload int) store.Insert {
+		return store.Insert{Sendable: true, Row: store.Row{ID: id, Payload: []byte(strings.Repeat("x", payload))}}
+	}
+	h := newHandoff(budget, handoffMax)
+	waiting := row("1", 6_000)
+	if ok, err := h.put(context.Background(), []store.Insert{waiting}, 0); !ok || err != nil {
+		t.Fatalf("put = %v, %v", ok, err)
+	}
+	r := &reader{h: h}
+	first, second := row("2", 3_000-insertBytes), row("3", 3_000)
+	if !r.hold(&first) {
+		t.Errorf("a row of %d bytes was not held with %d of the budget's %d bytes waiting", size(first), size(waiting), budget)
+	}
+	if r.hold(&second) || second.Sendable || second.Row.ID != "3" {
+		t.Errorf("a row of %d bytes past the budget left by the hand-off's rows was held (whole: %v), want an id to claim", size(row("3", 3_000)), second.Sendable)
+	}
+	r.release()
+	if ok, err := h.put(context.Background(), r.pending, 0); !ok || err != nil {
+		t.Fatalf("put at the commit = %v, %v", ok, err)
+	}
+	if h.len() != 2 || len(h.more) != 0 {
+		t.Errorf("at the commit the held row did not join the hand-off whole: %d rows, %d of them ids", h.len(), len(h.more))
+	}
+}

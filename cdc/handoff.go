@@ -42,6 +42,13 @@ func newHandoff(whole, limit int) *handoff {
 	return &handoff{whole: whole, limit: limit, ready: make(chan struct{}, 1), space: make(chan struct{}, 1)}
 }
 
+// wholeBytes is how many bytes of rows wait whole.
+func (h *handoff) wholeBytes() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.bytes
+}
+
 // len is how many rows wait; h.mu is held.
 func (h *handoff) len() int { return len(h.ids) - h.head + len(h.more) }
 
