@@ -252,3 +252,35 @@ func (p *relayProc) deliveries() (map[string]float64, error) {
 	}
 	return out, sc.Err()
 }
+
+func rssGoal(r *results, g goal) target {
+	rss := unmeasured("relay peak RSS (VmHWM), every run", fmt.Sprintf("≤ %.0f MiB", g.limit))
+	if peak, label := r.peakRSS(); peak > 0 {
+		rss.Measured = fmt.Sprintf("%.1f MiB (%s)", peak, label)
+		rss.Verdict = verdictAtMost(peak, g.limit)
+	}
+	return rss
+}
+
+func (r *results) peakRSS() (float64, string) {
+	peak, label := 0.0, ""
+	for _, s := range r.Relays {
+		if s.PeakRSSMiB > peak {
+			peak, label = s.PeakRSSMiB, s.Label
+		}
+	}
+	return peak, label
+}
+
+// mdCost is section 4: CPU and memory of every relay process.
+func mdCost(b *markdown, r *results) {
+	b.w("## 4. Cost\n\n")
+	b.w("CPU is `utime + stime` from `/proc/<pid>/stat`; for PostgreSQL it is summed over the postmaster and its children, for the harness (runner and load generator) it is its own `getrusage`. Peak RSS is the relay's `VmHWM` from `/proc/<pid>/status`, read just before it stops. Per-load figures are in the throughput table; every relay process of the run:\n\n")
+	b.w("| relay run | lifetime s | CPU s | peak RSS MiB | RSS at end MiB | via stream | via sweep | retries |\n|---|--:|--:|--:|--:|--:|--:|--:|\n")
+	for _, s := range r.Relays {
+		b.w("| %s | %s | %s | %s | %s | %s | %s | %s |\n", s.Label, num(s.Seconds), num(s.CPUSeconds), num(s.PeakRSSMiB), num(s.RSSMiB),
+			thousands(int(s.Stream)), thousands(int(s.Sweep)), thousands(int(s.Retries)))
+	}
+	mdWork(b, r)
+	mdFloor(b, r)
+}
