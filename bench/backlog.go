@@ -192,6 +192,9 @@ func (b *bench) sweepCost(ctx context.Context, db *database, delivered int) (swe
 		return c, err
 	}
 	sql, args := claim.get()
+	if !strings.Contains(sql, "SKIP LOCKED") {
+		return c, fmt.Errorf("store.ClaimDue sent %q first, not its claim", sql)
+	}
 	if _, err := pool.Exec(ctx, `INSERT INTO `+table+` (event_type, payload) SELECT 'bench.pending', '{}' FROM generate_series(1, $1::int)`, c.Pending); err != nil {
 		return c, err
 	}

@@ -19,9 +19,8 @@ import (
 	"github.com/outbox-relay/outbox-relay/internal/pgtest"
 )
 
-// relayRole is the role the relays log in as. It is a superuser, as
-// postgres is, so that nothing the relay may do differs from before; only
-// its name is its own.
+// relayRole is the role the relays log in as: a superuser, as postgres
+// is, with a name of its own.
 const relayRole = "outbox_relay"
 
 // statementsLibrary finds pg_stat_statements.so next to the server the

@@ -18,14 +18,13 @@ import (
 // steady rate and do nothing else: net/http's client, the runtime's
 // wake-ups between events, the system calls. The relay's CPU per event at
 // the same rate can only be judged against it, since on a virtual
-// machine a wake-up alone costs tens of µs (this one's: 30 µs for a
-// sleep of 2 ms). The harness runs itself again as the client, with
-// these variables, so that its CPU is its own.
+// machine a wake-up alone costs tens of µs. The harness runs itself again
+// as the client, with these variables, so that its CPU is its own.
 const (
 	floorURLEnv     = "BENCH_FLOOR_URL"
 	floorRateEnv    = "BENCH_FLOOR_RATE"
 	floorSecondsEnv = "BENCH_FLOOR_SECONDS"
-	// floorRate is the rate of the relay CPU target (limits.go).
+	// floorRate is the rate of the relay CPU target (cpu.go).
 	floorRate = 500
 )
 

@@ -118,7 +118,7 @@ func (b *bench) latencyAt(ctx context.Context, db *database, p *relayProc, m mod
 	b.runner.Reset(true, int(float64(rate)*b.plan.LatencyDuration.Seconds()))
 	before, _ := p.deliveries()
 	cpu0 := b.cpuNow(p)
-	sends, st, err := pacedKey(ctx, db.pool, rate, pc.conns, b.plan.LatencyDuration, pc.key)
+	sends, st, err := paced(ctx, db.pool, rate, pc.conns, b.plan.LatencyDuration, pc.key)
 	res.Load = st
 	if err != nil {
 		return res, err
@@ -139,7 +139,7 @@ func (b *bench) latencyAt(ctx context.Context, db *database, p *relayProc, m mod
 // many events it committed.
 func (b *bench) warmUp(ctx context.Context, db *database, pc pace, wait time.Duration) (int, error) {
 	b.runner.Reset(true, int(float64(pc.rate)*b.plan.LatencyWarmup.Seconds()))
-	warm, _, err := pacedKey(ctx, db.pool, pc.rate, pc.conns, b.plan.LatencyWarmup, pc.key)
+	warm, _, err := paced(ctx, db.pool, pc.rate, pc.conns, b.plan.LatencyWarmup, pc.key)
 	if err != nil {
 		return len(warm), err
 	}

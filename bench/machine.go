@@ -41,9 +41,8 @@ func (b *bench) machine(ctx context.Context) machine {
 	if o, err := exec.CommandContext(ctx, b.binary, "version").Output(); err == nil {
 		m.Relay = strings.TrimSpace(string(o))
 	}
-	git := exec.CommandContext(ctx, "git", "describe", "--always", "--dirty")
-	git.Dir = moduleRoot()
-	if o, err := git.Output(); err == nil {
+	// git finds the repository from the working directory up.
+	if o, err := exec.CommandContext(ctx, "git", "describe", "--always", "--dirty").Output(); err == nil {
 		m.Commit = strings.TrimSpace(string(o))
 	}
 	_, err := exec.LookPath("perf")

@@ -156,7 +156,7 @@ func (b *bench) overloadLoad(ctx context.Context, db *database, p *relayProc, re
 	got := b.runner.Counts().Distinct
 	drain := float64(len(hot)-got) / max(float64(got)/(float64(end-start)/1e9)-float64(res.NormalRate), 1)
 	normal := min(max(b.plan.OverloadNormal, time.Duration((drain+limitOf("overload.recovery")+3)*float64(time.Second))), 2*time.Minute)
-	calm, st, err := paced(ctx, db.pool, res.NormalRate, b.plan.LatencyConns, normal)
+	calm, st, err := paced(ctx, db.pool, res.NormalRate, b.plan.LatencyConns, normal, "")
 	if r.Normal = st; err != nil {
 		return err
 	}

@@ -178,10 +178,8 @@ func (p *relayProc) stop() relayStats {
 // running_xacts record (written at a checkpoint, or every 15 s while there
 // is activity), so a relay stopped right after a load leaves it behind the
 // whole load, and the next relay on the database first re-decodes all that
-// WAL: measured here, up to 8 CPU-seconds of PostgreSQL and half the
-// events/s in the next run, whose figures would carry the previous run's
-// cost. A relay restarted in production pays the same, bounded by those
-// 15 s of WAL (docs/BENCHMARKS.md).
+// WAL, so the next run's figures would carry this one's cost
+// (docs/BENCHMARKS.md, Machine and settings).
 func (b *bench) settleSlot(slot string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()

@@ -133,22 +133,9 @@ func (b *bench) throughputRun(ctx context.Context, db *database, m mode, l load)
 	w := b.workNow(ctx, db)
 	work0 = &w
 	cpu0 := b.cpuNow(p)
-	var start int64
-	switch l.kind {
-	case "bulk":
-		t := now()
-		if err := bulk(ctx, db.pool, l.n); err != nil {
-			return res, err
-		}
-		start = now()
-		res.InsertSeconds = float64(start-t) / 1e9
-	default:
-		start = now()
-		_, st, err := flood(ctx, db.pool, l.n, b.plan.SingleConns, l.keys)
-		if err != nil {
-			return res, err
-		}
-		res.InsertSeconds = st.Seconds
+	start, err := b.insertLoad(ctx, db, l, &res)
+	if err != nil {
+		return res, err
 	}
 	ok, err := b.runner.WaitDistinct(ctx, l.n, limit)
 	if err != nil {
@@ -166,6 +153,22 @@ func (b *bench) throughputRun(ctx context.Context, db *database, m mode, l load)
 		return res, fmt.Errorf("only %d of %d events delivered within %s", c.Distinct, l.n, limit)
 	}
 	return res, nil
+}
+
+// insertLoad writes load l and returns the moment its clock starts: when
+// the bulk COMMIT returned, or at the first single-row insert.
+func (b *bench) insertLoad(ctx context.Context, db *database, l load, res *throughputResult) (start int64, err error) {
+	if l.kind == "bulk" {
+		t := now()
+		err = bulk(ctx, db.pool, l.n)
+		start = now()
+		res.InsertSeconds = float64(start-t) / 1e9
+		return start, err
+	}
+	start = now()
+	_, st, err := flood(ctx, db.pool, l.n, b.plan.SingleConns, l.keys)
+	res.InsertSeconds = st.Seconds
+	return start, err
 }
 
 // receiptRate is what the runner's counts say of a run that started at

@@ -143,7 +143,7 @@ func (b *bench) walOutage(ctx context.Context, db *database, probe *walProbe, re
 	var wg sync.WaitGroup
 	var fillErr error
 	wg.Go(func() {
-		sends, _, _ := paced(wctx, db.pool, b.plan.WALOutboxHz, 2, b.plan.WALOutage)
+		sends, _, _ := paced(wctx, db.pool, b.plan.WALOutboxHz, 2, b.plan.WALOutage, "")
 		outboxRows = len(sends)
 	})
 	wg.Go(func() { fillErr = b.fill(wctx, db, b.plan.WALBytesRate) })
