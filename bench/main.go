@@ -230,7 +230,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 
 	report := renderMarkdown(res)
 	fmt.Fprintln(stdout)
-	fmt.Fprint(stdout, summaryTables(res))
+	fmt.Fprint(stdout, report)
 	if o.out != "" {
 		if err := res.write(o.out, report); err != nil {
 			return err

@@ -71,30 +71,6 @@ func num(v float64) string {
 	}
 }
 
-func summaryTables(r *results) string {
-	var b strings.Builder
-	b.WriteString(targetsTable(r, summaryTargets))
-	b.WriteString("\n")
-	b.WriteString(targetsTable(r, limitTargets))
-	b.WriteString("\n")
-	b.WriteString(latencyTable(r))
-	b.WriteString("\n")
-	b.WriteString(throughputTable(r))
-	b.WriteString("\n")
-	if t := burstTable(r); t != "" {
-		b.WriteString(t)
-		b.WriteString("\n")
-	}
-	b.WriteString(workTable(r))
-	b.WriteString("\n")
-	b.WriteString(backlogTables(r))
-	b.WriteString("\n")
-	b.WriteString(walTable(r))
-	b.WriteString("\n")
-	b.WriteString(overloadTable(r))
-	return b.String()
-}
-
 // mdTable is a markdown table: its header and alignment rows, then one row
 // per item.
 func mdTable[T any](header, align string, items []T, row func(T) string) string {
@@ -208,6 +184,6 @@ func mdMachine(b *markdown, r *results) {
 func mdReproduce(b *markdown, r *results) {
 	b.w("%s", handOffNote)
 	b.w("## Reproduce\n\n")
-	b.w("```\nmake bench                                  # this report: docs/BENCHMARKS.md, bench-results.json, bench-latency.svg\ngo run ./bench -quick                       # about a minute, smaller sizes; prints the tables, writes nothing\ngo run ./bench -only=latency,wal -out /tmp/b # a subset, written elsewhere\ngo run ./bench -only=burst                  # the repeated burst and the load's insert rate alone\n```\n\n")
+	b.w("```\nmake bench                                  # this report: docs/BENCHMARKS.md, bench-results.json, bench-latency.svg\ngo run ./bench -quick                       # about a minute, smaller sizes; prints the report, writes nothing\ngo run ./bench -only=latency,wal -out /tmp/b # a subset, written elsewhere\ngo run ./bench -only=burst                  # the repeated burst and the load's insert rate alone\n```\n\n")
 	b.w("Needs the PostgreSQL server binaries (as `make test` does) and, for the profile, `perf`.\n")
 }
