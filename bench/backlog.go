@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/outbox-relay/outbox-relay/internal/relaytest"
@@ -164,20 +166,12 @@ func (b *bench) drain(ctx context.Context, db *database, m mode, res *backlogRes
 	return c, nil
 }
 
-// sweepSelect is the row-choosing subquery of the sweep's claim, as
-// store.New builds it for ClaimDue with a grace of 0. Keep in step with
-// internal/store/store.go.
-const sweepSelect = `SELECT id FROM ` + table + `
-WHERE status = 'pending' AND next_attempt_at <= now()
-	AND (attempts > 0 OR next_attempt_at <= now() - 0::float8 * interval '1 second')
-ORDER BY next_attempt_at
-LIMIT 100
-FOR UPDATE SKIP LOCKED`
-
 // sweepCost adds pending rows to a drained table (no relay running) and
-// times the sweep on it as it is, then after a VACUUM. The queries run in
-// sessions set up as the relay's are (store.Configure), so that the plan
-// is the one the relay gets.
+// times the sweep's claim on it as it is, then after a VACUUM. The claim
+// is the statement store.ClaimDue sends, taken from the store by a tracer
+// on a claim of the drained table (nothing pending: it changes nothing),
+// and explained in transactions that roll back. The sessions are set up
+// as the relay's are (store.Configure), so the plan is the relay's.
 func (b *bench) sweepCost(ctx context.Context, db *database, delivered int) (sweepCost, error) {
 	c := sweepCost{Delivered: delivered, Pending: b.plan.SweepPending}
 	cfg, err := pgxpool.ParseConfig(db.url)
@@ -186,76 +180,117 @@ func (b *bench) sweepCost(ctx context.Context, db *database, delivered int) (swe
 	}
 	cfg.MaxConns = 2
 	store.Configure(cfg)
+	claim := &firstStatement{}
+	cfg.ConnConfig.Tracer = claim
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return c, err
 	}
 	defer pool.Close()
+	st := store.New(pool, store.DefaultSchema(store.Table{Schema: "public", Name: "portal_event_outbox"}))
+	if _, err := st.ClaimDue(ctx, 100, 0, time.Minute, 25, nil); err != nil {
+		return c, err
+	}
+	sql, args := claim.get()
+	if !strings.Contains(sql, "SKIP LOCKED") {
+		return c, fmt.Errorf("store.ClaimDue sent %q first, not its claim", sql)
+	}
 	if _, err := pool.Exec(ctx, `INSERT INTO `+table+` (event_type, payload) SELECT 'bench.pending', '{}' FROM generate_series(1, $1::int)`, c.Pending); err != nil {
 		return c, err
 	}
-	var times []float64
-	var bufs []int64
-	for i := range 5 {
-		ms, buffers, plan, err := explain(ctx, pool, sweepSelect)
-		if err != nil {
-			return c, err
-		}
-		if i == 0 {
-			c.FirstMs, c.FirstBuffers, c.Plan = ms, buffers, plan
-			continue
-		}
-		times, bufs = append(times, ms), append(bufs, buffers)
+	times, bufs, plan, err := explainRuns(ctx, pool, 5, sql, args)
+	if err != nil {
+		return c, err
 	}
-	c.MedianMs, c.MedianBuffers = median(times), int64(median(int64s(bufs)))
+	c.FirstMs, c.FirstBuffers, c.Plan = times[0], int64(bufs[0]), plan
+	c.MedianMs, c.MedianBuffers = median(times[1:]), int64(median(bufs[1:]))
+	if c.ClaimMs, err = timeClaims(ctx, st, 5); err != nil {
+		return c, err
+	}
+	if _, err := pool.Exec(ctx, `VACUUM `+table); err != nil {
+		return c, err
+	}
+	times, _, _, err = explainRuns(ctx, pool, 5, sql, args)
+	c.VacuumedMs = median(times)
+	return c, err
+}
 
-	st := store.New(pool, store.DefaultSchema(store.Table{Schema: "public", Name: "portal_event_outbox"}))
-	var claims []float64
-	for range 5 {
+// timeClaims is the median wall time of n calls of store.ClaimDue for 100
+// rows, stopping early when nothing is left to claim.
+func timeClaims(ctx context.Context, st *store.Store, n int) (float64, error) {
+	var ms []float64
+	for range n {
 		t := time.Now()
 		claimed, err := st.ClaimDue(ctx, 100, 0, time.Minute, 25, nil)
 		if err != nil {
-			return c, err
+			return 0, err
 		}
-		claims = append(claims, float64(time.Since(t).Microseconds())/1000)
+		ms = append(ms, float64(time.Since(t).Microseconds())/1000)
 		if len(claimed.Rows) == 0 {
 			break
 		}
 	}
-	c.ClaimMs = median(claims)
+	return median(ms), nil
+}
 
-	if _, err := pool.Exec(ctx, `VACUUM `+table); err != nil {
-		return c, err
+// firstStatement is a pgx tracer that keeps the first statement its
+// connections send, with its arguments.
+type firstStatement struct {
+	mu   sync.Mutex
+	sql  string
+	args []any
+}
+
+func (f *firstStatement) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.sql == "" {
+		f.sql, f.args = d.SQL, d.Args
 	}
-	times = times[:0]
-	for range 5 {
-		ms, _, _, err := explain(ctx, pool, sweepSelect)
-		if err != nil {
-			return c, err
+	return ctx
+}
+
+func (f *firstStatement) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+
+func (f *firstStatement) get() (string, []any) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.sql, f.args
+}
+
+// explainRuns runs EXPLAIN (ANALYZE, BUFFERS) of query n times, each in a
+// transaction that rolls back, and returns the execution times, the
+// shared buffers touched and the first run's plan on one line.
+func explainRuns(ctx context.Context, pool *pgxpool.Pool, n int, query string, args []any) (ms, buffers []float64, plan string, err error) {
+	for i := range n {
+		var raw []byte
+		err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+			if err := tx.QueryRow(ctx, `EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) `+query, args...).Scan(&raw); err != nil {
+				return err
+			}
+			return errRollback
+		})
+		if !errors.Is(err, errRollback) {
+			return ms, buffers, plan, fmt.Errorf("explain the claim: %w", err)
 		}
-		times = append(times, ms)
+		var out []struct {
+			Plan          planNode `json:"Plan"`
+			ExecutionTime float64  `json:"Execution Time"`
+		}
+		if err := json.Unmarshal(raw, &out); err != nil || len(out) == 0 {
+			return ms, buffers, plan, fmt.Errorf("explain output: %v", err)
+		}
+		top := out[0].Plan
+		ms, buffers = append(ms, out[0].ExecutionTime), append(buffers, float64(top.SharedHit+top.SharedRead))
+		if i == 0 {
+			plan = top.describe()
+		}
 	}
-	c.VacuumedMs = median(times)
-	return c, nil
+	return ms, buffers, plan, nil
 }
 
-// explain runs EXPLAIN (ANALYZE, BUFFERS) and returns the execution time,
-// the shared buffers touched and a one-line plan.
-func explain(ctx context.Context, pool *pgxpool.Pool, query string) (float64, int64, string, error) {
-	var raw []byte
-	if err := pool.QueryRow(ctx, `EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) `+query).Scan(&raw); err != nil {
-		return 0, 0, "", err
-	}
-	var out []struct {
-		Plan          planNode `json:"Plan"`
-		ExecutionTime float64  `json:"Execution Time"`
-	}
-	if err := json.Unmarshal(raw, &out); err != nil || len(out) == 0 {
-		return 0, 0, "", fmt.Errorf("explain output: %v", err)
-	}
-	top := out[0].Plan
-	return out[0].ExecutionTime, top.SharedHit + top.SharedRead, top.describe(), nil
-}
+// errRollback ends a transaction that only measures.
+var errRollback = errors.New("rolled back")
 
 type planNode struct {
 	NodeType   string     `json:"Node Type"`
@@ -298,10 +333,61 @@ func median(v []float64) float64 {
 	return s[len(s)/2]
 }
 
-func int64s(v []int64) []float64 {
-	out := make([]float64, len(v))
-	for i, x := range v {
-		out[i] = float64(x)
+func drainGoal(r *results, g goal) target {
+	drain := unmeasured(fmt.Sprintf("backlog drain of %s rows", thousands(r.Plan.BacklogN)), fmt.Sprintf("≥ %s events/s", thousands(int(g.limit))))
+	for _, d := range r.Backlog {
+		if d.Rows == r.Plan.BacklogN && d.EventsPerSec > 0 {
+			drain.Measured = fmt.Sprintf("%s events/s", thousands(int(d.EventsPerSec)))
+			drain.Verdict = verdictAtLeast(d.EventsPerSec, g.limit)
+			if d.TimedOut {
+				drain.Measured += fmt.Sprintf(" (stopped after %s)", time.Duration(r.Plan.DrainLimit))
+			}
+		}
 	}
-	return out
+	return drain
+}
+
+func sweepGoal(r *results, g goal) target {
+	flat := unmeasured("sweep query, small vs large delivered table", "flat")
+	if len(r.SweepCost) == 2 {
+		s, l := r.SweepCost[0], r.SweepCost[1]
+		flat.What = fmt.Sprintf("sweep query, %s vs %s delivered rows", thousands(s.Delivered), thousands(l.Delivered))
+		flat.Measured = fmt.Sprintf("%s vs %s ms (first run after the drain: %s vs %s ms)", num(s.MedianMs), num(l.MedianMs), num(s.FirstMs), num(l.FirstMs))
+		flat.Goal = fmt.Sprintf("flat (≤ %.0f× + %.1f ms)", g.limit, g.slack)
+		flat.Verdict = verdictAtMost(l.MedianMs, g.limit*s.MedianMs+g.slack)
+	}
+	return flat
+}
+
+func backlogTables(r *results) string {
+	drains := mdTable("| rows | mode | written in s | drained in s | first receipt s | events/s | target | | relay CPU s / 10k | relay peak RSS MiB | dup | CPU s: relay / Postgres / harness / other | machine busy |\n",
+		"|--:|---|--:|--:|--:|--:|--:|---|--:|--:|--:|---|--:|\n",
+		r.Backlog, func(d backlogResult) string {
+			goal, verdict := "", ""
+			if d.Rows == r.Plan.BacklogN {
+				goal, verdict = atLeastCell(d.EventsPerSec, limitOf("backlog.drain"))
+			}
+			if d.TimedOut {
+				verdict += fmt.Sprintf(" (stopped after %s: %s of %s)", time.Duration(r.Plan.DrainLimit), thousands(d.Received), thousands(d.Rows))
+			}
+			return fmt.Sprintf("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %s | %.0f %% |\n",
+				thousands(d.Rows), d.Mode, num(d.InsertSeconds), num(d.DrainSeconds), num(d.FirstReceiptSeconds),
+				thousands(int(d.EventsPerSec)), goal, verdict, num(d.CPUPer10k), num(d.PeakRSSMiB), d.Duplicates,
+				cpuCell(d.CPU), 100*d.CPU.Busy)
+		})
+	costs := mdTable("\n| delivered rows | pending rows | first run after the drain, ms (buffers) | next 4, median ms (buffers) | after VACUUM, ms | store.ClaimDue (100 rows, round trip), ms | plan |\n",
+		"|--:|--:|--:|--:|--:|--:|---|\n",
+		r.SweepCost, func(c sweepCost) string {
+			return fmt.Sprintf("| %s | %s | %s (%s) | %s (%s) | %s | %s | %s |\n",
+				thousands(c.Delivered), thousands(c.Pending), num(c.FirstMs), thousands(int(c.FirstBuffers)),
+				num(c.MedianMs), thousands(int(c.MedianBuffers)), num(c.VacuumedMs), num(c.ClaimMs), c.Plan)
+		})
+	return drains + costs
+}
+
+// mdBacklog is section 3: the drain and the sweep's cost.
+func mdBacklog(b *markdown, r *results) {
+	b.w("## 3. Backlog drain and the sweep's cost\n\n")
+	b.w("The rows are written while no relay runs (the runner is \"down\"), in transactions of at most 100,000 rows; then the relay starts and the clock runs from its start to the last receipt. After the drain, with the relay stopped, %s pending rows are added and the sweep's claim — the `UPDATE` around `SELECT … ORDER BY next_attempt_at LIMIT 100 FOR UPDATE SKIP LOCKED` that `store.ClaimDue` sends, taken from the store by a pgx tracer — is run under `EXPLAIN (ANALYZE, BUFFERS)` in a transaction that rolls back: once right after the drain, four more times, and five times after a `VACUUM`; then `store.ClaimDue` itself is timed from the client. These sessions are set up as the relay's are (`store.Configure`: bitmap scans off), so the plan is the relay's.\n\n", thousands(r.Plan.SweepPending))
+	b.w("%s\n", backlogTables(r))
 }

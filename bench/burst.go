@@ -245,3 +245,47 @@ func ratioCell(v, ref float64) string {
 	}
 	return fmt.Sprintf("%.0f %% of the rate alone", 100*v/ref)
 }
+
+// burstMeasured is the repeated burst when it ran.
+func (r *results) burstMeasured() *burstResult {
+	if u := r.Burst; u != nil && u.Skipped == "" && len(u.Runs) > 0 {
+		return u
+	}
+	return nil
+}
+
+func burstRateGoal(r *results, g goal) target {
+	t := unmeasured("slowest of the repeated bursts of single-row txns (stream)", fmt.Sprintf("≥ %s events/s", thousands(int(g.limit))))
+	if u := r.burstMeasured(); u != nil {
+		t.What = fmt.Sprintf("slowest of %d runs of %s single-row txns (stream)", len(u.Runs), thousands(u.Events))
+		t.Measured = fmt.Sprintf("min / median / max: %s / %s / %s events/s", thousands(int(u.MinRate)), thousands(int(u.MedianRate)), thousands(int(u.MaxRate)))
+		t.Verdict = verdictAtLeast(u.MinRate, g.limit)
+	}
+	return t
+}
+
+func burstLatencyGoal(r *results, g goal) target {
+	t := unmeasured("no event of a burst waits for a sweep (`RELAY_SWEEP_INTERVAL=1m`): max commit → receipt", fmt.Sprintf("< %s ms", thousands(int(g.limit))))
+	if u := r.burstMeasured(); u != nil {
+		t.What += fmt.Sprintf(", all %d runs", len(u.Runs))
+		t.Measured = num(u.MaxLatencyMs) + " ms"
+		if u.Censored {
+			missing := 0
+			for _, x := range u.Runs {
+				missing += x.Missing
+			}
+			t.Measured = fmt.Sprintf("> %s ms (%d events missing)", num(u.MaxLatencyMs), missing)
+		}
+		t.Verdict = verdictBelow(u.MaxLatencyMs, g.limit)
+	}
+	return t
+}
+
+func insertShareGoal(r *results, g goal) target {
+	t := unmeasured("the load's insert rate next to the relay, single-row txns", fmt.Sprintf("≥ %.0f %% of its rate alone", 100*g.limit))
+	if u := r.burstMeasured(); u != nil && u.AloneInsertRate > 0 {
+		t.Measured = fmt.Sprintf("%s vs %s rows/s alone (%.0f %%)", thousands(int(u.InsertRate)), thousands(int(u.AloneInsertRate)), 100*u.InsertRate/u.AloneInsertRate)
+		t.Verdict = verdictAtLeast(u.InsertRate/u.AloneInsertRate, g.limit)
+	}
+	return t
+}

@@ -201,3 +201,31 @@ func (b *bench) waitQuiet(ctx context.Context, limit time.Duration) float64 {
 		}
 	}
 }
+
+// perEventMicros is CPU seconds per committed event, in µs.
+func perEventMicros(seconds float64, events int) float64 {
+	return 1e6 * seconds / float64(max(events, 1))
+}
+
+// cpuGoal judges the CPU per event of who, the relay or PostgreSQL, at
+// 500 events/s by the stream.
+func cpuGoal(who string) func(*results, goal) target {
+	return func(r *results, g goal) target { return r.cpuTarget(who, g.limit) }
+}
+
+func (r *results) cpuTarget(who string, limit float64) target {
+	t := unmeasured(who+" CPU per event at 500 events/s (stream)", fmt.Sprintf("≤ %.0f µs", limit))
+	get := func(c cpuUse) float64 { return c.Relay }
+	if who == "PostgreSQL" {
+		get = func(c cpuUse) float64 { return c.Postgres }
+		t.What += ", the load's inserts included"
+	}
+	if l := r.latencyOf(streamMode.Name, 500); l != nil && l.Load.Committed > 0 {
+		v := perEventMicros(get(l.CPU), l.Load.Committed)
+		t.Measured, t.Verdict = fmt.Sprintf("%.0f µs", v), verdictAtMost(v, limit)
+		if f := r.floorAt(floorRate, "1"); who == "relay" && f != nil {
+			t.Measured += fmt.Sprintf(" (a bare Go client, one POST every 2 ms on one P: %.0f µs)", f.MicrosPerPost())
+		}
+	}
+	return t
+}

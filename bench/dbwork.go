@@ -19,9 +19,8 @@ import (
 	"github.com/outbox-relay/outbox-relay/internal/pgtest"
 )
 
-// relayRole is the role the relays log in as. It is a superuser, as
-// postgres is, so that nothing the relay may do differs from before; only
-// its name is its own.
+// relayRole is the role the relays log in as: a superuser, as postgres
+// is, with a name of its own.
 const relayRole = "outbox_relay"
 
 // statementsLibrary finds pg_stat_statements.so next to the server the
@@ -233,4 +232,109 @@ func (w *dbWork) logLine() string {
 		s += fmt.Sprintf(", %.2f relay statements", w.StatementsPerEvent())
 	}
 	return s
+}
+
+func workGoal(r *results, _ goal) target {
+	t := unmeasured("statements and row versions per event at 500 events/s (stream)", "reported")
+	l := r.latencyOf(streamMode.Name, 500)
+	if l == nil {
+		return t
+	}
+	if w := l.Work; w != nil {
+		t.Measured = fmt.Sprintf("%s row versions (%s)", num(w.RowVersionsPerEvent()), versionsCell(w))
+		t.Verdict = "✓"
+		if w.StatementsCounted {
+			t.Measured = fmt.Sprintf("%s relay statements, ", num(w.StatementsPerEvent())) + t.Measured
+		} else {
+			t.Measured += "; statements not counted (no pg_stat_statements)"
+			t.Verdict = "✗ (statements not counted)"
+		}
+	} else {
+		t.Verdict = "✗ (not measured)"
+	}
+	return t
+}
+
+// versionsCell splits row versions per event into the table's counters.
+func versionsCell(w *dbWork) string {
+	return fmt.Sprintf("ins %s + upd %s (HOT %s) + del %s",
+		num(w.perEvent(w.Inserted)), num(w.perEvent(w.Updated)), num(w.perEvent(w.HotUpdated)), num(w.perEvent(w.Deleted)))
+}
+
+// workRow is one line of the per-event table.
+type workRow struct {
+	measure, mode, load string
+	events              int     // the CPU's events
+	relay, postgres     float64 // CPU seconds
+	work                *dbWork
+}
+
+func (r *results) workRows() []workRow {
+	var rows []workRow
+	for _, l := range r.Latency {
+		if l.Skipped == "" && l.Load.Committed > 0 {
+			rows = append(rows, workRow{"latency", l.Mode, thousands(l.Rate) + " events/s", l.Load.Committed, l.CPU.Relay, l.CPU.Postgres, l.Work})
+		}
+	}
+	for _, t := range r.Throughput {
+		if t.Skipped == "" && t.Events > 0 {
+			rows = append(rows, workRow{"throughput", t.Mode, t.Load, t.Events, t.CPU.Relay, t.CPU.Postgres, t.Work})
+		}
+	}
+	if u := r.burstMeasured(); u != nil {
+		row := workRow{measure: "burst", mode: streamMode.Name, load: fmt.Sprintf("%s, %d runs", load{kind: "single", n: u.Events}, len(u.Runs)), work: u.Work}
+		for _, x := range u.Runs {
+			row.events += x.Load.Committed
+			row.relay += x.CPU.Relay
+			row.postgres += x.CPU.Postgres
+		}
+		rows = append(rows, row)
+	}
+	return rows
+}
+
+func workTable(r *results) string {
+	return mdTable("| measure | mode | load | relay CPU µs/event | PostgreSQL CPU µs/event | relay statements/event | row versions/event | of which per event |\n",
+		"|---|---|---|--:|--:|--:|--:|---|\n",
+		r.workRows(), func(x workRow) string {
+			stmts, versions, split := "–", "–", "not measured"
+			if w := x.work; w != nil {
+				versions, split = num(w.RowVersionsPerEvent()), versionsCell(w)
+				if w.StatementsCounted {
+					stmts = num(w.StatementsPerEvent())
+				}
+			}
+			return fmt.Sprintf("| %s | %s | %s | %.0f | %.0f | %s | %s | %s |\n", x.measure, x.mode, x.load,
+				perEventMicros(x.relay, x.events), perEventMicros(x.postgres, x.events), stmts, versions, split)
+		})
+}
+
+// statementsTable is the relay's busiest statements at one latency rate,
+// in both modes.
+func statementsTable(r *results, rate int) string {
+	var b strings.Builder
+	for _, m := range modes() {
+		l := r.latencyOf(m.Name, rate)
+		if l == nil || l.Work == nil || !l.Work.StatementsCounted || len(l.Work.Top) == 0 {
+			continue
+		}
+		if b.Len() == 0 {
+			b.WriteString("| mode | calls/event | rows/call | statement (normalised by pg_stat_statements) |\n|---|--:|--:|---|\n")
+		}
+		for _, s := range l.Work.Top {
+			fmt.Fprintf(&b, "| %s | %s | %s | `%s` |\n", m.Name, num(l.Work.perEvent(s.Calls)), num(float64(s.Rows)/float64(max(s.Calls, 1))),
+				strings.ReplaceAll(s.Query, "|", `\|`))
+		}
+	}
+	return b.String()
+}
+
+// mdWork is the per-event part of the cost section.
+func mdWork(b *markdown, r *results) {
+	b.w("\n### The database's work per event\n\n")
+	b.w("What each event cost, in CPU and in the statements and row versions the relay asked of PostgreSQL. CPU per event is the CPU of the latency or throughput table over its committed events (PostgreSQL's includes the load's inserts). **Statements** are the relay's calls as `pg_stat_statements` counts them (the cluster preloads it): the relay logs in as a role of its own, `%s` (a superuser, as `postgres` is), so its statements are told from the load's inserts and the harness's queries by role and database; `BEGIN` and `COMMIT` count, the stream's replication commands do not. **Row versions** are the outbox table's `n_tup_ins + n_tup_upd + n_tup_del` from `pg_stat_user_tables`, the load's inserts (one per event) included; a backend publishes these counts at most once a second and, once idle, up to 10 s later, so they are read after the relay's backends have exited and after the harness's connections were made to publish (`pg_stat_force_next_flush()`). Each latency rate has a relay of its own for that reason; its statements and row versions cover the warm-up and the run (both at that rate), its CPU the run only. The burst's cover all its runs.\n\n", relayRole)
+	b.w("%s", workTable(r))
+	if t := statementsTable(r, 500); t != "" {
+		b.w("\nThe relay's busiest statements at 500 events/s, per event, over the warm-up and the run:\n\n%s", t)
+	}
 }

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -149,23 +148,6 @@ func (b *bench) close() {
 	}
 	if b.tmp != "" {
 		os.RemoveAll(b.tmp)
-	}
-}
-
-// moduleRoot is the directory of go.mod, found from the working directory
-// (go run ./bench runs there) or its parents.
-func moduleRoot() string {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "."
-	}
-	for d := dir; ; d = filepath.Dir(d) {
-		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
-			return d
-		}
-		if d == filepath.Dir(d) {
-			return dir
-		}
 	}
 }
 

@@ -18,14 +18,13 @@ import (
 // steady rate and do nothing else: net/http's client, the runtime's
 // wake-ups between events, the system calls. The relay's CPU per event at
 // the same rate can only be judged against it, since on a virtual
-// machine a wake-up alone costs tens of µs (this one's: 30 µs for a
-// sleep of 2 ms). The harness runs itself again as the client, with
-// these variables, so that its CPU is its own.
+// machine a wake-up alone costs tens of µs. The harness runs itself again
+// as the client, with these variables, so that its CPU is its own.
 const (
 	floorURLEnv     = "BENCH_FLOOR_URL"
 	floorRateEnv    = "BENCH_FLOOR_RATE"
 	floorSecondsEnv = "BENCH_FLOOR_SECONDS"
-	// floorRate is the rate of the relay CPU target (limits.go).
+	// floorRate is the rate of the relay CPU target (cpu.go).
 	floorRate = 500
 )
 
@@ -140,4 +139,30 @@ func ownCPU() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// floorAt is the bare client's run at rate with that GOMAXPROCS.
+func (r *results) floorAt(rate int, procs string) *floorResult {
+	for i, f := range r.Floor {
+		if f.Rate == rate && f.GOMAXPROCS == procs && f.Posts > 0 {
+			return &r.Floor[i]
+		}
+	}
+	return nil
+}
+
+// mdFloor says what the bare client cost, next to the relay at its rate.
+func mdFloor(b *markdown, r *results) {
+	one, all := r.floorAt(floorRate, "1"), r.floorAt(floorRate, "default")
+	l := r.latencyOf(streamMode.Name, floorRate)
+	if one == nil || l == nil || l.Load.Committed == 0 {
+		return
+	}
+	b.w("\n### The floor at 500 events/s\n\n")
+	b.w("What a Go process spends to do nothing but send one POST per event at that rate: the harness runs itself again as a bare `net/http` client (keep-alive, a typical event's body and headers, no database, no signing) that POSTs to the same runner every 2 ms for %.0f s after a second's warm-up, and reads its own CPU time. It costs %.0f µs per POST on one P", one.Seconds, one.MicrosPerPost())
+	if all != nil {
+		b.w(" and %.0f µs on the runtime's default Ps", all.MicrosPerPost())
+	}
+	relay := perEventMicros(l.CPU.Relay, l.Load.Committed)
+	b.w(". The relay spent %.0f µs per event at the same rate: that POST, plus receiving the event from the replication stream and its share of an outcome `UPDATE`, %.0f µs more than the floor. Most of the floor is waking up: the runtime's monitor thread and the thread that waits for the network sleep and wake around every event, and on a virtual machine each of those switches costs the hypervisor's work too; so the relay's CPU per event at a low rate says as much about the machine as about the relay.\n", relay, relay-one.MicrosPerPost())
 }

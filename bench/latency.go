@@ -118,7 +118,7 @@ func (b *bench) latencyAt(ctx context.Context, db *database, p *relayProc, m mod
 	b.runner.Reset(true, int(float64(rate)*b.plan.LatencyDuration.Seconds()))
 	before, _ := p.deliveries()
 	cpu0 := b.cpuNow(p)
-	sends, st, err := pacedKey(ctx, db.pool, rate, pc.conns, b.plan.LatencyDuration, pc.key)
+	sends, st, err := paced(ctx, db.pool, rate, pc.conns, b.plan.LatencyDuration, pc.key)
 	res.Load = st
 	if err != nil {
 		return res, err
@@ -139,7 +139,7 @@ func (b *bench) latencyAt(ctx context.Context, db *database, p *relayProc, m mod
 // many events it committed.
 func (b *bench) warmUp(ctx context.Context, db *database, pc pace, wait time.Duration) (int, error) {
 	b.runner.Reset(true, int(float64(pc.rate)*b.plan.LatencyWarmup.Seconds()))
-	warm, _, err := pacedKey(ctx, db.pool, pc.rate, pc.conns, b.plan.LatencyWarmup, pc.key)
+	warm, _, err := paced(ctx, db.pool, pc.rate, pc.conns, b.plan.LatencyWarmup, pc.key)
 	if err != nil {
 		return len(warm), err
 	}
@@ -172,5 +172,64 @@ func latencies(res *latencyResult, sends []sent, got map[string]time.Time, wait 
 	res.Latency = summarise(ms)
 	if res.Missing > 0 {
 		res.Latency.CensoredMs = waitMs
+	}
+}
+
+func (r *results) latencyOf(mode string, rate int) *latencyResult {
+	for i := range r.Latency {
+		if l := &r.Latency[i]; l.Mode == mode && l.Rate == rate && l.Skipped == "" && l.Latency.Count > 0 {
+			return l
+		}
+	}
+	return nil
+}
+
+// latencyGoal judges quantile q ("p50" or "p99") of the stream's latency
+// at rate.
+func latencyGoal(rate int, q string) func(*results, goal) target {
+	return func(r *results, g goal) target {
+		t := unmeasured(fmt.Sprintf("stream latency %s at %s events/s", q, thousands(rate)), fmt.Sprintf("≤ %s ms", num(g.limit)))
+		if l := r.latencyOf(streamMode.Name, rate); l != nil {
+			v := l.Latency.P50
+			if q == "p99" {
+				v = l.Latency.P99
+			}
+			t.Measured, t.Verdict = fmt.Sprintf("%s ms", l.Latency.cell(v)), verdictAtMost(v, g.limit)
+			if l.Missing > 0 {
+				t.Measured += fmt.Sprintf(" (%d of %d events missing)", l.Missing, l.Latency.Count)
+			}
+		}
+		return t
+	}
+}
+
+func latencyTable(r *results) string {
+	return mdTable("| mode | rate (events/s) | achieved | events | p50 ms | p95 ms | p99 ms | p99.9 ms | max ms | missing | dup | via stream / sweep | CPU s: relay / Postgres / harness / other | machine busy |\n",
+		"|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|--:|\n",
+		r.Latency, func(l latencyResult) string {
+			if l.Skipped != "" {
+				return skippedRow(14, l.Mode, thousands(l.Rate))
+			}
+			d := l.Latency
+			return fmt.Sprintf("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %d | %s / %s | %s | %.0f %% |\n",
+				l.Mode, thousands(l.Rate), thousands(int(l.Load.AchievedRate)), thousands(d.Count),
+				d.cell(d.P50), d.cell(d.P95), d.cell(d.P99), d.cell(d.P999), d.cell(d.Max), l.Missing, l.Duplicates,
+				thousands(int(l.Stream)), thousands(int(l.Sweep)), cpuCell(l.CPU), 100*l.CPU.Busy)
+		})
+}
+
+// mdLatency is section 1: commit to receipt.
+func mdLatency(b *markdown, r *results) {
+	b.w("\n## 1. Latency: commit → runner receipt\n\n")
+	b.w("Single-row transactions from %d connections at a steady rate, %s per rate after a %s warm-up that is not counted; each rate has a relay of its own, started before its warm-up. Each insert carries an `event_id` made by the harness (a random UUID), and its latency is the runner's receipt time minus the moment its `COMMIT` returned, both on the harness's monotonic clock. \"achieved\" is the rate the load really committed at; \"missing\" were not received within 10 s (stream) or 10 s plus two sweep intervals; they stay in the quantiles at that wait, shown as \"> wait\".\n\n",
+		r.Plan.LatencyConns, r.Plan.LatencyDuration, r.Plan.LatencyWarmup)
+	b.w("%s\n", latencyTable(r))
+	b.w("![Latency distribution, stream versus sweep-only](bench-latency.svg)\n\n")
+	early := 0
+	for _, l := range r.Latency {
+		early += l.Early
+	}
+	if early > 0 {
+		b.w("%d events reached the runner before their `COMMIT` returned to the inserter (the relay can hear of a commit before the client does); they count with their negative latency.\n\n", early)
 	}
 }

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"strconv"
 	"sync"
@@ -41,19 +40,8 @@ FROM generate_series(1, $1::int) g`
 func newUUID() string {
 	var u [16]byte
 	_, _ = rand.Read(u[:])
-	u[6] = u[6]&0x0f | 0x40
-	u[8] = u[8]&0x3f | 0x80
-	var s [36]byte
-	hex.Encode(s[0:8], u[0:4])
-	s[8] = '-'
-	hex.Encode(s[9:13], u[4:6])
-	s[13] = '-'
-	hex.Encode(s[14:18], u[6:8])
-	s[18] = '-'
-	hex.Encode(s[19:23], u[8:10])
-	s[23] = '-'
-	hex.Encode(s[24:], u[10:])
-	return string(s[:])
+	u[6], u[8] = u[6]&0x0f|0x40, u[8]&0x3f|0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", u[0:4], u[4:6], u[6:8], u[8:10], u[10:])
 }
 
 // payload is a small event body, about 80 bytes, like the same shape the
@@ -118,16 +106,16 @@ func (e *loadErrors) into(st *loadStats) {
 }
 
 // paced commits single-row transactions at rate per second for d, spread
-// over conns connections, each holding its own. Insert k of connection w
-// is due at (k·conns + w)/rate: a late insert goes at once, so the load
-// catches up rather than drifting. Every committed event is returned.
-func paced(ctx context.Context, pool *pgxpool.Pool, rate, conns int, d time.Duration) ([]sent, loadStats, error) {
-	return pacedKey(ctx, pool, rate, conns, d, "")
-}
-
-// pacedKey is paced with every row of ordering key key ("" for none).
-func pacedKey(ctx context.Context, pool *pgxpool.Pool, rate, conns int, d time.Duration, key string) ([]sent, loadStats, error) {
-	return runPacer(ctx, &pacer{pool: pool, rate: rate, conns: conns, total: int(float64(rate) * d.Seconds()), start: time.Now(), key: key})
+// over conns connections, each holding its own, every row with ordering
+// key key ("" for none). Insert k of connection w is due at
+// (k·conns + w)/rate: a late insert goes at once, so the load catches up
+// rather than drifting. Every committed event is returned.
+func paced(ctx context.Context, pool *pgxpool.Pool, rate, conns int, d time.Duration, key string) ([]sent, loadStats, error) {
+	pc := &pacer{pool: pool, rate: rate, conns: conns, total: int(float64(rate) * d.Seconds()), start: time.Now()}
+	if key != "" {
+		pc.key = func(int, int) string { return key }
+	}
+	return runPacer(ctx, pc)
 }
 
 // pacedFor is paced for a rate the connections may not reach: it stops at
@@ -137,13 +125,29 @@ func pacedFor(ctx context.Context, pool *pgxpool.Pool, rate, conns int, d time.D
 	return runPacer(ctx, &pacer{pool: pool, rate: rate, conns: conns, total: int(float64(rate) * d.Seconds()), start: start, until: start.Add(d)})
 }
 
+// flood commits n single-row transactions as fast as conns connections
+// can, and returns when the last has committed, with every committed
+// event. With keys > 0 the rows carry that many ordering keys, each
+// written by one connection only (the ordering contract: no key in two
+// concurrent transactions).
+func flood(ctx context.Context, pool *pgxpool.Pool, n, conns, keys int) ([]sent, loadStats, error) {
+	pc := &pacer{pool: pool, conns: conns, total: n, start: time.Now()}
+	if keys > 0 {
+		pc.key = func(w, j int) string { return "k" + strconv.Itoa(w+conns*(j%max(keys/conns, 1))) }
+	}
+	out, st, err := runPacer(ctx, pc)
+	if err == nil && st.Committed < n {
+		err = fmt.Errorf("only %d of %d inserts committed: %s", st.Committed, n, st.FirstError)
+	}
+	return out, st, err
+}
+
 // runPacer runs pc on its connections and gathers what they committed.
 func runPacer(ctx context.Context, pc *pacer) ([]sent, loadStats, error) {
-	conns := pc.conns
 	st := loadStats{Planned: pc.total}
-	logs := make([][]sent, conns)
+	logs := make([][]sent, pc.conns)
 	var wg sync.WaitGroup
-	for w := range conns {
+	for w := range pc.conns {
 		wg.Go(func() { logs[w] = pc.run(ctx, w) })
 	}
 	wg.Wait()
@@ -162,19 +166,22 @@ func runPacer(ctx context.Context, pc *pacer) ([]sent, loadStats, error) {
 	return out, st, nil
 }
 
-// pacer is one paced load: insert i is due at i/rate after start.
+// pacer is one load of total single-row inserts over conns connections:
+// insert i is due at i/rate after start, or, with rate 0, goes as soon as
+// a connection is free.
 type pacer struct {
 	pool               *pgxpool.Pool
 	rate, conns, total int
 	start              time.Time
-	key                string
-	until              time.Time // no insert starts after it; zero: none
+	key                func(w, j int) string // ordering key of connection w's j-th insert; nil: none
+	until              time.Time             // no insert starts after it; zero: none
+	next               atomic.Int64          // the next insert to take, with rate 0
 	maxBehind          atomic.Int64
 	errs               loadErrors
 }
 
-// run is connection w's share of the load, inserts w, w+conns, w+2·conns,
-// …, each at its time; it returns those that committed.
+// run is connection w's share of the load, each insert at its time; it
+// returns those that committed.
 func (pc *pacer) run(ctx context.Context, w int) []sent {
 	conn := pc.errs.acquire(ctx, pc.pool)
 	if conn == nil {
@@ -182,20 +189,19 @@ func (pc *pacer) run(ctx context.Context, w int) []sent {
 	}
 	defer conn.Release()
 	log := make([]sent, 0, pc.total/pc.conns+1)
-	for i := w; i < pc.total; i += pc.conns {
-		due := pc.start.Add(time.Duration(float64(i) / float64(pc.rate) * float64(time.Second)))
-		if wait := time.Until(due); wait > 0 {
-			if sleep(ctx, wait) != nil {
-				break
-			}
-		} else if behind := int64(-wait); behind > pc.maxBehind.Load() {
-			pc.maxBehind.Store(behind)
+	for j := 0; ; j++ {
+		i := w + j*pc.conns
+		if pc.rate == 0 { // every pass takes a fresh index, failed or not
+			i = int(pc.next.Add(1)) - 1
 		}
-		if !pc.until.IsZero() && !time.Now().Before(pc.until) {
+		if i >= pc.total || !pc.wait(ctx, i) {
 			break
 		}
-		id := newUUID()
-		if err := insertEvent(ctx, conn, id, i, pc.key); err != nil {
+		key, id := "", newUUID()
+		if pc.key != nil {
+			key = pc.key(w, j)
+		}
+		if err := insertEvent(ctx, conn, id, i, key); err != nil {
 			if ctx.Err() != nil {
 				break
 			}
@@ -207,58 +213,20 @@ func (pc *pacer) run(ctx context.Context, w int) []sent {
 	return log
 }
 
-// flood commits n single-row transactions as fast as conns connections
-// can, and returns when the last has committed, with every committed
-// event. With keys > 0 the rows carry that many ordering keys, each
-// written by one connection only (the ordering contract: no key in two
-// concurrent transactions).
-func flood(ctx context.Context, pool *pgxpool.Pool, n, conns, keys int) ([]sent, loadStats, error) {
-	st := loadStats{Planned: n}
-	var next atomic.Int64
-	var errs loadErrors
-	var wg sync.WaitGroup
-	logs := make([][]sent, conns)
-	start := time.Now()
-	for w := range conns {
-		wg.Go(func() {
-			conn := errs.acquire(ctx, pool)
-			if conn == nil {
-				return
-			}
-			defer conn.Release()
-			log := make([]sent, 0, n/conns+1)
-			defer func() { logs[w] = log }()
-			// Every pass takes a fresh index, failed or not: at most n.
-			for i, j := int(next.Add(1))-1, 0; i < n; i, j = int(next.Add(1))-1, j+1 {
-				key := ""
-				if keys > 0 {
-					key = "k" + strconv.Itoa(w+conns*(j%max(keys/conns, 1)))
-				}
-				id := newUUID()
-				if err := insertEvent(ctx, conn, id, i, key); err != nil {
-					if ctx.Err() != nil {
-						return
-					}
-					errs.add(err)
-					continue
-				}
-				log = append(log, sent{id: id, at: now()})
-			}
-		})
+// wait waits for insert i's time; false when the load is to stop.
+func (pc *pacer) wait(ctx context.Context, i int) bool {
+	if pc.rate == 0 {
+		return true
 	}
-	wg.Wait()
-	st.Seconds = time.Since(start).Seconds()
-	var out []sent
-	for _, l := range logs {
-		out = append(out, l...)
+	due := pc.start.Add(time.Duration(float64(i) / float64(pc.rate) * float64(time.Second)))
+	if wait := time.Until(due); wait > 0 {
+		if sleep(ctx, wait) != nil {
+			return false
+		}
+	} else if behind := int64(-wait); behind > pc.maxBehind.Load() {
+		pc.maxBehind.Store(behind)
 	}
-	st.Committed = len(out)
-	st.AchievedRate = float64(st.Committed) / st.Seconds
-	errs.into(&st)
-	if st.Committed < n && ctx.Err() == nil {
-		return out, st, fmt.Errorf("only %d of %d inserts committed: %s", st.Committed, n, st.FirstError)
-	}
-	return out, st, ctx.Err()
+	return pc.until.IsZero() || time.Now().Before(pc.until)
 }
 
 // bulk inserts n rows in one INSERT … SELECT and returns when it committed.

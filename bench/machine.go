@@ -10,15 +10,14 @@ import (
 
 // machine describes where the figures come from.
 type machine struct {
-	CPUs       int     `json:"cpus"`
-	CPUModel   string  `json:"cpu_model"`
-	MemoryGiB  float64 `json:"memory_gib"`
-	Kernel     string  `json:"kernel"`
-	Go         string  `json:"go"`
-	Postgres   string  `json:"postgres"`
-	Relay      string  `json:"relay_version"`
-	Commit     string  `json:"commit"`
-	PerfRecord bool    `json:"perf"`
+	CPUs      int     `json:"cpus"`
+	CPUModel  string  `json:"cpu_model"`
+	MemoryGiB float64 `json:"memory_gib"`
+	Kernel    string  `json:"kernel"`
+	Go        string  `json:"go"`
+	Postgres  string  `json:"postgres"`
+	Relay     string  `json:"relay_version"`
+	Commit    string  `json:"commit"`
 }
 
 func (b *bench) machine(ctx context.Context) machine {
@@ -41,13 +40,10 @@ func (b *bench) machine(ctx context.Context) machine {
 	if o, err := exec.CommandContext(ctx, b.binary, "version").Output(); err == nil {
 		m.Relay = strings.TrimSpace(string(o))
 	}
-	git := exec.CommandContext(ctx, "git", "describe", "--always", "--dirty")
-	git.Dir = moduleRoot()
-	if o, err := git.Output(); err == nil {
+	// git finds the repository from the working directory up.
+	if o, err := exec.CommandContext(ctx, "git", "describe", "--always", "--dirty").Output(); err == nil {
 		m.Commit = strings.TrimSpace(string(o))
 	}
-	_, err := exec.LookPath("perf")
-	m.PerfRecord = err == nil
 	return m
 }
 

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"math"
@@ -62,9 +63,6 @@ const (
 	// lostWait covers two sweep intervals, for rows the stream leaves to
 	// the sweeper, and the backlog's drain.
 	lostWait = 2*time.Minute + 30*time.Second
-	// The targets; mdOverload says why these.
-	targetGoodputShare = 0.80
-	targetRecoveryLag  = 10.0 // s from the backlog's last delivery to a normal p99
 )
 
 // overload measures the capacity, then overloads a fresh and a warm table.
@@ -157,8 +155,8 @@ func (b *bench) overloadLoad(ctx context.Context, db *database, p *relayProc, re
 	// and three windows, within two minutes.
 	got := b.runner.Counts().Distinct
 	drain := float64(len(hot)-got) / max(float64(got)/(float64(end-start)/1e9)-float64(res.NormalRate), 1)
-	normal := min(max(b.plan.OverloadNormal, time.Duration((drain+targetRecoveryLag+3)*float64(time.Second))), 2*time.Minute)
-	calm, st, err := paced(ctx, db.pool, res.NormalRate, b.plan.LatencyConns, normal)
+	normal := min(max(b.plan.OverloadNormal, time.Duration((drain+limitOf("overload.recovery")+3)*float64(time.Second))), 2*time.Minute)
+	calm, st, err := paced(ctx, db.pool, res.NormalRate, b.plan.LatencyConns, normal, "")
 	if r.Normal = st; err != nil {
 		return err
 	}
@@ -282,35 +280,58 @@ func round1(v float64) float64 { return math.Round(v*10) / 10 }
 
 func (r overloadRun) maxLag() float64 { return slices.Max(append(slices.Clip(r.LagMiB), 0)) }
 
-// overloadTargets judge the overload on every table.
-func (r *results) overloadTargets() []target {
-	good := target{What: "goodput while twice the capacity is offered, worst table", Goal: fmt.Sprintf("≥ %.0f %% of capacity", 100*targetGoodputShare), Measured: "not measured", Verdict: "–"}
-	kept := target{What: "events lost / sent twice in the overload, all tables", Goal: "0 / 0", Measured: "not measured", Verdict: "–"}
-	back := target{What: fmt.Sprintf("p99 back within %.0f× its steady value after the overload", recoveryFactor),
-		Goal: fmt.Sprintf("≤ %.0f s after its backlog is delivered", targetRecoveryLag), Measured: "not measured", Verdict: "–"}
-	o := r.Overload
-	if o == nil || o.Skipped != "" || len(o.Runs) == 0 {
-		return []target{good, kept, back}
+// overloadRuns are the overload's tables when it ran.
+func (r *results) overloadRuns() []overloadRun {
+	if o := r.Overload; o != nil && o.Skipped == "" {
+		return o.Runs
 	}
-	worst, lost, dup, recov := o.Runs[0], 0, 0, []string(nil)
-	kept.Verdict, back.Verdict = "✓", "✓"
-	for _, x := range o.Runs {
-		if x.Share < worst.Share {
-			worst = x
-		}
+	return nil
+}
+
+func goodputGoal(r *results, g goal) target {
+	t := unmeasured("goodput while twice the capacity is offered, worst table", fmt.Sprintf("≥ %.0f %% of capacity", 100*g.limit))
+	runs := r.overloadRuns()
+	if len(runs) == 0 {
+		return t
+	}
+	worst := slices.MinFunc(runs, func(a, b overloadRun) int { return cmp.Compare(a.Share, b.Share) })
+	t.Measured = fmt.Sprintf("%s of %s events/s (%.0f %%, %s table)", thousands(int(worst.Goodput)), thousands(int(r.Overload.Capacity)), 100*worst.Share, worst.Table)
+	t.Verdict = verdictAtLeast(worst.Share, g.limit)
+	return t
+}
+
+func keptGoal(r *results, _ goal) target {
+	t := unmeasured("events lost / sent twice in the overload, all tables", "0 / 0")
+	runs := r.overloadRuns()
+	if len(runs) == 0 {
+		return t
+	}
+	lost, dup := 0, 0
+	for _, x := range runs {
 		lost, dup = lost+x.Lost, dup+x.Duplicates
+	}
+	if t.Measured, t.Verdict = fmt.Sprintf("%d / %d", lost, dup), "✓"; lost+dup > 0 {
+		t.Verdict = "✗"
+	}
+	return t
+}
+
+func recoveryGoal(r *results, g goal) target {
+	t := unmeasured(fmt.Sprintf("p99 back within %.0f× its steady value after the overload", recoveryFactor), fmt.Sprintf("≤ %.0f s after its backlog is delivered", g.limit))
+	runs := r.overloadRuns()
+	if len(runs) == 0 {
+		return t
+	}
+	var recov []string
+	t.Verdict = "✓"
+	for _, x := range runs {
 		recov = append(recov, fmt.Sprintf("%s table: backlog delivered after %s s, p99 normal after %s", x.Table, num(x.DrainedSeconds), x.recoveryCell()))
-		if !x.Recovered || x.RecoverySeconds > x.DrainedSeconds+targetRecoveryLag {
-			back.Verdict = "✗"
+		if !x.Recovered || x.RecoverySeconds > x.DrainedSeconds+g.limit {
+			t.Verdict = "✗"
 		}
 	}
-	good.Measured = fmt.Sprintf("%s of %s events/s (%.0f %%, %s table)", thousands(int(worst.Goodput)), thousands(int(o.Capacity)), 100*worst.Share, worst.Table)
-	good.Verdict = verdictAtLeast(worst.Share, targetGoodputShare)
-	if kept.Measured = fmt.Sprintf("%d / %d", lost, dup); lost+dup > 0 {
-		kept.Verdict = "✗"
-	}
-	back.Measured = strings.Join(recov, "; ")
-	return []target{good, kept, back}
+	t.Measured = strings.Join(recov, "; ")
+	return t
 }
 
 // overloadTable is one row per table.
@@ -347,12 +368,12 @@ func mdOverload(b *markdown, r *results) {
 	pl := r.Plan
 	b.w("Capacity is the median events/s of %d run(s) of the throughput measure's %s single-row transactions, delivered by the stream on a table of their own. Then, per table, one stream relay (`RELAY_SWEEP_INTERVAL=1m`) takes %s events/s from %d connections for %s after a %s warm-up (the steady p99), then twice the capacity from %d connections for %s (the inserts they cannot start by then are not made), then %s events/s again for %s or, when the backlog needs longer to drain at the overload's goodput, until %.0f s past that (at most 2 minutes). *Fresh* is an empty table; *warm* holds %s rows written while no relay ran and drained by another relay (as in section 3), then `ANALYZE`d. Goodput counts the overload's events first received while it was offered. The p99 is normal from the first moment after the overload from which, for three 1 s windows in a row, the events committed in each have a p99 within %.0f× the steady p99. The stream's WAL lag is the slot's `pg_current_wal_lsn() - confirmed_flush_lsn`. Lost: not received %s after the last commit.\n\n",
 		len(o.CapacityRuns), thousands(pl.SingleN), thousands(o.NormalRate), pl.LatencyConns, pl.LatencyDuration, pl.LatencyWarmup,
-		pl.SingleConns, pl.OverloadDuration, thousands(o.NormalRate), pl.OverloadNormal, targetRecoveryLag+3, thousands(pl.OverloadWarmRows), recoveryFactor, lostWait)
+		pl.SingleConns, pl.OverloadDuration, thousands(o.NormalRate), pl.OverloadNormal, limitOf("overload.recovery")+3, thousands(pl.OverloadWarmRows), recoveryFactor, lostWait)
 	b.w("%s\n", overloadTable(r))
 	for _, x := range o.Runs {
 		b.w("%s table: the p99 of the events committed in each second after the overload, ms: %s. The stream's WAL lag each second from the overload's start, MiB: %s.\n\n",
 			x.Table, strings.Trim(fmt.Sprint(x.P99s), "[]"), strings.Trim(fmt.Sprint(x.LagMiB), "[]"))
 	}
 	b.w("The targets: goodput at least %.0f %% of capacity, since the overload's inserts share the cores with the relay and PostgreSQL for its whole length, where a burst's inserts stop after a few seconds; nothing lost and nothing sent twice, since nothing crashed; and the p99 normal at most %.0f s after the overload's last event is delivered. The backlog (offered minus goodput, for %s) takes what it takes at the relay's capacity, so a bound counted from the overload's end would judge the load; what the relay decides is whether the events after it still wait once the backlog is gone.\n\n",
-		100*targetGoodputShare, targetRecoveryLag, pl.OverloadDuration)
+		100*limitOf("overload.goodput"), limitOf("overload.recovery"), pl.OverloadDuration)
 }

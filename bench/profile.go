@@ -246,3 +246,24 @@ func perfReport(ctx context.Context, perf, data string, args ...string) ([]strin
 	}
 	return lines, nil
 }
+
+// mdProfile is where the relay's CPU goes, from perf.
+func mdProfile(b *markdown, r *results) {
+	b.w("## Where the relay's CPU goes\n\n")
+	if p := r.Profile; p != nil && p.Skipped == "" && len(p.Self) > 0 {
+		b.w("`perf record -F 999 -g -p <relay>` during an extra run of the %s (%s; not one of the measured runs: sampling slows it): %s s, CPU s relay / Postgres / harness / other: %s. The relay's activities, as shares of its samples (cumulative: a frame and everything it calls, so they overlap):\n\n",
+			p.Load, p.Mode, num(p.Seconds), cpuCell(p.CPU))
+		b.w("| activity | frame | share |\n|---|---|--:|\n")
+		for _, a := range p.Areas {
+			b.w("| %s | `%s` | %.1f %% |\n", a.What, a.Frame, a.Percent)
+		}
+		if len(p.DSOs) > 0 {
+			b.w("\nBy binary: %s.\n", strings.Join(p.DSOs, "; "))
+		}
+		b.w("\nFlat profile (own samples), top entries:\n\n```\n%s\n```\n\nCumulative, top entries, without the frames every goroutine passes through:\n\n```\n%s\n```\n\n", strings.Join(p.Self, "\n"), strings.Join(p.Children, "\n"))
+	} else if p != nil && p.Skipped != "" {
+		b.w("No profile: %s.\n\n", p.Skipped)
+	} else {
+		b.w("No profile in this run.\n\n")
+	}
+}

@@ -178,10 +178,8 @@ func (p *relayProc) stop() relayStats {
 // running_xacts record (written at a checkpoint, or every 15 s while there
 // is activity), so a relay stopped right after a load leaves it behind the
 // whole load, and the next relay on the database first re-decodes all that
-// WAL: measured here, up to 8 CPU-seconds of PostgreSQL and half the
-// events/s in the next run, whose figures would carry the previous run's
-// cost. A relay restarted in production pays the same, bounded by those
-// 15 s of WAL (docs/BENCHMARKS.md).
+// WAL, so the next run's figures would carry this one's cost
+// (docs/BENCHMARKS.md, Machine and settings).
 func (b *bench) settleSlot(slot string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
@@ -251,4 +249,36 @@ func (p *relayProc) deliveries() (map[string]float64, error) {
 		}
 	}
 	return out, sc.Err()
+}
+
+func rssGoal(r *results, g goal) target {
+	rss := unmeasured("relay peak RSS (VmHWM), every run", fmt.Sprintf("≤ %.0f MiB", g.limit))
+	if peak, label := r.peakRSS(); peak > 0 {
+		rss.Measured = fmt.Sprintf("%.1f MiB (%s)", peak, label)
+		rss.Verdict = verdictAtMost(peak, g.limit)
+	}
+	return rss
+}
+
+func (r *results) peakRSS() (float64, string) {
+	peak, label := 0.0, ""
+	for _, s := range r.Relays {
+		if s.PeakRSSMiB > peak {
+			peak, label = s.PeakRSSMiB, s.Label
+		}
+	}
+	return peak, label
+}
+
+// mdCost is section 4: CPU and memory of every relay process.
+func mdCost(b *markdown, r *results) {
+	b.w("## 4. Cost\n\n")
+	b.w("CPU is `utime + stime` from `/proc/<pid>/stat`; for PostgreSQL it is summed over the postmaster and its children, for the harness (runner and load generator) it is its own `getrusage`. Peak RSS is the relay's `VmHWM` from `/proc/<pid>/status`, read just before it stops. Per-load figures are in the throughput table; every relay process of the run:\n\n")
+	b.w("| relay run | lifetime s | CPU s | peak RSS MiB | RSS at end MiB | via stream | via sweep | retries |\n|---|--:|--:|--:|--:|--:|--:|--:|\n")
+	for _, s := range r.Relays {
+		b.w("| %s | %s | %s | %s | %s | %s | %s | %s |\n", s.Label, num(s.Seconds), num(s.CPUSeconds), num(s.PeakRSSMiB), num(s.RSSMiB),
+			thousands(int(s.Stream)), thousands(int(s.Sweep)), thousands(int(s.Retries)))
+	}
+	mdWork(b, r)
+	mdFloor(b, r)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/outbox-relay/outbox-relay/internal/relaytest"
@@ -132,22 +133,9 @@ func (b *bench) throughputRun(ctx context.Context, db *database, m mode, l load)
 	w := b.workNow(ctx, db)
 	work0 = &w
 	cpu0 := b.cpuNow(p)
-	var start int64
-	switch l.kind {
-	case "bulk":
-		t := now()
-		if err := bulk(ctx, db.pool, l.n); err != nil {
-			return res, err
-		}
-		start = now()
-		res.InsertSeconds = float64(start-t) / 1e9
-	default:
-		start = now()
-		_, st, err := flood(ctx, db.pool, l.n, b.plan.SingleConns, l.keys)
-		if err != nil {
-			return res, err
-		}
-		res.InsertSeconds = st.Seconds
+	start, err := b.insertLoad(ctx, db, l, &res)
+	if err != nil {
+		return res, err
 	}
 	ok, err := b.runner.WaitDistinct(ctx, l.n, limit)
 	if err != nil {
@@ -167,6 +155,22 @@ func (b *bench) throughputRun(ctx context.Context, db *database, m mode, l load)
 	return res, nil
 }
 
+// insertLoad writes load l and returns the moment its clock starts: when
+// the bulk COMMIT returned, or at the first single-row insert.
+func (b *bench) insertLoad(ctx context.Context, db *database, l load, res *throughputResult) (start int64, err error) {
+	if l.kind == "bulk" {
+		t := now()
+		err = bulk(ctx, db.pool, l.n)
+		start = now()
+		res.InsertSeconds = float64(start-t) / 1e9
+		return start, err
+	}
+	start = now()
+	_, st, err := flood(ctx, db.pool, l.n, b.plan.SingleConns, l.keys)
+	res.InsertSeconds = st.Seconds
+	return start, err
+}
+
 // receiptRate is what the runner's counts say of a run that started at
 // start (on the harness clock): seconds to the last and to the first
 // receipt, and distinct events per second until the last.
@@ -184,14 +188,129 @@ func relayCPUPer10k(cpu cpuUse, c relaytest.Counts) float64 {
 	return cpu.Relay / float64(max(c.Requests, 1)) * 10_000
 }
 
-// thousands formats n with commas: 20,000.
-func thousands(n int) string {
-	s := fmt.Sprint(n)
-	if n < 0 {
-		return "-" + thousands(-n)
+// throughputOf prefers the stream; without it, sweep-only stands in.
+func (r *results) throughputOf(kind string, n int) *throughputResult {
+	for _, mode := range []string{streamMode.Name, sweepMode.Name} {
+		for i := range r.Throughput {
+			if t := &r.Throughput[i]; t.Mode == mode && t.Kind == kind && t.Events == n && t.Skipped == "" && t.EventsPerSec > 0 {
+				return t
+			}
+		}
 	}
-	for i := len(s) - 3; i > 0; i -= 3 {
-		s = s[:i] + "," + s[i:]
+	return nil
+}
+
+// throughputGoal judges the events/s of load kind/n (n 0: the plan's
+// single-row load), by the stream or, without it, sweep-only.
+func throughputGoal(kind string, n int) func(*results, goal) target {
+	return func(r *results, g goal) target {
+		if n == 0 {
+			n = r.Plan.SingleN
+		}
+		t := unmeasured(load{kind: kind, n: n}.String(), fmt.Sprintf("≥ %s events/s", thousands(int(g.limit))))
+		if x := r.throughputOf(kind, n); x != nil {
+			t.What += " (" + x.Mode + ")"
+			t.Measured, t.Verdict = fmt.Sprintf("%s events/s", thousands(int(x.EventsPerSec))), verdictAtLeast(x.EventsPerSec, g.limit)
+		}
+		return t
 	}
-	return s
+}
+
+func throughputTable(r *results) string {
+	return mdTable("| mode | load | insert s | delivered in s | events/s | target | | relay CPU s / 10k | relay peak RSS MiB | CPU s: relay / Postgres / harness / other | machine busy |\n",
+		"|---|---|--:|--:|--:|--:|---|--:|--:|---|--:|\n",
+		r.Throughput, func(t throughputResult) string {
+			if t.Skipped != "" {
+				return skippedRow(11, t.Mode, t.Load)
+			}
+			goal, verdict := "", ""
+			switch {
+			case t.Kind == "bulk" && t.Events == 20_000:
+				goal, verdict = atLeastCell(t.EventsPerSec, limitOf("throughput.bulk.20000"))
+			case t.Kind == "single":
+				goal, verdict = atLeastCell(t.EventsPerSec, limitOf("throughput.single"))
+			}
+			if t.TimedOut {
+				verdict += fmt.Sprintf(" (timed out, %d missing)", t.Missing)
+			}
+			return fmt.Sprintf("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %.0f %% |\n",
+				t.Mode, t.Load, num(t.InsertSeconds), num(t.DeliverSeconds), thousands(int(t.EventsPerSec)), goal, verdict,
+				num(t.CPUPer10k), num(t.PeakRSSMiB), cpuCell(t.CPU), 100*t.CPU.Busy)
+		})
+}
+
+// ceilingNote explains the throughput misses from the run's own figures:
+// on a machine of n CPUs shared by everything, events/s cannot exceed n
+// divided by the CPU seconds one event costs the relay, PostgreSQL and the
+// harness together.
+func ceilingNote(r *results) string {
+	cpus := float64(max(r.Machine.CPUs, 1))
+	var b strings.Builder
+	fmt.Fprintf(&b, "**Why the throughput targets are missed: CPU.** Every event costs CPU in three places on the same %.0f cores: the relay (one HTTP POST, its share of a claim and of an outcome `UPDATE`, and in stream mode decoding), PostgreSQL (the insert, the claim `UPDATE` and the outcome `UPDATE` — each a non-HOT update, since `next_attempt_at` and `status` are indexed — and the walsender decoding all of it) and the harness (the runner's HTTP server and the load). The cores divided by that cost give a ceiling that no tuning of the relay's waits can pass:\n\n", cpus)
+	b.WriteString("| mode | load | relay µs/event | PostgreSQL µs/event | harness µs/event | ceiling events/s | measured events/s |\n|---|---|--:|--:|--:|--:|--:|\n")
+	for _, t := range r.Throughput {
+		if t.Skipped != "" || t.Events == 0 {
+			continue
+		}
+		per := func(s float64) float64 { return 1e6 * s / float64(t.Events) }
+		ceiling := 0.0
+		if total := t.CPU.Relay + t.CPU.Postgres + t.CPU.Bench; total > 0 {
+			ceiling = cpus * float64(t.Events) / total
+		}
+		fmt.Fprintf(&b, "| %s | %s | %.0f | %.0f | %.0f | %s | %s |\n", t.Mode, t.Load, per(t.CPU.Relay), per(t.CPU.Postgres), per(t.CPU.Bench),
+			thousands(int(ceiling)), thousands(int(t.EventsPerSec)))
+	}
+	b.WriteString("\nThe relay is under half of the total. Its own profile (at the end) is dominated by Go's HTTP client — writing requests and reading answers: system calls, allocation, scheduling — not by the relay's logic; PostgreSQL's share is three row versions per event with their index entries. Passing 15,000 events/s on two shared cores would need several events per POST, which the runner contract (one event per request with its own `Idempotency-Key`) rules out, or cores of its own for the relay. The latency misses at 5,000 events/s follow from the same ceiling: the offered load is above it, so a queue builds.\n\n")
+	return b.String()
+}
+
+// throughputIn is the throughput of load kind/n in mode, when measured.
+func (r *results) throughputIn(mode, loadName string) *throughputResult {
+	for i := range r.Throughput {
+		if t := &r.Throughput[i]; t.Mode == mode && t.Load == loadName && t.Skipped == "" && t.EventsPerSec > 0 {
+			return t
+		}
+	}
+	return nil
+}
+
+func bulkStreamGoal(r *results, g goal) target {
+	l := load{kind: "bulk", n: 20_000}.String()
+	t := unmeasured(l+" (stream)", fmt.Sprintf("≥ %s events/s", thousands(int(g.limit))))
+	if x := r.throughputIn(streamMode.Name, l); x != nil {
+		t.Measured, t.Verdict = fmt.Sprintf("%s events/s", thousands(int(x.EventsPerSec))), verdictAtLeast(x.EventsPerSec, g.limit)
+	}
+	return t
+}
+
+// streamVsSweepGoal compares the modes on every load both ran, and
+// shows the one where the stream fared worst.
+func streamVsSweepGoal(r *results, g goal) target {
+	t := unmeasured("stream never slower than sweep-only, same load", fmt.Sprintf("≥ %.0f %% of sweep-only", 100*g.limit))
+	worst := 0.0
+	for _, s := range r.Throughput {
+		if s.Mode != streamMode.Name || s.Skipped != "" || s.EventsPerSec <= 0 {
+			continue
+		}
+		w := r.throughputIn(sweepMode.Name, s.Load)
+		if w == nil {
+			continue
+		}
+		if ratio := s.EventsPerSec / w.EventsPerSec; worst == 0 || ratio < worst {
+			worst = ratio
+			t.What = "stream never slower than sweep-only, same load (the stream's worst: " + s.Load + ")"
+			t.Measured = fmt.Sprintf("%s vs %s events/s (%.0f %%)", thousands(int(s.EventsPerSec)), thousands(int(w.EventsPerSec)), 100*ratio)
+			t.Verdict = verdictAtLeast(ratio, g.limit)
+		}
+	}
+	return t
+}
+
+// mdThroughput is section 2, with the CPU ceiling behind its misses.
+func mdThroughput(b *markdown, r *results) {
+	b.w("## 2. Throughput\n\n")
+	b.w("A fresh relay per load, on one table per mode that keeps every earlier load's rows (the first load starts empty). For an `INSERT … SELECT` (one transaction) the clock starts when its `COMMIT` returns; for single-row transactions (%d connections, as fast as they go) it starts at the first insert. It stops at the last receipt. One POST per event. The last load runs `ANALYZE` first, on a table whose rows (the earlier loads') are all delivered: its statistics then say that almost nothing is pending, as a production outbox's do when a burst comes, and no plan may depend on them.\n\n", r.Plan.SingleConns)
+	b.w("%s\n", throughputTable(r))
+	b.w("%s", ceilingNote(r))
+	mdBurst(b, r)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -142,7 +143,7 @@ func (b *bench) walOutage(ctx context.Context, db *database, probe *walProbe, re
 	var wg sync.WaitGroup
 	var fillErr error
 	wg.Go(func() {
-		sends, _, _ := paced(wctx, db.pool, b.plan.WALOutboxHz, 2, b.plan.WALOutage)
+		sends, _, _ := paced(wctx, db.pool, b.plan.WALOutboxHz, 2, b.plan.WALOutage, "")
 		outboxRows = len(sends)
 	})
 	wg.Go(func() { fillErr = b.fill(wctx, db, b.plan.WALBytesRate) })
@@ -223,3 +224,83 @@ SELECT string_agg(md5(random()::text), '') FROM generate_series(1, $1::int) r, g
 
 // mib formats bytes as MiB with one decimal.
 func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
+
+// walMeasured is the WAL result when the outage ran and was sampled.
+func (r *results) walMeasured() *walResult {
+	if w := r.WAL; w != nil && w.Skipped == "" && len(w.Samples) > 0 {
+		return w
+	}
+	return nil
+}
+
+func lagGoal(r *results, g goal) target {
+	lag := unmeasured("slot confirmed-flush lag, runner down", fmt.Sprintf("< %.0f MiB, flat", g.limit/(1<<20)))
+	if w := r.walMeasured(); w != nil {
+		lag.What = fmt.Sprintf("slot confirmed-flush lag, runner down %.0f s", w.OutageSeconds)
+		lag.Measured = "max " + mib(w.MaxLag)
+		lag.Verdict = verdictAtMost(float64(w.MaxLag), g.limit)
+	}
+	return lag
+}
+
+func retainedGoal(r *results, g goal) target {
+	ret := unmeasured("slot retained WAL after CHECKPOINT", fmt.Sprintf("< %.0f MiB", g.limit/(1<<20)))
+	if w := r.walMeasured(); w != nil {
+		ret.Measured = mib(w.RetainedAfterCheckpoint) + " (max before: " + mib(w.MaxRetained) + ")"
+		ret.Verdict = verdictAtMost(float64(w.RetainedAfterCheckpoint), g.limit)
+	}
+	return ret
+}
+
+func walTable(r *results) string {
+	w := r.WAL
+	if w == nil {
+		return ""
+	}
+	if w.Skipped != "" {
+		return "WAL: skipped: " + w.Skipped + "\n"
+	}
+	var b strings.Builder
+	b.WriteString("| runner outage | WAL written | outbox rows meanwhile | max confirmed-flush lag | max retained | retained after CHECKPOINT | lag after CHECKPOINT | delivered after the runner returned |\n")
+	b.WriteString("|--:|--:|--:|--:|--:|--:|--:|--:|\n")
+	rec := fmt.Sprintf("%s s", num(w.RecoverySeconds))
+	if !w.Recovered {
+		rec = "not within 30 s"
+	}
+	fmt.Fprintf(&b, "| %.0f s | %.1f MiB/s | %s (%d/s) | %s %s | %s | %s %s | %s | %s |\n",
+		w.OutageSeconds, w.WALRate/(1<<20), thousands(w.OutboxRows), w.OutboxRate,
+		mib(w.MaxLag), verdictAtMost(float64(w.MaxLag), limitOf("wal.lag")), mib(w.MaxRetained),
+		mib(w.RetainedAfterCheckpoint), verdictAtMost(float64(w.RetainedAfterCheckpoint), limitOf("wal.retained")),
+		mib(w.LagAfterCheckpoint), rec)
+	return b.String()
+}
+
+// mdWAL is section 5: the slot's lag and retained WAL while the runner is down.
+func mdWAL(b *markdown, r *results) {
+	b.w("\n## 5. WAL during a runner outage\n\n")
+	if r.WAL != nil && r.WAL.Skipped == "" {
+		wl := r.WAL
+		b.w("The runner stops listening (connections refused) for %.0f s while another table in the same database takes about %.1f MiB/s of WAL (1 KiB rows, ten statements a second) and the outbox takes %d rows/s, which the relay claims, fails to send and backs off (`RELAY_BACKOFF_MAX=5s` here). Every second the slot's `pg_current_wal_lsn() - confirmed_flush_lsn` (the relay's own lag) and `pg_current_wal_lsn() - restart_lsn` (retained WAL) are read. Postgres moves `restart_lsn` only at running-transactions records and checkpoints, so retained WAL is read again each second for 5 s after the writes stop and a `CHECKPOINT`.\n\n",
+			wl.OutageSeconds, wl.WALRate/(1<<20), wl.OutboxRate)
+		b.w("%s\n", walTable(r))
+		b.w("Per second, MiB (lag / retained): ")
+		b.walSamples(wl.Samples)
+		b.w("; after the CHECKPOINT: ")
+		b.walSamples(wl.After)
+		b.w(".\n\n")
+	} else if r.WAL != nil {
+		b.w("Skipped: %s\n\n", r.WAL.Skipped)
+	} else {
+		b.w("Not run.\n\n")
+	}
+}
+
+// walSamples lists samples as lag/retained in MiB.
+func (b *markdown) walSamples(samples []walSample) {
+	for i, s := range samples {
+		if i > 0 {
+			b.w(", ")
+		}
+		b.w("%.1f/%.1f", float64(s.Lag)/(1<<20), float64(s.Retained)/(1<<20))
+	}
+}
