@@ -376,7 +376,7 @@ func (d *Deliverer) claimed(path string, c store.Claim) {
 	buried := 0
 	for _, r := range c.Dead {
 		d.observe(Attempt{Path: path, Outcome: OutcomeDead})
-		if r.Recorded {
+		if r.Kind == store.KindBuried {
 			if d.next != nil {
 				d.next.add([]store.Result{r}, func(string) bool { return false })
 			}
@@ -412,7 +412,7 @@ func (d *Deliverer) enqueue(ctx context.Context, path string, claimedAt time.Tim
 		return errStopped
 	}
 	for _, r := range c.Dead {
-		if !r.Recorded {
+		if r.Kind != store.KindBuried {
 			d.rec.add(r)
 		}
 	}
@@ -481,7 +481,7 @@ func (d *Deliverer) work(ctx context.Context, i int) (unsent []store.Row) {
 			continue
 		}
 		if j.fresh != nil {
-			res.Fresh = true
+			res.Kind = res.Kind.Unclaimed()
 		}
 		d.rec.addSent(res, j.fresh)
 	}

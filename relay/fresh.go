@@ -13,7 +13,7 @@ import (
 // A row the stream has just seen committed is sent straight from its WAL
 // tuple when internal/handover says it is fresh: no claim statement before
 // the POST, and one conditional outcome write after it
-// (store.Result.Fresh). handover's package comment argues why no other
+// (store.KindFresh). handover's package comment argues why no other
 // sender takes the row meanwhile; this file keeps its side of that rule:
 // the lease at the row's lease time, the conditional writes, and the sweeps
 // of this process skipping its fresh rows until their outcome is written.

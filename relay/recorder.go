@@ -199,7 +199,7 @@ func (rec *recorder) sealAll(batch []sent, results []store.Result) []store.Resul
 			case lost:
 				continue
 			case leased:
-				s.res.Fresh = false
+				s.res.Kind = s.res.Kind.Claimed()
 			}
 		}
 		results = append(results, s.res)
@@ -312,7 +312,7 @@ func (rec *recorder) writeFresh(ctx context.Context, batch []store.Result, tries
 	unseen := rec.writeTried(ctx, batch, nil)
 	again := rec.notSeen(unseen, tries)
 	for _, r := range batch {
-		if r.Fresh && !again[r.ID] {
+		if r.Kind.Fresh() && !again[r.ID] {
 			rec.forget(r.ID)
 		}
 	}

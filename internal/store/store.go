@@ -62,20 +62,65 @@ type Result struct {
 	Next    time.Time
 	Error   string
 	Key     *string // the row's ordering key, when it has one
-	// Fresh is set on the outcome of a row sent from the stream without a
-	// claim: its attempt was not counted yet, so the write counts it, and
-	// it is written only if the row still has the attempts it was
-	// inserted with (nobody claimed it meanwhile).
-	Fresh bool
-	// Recorded is set on rows the claim itself marked dead (every attempt
-	// used up): there is nothing left to write.
-	Recorded bool
-	// Uncount gives the attempt back (a retry only): the runner as a whole
-	// failed or asked for less, which says nothing about the row, so it
-	// must not bring the row closer to dead. The claim counted the attempt;
-	// only a recorded outcome un-counts it, so a row that crashes the relay
-	// every time still reaches dead.
-	Uncount bool
+	Kind    Kind    // what happened to the row, which decides how the write counts the attempt
+}
+
+// Kind is what happened to the row of a Result before its outcome is
+// written: claimed, sent fresh, buried by the claim, or retried with its
+// attempt given back. The zero Kind is a claimed row's outcome.
+type Kind uint8
+
+const (
+	// KindClaimed: the claim counted the attempt; the write keeps the count.
+	KindClaimed Kind = iota
+	// KindFresh: the row was sent from the stream without a claim. Its
+	// attempt was not counted yet, so the write counts it, and it writes
+	// only if the row still has the attempts it was inserted with (nobody
+	// claimed it meanwhile).
+	KindFresh
+	// KindUncounted: a claimed row's retry whose attempt is given back:
+	// the runner as a whole failed or asked for less, which says nothing
+	// about the row, so it must not bring the row closer to dead. The claim
+	// counted the attempt; only a recorded outcome un-counts it, so a row
+	// that crashes the relay every time still reaches dead. On a final
+	// outcome it counts as KindClaimed.
+	KindUncounted
+	// KindFreshUncounted: a fresh row's retry whose attempt is not
+	// counted: written as KindFresh is, leaving the attempts as inserted.
+	KindFreshUncounted
+	// KindBuried: the claim itself marked the row dead (every attempt
+	// used up); there is nothing left to write.
+	KindBuried
+)
+
+// Fresh reports whether the write expects the attempts as inserted and
+// counts the attempt: the row was sent without a claim.
+func (k Kind) Fresh() bool { return k == KindFresh || k == KindFreshUncounted }
+
+// Uncounted reports whether a retry gives its attempt back.
+func (k Kind) Uncounted() bool { return k == KindUncounted || k == KindFreshUncounted }
+
+// Claimed is k for a row that is claimed after all: a fresh row whose
+// lease write claimed it while it was being sent.
+func (k Kind) Claimed() Kind {
+	switch k {
+	case KindFresh:
+		return KindClaimed
+	case KindFreshUncounted:
+		return KindUncounted
+	}
+	return k
+}
+
+// Unclaimed is k for a row sent without a claim.
+func (k Kind) Unclaimed() Kind {
+	switch k {
+	case KindClaimed:
+		return KindFresh
+	case KindUncounted:
+		return KindFreshUncounted
+	}
+	return k
 }
 
 // Store runs the outbox queries on a pool.
@@ -332,7 +377,7 @@ func (s *Schema) read(c claimedRow) (Row, *Result) {
 	res := &Result{ID: c.id, Attempt: c.attempt, Status: StatusDead, Key: c.key}
 	switch {
 	case c.buried:
-		res.Recorded = true
+		res.Kind = KindBuried
 		return Row{}, res
 	case c.eventID == nil || *c.eventID == "":
 		res.Error = fmt.Sprintf("cannot be sent: %s is empty", s.Columns[RoleEventID].Name)
@@ -354,7 +399,7 @@ func (s *Schema) read(c claimedRow) (Row, *Result) {
 
 // Record stores the outcomes of attempts, in one statement unless the
 // database refuses some rows: those come back in refused, the others are
-// written. unseen are fresh outcomes (Result.Fresh) whose row the write did
+// written. unseen are fresh outcomes (Kind.Fresh) whose row the write did
 // not find as it was inserted: not visible yet (a commit reaches the stream
 // a moment before it is visible to other sessions) or claimed by someone
 // else since; the caller may try them again a moment later. err is a
@@ -382,8 +427,8 @@ func (s *Store) recordOnce(ctx context.Context, results []Result) (unseen []Resu
 	nexts, uncount, fresh := make([]time.Time, n), make([]bool, n), make([]bool, n)
 	for i, r := range results {
 		ids[i], attempts[i], statuses[i], nexts[i], errs[i] = r.ID, int32(r.Attempt), r.Status, r.Next, r.Error
-		uncount[i] = r.Uncount && r.Status == StatusPending
-		fresh[i] = r.Fresh
+		uncount[i] = r.Kind.Uncounted() && r.Status == StatusPending
+		fresh[i] = r.Kind.Fresh()
 	}
 	rows, err := s.writer.Query(ctx, s.record, ids, attempts, statuses, nexts, errs, uncount, fresh)
 	if err != nil {
@@ -401,7 +446,7 @@ func (s *Store) recordOnce(ctx context.Context, results []Result) (unseen []Resu
 		found[id] = true
 	}
 	for _, r := range results {
-		if r.Fresh && !found[r.ID] {
+		if r.Kind.Fresh() && !found[r.ID] {
 			unseen = append(unseen, r)
 		}
 	}
