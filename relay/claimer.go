@@ -22,7 +22,7 @@ type claimer struct {
 	whole  *statementRefusals
 	dead   deadRecorder
 	next   *successors // nil unless rows are ordered per key
-	fresh  *freshIDs   // rows this process sends fresh: the sweep skips them
+	fresh  skipper     // rows this process sends fresh: the sweep skips them
 
 	lease       time.Duration
 	maxAttempts int
@@ -43,6 +43,11 @@ type admission interface {
 	down() bool
 	mayProbe(now time.Time) uint64
 	probeDone(id uint64)
+}
+
+// skipper appends the ids a sweep must not claim.
+type skipper interface {
+	list(skip []string) []string
 }
 
 // deadRecorder takes the outcome of a row a claim found unsendable.
