@@ -2,6 +2,7 @@ package relay
 
 import (
 	"context"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -13,14 +14,30 @@ import (
 // A row the stream has just seen committed is sent straight from its WAL
 // tuple when internal/handover says it is fresh: no claim statement before
 // the POST, and one conditional outcome write after it
-// (store.Result.Fresh). handover's package comment argues why no other
+// (store.KindFresh). handover's package comment argues why no other
 // sender takes the row meanwhile; this file keeps its side of that rule:
 // the lease at the row's lease time, the conditional writes, and the sweeps
 // of this process skipping its fresh rows until their outcome is written.
 
+// freshPath is the stage that sends rows fresh: it takes the stream's
+// inserts, queues those it may send without a claim on the claimer's
+// queue, and leaves the others to the claimer's claim by id. A fresh row
+// travels as a job whose hold is its freshSend.
+type freshPath struct {
+	claim   *claimer
+	store   *store.Store
+	log     *slog.Logger
+	grace   time.Duration // the sweepers' grace (Config.FreshGrace)
+	lease   time.Duration
+	ordered bool // rows ordered per key are always claimed
+	// ids are the rows sent fresh whose outcome is not written yet.
+	ids freshIDs
+}
+
 // freshSend is the state of one fresh row from its queueing to its
 // outcome: the timer that claims it when the send runs long.
 type freshSend struct {
+	path     *freshPath
 	id       string
 	inserted int       // attempts as inserted: what the conditional writes expect
 	leaseAt  time.Time // when the timer claims the row
@@ -30,15 +47,14 @@ type freshSend struct {
 	lost     bool          // someone else had claimed it; set before done
 }
 
-// DeliverInserts queues rows the stream saw inserted: those it decoded
-// whole and that are due are sent without a claim while that is safe (see
-// above); the others are claimed by id, as DeliverIDs does. It returns the
-// ids of that claim that it did not find.
-func (d *Deliverer) DeliverInserts(ctx context.Context, ins []store.Insert) (missing []string, err error) {
-	if d.stopping() {
+// deliver is DeliverInserts: rows decoded whole and due are sent without
+// a claim while that is safe (see above); the others are claimed by id.
+// It returns the ids of that claim that it did not find.
+func (p *freshPath) deliver(ctx context.Context, ins []store.Insert) (missing []string, err error) {
+	if p.claim.stopping() {
 		return nil, errStopped
 	}
-	if !d.brk.admit() {
+	if !p.claim.brk.admit() {
 		return nil, nil
 	}
 	now := time.Now()
@@ -46,47 +62,45 @@ func (d *Deliverer) DeliverInserts(ctx context.Context, ins []store.Insert) (mis
 	var fresh []job
 	for i := range ins {
 		in := &ins[i]
-		leaseAt, ok := handover.Fresh(d.cfg.FreshGrace, in.Row.Attempt-1, in.Due, now)
-		if !in.Sendable || !ok || d.next != nil {
+		leaseAt, ok := handover.Fresh(p.grace, in.Row.Attempt-1, in.Due, now)
+		if !in.Sendable || !ok || p.ordered {
 			claim = append(claim, in.Row.ID)
 			continue
 		}
-		fs := &freshSend{id: in.Row.ID, inserted: in.Row.Attempt - 1, leaseAt: leaseAt, done: make(chan struct{})}
-		fresh = append(fresh, job{row: in.Row, path: PathStream, claimedAt: now, fresh: fs})
+		fs := &freshSend{path: p, id: in.Row.ID, inserted: in.Row.Attempt - 1, leaseAt: leaseAt, done: make(chan struct{})}
+		fresh = append(fresh, job{row: in.Row, path: PathStream, claimedAt: now, hold: fs})
 	}
 	if len(fresh) > 0 {
-		if err := d.enqueueFresh(ctx, fresh); err != nil {
+		if err := p.enqueue(ctx, fresh); err != nil {
 			return nil, err
 		}
 	}
 	if len(claim) == 0 {
 		return nil, nil
 	}
-	return d.DeliverIDs(ctx, claim)
+	return p.claim.byIDs(ctx, claim)
 }
 
-// enqueueFresh arms each job's lease timer and queues it, blocking while
-// the queue is full. Jobs it cannot queue are dropped: untouched in the
-// table, they are the sweeper's once the grace has passed; one whose timer
-// claimed it while it waited is released, attempt uncounted.
-func (d *Deliverer) enqueueFresh(ctx context.Context, jobs []job) error {
-	d.queueing.RLock()
-	defer d.queueing.RUnlock()
-	if d.stopping() {
+// enqueue arms each job's lease timer and queues it, blocking while the
+// queue is full. Jobs it cannot queue are dropped: untouched in the
+// table, they are the sweeper's once the grace has passed; one whose
+// timer claimed it while it waited is released, attempt uncounted.
+func (p *freshPath) enqueue(ctx context.Context, jobs []job) error {
+	p.claim.queueing.RLock()
+	defer p.claim.queueing.RUnlock()
+	if p.claim.stopping() {
 		return errStopped
 	}
 	for _, j := range jobs {
-		fs := j.fresh
-		d.fresh.add(fs.id)
-		fs.timer = time.AfterFunc(time.Until(fs.leaseAt), func() { d.leaseFresh(fs) })
-		select {
-		case d.jobs <- j:
+		fs := j.hold.(*freshSend)
+		p.ids.add(fs.id)
+		fs.timer = time.AfterFunc(time.Until(fs.leaseAt), func() { p.leaseFresh(fs) })
+		err := p.claim.put(ctx, j)
+		if err == nil {
 			continue
-		case <-d.stop:
-		case <-ctx.Done():
 		}
-		if d.drop(fs) {
-			d.release(ctx, []store.Row{j.row})
+		if fs.drop() {
+			p.claim.release(ctx, []store.Row{j.row})
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -97,20 +111,20 @@ func (d *Deliverer) enqueueFresh(ctx context.Context, jobs []job) error {
 }
 
 // leaseFresh claims a fresh row whose send outlived half the grace.
-func (d *Deliverer) leaseFresh(fs *freshSend) {
+func (p *freshPath) leaseFresh(fs *freshSend) {
 	defer close(fs.done)
 	ctx, cancel := context.WithTimeout(context.Background(), claimTimeout)
 	defer cancel()
-	ok, err := d.store.Lease(ctx, fs.id, fs.inserted, d.lease)
+	ok, err := p.store.Lease(ctx, fs.id, fs.inserted, p.lease)
 	switch {
 	case err != nil:
-		d.log.Warn("could not claim a row whose send runs long; another replica may send it again after the grace",
+		p.log.Warn("could not claim a row whose send runs long; another replica may send it again after the grace",
 			"id", fs.id, "error", err)
 	case ok:
 		fs.leased = true
 	default:
 		fs.lost = true
-		d.log.Warn("a row this relay is sending was claimed elsewhere (or changed) before its send was written; it may be delivered twice",
+		p.log.Warn("a row this relay is sending was claimed elsewhere (or changed) before its send was written; it may be delivered twice",
 			"id", fs.id)
 	}
 }
@@ -120,24 +134,59 @@ func (d *Deliverer) leaseFresh(fs *freshSend) {
 // ordinary claimed row from here on (its outcome counted as claimed, its
 // giving back a release), or someone else's. In both cases, this process's
 // sweeps need not skip it any more. seal is called once per fresh send.
-func (d *Deliverer) seal(fs *freshSend) (leased, lost bool) {
+func (fs *freshSend) seal() (leased, lost bool) {
 	if fs.timer.Stop() {
 		return false, false
 	}
 	<-fs.done
 	if fs.leased || fs.lost {
-		d.fresh.remove(fs.id)
+		fs.path.ids.remove(fs.id)
 	}
 	return fs.leased, fs.lost
 }
 
+// ready turns a fresh job whose lease is due already (it waited in the
+// queue) into a claimed one, and says whether it is still to be sent: not
+// when someone else claimed it meanwhile.
+func (fs *freshSend) ready() (hold, bool) {
+	if time.Until(fs.leaseAt) > 0 {
+		return fs, true
+	}
+	leased, lost := fs.seal()
+	if !leased && !lost {
+		// The lease write failed: the database is away, or slow. Left
+		// untouched, the row is the sweeper's when it can claim it.
+		fs.path.ids.remove(fs.id)
+	}
+	return claimed{}, leased
+}
+
+// stale is false: a fresh row holds no lease that could run out while it
+// waits in the queue; its timer claims it at its lease time instead.
+func (fs *freshSend) stale(time.Time, time.Duration) bool { return false }
+
 // drop seals a fresh send that will not be sent and reports whether its
 // lease write claimed the row meanwhile: then the lease must be given
-// back. Otherwise the row is left untouched in the table.
-func (d *Deliverer) drop(fs *freshSend) (leased bool) {
-	leased, _ = d.seal(fs)
-	d.fresh.remove(fs.id)
+// back. Otherwise the row is left untouched in the table, for the sweeper
+// once the grace passes.
+func (fs *freshSend) drop() (leased bool) {
+	leased, _ = fs.seal()
+	fs.path.ids.remove(fs.id)
 	return leased
+}
+
+// kind marks the outcome as that of a row sent without a claim.
+func (fs *freshSend) kind(k store.Kind) store.Kind { return k.Unclaimed() }
+
+// settle seals the send before its outcome is written and says whether to
+// write it: as a claimed row's when the lease write claimed the row, not
+// at all when someone else claimed it (theirs is the outcome that counts).
+func (fs *freshSend) settle(res *store.Result) bool {
+	leased, lost := fs.seal()
+	if leased {
+		res.Kind = res.Kind.Claimed()
+	}
+	return !lost
 }
 
 // freshIDs are the rows of fresh sends whose outcome is not written yet:

@@ -71,20 +71,20 @@ func retryConnectionErrors(ctx context.Context, resp *http.Response, err error) 
 // few connections failed in the last second. When many requests fail at
 // once, or the breaker is open (a probe), the failure goes to the breaker
 // instead of adding connections to a runner that is down.
-func (d *Deliverer) quickRetry(ctx context.Context, resp *http.Response, err error) (bool, error) {
-	if err != nil && !d.brk.blip(time.Now()) {
+func (s *sender) quickRetry(ctx context.Context, resp *http.Response, err error) (bool, error) {
+	if err != nil && !s.quick.blip(time.Now()) {
 		return false, nil
 	}
 	return retryConnectionErrors(ctx, resp, err)
 }
 
 // post sends one row to the runner and reads what it answered.
-func (d *Deliverer) post(ctx context.Context, r *store.Row) answer {
-	req, body, err := d.newRequest(ctx, r)
+func (s *sender) post(ctx context.Context, r *store.Row) answer {
+	req, body, err := s.newRequest(ctx, r)
 	if err != nil {
 		return answer{err: fmt.Errorf("build request: %w", err)}
 	}
-	resp, err := d.do(req, body)
+	resp, err := s.do(req, body)
 	if err != nil {
 		return answer{err: describe(err)}
 	}
@@ -99,30 +99,12 @@ func (d *Deliverer) post(ctx context.Context, r *store.Row) answer {
 	return a
 }
 
-// newRequest builds the POST of row r and returns its body too, which do
-// sends again on a quick retry.
-func (d *Deliverer) newRequest(ctx context.Context, r *store.Row) (*http.Request, []byte, error) {
-	// A fresh buffer per request: the transport may still be reading the
-	// body when Do returns (an early answer), so it cannot be reused.
-	body := appendBody(make([]byte, 0, 160+len(r.Type)+len(r.Payload)), r)
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, d.cfg.RunnerURL, nil)
-	if err != nil {
-		return nil, nil, err
-	}
-	req.ContentLength = int64(len(body))
-	// The transport rewinds with GetBody to resend on a kept-alive
-	// connection the runner had closed.
-	req.GetBody = func() (io.ReadCloser, error) { return newBodyReader(body), nil }
-	setHeader(req.Header, &d.cfg, r, body, time.Now().Unix())
-	return req, body, nil
-}
-
-// do sends req, whose body is body, with the quick retries of d.client's
+// do sends req, whose body is body, with the quick retries of s.client's
 // policy (newClient). It is retryablehttp.Client.Do's loop as that policy
 // runs it (no logger, hooks or response handler; errors passed through),
 // without its per-request costs: a request wrapper and its closures.
-func (d *Deliverer) do(req *http.Request, body []byte) (*http.Response, error) {
-	c := d.client
+func (s *sender) do(req *http.Request, body []byte) (*http.Response, error) {
+	c := s.client
 	for i := 0; ; i++ {
 		req.Body = newBodyReader(body)
 		resp, err := c.HTTPClient.Do(req)

@@ -40,12 +40,11 @@ func TestQuickRetryResendsTheSameRequest(t *testing.T) {
 			w.WriteHeader(http.StatusNoContent)
 		}))
 		cfg := Config{RunnerURL: srv.URL + "/events", HTTPTimeout: 5 * time.Second, Concurrency: 2, UserAgent: "outbox-relay"}
-		d := &Deliverer{cfg: cfg}
-		d.brk = newBreaker(slog.New(slog.NewTextHandler(io.Discard, nil)), cfg.Concurrency, 0, cfg.Backoff, func() {})
-		d.client = newClient(cfg, d.quickRetry)
+		log := slog.New(slog.NewTextHandler(io.Discard, nil))
+		s := newSender(cfg, log, nopObserver{}, newBreaker(log, cfg.Concurrency, 0, cfg.Backoff, func() {}))
 
-		a := d.post(context.Background(), benchRow())
-		d.client.HTTPClient.CloseIdleConnections()
+		a := s.post(context.Background(), benchRow())
+		s.client.HTTPClient.CloseIdleConnections()
 		srv.Close()
 		if tc.wantErr {
 			if a.err == nil || !strings.Contains(a.err.Error(), "unreachable") {

@@ -51,10 +51,10 @@ func decide(r *store.Row, a answer, who blame, maxAttempts int, backoff Backoff,
 		// Due again at once: the breaker, not the row's backoff, decides
 		// when the runner is tried again, and on its return every row
 		// goes without waiting for a backoff.
-		res.Status, res.Uncount, res.Next = store.StatusPending, true, now
+		res.Status, res.Kind, res.Next = store.StatusPending, store.KindUncounted, now
 		res.Error = a.describe() + " (not counted: the runner is down)"
 	case who == blameThrottle:
-		res.Status, res.Uncount = store.StatusPending, true
+		res.Status, res.Kind = store.StatusPending, store.KindUncounted
 		res.Next = now.Add(max(backoff.Delay(r.Attempt), a.retryAfter))
 		res.Error = a.describe() + " (not counted: the runner asked for less)"
 	case a.err == nil && !retryable(a.code):

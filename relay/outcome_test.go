@@ -84,14 +84,14 @@ func TestDecideBlame(t *testing.T) {
 		attempt int
 		want    store.Result
 	}{
-		{"down, last attempt", blameRunner, answer{code: 503}, 25, store.Result{Status: store.StatusPending, Uncount: true, Next: now,
+		{"down, last attempt", blameRunner, answer{code: 503}, 25, store.Result{Status: store.StatusPending, Kind: store.KindUncounted, Next: now,
 			Error: "runner answered 503 (not counted: the runner is down)"}},
-		{"down, permanent answer to a probe", blameRunner, answer{code: 404}, 3, store.Result{Status: store.StatusPending, Uncount: true, Next: now,
+		{"down, permanent answer to a probe", blameRunner, answer{code: 404}, 3, store.Result{Status: store.StatusPending, Kind: store.KindUncounted, Next: now,
 			Error: "runner answered 404 (not counted: the runner is down)"}},
 		{"down, delivered", blameRunner, answer{code: 200}, 3, store.Result{Status: store.StatusDelivered}},
-		{"429 with Retry-After", blameThrottle, answer{code: 429, retryAfter: 10 * time.Second}, 2, store.Result{Status: store.StatusPending, Uncount: true,
+		{"429 with Retry-After", blameThrottle, answer{code: 429, retryAfter: 10 * time.Second}, 2, store.Result{Status: store.StatusPending, Kind: store.KindUncounted,
 			Next: now.Add(10 * time.Second), Error: "runner answered 429, Retry-After 10s (not counted: the runner asked for less)"}},
-		{"429 backoff longer", blameThrottle, answer{code: 429, retryAfter: time.Second}, 3, store.Result{Status: store.StatusPending, Uncount: true,
+		{"429 backoff longer", blameThrottle, answer{code: 429, retryAfter: time.Second}, 3, store.Result{Status: store.StatusPending, Kind: store.KindUncounted,
 			Next: now.Add(4 * time.Second), Error: "runner answered 429, Retry-After 1s (not counted: the runner asked for less)"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

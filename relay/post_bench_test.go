@@ -26,9 +26,8 @@ func benchRow() *store.Row {
 	}
 }
 
-// benchDeliverer is just enough of a Deliverer to post: the client and
-// the breaker its quick retries consult.
-func benchDeliverer(b *testing.B, tweak func(*Config)) *Deliverer {
+// benchSender is a sender with the breaker its quick retries consult.
+func benchSender(b *testing.B, tweak func(*Config)) *sender {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.Copy(io.Discard, r.Body)
 		w.WriteHeader(http.StatusNoContent)
@@ -38,11 +37,10 @@ func benchDeliverer(b *testing.B, tweak func(*Config)) *Deliverer {
 	if tweak != nil {
 		tweak(&cfg)
 	}
-	d := &Deliverer{cfg: cfg}
-	d.brk = newBreaker(slog.New(slog.NewTextHandler(io.Discard, nil)), cfg.Concurrency, 0, cfg.Backoff, func() {})
-	d.client = newClient(cfg, d.quickRetry)
-	b.Cleanup(d.client.HTTPClient.CloseIdleConnections)
-	return d
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	s := newSender(cfg, log, nopObserver{}, newBreaker(log, cfg.Concurrency, 0, cfg.Backoff, func() {}))
+	b.Cleanup(s.client.HTTPClient.CloseIdleConnections)
+	return s
 }
 
 // BenchmarkPost is one POST to a real HTTP server on loopback, as a worker
@@ -56,13 +54,13 @@ func BenchmarkPost(b *testing.B) {
 		{"signed", func(c *Config) { c.SigningKey = []byte("0123456789abcdef0123456789abcdef"); c.Token = "tok" }},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
-			d := benchDeliverer(b, bc.tweak)
+			s := benchSender(b, bc.tweak)
 			r := benchRow()
 			ctx := context.Background()
 			b.ReportAllocs()
 			cpu0 := cpuTime(b)
 			for b.Loop() {
-				if a := d.post(ctx, r); a.err != nil || a.code != http.StatusNoContent {
+				if a := s.post(ctx, r); a.err != nil || a.code != http.StatusNoContent {
 					b.Fatalf("answer %+v", a)
 				}
 			}
@@ -96,12 +94,12 @@ func BenchmarkRequest(b *testing.B) {
 			if bc.tweak != nil {
 				bc.tweak(&cfg)
 			}
-			d := &Deliverer{cfg: cfg}
+			s := &sender{cfg: cfg}
 			r := benchRow()
 			ctx := context.Background()
 			b.ReportAllocs()
 			for b.Loop() {
-				if _, _, err := d.newRequest(ctx, r); err != nil {
+				if _, _, err := s.newRequest(ctx, r); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -24,18 +24,15 @@ type recorder struct {
 	refuse  *refusals
 	whole   *statementRefusals
 	results chan sent
-	// seal ends the fresh send of an outcome before it is written (see
-	// fresh.go): the row may have been claimed meanwhile.
-	seal func(*freshSend) (leased, lost bool)
-	// forget is told of each fresh row whose outcome write is over.
-	forget func(id string)
+	// fresh is told of each fresh row whose outcome write is over.
+	fresh forgetter
 	// rescheduled is signalled after a write that scheduled a retry; it
 	// holds one signal, so a burst of retries wakes the sweeper once.
 	rescheduled chan struct{}
 	// written, when set, is told of every batch written, and of which of
 	// its rows the database refused: ordered delivery claims the next row
-	// of each key that is done.
-	written func(batch []store.Result, refused func(id string) bool)
+	// of each key that is done (successors.go).
+	written writtenNoter
 	// linger is how long a small batch waits for more outcomes: short when
 	// rows are ordered, since a key's next row is claimed only once its
 	// previous row's outcome is written.
@@ -53,11 +50,21 @@ type recorder struct {
 	unseen []heldResult
 }
 
-// sent is an outcome to write, with the fresh send it ends, if any.
+// forgetter forgets a row sent fresh once its outcome write is over.
+type forgetter interface {
+	remove(id string)
+}
+
+// writtenNoter is told of the outcomes written, and which were refused.
+type writtenNoter interface {
+	add(batch []store.Result, refused func(id string) bool)
+}
+
+// sent is an outcome to write, with the hold on its row it ends.
 type sent struct {
-	res   store.Result
-	fresh *freshSend
-	at    time.Time // when it was added
+	res  store.Result
+	hold hold
+	at   time.Time // when it was added
 }
 
 // heldResult is an outcome the database refused, waiting for its next try.
@@ -67,12 +74,13 @@ type heldResult struct {
 	tries int
 }
 
-func newRecorder(st *store.Store, log *slog.Logger, refuse *refusals, whole *statementRefusals, buffer int) *recorder {
+func newRecorder(st *store.Store, log *slog.Logger, refuse *refusals, whole *statementRefusals, fresh forgetter, buffer int) *recorder {
 	return &recorder{
 		store:       st,
 		log:         log,
 		refuse:      refuse,
 		whole:       whole,
+		fresh:       fresh,
 		maxHeld:     maxHeld,
 		results:     make(chan sent, buffer),
 		rescheduled: make(chan struct{}, 1),
@@ -80,13 +88,14 @@ func newRecorder(st *store.Store, log *slog.Logger, refuse *refusals, whole *sta
 	}
 }
 
-// add queues an outcome; it blocks while the recorder is behind, which
-// holds the workers back rather than let outcomes pile up unwritten.
-func (rec *recorder) add(r store.Result) { rec.results <- sent{res: r, at: time.Now()} }
+// add queues the outcome of a claimed row; it blocks while the recorder
+// is behind, which holds the workers back rather than let outcomes pile
+// up unwritten.
+func (rec *recorder) add(r store.Result) { rec.addSent(r, claimed{}) }
 
-// addSent queues the outcome of a POST; fresh is its fresh send, if any.
-func (rec *recorder) addSent(r store.Result, fresh *freshSend) {
-	rec.results <- sent{res: r, fresh: fresh, at: time.Now()}
+// addSent queues the outcome of a POST, whose row h holds.
+func (rec *recorder) addSent(r store.Result, h hold) {
+	rec.results <- sent{res: r, hold: h, at: time.Now()}
 }
 
 // close says that no outcome will be added; run returns once it has
@@ -188,21 +197,14 @@ func (rec *recorder) gather(batch []sent, t *time.Timer) []sent {
 	return rec.fill(batch)
 }
 
-// sealAll ends the fresh sends of batch and appends the outcomes to write
-// to results: that of a row its lease write claimed as a claimed row's,
-// none for a row someone else claimed (theirs is the outcome that counts).
+// sealAll ends the holds of batch and appends the outcomes to write to
+// results: a fresh row its lease write claimed is written as a claimed
+// row, one someone else claimed not at all (see hold.settle).
 func (rec *recorder) sealAll(batch []sent, results []store.Result) []store.Result {
 	for _, s := range batch {
-		if s.fresh != nil {
-			leased, lost := rec.seal(s.fresh)
-			switch {
-			case lost:
-				continue
-			case leased:
-				s.res.Fresh = false
-			}
+		if s.hold.settle(&s.res) {
+			results = append(results, s.res)
 		}
-		results = append(results, s.res)
 	}
 	return results
 }
@@ -312,8 +314,8 @@ func (rec *recorder) writeFresh(ctx context.Context, batch []store.Result, tries
 	unseen := rec.writeTried(ctx, batch, nil)
 	again := rec.notSeen(unseen, tries)
 	for _, r := range batch {
-		if r.Fresh && !again[r.ID] {
-			rec.forget(r.ID)
+		if r.Kind.Fresh() && !again[r.ID] {
+			rec.fresh.remove(r.ID)
 		}
 	}
 }
@@ -356,7 +358,7 @@ func (rec *recorder) writeTried(ctx context.Context, batch []store.Result, tries
 	rec.whole.accepted(StatementRecord)
 	rec.hold(batch, refused, tries)
 	if rec.written != nil {
-		rec.written(batch, func(id string) bool {
+		rec.written.add(batch, func(id string) bool {
 			return slices.ContainsFunc(refused, func(r store.Refused) bool { return r.ID == id })
 		})
 	}

@@ -2,11 +2,13 @@ package relay
 
 import (
 	"bytes"
+	"context"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"hash"
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -47,6 +49,24 @@ func appendJSONString(b []byte, s string) []byte {
 	b = append(b, '"')
 	b = append(b, s...)
 	return append(b, '"')
+}
+
+// newRequest builds the POST of row r and returns its body too, which do
+// sends again on a quick retry.
+func (s *sender) newRequest(ctx context.Context, r *store.Row) (*http.Request, []byte, error) {
+	// A fresh buffer per request: the transport may still be reading the
+	// body when Do returns (an early answer), so it cannot be reused.
+	body := appendBody(make([]byte, 0, 160+len(r.Type)+len(r.Payload)), r)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.cfg.RunnerURL, nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	req.ContentLength = int64(len(body))
+	// The transport rewinds with GetBody to resend on a kept-alive
+	// connection the runner had closed.
+	req.GetBody = func() (io.ReadCloser, error) { return newBodyReader(body), nil }
+	setHeader(req.Header, &s.cfg, r, body, time.Now().Unix())
+	return req, body, nil
 }
 
 // sign computes the Standard Webhooks signature of body:

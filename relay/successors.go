@@ -5,7 +5,6 @@ import (
 	"maps"
 	"slices"
 	"sync"
-	"time"
 
 	"github.com/outbox-relay/outbox-relay/internal/store"
 )
@@ -65,36 +64,17 @@ func (s *successors) take(n int) []string {
 // claimSuccessors claims the next row of each key that add noted, until
 // ctx is done. A failed claim is logged and left to the sweeper, which
 // takes the row at its next pass.
-func (d *Deliverer) claimSuccessors(ctx context.Context) {
+func (c *claimer) claimSuccessors(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-d.next.ready:
+		case <-c.next.ready:
 		}
-		for keys := d.next.take(recordBatch); len(keys) > 0 && ctx.Err() == nil; keys = d.next.take(recordBatch) {
-			if err := d.DeliverKeys(ctx, keys); err != nil && ctx.Err() == nil && err != errStopped {
-				d.log.Warn("could not claim the next rows of keys; the sweeper delivers them", "keys", len(keys), "error", err)
+		for keys := c.next.take(recordBatch); len(keys) > 0 && ctx.Err() == nil; keys = c.next.take(recordBatch) {
+			if err := c.keys(ctx, keys); err != nil && ctx.Err() == nil && err != errStopped {
+				c.log.Warn("could not claim the next rows of keys; the sweeper delivers them", "keys", len(keys), "error", err)
 			}
 		}
 	}
-}
-
-// DeliverKeys claims the head of each key, when it is due, and queues it.
-func (d *Deliverer) DeliverKeys(ctx context.Context, keys []string) error {
-	if d.stopping() {
-		return errStopped
-	}
-	if !d.brk.admit() || d.whole.active() {
-		return nil // the runner is down or a statement refused: the probes and the sweep take over
-	}
-	start := time.Now()
-	cctx, cancel := context.WithTimeout(ctx, claimTimeout)
-	c, err := d.store.ClaimKeys(cctx, keys, d.lease, d.cfg.MaxAttempts, d.refuse.skip())
-	cancel()
-	if err != nil {
-		return err
-	}
-	d.claimed(PathNext, c)
-	return d.enqueue(ctx, PathNext, start, c, 0)
 }

@@ -25,23 +25,23 @@ const (
 // traceparent), or a tracestate that is not valid on its own. Each drop is
 // counted: a bad value must not stop the event, and sent on it would break
 // the runner's tracing or, with a line break in it, the request itself.
-func (d *Deliverer) checkTraceContext(r *store.Row) {
+func (s *sender) checkTraceContext(r *store.Row) {
 	switch {
 	case !validTraceparent(r.Traceparent):
-		d.droppedTraceContext(r, HeaderTraceparent)
+		s.droppedTraceContext(r, HeaderTraceparent)
 		r.Traceparent, r.Tracestate = "", ""
 	case r.Tracestate != "" && !validTracestate(r.Tracestate):
-		d.droppedTraceContext(r, HeaderTracestate)
+		s.droppedTraceContext(r, HeaderTracestate)
 		r.Tracestate = ""
 	}
 }
 
 // droppedTraceContext counts a dropped value and says so once a process:
 // one bad row usually means the application writes them all that way.
-func (d *Deliverer) droppedTraceContext(r *store.Row, header string) {
-	d.obs.ObserveTraceContextInvalid(header)
-	if d.warnedTrace.CompareAndSwap(false, true) {
-		d.log.Warn("dropped an invalid trace context; the event is sent without it (outbox_relay_trace_context_invalid_total counts them)",
+func (s *sender) droppedTraceContext(r *store.Row, header string) {
+	s.obs.ObserveTraceContextInvalid(header)
+	if s.warnedTrace.CompareAndSwap(false, true) {
+		s.log.Warn("dropped an invalid trace context; the event is sent without it (outbox_relay_trace_context_invalid_total counts them)",
 			"header", header, "id", r.ID, "event_id", r.EventID)
 	}
 }
@@ -128,13 +128,13 @@ const outcomeUnsent = "unsent"
 // is the row's traceparent when it has a valid one. The row's trace
 // context becomes the span's, so the runner's job is a child of this
 // attempt and in the same trace as the request that wrote the event.
-func (d *Deliverer) startSpan(ctx context.Context, j *job) (context.Context, trace.Span) {
+func (s *sender) startSpan(ctx context.Context, j *job) (context.Context, trace.Span) {
 	r := &j.row
 	if r.Traceparent != "" {
 		ctx = propagation.TraceContext{}.Extract(ctx, propagation.MapCarrier{
 			HeaderTraceparent: r.Traceparent, HeaderTracestate: r.Tracestate})
 	}
-	ctx, span := d.cfg.Tracer.Start(ctx, "outbox deliver",
+	ctx, span := s.cfg.Tracer.Start(ctx, "outbox deliver",
 		trace.WithTimestamp(j.claimedAt), trace.WithSpanKind(trace.SpanKindClient),
 		trace.WithAttributes(attrEventID.String(r.EventID), attrEventType.String(r.Type), attrRowID.String(r.ID),
 			attrAttempt.Int(r.Attempt), attrPath.String(j.path), attrMethod.String(http.MethodPost)))

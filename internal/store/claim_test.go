@@ -118,7 +118,7 @@ func TestClaimBuriesRowsWithNoAttemptLeft(t *testing.T) {
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			want := Result{ID: id[i], Attempt: tt.attempts + 1, Status: StatusDead, Recorded: true}
+			want := Result{ID: id[i], Attempt: tt.attempts + 1, Status: StatusDead, Kind: KindBuried}
 			gotBuried := slices.Contains(buried, want)
 			gotClaimed := slices.ContainsFunc(claimed, func(r Row) bool { return r.ID == id[i] && r.Attempt == tt.attempts+1 })
 			if gotBuried != tt.buried || gotClaimed == tt.buried {

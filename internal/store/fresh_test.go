@@ -120,8 +120,8 @@ func exerciseFresh(t *testing.T, pool *pgxpool.Pool, st *Store) {
 		t.Errorf("a second Lease claimed the row again: %v, %v", ok, err)
 	}
 	refused, _, err := st.Record(ctx, []Result{
-		{ID: fresh["f1"].Row.ID, Attempt: 1, Status: StatusDelivered, Fresh: true},
-		{ID: fresh["f2"].Row.ID, Attempt: 1, Status: StatusDelivered, Fresh: true},
+		{ID: fresh["f1"].Row.ID, Attempt: 1, Status: StatusDelivered, Kind: KindFresh},
+		{ID: fresh["f2"].Row.ID, Attempt: 1, Status: StatusDelivered, Kind: KindFresh},
 		{ID: fresh["f3"].Row.ID, Attempt: 1, Status: StatusDelivered},
 	})
 	if err != nil || refused != nil {

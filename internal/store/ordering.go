@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/outbox-relay/outbox-relay/internal/handover"
 )
 
 // Delivery in order per key (the optional role ordering_key).
@@ -182,10 +181,7 @@ func (s *Store) orderedStatements(claim, due string) {
 	// The claim returns each row's key, for the claim of its successor.
 	claim += ", o.{ordering_key}::text"
 	s.claimDue = x(fmt.Sprintf(claim, due+head))
-	s.dueIDs = x(`SELECT {id}::text FROM {table}
-	WHERE {status} = {pending} AND {next_attempt_at} <= now() ` + strings.ReplaceAll(due, "$4", "$2") + head + `
-		AND NOT {id} = ANY($3::text[]::{idtype}[])
-	ORDER BY {next_attempt_at} LIMIT $1`)
+	s.dueIDs = x(dueIDsTemplate(due, head))
 	s.claimKeys = x(fmt.Sprintf(claim, `AND {id} IN (SELECT h.{id} FROM unnest($4::text[]) AS k(key)
 		CROSS JOIN LATERAL `+s.schema.headOf("k.key::{keytype}")+` h)`+head))
 	// By id (the stream), a row stands for its key: the claim takes the
@@ -207,10 +203,7 @@ SELECT given.id::text, NULL, NULL, 'null', now(), 0, false` + traceNulls + `, NU
 	WHERE given.id::text NOT IN (SELECT id FROM claimed)`)
 	// A row waiting behind its key's head is overdue but not claimable:
 	// counting it would wake the sweeper every minWait for nothing.
-	s.nextDue = x(`SELECT extract(epoch FROM least(
-	(SELECT {next_attempt_at} FROM {table} WHERE {status} = {pending} AND {attempts} > 0` + head + ` ORDER BY {next_attempt_at} LIMIT 1),
-	(SELECT {next_attempt_at} FROM {table} WHERE {status} = {pending} AND {attempts} = 0` + head + ` ORDER BY {next_attempt_at} LIMIT 1)
-		+ ` + handover.GraceSQL("$1") + ` * interval '1 second') - now()::timestamptz)::float8`)
+	s.nextDue = x(nextDueTemplate(head))
 }
 
 // claimRows runs a claim statement. On an ordered table the claims take

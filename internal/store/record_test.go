@@ -35,10 +35,10 @@ func TestRecordWritesOutcomes(t *testing.T) {
 		{"dead", Result{Status: StatusDead, Error: failed},
 			state{Status: StatusDead, Attempts: 1, NextIn: lease, LastError: &failed}},
 		// The runner was down: the attempt is given back.
-		{"retry not counted", Result{Status: StatusPending, Next: time.Now().Add(time.Hour), Error: failed, Uncount: true},
+		{"retry not counted", Result{Status: StatusPending, Next: time.Now().Add(time.Hour), Error: failed, Kind: KindUncounted},
 			state{Status: StatusPending, Attempts: 0, NextIn: time.Hour, LastError: &failed}},
-		// Uncount means nothing on a final outcome.
-		{"delivered uncount ignored", Result{Status: StatusDelivered, Uncount: true},
+		// Giving the attempt back means nothing on a final outcome.
+		{"delivered uncount ignored", Result{Status: StatusDelivered, Kind: KindUncounted},
 			state{Status: StatusDelivered, Attempts: 1, NextIn: lease, Delivered: true}},
 	}
 	results := make([]Result, len(tests))

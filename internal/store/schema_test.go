@@ -326,7 +326,7 @@ func TestUnreadableRowsComeBackDead(t *testing.T) {
 		t.Fatalf("ClaimDue = %+v, %v", c, err)
 	}
 	for _, d := range dead {
-		if d.Status != StatusDead || d.Recorded || !strings.Contains(d.Error, "cannot be sent") {
+		if d.Status != StatusDead || d.Kind == KindBuried || !strings.Contains(d.Error, "cannot be sent") {
 			t.Errorf("dead %+v", d)
 		}
 	}

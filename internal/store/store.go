@@ -8,14 +8,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
-
-	"github.com/outbox-relay/outbox-relay/internal/handover"
 )
 
 // The relay's own names for the three states; Statuses says what the
@@ -54,30 +50,6 @@ type Row struct {
 	Traceparent, Tracestate string
 }
 
-// Result is the outcome of one attempt, to be recorded.
-type Result struct {
-	ID      string
-	Attempt int    // the attempt the row was claimed with; guards the update
-	Status  string // StatusPending (retry), StatusDelivered or StatusDead
-	Next    time.Time
-	Error   string
-	Key     *string // the row's ordering key, when it has one
-	// Fresh is set on the outcome of a row sent from the stream without a
-	// claim: its attempt was not counted yet, so the write counts it, and
-	// it is written only if the row still has the attempts it was
-	// inserted with (nobody claimed it meanwhile).
-	Fresh bool
-	// Recorded is set on rows the claim itself marked dead (every attempt
-	// used up): there is nothing left to write.
-	Recorded bool
-	// Uncount gives the attempt back (a retry only): the runner as a whole
-	// failed or asked for less, which says nothing about the row, so it
-	// must not bring the row closer to dead. The claim counted the attempt;
-	// only a recorded outcome un-counts it, so a row that crashes the relay
-	// every time still reaches dead.
-	Uncount bool
-}
-
 // Store runs the outbox queries on a pool.
 type Store struct {
 	pool   *pgxpool.Pool
@@ -112,103 +84,23 @@ func Configure(cfg *pgxpool.Config) {
 	cfg.ConnConfig.RuntimeParams["plan_cache_mode"] = "force_custom_plan"
 }
 
-// New builds the statements for schema once. Queries go through pgx's
-// statement cache, so each is parsed once per connection. With the
-// ordering_key role mapped, the claims take only the heads of their keys
-// (ordering.go); without it, nothing of that is in any statement.
+// New builds the statements for schema once (statements.go). Queries go
+// through pgx's statement cache, so each is parsed once per connection.
+// With the ordering_key role mapped, the claims take only the heads of
+// their keys (ordering.go); without it, nothing of that is in any
+// statement.
 func New(pool *pgxpool.Pool, schema *Schema, opts ...Option) *Store {
-	x := schema.expand
-	// One statement claims: the subquery picks pending, due rows and locks
-	// them with SKIP LOCKED so racing claimers never get the same row; the
-	// UPDATE moves next_attempt_at past the lease and counts the attempt.
-	// A row that already used every attempt (the relay died holding it each
-	// time) is buried instead of sent again.
-	const (
-		claimSet = `
-UPDATE {table} o SET
-	{attempts} = coalesce(o.{attempts}, 0) + 1,
-	{next_attempt_at} = now() + $1::float8 * interval '1 second',
-	{status} = CASE WHEN coalesce(o.{attempts}, 0) >= $2 THEN {dead} ELSE o.{status} END,
-	{last_error} = CASE WHEN coalesce(o.{attempts}, 0) >= $2 THEN {gave_up} ELSE o.{last_error} END
-FROM (`
-		dueRows = `
-	SELECT {id} FROM {table}
-	WHERE {status} = {pending} AND {next_attempt_at} <= now() %s
-		AND NOT {id} = ANY($5::text[]::{idtype}[])
-	ORDER BY {next_attempt_at}
-	LIMIT $3
-	FOR UPDATE SKIP LOCKED`
-		// By id (the stream), each id is one primary-key lookup: a
-		// lateral subquery per id, so that the plan does not hang on the
-		// table's statistics. Right after a burst, before ANALYZE, the
-		// planner takes the pending rows for few: given the ids as a list
-		// (or even joined), it walked the due index and filtered every
-		// pending row against them (11 ms per 100 ids at 20,000 pending).
-		// The status is {is_pending} for the same reason (see expand).
-		idRows = `
-	SELECT r.{id} FROM unnest($4::text[]) AS k(id) CROSS JOIN LATERAL (
-		SELECT {id} FROM {table}
-		WHERE {id} = k.id::{idtype} AND {status} = {is_pending} AND {next_attempt_at} <= now()
-			AND NOT {id} = ANY($5::text[]::{idtype}[])
-		FOR UPDATE SKIP LOCKED) r
-	LIMIT $3`
-		claimTail = `
-) due
-WHERE o.{id} = due.{id}
-RETURNING o.{id}::text, o.{event_id}::text, o.{event_type}::text, coalesce(o.{payload}::text, 'null'),
-	coalesce(o.{created_at}::timestamptz, now()), o.{attempts}::int, o.{status} = {dead}`
-		claim = claimSet + dueRows + claimTail
-	)
-	due := "AND " + handover.MayTake("{attempts}", "{next_attempt_at}", "$4")
 	s := &Store{
 		pool:      pool,
+		writer:    pool,
 		schema:    schema,
 		onDead:    OnDeadSkip,
 		traceCols: schema.traceColumns(),
-		claimIDs:  x(claimSet + idRows + claimTail + schema.traceReturning()),
-		claimDue:  x(fmt.Sprintf(claim, due) + schema.traceReturning()),
-		dueIDs: x(`SELECT {id}::text FROM {table}
-	WHERE {status} = {pending} AND {next_attempt_at} <= now() ` + strings.ReplaceAll(due, "$4", "$2") + `
-		AND NOT {id} = ANY($3::text[]::{idtype}[])
-	ORDER BY {next_attempt_at} LIMIT $1`),
-		// The attempts guard makes a late writer (whose lease ran out and
-		// whose row was claimed again) a no-op instead of a lie.
-		record: x(`
-UPDATE {table} o SET
-	{status} = CASE r.status WHEN 'delivered' THEN {delivered} WHEN 'dead' THEN {dead} ELSE o.{status} END,
-	{attempts} = o.{attempts} + r.fresh::int - r.uncount::int,
-	{next_attempt_at} = CASE WHEN r.status = 'pending' THEN r.next ELSE o.{next_attempt_at} END,
-	{delivered_at} = CASE WHEN r.status = 'delivered' THEN now() ELSE o.{delivered_at} END,
-	{last_error} = CASE WHEN r.status = 'delivered' THEN {no_error} ELSE {r_err} END
-FROM unnest($1::text[], $2::int[], $3::text[], $4::timestamptz[], $5::text[], $6::bool[], $7::bool[]) AS r(id, attempt, status, next, err, uncount, fresh)
-WHERE o.{id} = r.id::{idtype} AND o.{attempts} = r.attempt - r.fresh::int AND o.{status} = {is_pending}
-RETURNING o.{id}::text`),
-		lease: x(`
-UPDATE {table} SET {attempts} = {attempts} + 1, {next_attempt_at} = now() + $3::float8 * interval '1 second'
-WHERE {id} = $1::text::{idtype} AND {attempts} = $2 AND {status} = {is_pending}`),
-		// Giving a lease back on shutdown un-counts the attempt that never
-		// happened and makes the row due at once.
-		release: x(`
-UPDATE {table} o SET {attempts} = o.{attempts} - 1, {next_attempt_at} = now()
-FROM unnest($1::text[], $2::int[]) AS r(id, attempt)
-WHERE o.{id} = r.id::{idtype} AND o.{attempts} = r.attempt AND o.{status} = {is_pending}`),
-		// Two walks of the partial index in due order, each stopping at
-		// its first row: a min() over a CASE would read every pending row,
-		// and the sweeper asks after every batch of recorded retries.
-		// Measured on the server's clock, so a skewed relay clock cannot
-		// make the sweeper wake early or late.
-		nextDue: x(`SELECT extract(epoch FROM least(
-	(SELECT {next_attempt_at} FROM {table} WHERE {status} = {pending} AND {attempts} > 0 ORDER BY {next_attempt_at} LIMIT 1),
-	(SELECT {next_attempt_at} FROM {table} WHERE {status} = {pending} AND {attempts} = 0 ORDER BY {next_attempt_at} LIMIT 1)
-		+ ` + handover.GraceSQL("$1") + ` * interval '1 second') - now()::timestamptz)::float8`),
 	}
-	s.writer = pool
 	for _, o := range opts {
 		o(s)
 	}
-	if schema.Has(RoleOrderingKey) {
-		s.orderedStatements(claim+schema.traceReturning(), due)
-	}
+	s.buildStatements()
 	return s
 }
 
@@ -332,7 +224,7 @@ func (s *Schema) read(c claimedRow) (Row, *Result) {
 	res := &Result{ID: c.id, Attempt: c.attempt, Status: StatusDead, Key: c.key}
 	switch {
 	case c.buried:
-		res.Recorded = true
+		res.Kind = KindBuried
 		return Row{}, res
 	case c.eventID == nil || *c.eventID == "":
 		res.Error = fmt.Sprintf("cannot be sent: %s is empty", s.Columns[RoleEventID].Name)
@@ -354,7 +246,7 @@ func (s *Schema) read(c claimedRow) (Row, *Result) {
 
 // Record stores the outcomes of attempts, in one statement unless the
 // database refuses some rows: those come back in refused, the others are
-// written. unseen are fresh outcomes (Result.Fresh) whose row the write did
+// written. unseen are fresh outcomes (Kind.Fresh) whose row the write did
 // not find as it was inserted: not visible yet (a commit reaches the stream
 // a moment before it is visible to other sessions) or claimed by someone
 // else since; the caller may try them again a moment later. err is a
@@ -382,8 +274,8 @@ func (s *Store) recordOnce(ctx context.Context, results []Result) (unseen []Resu
 	nexts, uncount, fresh := make([]time.Time, n), make([]bool, n), make([]bool, n)
 	for i, r := range results {
 		ids[i], attempts[i], statuses[i], nexts[i], errs[i] = r.ID, int32(r.Attempt), r.Status, r.Next, r.Error
-		uncount[i] = r.Uncount && r.Status == StatusPending
-		fresh[i] = r.Fresh
+		uncount[i] = r.Kind.Uncounted() && r.Status == StatusPending
+		fresh[i] = r.Kind.Fresh()
 	}
 	rows, err := s.writer.Query(ctx, s.record, ids, attempts, statuses, nexts, errs, uncount, fresh)
 	if err != nil {
@@ -401,7 +293,7 @@ func (s *Store) recordOnce(ctx context.Context, results []Result) (unseen []Resu
 		found[id] = true
 	}
 	for _, r := range results {
-		if r.Fresh && !found[r.ID] {
+		if r.Kind.Fresh() && !found[r.ID] {
 			unseen = append(unseen, r)
 		}
 	}
@@ -437,96 +329,6 @@ func (s *Store) NextDue(ctx context.Context, grace time.Duration) (d time.Durati
 		return 0, false, nil
 	}
 	return time.Duration(*secs * float64(time.Second)), true, nil
-}
-
-// expand fills the placeholders of a statement template: {table}, a
-// role's column ({status}), a status value ({pending}), the id's type for
-// casts ({idtype}), the last_error values that fit the column, and extra
-// (placeholder, SQL) pairs of the caller.
-//
-// A template is expanded once, in one pass, and what it puts in is never
-// expanded again: a configured name or value may spell a placeholder
-// ({dead}), and expanding it a second time would put the value of that
-// placeholder, unquoted, into the statement. So templates are built from
-// templates (placeholder, not s.col(r)), and only a whole statement, or a
-// part that is then only joined to other expanded parts, is expanded.
-// Names reach SQL only as quoted identifiers and values only as literals.
-// Status values are literals, not parameters: the planner matches a
-// partial index (due, dead, order) only against a constant, and the DDL
-// (an index predicate, a column default) takes no parameters.
-func (s *Schema) expand(sql string, extra ...string) string {
-	pairs := []string{"{table}", s.Table.Ident(), "{idtype}", s.idType(),
-		"{pending}", s.statusLiteral(s.Statuses.Pending),
-		// The pending status as a value the planner cannot see: the writes
-		// by id compare with it, so that no index on the status (the due
-		// index, a user's own) is a way to them. Given the constant, the
-		// planner proves the due index's predicate and, on statistics that
-		// say few rows are pending (a table never analyzed, or analyzed
-		// when nearly all was delivered, then given a burst), walks it and
-		// filters every pending row for each id: 5.6 ms for 16 outcomes at
-		// 20,000 pending, against 0.2 ms by the primary key.
-		"{is_pending}", "(SELECT " + s.statusLiteral(s.Statuses.Pending) + ")",
-		"{delivered}", s.statusLiteral(s.Statuses.Delivered),
-		"{dead}", s.statusLiteral(s.Statuses.Dead),
-		"{no_error}", s.noError(),
-		"{r_err}", s.errorValue("r.err"),
-		"{gave_up}", s.errorValue(QuoteLiteral("gave up: the relay stopped during each of the last attempts")),
-	}
-	for r := range s.Columns {
-		pairs = append(pairs, placeholder(r), s.col(r))
-	}
-	if s.Has(RoleOrderingKey) {
-		pairs = append(pairs, "{keytype}", s.Columns[RoleOrderingKey].Type)
-	}
-	return strings.NewReplacer(append(pairs, extra...)...).Replace(sql)
-}
-
-// placeholder is the template's name for the column that plays role.
-func placeholder(role Role) string { return "{" + string(role) + "}" }
-
-// idType is the type ids are cast to from their text form.
-func (s *Schema) idType() string {
-	switch s.Columns[RoleID].Type {
-	case "int2":
-		return "smallint"
-	case "int4":
-		return "integer"
-	case "int8":
-		return "bigint"
-	case "uuid":
-		return "uuid"
-	}
-	return "text"
-}
-
-// statusLiteral is v as SQL: a number for an integer status column (in
-// its canonical form, so that only digits and a sign reach the statement),
-// a quoted literal otherwise.
-func (s *Schema) statusLiteral(v string) string {
-	if isInteger(s.Columns[RoleStatus].Type) {
-		if n, err := strconv.ParseInt(v, 10, 32); err == nil {
-			return strconv.FormatInt(n, 10)
-		}
-		// Inspect refuses this; as a literal it fails at the server.
-	}
-	return QuoteLiteral(v)
-}
-
-// noError is what last_error holds when there is none.
-func (s *Schema) noError() string {
-	if s.Columns[RoleLastError].NotNull {
-		return "''"
-	}
-	return "NULL"
-}
-
-// errorValue is expr cut to what the last_error column holds: left()
-// counts characters, as varchar(n) does.
-func (s *Schema) errorValue(expr string) string {
-	if n := s.Columns[RoleLastError].Length; n > 0 {
-		return fmt.Sprintf("left(%s, %d)", expr, n)
-	}
-	return expr
 }
 
 func quoteIdent(name string) string { return pgx.Identifier{name}.Sanitize() }
