@@ -65,12 +65,11 @@ type Store struct {
 // Configure sets what the relay's sessions need on a pool configuration.
 //
 // Bitmap scans are off: right after a burst of inserts the table's
-// statistics still say it is small, and the planner then answers the sweep's
-// ORDER BY next_attempt_at LIMIT n with a bitmap scan of every pending row
-// and a sort: 48 ms a claim at 80,000 pending rows, so a 100,000-row burst
-// took quadratic time. Without bitmap scans it walks the partial index in
-// order and stops after n rows (0.1 ms). None of the relay's statements
-// gains from a bitmap scan.
+// statistics still say it is small, and the planner would answer the
+// sweep's ORDER BY next_attempt_at LIMIT n with a bitmap scan of every
+// pending row and a sort, a cost that grows with the burst. Without bitmap
+// scans it walks the partial index in order and stops after n rows. None
+// of the relay's statements gains from a bitmap scan.
 //
 // Every statement is planned for its parameters and the table as it is,
 // never from a generic plan cached by the session: a plan cached while a
