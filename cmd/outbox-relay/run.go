@@ -225,7 +225,23 @@ func startupCDC(ctx context.Context, cfg config.Config, outbox *store.Schema, d 
 	if cfg.CDC == "off" {
 		return nil, nil
 	}
-	ccfg := cdc.Config{
+	ccfg := cdcConfig(cfg, outbox)
+	if cfg.CDC == "on" {
+		cctx, cancel := context.WithTimeout(ctx, cdcCheckTimeout)
+		err := cdc.Check(cctx, ccfg)
+		cancel()
+		if err != nil {
+			return nil, usageError{fmt.Errorf("RELAY_CDC=on but logical replication is unavailable: %v", err)}
+		}
+	}
+	return cdc.New(ccfg, d, log), nil
+}
+
+// cdcConfig is the stream's configuration; check judges the same slot and
+// publication. outbox is the table as inspected, nil where no row is
+// decoded.
+func cdcConfig(cfg config.Config, outbox *store.Schema) cdc.Config {
+	return cdc.Config{
 		DatabaseURL: cfg.DatabaseURL,
 		Schema:      cfg.Table.Schema,
 		Table:       cfg.Table.Name,
@@ -236,15 +252,6 @@ func startupCDC(ctx context.Context, cfg config.Config, outbox *store.Schema, d 
 		Outbox:      outbox,
 		SkipOrigins: true,
 	}
-	if cfg.CDC == "on" {
-		cctx, cancel := context.WithTimeout(ctx, cdcCheckTimeout)
-		err := cdc.Check(cctx, ccfg)
-		cancel()
-		if err != nil {
-			return nil, usageError{fmt.Errorf("RELAY_CDC=on but logical replication is unavailable: %v", err)}
-		}
-	}
-	return cdc.New(ccfg, d, log), nil
 }
 
 // waitForSchema checks the outbox table against the column mapping,
