@@ -75,7 +75,7 @@ func runRelay(ctx context.Context, args, environ []string, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	watcher := monitor.NewWatcher(watchConfig(cfg, stream, metrics), st, metrics, log)
+	watcher := monitor.NewWatcher(watchConfig(cfg, stream, st, metrics, log), st, metrics, log)
 	services := []service{
 		sweeper.New(sweepConfig(cfg, stream, metrics), d, st, log),
 		retention.New(retentionConfig(cfg, metrics), st, log),
@@ -195,12 +195,13 @@ func retentionConfig(cfg config.Config, metrics *monitor.Metrics) retention.Conf
 	}
 }
 
-// watchConfig watches the slot only when this process streams; it also
-// exports the stream's state as metrics, read at scrape time.
-func watchConfig(cfg config.Config, stream *cdc.Stream, metrics *monitor.Metrics) monitor.WatchConfig {
-	c := monitor.WatchConfig{Interval: cfg.StatsInterval, SlotWarnBytes: cfg.SlotWarnBytes, SlotMaxBytes: cfg.SlotMaxBytes}
+// watchConfig watches and guards the slot only when this process streams;
+// it also exports the stream's state as metrics, read at scrape time.
+func watchConfig(cfg config.Config, stream *cdc.Stream, st *store.Store, metrics *monitor.Metrics, log *slog.Logger) monitor.WatchConfig {
+	c := monitor.WatchConfig{Interval: cfg.StatsInterval}
 	if stream != nil {
 		c.Slot = cfg.SlotName
+		c.Guard = cdc.NewGuard(cdc.GuardConfig{Slot: cfg.SlotName, WarnBytes: cfg.SlotWarnBytes, MaxBytes: cfg.SlotMaxBytes}, st.Pool(), log)
 		c.CDC = func() monitor.CDCState {
 			st := stream.State()
 			// A server that cannot stream leaves the relay sweep-only
