@@ -129,9 +129,9 @@ type rule struct {
 	outcomes []outcome
 }
 
-// outcome is one verdict of a rule: when it holds, what it says and its
-// fix. A nil when always holds; a nil detail leaves the rule silent (a
-// setting the server does not have).
+// outcome is one verdict of a rule: when it holds (always, when nil),
+// what it says and its fix. An outcome without a detail leaves the rule
+// silent: a setting the server does not have.
 type outcome struct {
 	when    func(f *Facts, c Config) bool
 	status  Status
