@@ -75,6 +75,23 @@ func runRelay(ctx context.Context, args, environ []string, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
+	services, err := relayServices(cfg, pool, st, d, stream, metrics, log)
+	if err != nil {
+		return err
+	}
+	log.Info("outbox-relay starting", "version", version, "table", cfg.Table.String(),
+		"cdc", cfg.CDC, "sweep_interval", cfg.SweepInterval.String(), "concurrency", cfg.Concurrency,
+		"ordered_by", orderedBy(cfg, st))
+	return serve(ctx, d, services, cfg.ShutdownGrace, log)
+}
+
+// relayServices are the parts that run beside the deliverer: the sweeper,
+// retention, the watcher, the process sizer, the stream when this process
+// streams, and the monitoring server unless RELAY_LISTEN_ADDR=off. The
+// server listens here, before anything starts, so that a taken port stops
+// start-up with nothing to unwind.
+func relayServices(cfg config.Config, pool *pgxpool.Pool, st *store.Store, d *relay.Deliverer, stream *cdc.Stream,
+	metrics *monitor.Metrics, log *slog.Logger) ([]service, error) {
 	watcher := monitor.NewWatcher(watchConfig(cfg, stream, st, metrics, log), st, metrics, log)
 	services := []service{
 		sweeper.New(sweepConfig(cfg, stream, metrics), d, st, log),
@@ -85,20 +102,15 @@ func runRelay(ctx context.Context, args, environ []string, stderr io.Writer) err
 	if stream != nil {
 		services = append(services, stream)
 	}
-	// Listen before anything starts, so a taken port stops start-up with
-	// nothing to unwind.
 	if cfg.ListenAddr != "off" {
 		srv, err := monitor.NewServer(cfg.ListenAddr, pool, metrics, watcher, d, log)
 		if err != nil {
-			return fmt.Errorf("listen on RELAY_LISTEN_ADDR: %w", err)
+			return nil, fmt.Errorf("listen on RELAY_LISTEN_ADDR: %w", err)
 		}
 		log.Info("serving /healthz, /readyz and /metrics", "addr", srv.Addr())
 		services = append(services, srv)
 	}
-	log.Info("outbox-relay starting", "version", version, "table", cfg.Table.String(),
-		"cdc", cfg.CDC, "sweep_interval", cfg.SweepInterval.String(), "concurrency", cfg.Concurrency,
-		"ordered_by", orderedBy(cfg, st))
-	return serve(ctx, d, services, cfg.ShutdownGrace, log)
+	return services, nil
 }
 
 // serve runs the services until ctx is done or one fails, then lets the
