@@ -8,17 +8,12 @@ import (
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
-
-	"github.com/outbox-relay/outbox-relay/internal/store"
 )
 
 // Check reports why logical replication cannot be used with cfg, or nil
-// when it can: wal_level is not logical, the role has neither REPLICATION
-// nor superuser, no replication slot or WAL sender is available, the slot
-// name is taken by a slot of another kind, the publication is missing and
-// the role may not make it, or the server refuses a replication connection
-// (pg_hba.conf). The error is one short reason and
-// never holds the password.
+// when it can: the first readiness rule that fails (readiness.go), or the
+// first fact that could not be read. The error is one line, the rule's
+// verdict with its fix, and never holds the password.
 func Check(ctx context.Context, cfg Config) error {
 	conf, err := parseConfig(cfg.DatabaseURL)
 	if err != nil {
@@ -46,49 +41,35 @@ const (
 	codeCannotConnectNow   = "57P03"
 )
 
+// check judges the server by the readiness rules. A failure that lasts is
+// an errUnavailable; any other error passes.
 func check(ctx context.Context, cfg Config, conf dbConfig) error {
 	db, err := pgx.ConnectConfig(ctx, conf.sql)
 	if err != nil {
 		return fmt.Errorf("cannot connect: %w", err)
 	}
 	defer closeConn(ctx, db)
-
-	st, err := store.ReadReplicationSettings(ctx, db)
-	if err != nil {
-		return fmt.Errorf("cannot read the replication settings: %w", err)
-	}
-	slot, err := store.SlotInfo(ctx, db, cfg.Slot)
-	if err != nil {
-		return fmt.Errorf("cannot read replication slots: %w", err)
-	}
-	if err := checkSettings(st, slot, cfg); err != nil {
-		return &errUnavailable{err}
-	}
-	pub, err := store.ReadPublication(ctx, db, cfg.Publication, cfg.table())
-	if err != nil {
-		return fmt.Errorf("cannot read publication %s: %w", cfg.Publication, err)
-	}
-	if err := checkPublication(pub); err != nil {
-		return &errUnavailable{err}
-	}
-	return probeReplication(ctx, conf)
+	f := ReadFacts(ctx, db, cfg)
+	f.probe(ctx, conf)
+	return judged(f, cfg)
 }
 
-// ProbeReplication opens a replication connection as the stream does and
-// runs IDENTIFY_SYSTEM, which writes nothing: a role that may replicate
-// can still be refused one (pg_hba.conf needs a line for it, or every WAL
-// sender is taken). The error never holds the password.
-func ProbeReplication(ctx context.Context, databaseURL string) error {
-	conf, err := parseConfig(databaseURL)
-	if err != nil {
-		return err
+// judged is the stream's reading of the verdicts on f: the first failure
+// as an error, an errUnavailable when a failure lasts.
+func judged(f Facts, cfg Config) error {
+	v, failed := firstFailure(Judge(f, cfg))
+	switch {
+	case !failed:
+		return nil
+	case v.Lasting:
+		return &errUnavailable{errors.New(v.String())}
 	}
-	if err := probeReplication(ctx, conf); err != nil {
-		return errors.New(redact(err, conf.sql.Password))
-	}
-	return nil
+	return errors.New(v.String())
 }
 
+// probeReplication opens a replication connection as the stream does and
+// runs IDENTIFY_SYSTEM, which writes nothing. A refusal for pg_hba.conf or
+// authentication is an errUnavailable.
 func probeReplication(ctx context.Context, conf dbConfig) error {
 	cctx, cancel := context.WithTimeout(ctx, queryTimeout)
 	defer cancel()
@@ -109,45 +90,4 @@ func probeReplication(ctx context.Context, conf dbConfig) error {
 		return fmt.Errorf("replication connection: %w", err)
 	}
 	return nil
-}
-
-// checkSettings reports a server or slot logical replication cannot work
-// with: wal_level not logical, a role that may not replicate, no WAL
-// sender, the slot name taken by a slot of another kind, or no free slot.
-func checkSettings(st store.ReplicationSettings, slot store.Slot, cfg Config) error {
-	switch {
-	case st.WALLevel != "logical":
-		return fmt.Errorf("wal_level is %s; logical replication needs wal_level = logical (and a server restart)", st.WALLevel)
-	case !st.CanReplicate:
-		return fmt.Errorf("role %s has neither the REPLICATION attribute nor superuser (ALTER ROLE %s REPLICATION)", st.User, pgx.Identifier{st.User}.Sanitize())
-	case st.MaxSenders == 0:
-		return errors.New("max_wal_senders is 0; logical replication needs at least one WAL sender")
-	case slot.Exists && !SlotFits(slot):
-		return fmt.Errorf("replication slot %s exists but is not a pgoutput logical slot of this database (%s, %s, %s); drop it or choose another RELAY_SLOT_NAME",
-			cfg.Slot, slot.SlotType, slot.Plugin, slot.Database)
-	case !slot.Exists && st.UsedSlots >= st.MaxSlots:
-		return fmt.Errorf("no free replication slot for %s: max_replication_slots = %d and %d are in use", cfg.Slot, st.MaxSlots, st.UsedSlots)
-	}
-	return nil
-}
-
-// checkPublication reports a publication the stream could not set up: one
-// that does not publish inserts, or one that is missing (or lacks the
-// table) while the role may not create (or alter) it.
-func checkPublication(p store.Publication) error {
-	switch {
-	case !p.Inserts:
-		return fmt.Errorf("publication %s does not publish inserts (ALTER PUBLICATION %s SET (publish = 'insert'))",
-			p.Name, pgx.Identifier{p.Name}.Sanitize())
-	case p.Exists && p.HasTable:
-		return nil
-	case p.CanCreate:
-		return nil
-	case !p.Exists:
-		return fmt.Errorf("publication %s does not exist and role %s cannot create it (it needs CREATE on the database and to own %s.%s); run outbox-relay migrate as the table's owner",
-			p.Name, p.User, p.Table.Schema, p.Table.Name)
-	default:
-		return fmt.Errorf("publication %s does not include %s.%s and role %s cannot add it (it must own the table)",
-			p.Name, p.Table.Schema, p.Table.Name, p.User)
-	}
 }

@@ -71,25 +71,9 @@ func (s *Stream) session(ctx context.Context, conf dbConfig, h *handoff) (stream
 		return 0, err
 	}
 
-	sctx, cancel := context.WithTimeout(ctx, queryTimeout)
-	err = pglogrepl.StartReplication(sctx, conn, s.cfg.Slot, 0, pglogrepl.StartReplicationOptions{
-		Mode:       pglogrepl.LogicalReplication,
-		PluginArgs: s.pluginArgs(),
-	})
-	cancel()
+	sess, err := s.take(ctx, conn, db, start)
 	if err != nil {
-		if isCode(err, codeObjectInUse) {
-			return 0, &errStandby{}
-		}
-		return 0, fmt.Errorf("start replication: %w", err)
-	}
-
-	var sess sessionStart
-	if s.cfg.Outbox != nil {
-		if sess, err = s.horizon(ctx, db); err != nil {
-			return 0, err
-		}
-		sess.changes = start.changes
+		return 0, err
 	}
 	closeDB()
 	began := time.Now()
@@ -117,6 +101,30 @@ func (s *Stream) session(ctx context.Context, conf dbConfig, h *handoff) (stream
 		s.broken = true
 	}
 	return time.Since(began), err
+}
+
+// take starts replication from the slot and, when rows are decoded whole,
+// reads the session's start on db right after. It returns errStandby when
+// another process holds the slot.
+func (s *Stream) take(ctx context.Context, conn *pgconn.PgConn, db *pgx.Conn, start startPoint) (sessionStart, error) {
+	sctx, cancel := context.WithTimeout(ctx, queryTimeout)
+	err := pglogrepl.StartReplication(sctx, conn, s.cfg.Slot, 0, pglogrepl.StartReplicationOptions{
+		Mode:       pglogrepl.LogicalReplication,
+		PluginArgs: s.pluginArgs(),
+	})
+	cancel()
+	if err != nil {
+		if isCode(err, codeObjectInUse) {
+			return sessionStart{}, &errStandby{}
+		}
+		return sessionStart{}, fmt.Errorf("start replication: %w", err)
+	}
+	if s.cfg.Outbox == nil {
+		return sessionStart{}, nil
+	}
+	sess, err := s.horizon(ctx, db)
+	sess.changes = start.changes
+	return sess, err
 }
 
 // pluginArgs are the options of pgoutput for a session on s.server.

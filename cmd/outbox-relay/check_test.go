@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -19,6 +20,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/outbox-relay/outbox-relay/cdc"
+	"github.com/outbox-relay/outbox-relay/internal/config"
 	"github.com/outbox-relay/outbox-relay/internal/pgtest"
 )
 
@@ -442,4 +444,145 @@ func TestCheckWalLevelReplica(t *testing.T) {
 	wantCheck(t, checkEnv(u, runner.URL(), "RELAY_CDC=auto"), exitOK,
 		"! wal_level: replica; the fast path needs logical; with RELAY_CDC=auto the relay delivers sweep-only",
 		"ready: nothing blocks delivery or the fast path (1 warning)")
+}
+
+// The stream's check (what run does with RELAY_CDC=on, and what the
+// stream asks again of a server that could not stream) and `outbox-relay
+// check` judge one server state alike: the stream's check fails exactly
+// when check fails a replication item, and says that item's line.
+func TestCheckAgreesWithTheStream(t *testing.T) {
+	runner := newCheckRunner(t)
+	// agree runs both on one state; want is the item check fails, "" for
+	// none.
+	agree := func(t *testing.T, env []string, want string) {
+		t.Helper()
+		_, out, stderr := runCmd(t, context.Background(), append(env, "RELAY_CDC=on"), "check", "--json")
+		var r checkReport
+		if err := json.Unmarshal([]byte(out), &r); err != nil {
+			t.Fatalf("check --json: %v\n%s%s", err, out, stderr)
+		}
+		var failed *checkItem
+		for i, it := range r.Items {
+			if it.Status != checkFail && it.Status != checkUnknown {
+				continue
+			}
+			if slices.Contains([]string{"server", "privileges", "table", "runner"}, it.Name) {
+				t.Fatalf("check fails an item of delivery, not of the fast path: %+v", it)
+			}
+			if failed == nil {
+				failed = &r.Items[i]
+			}
+		}
+		switch {
+		case want == "" && failed != nil:
+			t.Fatalf("check fails %+v, want no failure", *failed)
+		case want != "" && (failed == nil || failed.Name != want):
+			t.Fatalf("check fails %+v, want a failing %s item", failed, want)
+		}
+		cfg, err := config.Load(env, config.NeedRunner)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		err = cdc.Check(ctx, cdc.Config{DatabaseURL: cfg.DatabaseURL, Schema: cfg.Table.Schema, Table: cfg.Table.Name,
+			Slot: cfg.SlotName, Publication: cfg.Publication})
+		switch {
+		case failed == nil && err != nil:
+			t.Errorf("check finds nothing against the fast path; the stream's check: %v", err)
+		case failed == nil:
+		case err == nil:
+			t.Errorf("check: %s: %s; the stream's check finds nothing", failed.Name, failed.Detail)
+		case err.Error() != fmt.Sprintf("%s: %s (fix: %s)", failed.Name, failed.Detail, failed.Fix):
+			t.Errorf("the stream's check says\n%q\ncheck says\n%q (fix %q)", err, failed.Name+": "+failed.Detail, failed.Fix)
+		}
+	}
+	migrated := func(t *testing.T, c *checkCluster) string {
+		u := c.newDB(t)
+		if code, _, stderr := runCmd(t, context.Background(), []string{"RELAY_DATABASE_URL=" + u}, "migrate"); code != 0 {
+			t.Fatal(stderr)
+		}
+		return u
+	}
+
+	t.Run("wal_level replica", func(t *testing.T) {
+		c := &checkCluster{Cluster: pgtest.StartT(t, pgtest.WithWalLevel("replica"), pgtest.WithSetting("max_slot_wal_keep_size", "1GB"))}
+		agree(t, checkEnv(migrated(t, c), runner.URL()), "wal_level")
+	})
+
+	t.Run("roles and slots", func(t *testing.T) {
+		// Two slots in all: the states below use them up.
+		c := &checkCluster{Cluster: pgtest.StartT(t, pgtest.WithSetting("max_replication_slots", "2"), pgtest.WithSetting("max_slot_wal_keep_size", "1GB"))}
+		u := migrated(t, c)
+		agree(t, checkEnv(u, runner.URL()), "")
+
+		adminExec(t, u, `CREATE ROLE agree_norepl LOGIN PASSWORD 'pw-agree';
+			GRANT USAGE ON SCHEMA public TO agree_norepl;
+			GRANT SELECT, UPDATE, DELETE ON portal_event_outbox TO agree_norepl`)
+		agree(t, checkEnv(asRole(t, u, "agree_norepl", "pw-agree"), runner.URL()), "role")
+
+		holdSlot(t, u, "held_slot", "pg_recvlogical")
+		agree(t, checkEnv(u, runner.URL(), "RELAY_SLOT_NAME=held_slot"), "slot")
+
+		holdSlot(t, u, "relay_slot", cdc.ApplicationName)
+		agree(t, checkEnv(u, runner.URL(), "RELAY_SLOT_NAME=relay_slot"), "")
+
+		// Both slots are taken: none is left for the relay's own.
+		agree(t, checkEnv(u, runner.URL()), "replication_slots")
+	})
+}
+
+// check's lines on the settings of some versions only: a relay's slot
+// that is not a failover slot and standbys without
+// synchronized_standby_slots (17+), idle_replication_slot_timeout (18+);
+// on older servers the failover line says a failover costs a new slot, and
+// there is no idle timeout line.
+func TestCheckVersionSettings(t *testing.T) {
+	c := &checkCluster{Cluster: pgtest.StartT(t, pgtest.WithSetting("max_slot_wal_keep_size", "1GB"))}
+	major, err := pgtest.ServerMajor()
+	if err != nil {
+		t.Fatal(err)
+	}
+	runner := newCheckRunner(t)
+	u := c.newDB(t)
+	if code, _, stderr := runCmd(t, context.Background(), []string{"RELAY_DATABASE_URL=" + u}, "migrate"); code != 0 {
+		t.Fatal(stderr)
+	}
+	env := checkEnv(u, runner.URL())
+	admin := c.URL("postgres")
+
+	if major < 17 {
+		out := wantCheck(t, env, exitOK, failoverLine(major))
+		if strings.Contains(out, "idle_replication_slot_timeout") {
+			t.Errorf("PostgreSQL %d has no idle_replication_slot_timeout, but check speaks of it:\n%s", major, out)
+		}
+		return
+	}
+
+	// A slot made by hand (or by a relay on 16 before an upgrade).
+	adminExec(t, u, `SELECT pg_create_logical_replication_slot('outbox_relay', 'pgoutput', false, false, false)`)
+	wantCheck(t, env, exitOK,
+		"! failover: outbox_relay is not a failover slot: a promoted standby has no copy of it, and the relay makes a new slot there (the sweeper covers the gap)",
+		"    fix: with the relays stopped, SELECT pg_drop_replication_slot('outbox_relay'); the relay makes it again as a failover slot")
+	adminExec(t, u, `SELECT pg_drop_replication_slot('outbox_relay')`)
+
+	adminExec(t, admin, `SELECT pg_create_physical_replication_slot('standby_a')`)
+	wantCheck(t, env, exitOK,
+		"! failover: standbys stream through 1 physical slot but synchronized_standby_slots is empty: …",
+		"    fix: ALTER SYSTEM SET synchronized_standby_slots = 'standby_a'; SELECT pg_reload_conf()")
+	adminExec(t, admin, `ALTER SYSTEM SET synchronized_standby_slots = 'standby_a'`)
+	adminExec(t, admin, `SELECT pg_reload_conf()`)
+	wantCheck(t, env, exitOK, failoverLine(major))
+
+	if major < 18 {
+		if out := wantCheck(t, env, exitOK); strings.Contains(out, "idle_replication_slot_timeout") {
+			t.Errorf("PostgreSQL %d has no idle_replication_slot_timeout, but check speaks of it:\n%s", major, out)
+		}
+		return
+	}
+	adminExec(t, admin, `ALTER SYSTEM SET idle_replication_slot_timeout = '1h'`)
+	adminExec(t, admin, `SELECT pg_reload_conf()`)
+	wantCheck(t, env, exitOK,
+		"! idle_replication_slot_timeout: 1h: a slot no relay streams from for 1h (relays stopped that long, or RELAY_CDC=off) is invalidated at the next checkpoint; "+
+			"the relay then makes a new slot and the sweeper delivers what the old one had not announced: nothing is lost but the slot's position")
 }

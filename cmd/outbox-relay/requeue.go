@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"strings"
@@ -12,9 +13,15 @@ import (
 	"github.com/outbox-relay/outbox-relay/internal/store"
 )
 
-func runRequeue(ctx context.Context, args, environ []string, stdout, stderr io.Writer) error {
-	fs := newFlags("requeue", stderr)
-	var f store.RequeueFilter
+// requeueArgs are requeue's flags besides the filter's own.
+type requeueArgs struct {
+	limit       int
+	all, dryRun bool
+}
+
+// requeueFlags declares requeue's flags: those of the filter fill f as
+// they parse, the others a.
+func requeueFlags(fs *flag.FlagSet, f *store.RequeueFilter, a *requeueArgs) {
 	fs.Func("id", "row id to requeue, as the id column holds it (repeat, or comma-separated)", func(s string) error {
 		for _, part := range strings.Split(s, ",") {
 			id := strings.TrimSpace(part)
@@ -39,13 +46,20 @@ func runRequeue(ctx context.Context, args, environ []string, stdout, stderr io.W
 		return nil
 	})
 	fs.StringVar(&f.Status, "status", store.StatusDead, "rows to requeue: dead, or delivered to send them again")
-	limit := fs.Int("limit", -1, fmt.Sprintf("requeue at most this many rows, the oldest first (default: all dead rows, %d delivered ones)", deliveredLimit))
-	all := fs.Bool("all", false, "requeue every row of the status (needed when no other filter is given)")
-	dryRun := fs.Bool("dry-run", false, "count the rows, change nothing")
+	fs.IntVar(&a.limit, "limit", -1, fmt.Sprintf("requeue at most this many rows, the oldest first (default: all dead rows, %d delivered ones)", deliveredLimit))
+	fs.BoolVar(&a.all, "all", false, "requeue every row of the status (needed when no other filter is given)")
+	fs.BoolVar(&a.dryRun, "dry-run", false, "count the rows, change nothing")
+}
+
+func runRequeue(ctx context.Context, args, environ []string, stdout, stderr io.Writer) error {
+	fs := newFlags("requeue", stderr)
+	var f store.RequeueFilter
+	var a requeueArgs
+	requeueFlags(fs, &f, &a)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	if err := checkRequeue(&f, *limit, *all); err != nil {
+	if err := checkRequeue(&f, a.limit, a.all); err != nil {
 		return usageError{err}
 	}
 	cfg, err := config.Load(environ, config.NeedDatabase)
@@ -68,11 +82,11 @@ func runRequeue(ctx context.Context, args, environ []string, stdout, stderr io.W
 		bound = fmt.Sprintf(" (--limit %d)", f.Limit)
 	}
 	verb := "will be requeued"
-	if *dryRun {
+	if a.dryRun {
 		verb = "would be requeued"
 	}
 	fmt.Fprintf(stdout, "%d %s rows match; %d %s%s\n", matched, f.Status, capped(matched, f.Limit), verb, bound)
-	if *dryRun {
+	if a.dryRun {
 		return nil
 	}
 	n, err := st.Requeue(cctx, f, false)

@@ -75,7 +75,24 @@ func runRelay(ctx context.Context, args, environ []string, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	watcher := monitor.NewWatcher(watchConfig(cfg, stream, metrics), st, metrics, log)
+	services, err := relayServices(cfg, pool, st, d, stream, metrics, log)
+	if err != nil {
+		return err
+	}
+	log.Info("outbox-relay starting", "version", version, "table", cfg.Table.String(),
+		"cdc", cfg.CDC, "sweep_interval", cfg.SweepInterval.String(), "concurrency", cfg.Concurrency,
+		"ordered_by", orderedBy(cfg, st))
+	return serve(ctx, d, services, cfg.ShutdownGrace, log)
+}
+
+// relayServices are the parts that run beside the deliverer: the sweeper,
+// retention, the watcher, the process sizer, the stream when this process
+// streams, and the monitoring server unless RELAY_LISTEN_ADDR=off. The
+// server listens here, before anything starts, so that a taken port stops
+// start-up with nothing to unwind.
+func relayServices(cfg config.Config, pool *pgxpool.Pool, st *store.Store, d *relay.Deliverer, stream *cdc.Stream,
+	metrics *monitor.Metrics, log *slog.Logger) ([]service, error) {
+	watcher := monitor.NewWatcher(watchConfig(cfg, stream, st, metrics, log), st, metrics, log)
 	services := []service{
 		sweeper.New(sweepConfig(cfg, stream, metrics), d, st, log),
 		retention.New(retentionConfig(cfg, metrics), st, log),
@@ -85,20 +102,15 @@ func runRelay(ctx context.Context, args, environ []string, stderr io.Writer) err
 	if stream != nil {
 		services = append(services, stream)
 	}
-	// Listen before anything starts, so a taken port stops start-up with
-	// nothing to unwind.
 	if cfg.ListenAddr != "off" {
 		srv, err := monitor.NewServer(cfg.ListenAddr, pool, metrics, watcher, d, log)
 		if err != nil {
-			return fmt.Errorf("listen on RELAY_LISTEN_ADDR: %w", err)
+			return nil, fmt.Errorf("listen on RELAY_LISTEN_ADDR: %w", err)
 		}
 		log.Info("serving /healthz, /readyz and /metrics", "addr", srv.Addr())
 		services = append(services, srv)
 	}
-	log.Info("outbox-relay starting", "version", version, "table", cfg.Table.String(),
-		"cdc", cfg.CDC, "sweep_interval", cfg.SweepInterval.String(), "concurrency", cfg.Concurrency,
-		"ordered_by", orderedBy(cfg, st))
-	return serve(ctx, d, services, cfg.ShutdownGrace, log)
+	return services, nil
 }
 
 // serve runs the services until ctx is done or one fails, then lets the
@@ -195,12 +207,13 @@ func retentionConfig(cfg config.Config, metrics *monitor.Metrics) retention.Conf
 	}
 }
 
-// watchConfig watches the slot only when this process streams; it also
-// exports the stream's state as metrics, read at scrape time.
-func watchConfig(cfg config.Config, stream *cdc.Stream, metrics *monitor.Metrics) monitor.WatchConfig {
-	c := monitor.WatchConfig{Interval: cfg.StatsInterval, SlotWarnBytes: cfg.SlotWarnBytes, SlotMaxBytes: cfg.SlotMaxBytes}
+// watchConfig watches and guards the slot only when this process streams;
+// it also exports the stream's state as metrics, read at scrape time.
+func watchConfig(cfg config.Config, stream *cdc.Stream, st *store.Store, metrics *monitor.Metrics, log *slog.Logger) monitor.WatchConfig {
+	c := monitor.WatchConfig{Interval: cfg.StatsInterval}
 	if stream != nil {
 		c.Slot = cfg.SlotName
+		c.Guard = cdc.NewGuard(cdc.GuardConfig{Slot: cfg.SlotName, WarnBytes: cfg.SlotWarnBytes, MaxBytes: cfg.SlotMaxBytes}, st.Pool(), log)
 		c.CDC = func() monitor.CDCState {
 			st := stream.State()
 			// A server that cannot stream leaves the relay sweep-only
@@ -225,7 +238,23 @@ func startupCDC(ctx context.Context, cfg config.Config, outbox *store.Schema, d 
 	if cfg.CDC == "off" {
 		return nil, nil
 	}
-	ccfg := cdc.Config{
+	ccfg := cdcConfig(cfg, outbox)
+	if cfg.CDC == "on" {
+		cctx, cancel := context.WithTimeout(ctx, cdcCheckTimeout)
+		err := cdc.Check(cctx, ccfg)
+		cancel()
+		if err != nil {
+			return nil, usageError{fmt.Errorf("RELAY_CDC=on but logical replication is unavailable: %v", err)}
+		}
+	}
+	return cdc.New(ccfg, d, log), nil
+}
+
+// cdcConfig is the stream's configuration; check judges the same slot and
+// publication. outbox is the table as inspected, nil where no row is
+// decoded.
+func cdcConfig(cfg config.Config, outbox *store.Schema) cdc.Config {
+	return cdc.Config{
 		DatabaseURL: cfg.DatabaseURL,
 		Schema:      cfg.Table.Schema,
 		Table:       cfg.Table.Name,
@@ -236,15 +265,6 @@ func startupCDC(ctx context.Context, cfg config.Config, outbox *store.Schema, d 
 		Outbox:      outbox,
 		SkipOrigins: true,
 	}
-	if cfg.CDC == "on" {
-		cctx, cancel := context.WithTimeout(ctx, cdcCheckTimeout)
-		err := cdc.Check(cctx, ccfg)
-		cancel()
-		if err != nil {
-			return nil, usageError{fmt.Errorf("RELAY_CDC=on but logical replication is unavailable: %v", err)}
-		}
-	}
-	return cdc.New(ccfg, d, log), nil
 }
 
 // waitForSchema checks the outbox table against the column mapping,

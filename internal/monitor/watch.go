@@ -18,12 +18,18 @@ type CDCState struct {
 
 // WatchConfig tunes the Watcher.
 type WatchConfig struct {
-	Interval      time.Duration
-	Slot          string // empty: no replication, no slot to watch
-	SlotWarnBytes int64
-	SlotMaxBytes  int64
+	Interval time.Duration
+	Slot     string // empty: no replication, no slot to watch
+	// Guard, when set, acts on the slot's figures at each refresh.
+	Guard SlotGuard
 	// CDC, when set, reports the stream's state.
 	CDC func() CDCState
+}
+
+// SlotGuard acts on the slot's figures (cdc.Guard, which may drop the
+// slot); dropped drops are counted in slot_recreated_total.
+type SlotGuard interface {
+	Check(ctx context.Context, slot store.Slot) (dropped bool, err error)
 }
 
 // Snapshot is the last figures the Watcher read.
@@ -36,10 +42,8 @@ type Snapshot struct {
 }
 
 // Watcher refreshes the SQL-backed gauges on an interval (never per
-// scrape, so a scrape storm costs the database nothing) and guards the
-// slot: a warning past SlotWarnBytes of retained WAL, and past SlotMaxBytes
-// the slot is dropped so the stream recreates it. That is safe because the
-// table, not the slot, is the queue: the sweeper covers the gap.
+// scrape, so a scrape storm costs the database nothing) and hands the
+// slot's figures to the guard.
 type Watcher struct {
 	cfg     WatchConfig
 	store   *store.Store
@@ -49,7 +53,7 @@ type Watcher struct {
 	mu   sync.Mutex
 	last Snapshot
 
-	warned, failing bool
+	failing bool
 }
 
 // NewWatcher makes a Watcher; Run starts it.
@@ -114,30 +118,14 @@ func (w *Watcher) refresh(ctx context.Context, snap *Snapshot) error {
 	}
 	snap.Slot = &slot
 	w.metrics.setSlot(slot)
-	return w.guard(ctx, slot)
-}
-
-func (w *Watcher) guard(ctx context.Context, slot store.Slot) error {
-	over := slot.Exists && slot.RetainedBytes > w.cfg.SlotWarnBytes
-	switch {
-	case over && !w.warned:
-		w.log.Warn("replication slot retains a lot of WAL", "slot", w.cfg.Slot,
-			"retained_bytes", slot.RetainedBytes, "confirmed_flush_lag_bytes", slot.ConfirmedLagBytes,
-			"warn_bytes", w.cfg.SlotWarnBytes, "max_bytes", w.cfg.SlotMaxBytes)
-	case !over && w.warned:
-		w.log.Info("replication slot back under the warning threshold", "slot", w.cfg.Slot, "retained_bytes", slot.RetainedBytes)
-	}
-	w.warned = over
-	if !slot.Exists || (slot.RetainedBytes <= w.cfg.SlotMaxBytes && slot.WALStatus != "lost") {
+	if w.cfg.Guard == nil {
 		return nil
 	}
-	w.log.Error("dropping the replication slot to protect the database's disk; the stream recreates it and the sweeper covers the gap",
-		"slot", w.cfg.Slot, "retained_bytes", slot.RetainedBytes, "max_bytes", w.cfg.SlotMaxBytes, "wal_status", slot.WALStatus)
-	if err := store.DropSlot(ctx, w.store.Pool(), w.cfg.Slot); err != nil {
-		return err
+	dropped, err := w.cfg.Guard.Check(ctx, slot)
+	if dropped {
+		w.metrics.slotRecreated.Inc()
 	}
-	w.metrics.slotRecreated.Inc()
-	return nil
+	return err
 }
 
 // Last is the most recent snapshot, with the stream's state as it is now.
