@@ -31,7 +31,7 @@ type bundle struct {
 func setup(t *testing.T, failures int) *bundle {
 	t.Helper()
 	b := &bundle{st: relaytest.NewStore(t), rn: relaytest.NewRunner(t)}
-	b.rn.SetAnswer(relaytest.AnswerBy(func(e relaytest.Event) int {
+	b.rn.SetAnswer(relaytest.AnswerBy(func(_ *http.Request, e relaytest.Event) int {
 		if e.Attempt <= failures {
 			return http.StatusServiceUnavailable
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"sync"
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -33,6 +34,13 @@ func NewStore(t testing.TB) *store.Store {
 // (pgtest.StartT), for a test that stops or restarts the server.
 func StoreAt(t testing.TB, url string) *store.Store {
 	t.Helper()
+	return MigrateAt(t, url, store.DefaultSchema(Table), "")
+}
+
+// MigrateAt is StoreAt with the table migrate makes for schema, and with
+// publication (when not empty) publishing it, as the stream needs.
+func MigrateAt(t testing.TB, url string, schema *store.Schema, publication string) *store.Store {
+	t.Helper()
 	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
 		t.Fatalf("relaytest: %v", err)
@@ -43,9 +51,8 @@ func StoreAt(t testing.TB, url string) *store.Store {
 		t.Fatalf("relaytest: %v", err)
 	}
 	t.Cleanup(pool.Close)
-	schema := store.DefaultSchema(Table)
-	if _, err := store.Migrate(context.Background(), pool, schema, ""); err != nil {
-		t.Fatalf("relaytest: migrate %s: %v", Table.Ident(), err)
+	if _, err := store.Migrate(context.Background(), pool, schema, publication); err != nil {
+		t.Fatalf("relaytest: migrate %s: %v", schema.Table.Ident(), err)
 	}
 	return store.New(pool, schema)
 }
@@ -72,23 +79,32 @@ func NewRunner(t testing.TB) *Runner {
 }
 
 // Event is the runner's reading of a request body: the event as the relay
-// sends it.
+// sends it, and which request for its event id (Idempotency-Key) this is.
 type Event struct {
 	ID        string          `json:"id"`
 	Type      string          `json:"type"`
 	Attempt   int             `json:"attempt"`
 	Timestamp string          `json:"timestamp"`
 	Data      json.RawMessage `json:"data"`
+	Try       int             `json:"-"` // 1 for the first request of the id
 }
 
 // AnswerBy is the Answer that replies to each request with the status
-// code gives its event (a body that is not an event reads as the zero
-// Event). A 2xx status counts as accepted.
-func AnswerBy(code func(Event) int) Answer {
-	return func(w http.ResponseWriter, _ *http.Request, body []byte) bool {
+// code gives its event (a body that is not an event reads as an Event
+// with only Try set). A 2xx status counts as accepted. code may block,
+// until r's context ends at the latest.
+func AnswerBy(code func(r *http.Request, e Event) int) Answer {
+	var mu sync.Mutex
+	tries := map[string]int{}
+	return func(w http.ResponseWriter, r *http.Request, body []byte) bool {
 		var e Event
 		_ = json.Unmarshal(body, &e)
-		status := code(e)
+		key := r.Header.Get("Idempotency-Key")
+		mu.Lock()
+		tries[key]++
+		e.Try = tries[key]
+		mu.Unlock()
+		status := code(r, e)
 		w.WriteHeader(status)
 		return status >= 200 && status < 300
 	}

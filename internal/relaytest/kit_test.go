@@ -2,8 +2,13 @@ package relaytest
 
 import (
 	"context"
+	"net/http"
 	"testing"
+
+	"github.com/outbox-relay/outbox-relay/internal/pgtest"
 )
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
 
 // NewStore migrates the outbox table and Insert fills it with pending
 // rows numbered from 1 in their payload.
@@ -20,12 +25,13 @@ func TestStoreAndInsert(t *testing.T) {
 	}
 }
 
-// AnswerBy reads the event from the body: its status decides the answer
-// and whether the event counts as accepted.
+// AnswerBy reads the event from the body and counts the requests of its
+// id: its status decides the answer and whether the event counts as
+// accepted.
 func TestAnswerBy(t *testing.T) {
 	rn := NewRunner(t)
-	rn.SetAnswer(AnswerBy(func(e Event) int {
-		if e.Type == "poison" || e.Attempt < 2 {
+	rn.SetAnswer(AnswerBy(func(_ *http.Request, e Event) int {
+		if e.Type == "poison" || e.Attempt < 2 || e.Try > 2 {
 			return 503
 		}
 		return 204
@@ -37,6 +43,7 @@ func TestAnswerBy(t *testing.T) {
 		{"a", `{"id":"a","type":"ok","attempt":1,"data":{}}`, 503},
 		{"a", `{"id":"a","type":"ok","attempt":2,"data":{}}`, 204},
 		{"b", `{"id":"b","type":"poison","attempt":2,"data":{}}`, 503},
+		{"a", `{"id":"a","type":"ok","attempt":3,"data":{}}`, 503},
 		{"c", `not json`, 503},
 	} {
 		if got := post(t, rn.URL(), tc.key, []byte(tc.body)); got != tc.want {
