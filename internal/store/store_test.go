@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -32,6 +33,35 @@ func withTable(t *testing.T, pool *pgxpool.Pool, name string) *Store {
 		t.Fatal(err)
 	}
 	return New(pool, DefaultSchema(table))
+}
+
+// openPool is a pool on a fresh database, set up as the relay's sessions.
+func openPool(t *testing.T) *pgxpool.Pool { return openSessions(t, 0) }
+
+// openSessions is openPool with at most n sessions (0: pgxpool's default).
+func openSessions(t *testing.T, n int32) *pgxpool.Pool {
+	t.Helper()
+	cfg, err := pgxpool.ParseConfig(pgtest.NewDB(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	Configure(cfg)
+	if n > 0 {
+		cfg.MaxConns = n
+	}
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
+}
+
+func mustExec(t *testing.T, pool *pgxpool.Pool, sql string, args ...any) {
+	t.Helper()
+	if _, err := pool.Exec(context.Background(), sql, args...); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
 }
 
 // seed is a row as a test needs it; times are offsets from the server's
@@ -139,11 +169,8 @@ func show(s state) string {
 func TestClaimWalksTheDueIndexAfterABurst(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	st := setup(t)
+	st := burst(t)
 	pool := st.pool
-	if _, err := pool.Exec(ctx, `INSERT INTO portal_event_outbox (event_type) SELECT 'burst' FROM generate_series(1, 50000)`); err != nil {
-		t.Fatal(err)
-	}
 	// The claim's row choice, as the statement has it.
 	sel := st.claimDue[strings.Index(st.claimDue, `SELECT "id"`):strings.Index(st.claimDue, ") due")]
 	sel = strings.NewReplacer("$3", "100", "$4", "0", "$5", "'{}'").Replace(sel) // limit, grace
@@ -156,6 +183,15 @@ func TestClaimWalksTheDueIndexAfterABurst(t *testing.T) {
 	if err != nil || len(claimed) != 100 {
 		t.Fatalf("ClaimDue = %d rows, %v", len(claimed), err)
 	}
+}
+
+// burst is setup with 50,000 pending rows just inserted, before
+// autovacuum has analyzed the table.
+func burst(t *testing.T) *Store {
+	t.Helper()
+	st := setup(t)
+	mustExec(t, st.pool, `INSERT INTO portal_event_outbox (event_type) SELECT 'burst' FROM generate_series(1, 50000)`)
+	return st
 }
 
 // explain is the plan of sel, one line per node.
@@ -178,11 +214,8 @@ func explain(t *testing.T, pool *pgxpool.Pool, sel string) string {
 func TestClaimByIDLooksUpEachIDAfterABurst(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	st := setup(t)
+	st := burst(t)
 	pool := st.pool
-	if _, err := pool.Exec(ctx, `INSERT INTO portal_event_outbox (event_type) SELECT 'burst' FROM generate_series(1, 50000)`); err != nil {
-		t.Fatal(err)
-	}
 	ids, err := pgx.CollectRows(mustQuery(t, pool, `SELECT id::text FROM portal_event_outbox ORDER BY id DESC LIMIT 100`), pgx.RowTo[string])
 	if err != nil {
 		t.Fatal(err)
@@ -330,5 +363,537 @@ func TestOutcomeWritesStayByKeyAsTheTableGrows(t *testing.T) {
 	if hit == 0 || hit > 100 {
 		t.Errorf("an outcome write of one row at 30,000 pending rows read %d buffers, want a handful by key; plan:\n%s",
 			hit, strings.Join(plan, "\n"))
+	}
+}
+
+const lease = 30 * time.Second
+
+// ClaimIDs takes only those of the ids that are pending and due, counts
+// the attempt and pushes next_attempt_at past the lease; the rest stay as
+// they were.
+func TestClaimIDsTakesPendingDueRows(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st := setup(t)
+	id := add(t, st,
+		seed{typ: "order.created", attempts: 2, next: -time.Second}, // a retry, due
+		seed{},                                // never tried: ClaimIDs has no grace
+		seed{attempts: 1, next: time.Hour},    // a retry, not due
+		seed{status: StatusDelivered},         // done
+		seed{status: StatusDead, attempts: 5}, // given up
+	)
+	c, err := st.ClaimIDs(ctx, append(slices.Clone(id), "1099511627776"), lease, 5)
+	claimed, buried := c.Rows, c.Dead
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := ids(claimed); !sameSet(got, id[:2]) || len(buried) != 0 {
+		t.Fatalf("claimed %v, buried %v; want %v and none", got, buried, id[:2])
+	}
+	for _, r := range claimed {
+		if r.ID != id[0] {
+			continue
+		}
+		if r.Type != "order.created" || string(r.Payload) != `{"n": 1}` || len(r.EventID) != 36 || r.Attempt != 3 || r.CreatedAt.IsZero() {
+			t.Errorf("claimed row = %+v", r)
+		}
+	}
+	for i, want := range []state{
+		{Status: StatusPending, Attempts: 3, NextIn: lease},
+		{Status: StatusPending, Attempts: 1, NextIn: lease},
+		{Status: StatusPending, Attempts: 1, NextIn: time.Hour},
+		{Status: StatusDelivered, Attempts: 0, Delivered: true},
+		{Status: StatusDead, Attempts: 5},
+	} {
+		got := get(t, st, id[i])
+		if got.Status != want.Status || got.Attempts != want.Attempts || got.Delivered != want.Delivered ||
+			(want.Status == StatusPending && !near(got.NextIn, want.NextIn)) {
+			t.Errorf("row %d after the claim = %+v, want %+v", i, got, want)
+		}
+	}
+}
+
+// A row locked by another transaction is skipped, not waited for, and its
+// attempt is not counted; once the lock goes it can be claimed.
+func TestClaimSkipsLockedRows(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st := setup(t)
+	id := add(t, st, seed{next: -time.Minute}, seed{next: -time.Minute})
+	tx, err := st.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM portal_event_outbox WHERE id = $1 FOR UPDATE`, id[0]); err != nil {
+		t.Fatal(err)
+	}
+	c, err := st.ClaimIDs(ctx, id, lease, 5)
+	claimed, _ := c.Rows, c.Dead
+	if err != nil || !sameSet(ids(claimed), id[1:]) {
+		t.Fatalf("ClaimIDs with row %s locked = %v, %v; want %v", id[0], ids(claimed), err, id[1:])
+	}
+	c, err = st.ClaimDue(ctx, 10, 0, lease, 5, nil)
+	claimed, _ = c.Rows, c.Dead
+	if err != nil || len(claimed) != 0 {
+		t.Fatalf("ClaimDue with one row locked, one leased = %v, %v; want none", ids(claimed), err)
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c, err = st.ClaimIDs(ctx, id[:1], lease, 5)
+	claimed, _ = c.Rows, c.Dead
+	if err != nil || len(claimed) != 1 || claimed[0].Attempt != 1 {
+		t.Fatalf("ClaimIDs after the lock went = %+v, %v; want row %s at attempt 1", claimed, err, id[0])
+	}
+}
+
+// A row that used every attempt (the relay died holding it each time)
+// comes back buried, as dead, instead of being sent again.
+func TestClaimBuriesRowsWithNoAttemptLeft(t *testing.T) {
+	t.Parallel()
+	st := setup(t)
+	const maxAttempts = 3
+	tests := []struct {
+		name     string
+		attempts int // before the claim
+		buried   bool
+	}{
+		{"first attempt", 0, false},
+		{"last attempt", maxAttempts - 1, false},
+		{"every attempt used", maxAttempts, true},
+		{"past the maximum (it was lowered)", maxAttempts + 4, true},
+	}
+	rows := make([]seed, len(tests))
+	for i, tt := range tests {
+		rows[i] = seed{attempts: tt.attempts, next: -time.Second}
+	}
+	id := add(t, st, rows...)
+	c, err := st.ClaimIDs(context.Background(), id, lease, maxAttempts)
+	claimed, buried := c.Rows, c.Dead
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			want := Result{ID: id[i], Attempt: tt.attempts + 1, Status: StatusDead, Recorded: true}
+			gotBuried := slices.Contains(buried, want)
+			gotClaimed := slices.ContainsFunc(claimed, func(r Row) bool { return r.ID == id[i] && r.Attempt == tt.attempts+1 })
+			if gotBuried != tt.buried || gotClaimed == tt.buried {
+				t.Fatalf("claimed %+v, buried %+v; want row %s buried: %v", claimed, buried, id[i], tt.buried)
+			}
+			s := get(t, st, id[i])
+			if tt.buried && (s.Status != StatusDead || s.LastError == nil || *s.LastError == "") {
+				t.Errorf("buried row = %+v, want dead with a reason", s)
+			}
+			if !tt.buried && (s.Status != StatusPending || s.LastError != nil) {
+				t.Errorf("claimed row = %+v, want pending", s)
+			}
+		})
+	}
+}
+
+// ClaimDue leaves rows never tried to the stream for grace, takes retries
+// as soon as they are due, takes the longest-due first and stops at limit.
+func TestClaimDue(t *testing.T) {
+	t.Parallel()
+	st := setup(t)
+	// The rows, by index: which a case expects is named by these.
+	const (
+		fresh      = iota // never tried, just inserted
+		freshOld          // never tried, older than the grace
+		retryDue          // tried, due a second ago
+		retryLater        // tried, due in an hour
+		dead              // old, but given up
+		delivered         // old, but done
+	)
+	rows := []seed{
+		fresh:      {},
+		freshOld:   {next: -2 * time.Minute},
+		retryDue:   {attempts: 1, next: -time.Second},
+		retryLater: {attempts: 1, next: time.Hour},
+		dead:       {status: StatusDead, attempts: 1, next: -time.Hour},
+		delivered:  {status: StatusDelivered, attempts: 1, next: -time.Hour},
+	}
+	tests := []struct {
+		name  string
+		limit int
+		grace time.Duration
+		want  []int
+	}{
+		{"grace leaves fresh rows", 10, time.Minute, []int{freshOld, retryDue}},
+		{"no grace takes fresh rows", 10, 0, []int{fresh, freshOld, retryDue}},
+		{"a long grace still takes retries", 10, time.Hour, []int{retryDue}},
+		{"limit takes the longest due first", 1, 0, []int{freshOld}},
+		{"limit of two", 2, 0, []int{freshOld, retryDue}},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ts := withTable(t, st.pool, "outbox_"+string(rune('a'+i)))
+			id := add(t, ts, rows...)
+			c, err := ts.ClaimDue(context.Background(), tt.limit, tt.grace, lease, 5, nil)
+			claimed, buried := c.Rows, c.Dead
+			if err != nil {
+				t.Fatal(err)
+			}
+			var want []string
+			for _, w := range tt.want {
+				want = append(want, id[w])
+			}
+			if got := ids(claimed); !sameSet(got, want) || len(buried) != 0 {
+				t.Errorf("claimed %v, buried %v; want %v", got, buried, want)
+			}
+		})
+	}
+}
+
+func sameSet(a, b []string) bool {
+	a, b = slices.Clone(a), slices.Clone(b)
+	slices.Sort(a)
+	slices.Sort(b)
+	return slices.Equal(a, b)
+}
+
+// NextDue is how long the sweeper may sleep: false with nothing pending,
+// a fresh row counts from grace, and an overdue retry is negative.
+func TestNextDue(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st := setup(t)
+	const grace = 30 * time.Second
+	steps := []struct {
+		name string
+		add  seed // added before NextDue is asked
+		ok   bool
+		want time.Duration
+	}{
+		{"delivered only", seed{status: StatusDelivered, next: -time.Hour}, false, 0},
+		{"and dead", seed{status: StatusDead, next: -time.Hour}, false, 0},
+		{"a fresh row waits for grace", seed{}, true, grace},
+		{"a retry due sooner", seed{attempts: 1, next: 10 * time.Second}, true, 10 * time.Second},
+		{"an overdue retry", seed{attempts: 2, next: -time.Minute}, true, -time.Minute},
+	}
+	if _, ok, err := st.NextDue(ctx, grace); ok || err != nil {
+		t.Fatalf("NextDue of an empty table: ok %v, %v; want false", ok, err)
+	}
+	for _, s := range steps {
+		add(t, st, s.add)
+		d, ok, err := st.NextDue(ctx, grace)
+		if err != nil || ok != s.ok || (ok && !near(d, s.want)) {
+			t.Errorf("%s: NextDue = %s, %v, %v; want %s, %v", s.name, d, ok, err, s.want, s.ok)
+		}
+	}
+}
+
+// claimOne claims the row id and returns it as the claim does.
+func claimOne(t *testing.T, st *Store, id string) Row {
+	t.Helper()
+	c, err := st.ClaimIDs(context.Background(), []string{id}, lease, 5)
+	claimed := c.Rows
+	if err != nil || len(claimed) != 1 {
+		t.Fatalf("claim row %s = %v, %v", id, ids(claimed), err)
+	}
+	return claimed[0]
+}
+
+// Record writes each outcome of a batch in one statement: delivered clears
+// the last error, a retry sets when and why, dead keeps the lease time.
+func TestRecordWritesOutcomes(t *testing.T) {
+	t.Parallel()
+	st := setup(t)
+	failed := "runner: 503"
+	tests := []struct {
+		name   string
+		result Result // ID and Attempt filled in from the claim
+		want   state
+	}{
+		{"delivered", Result{Status: StatusDelivered},
+			state{Status: StatusDelivered, Attempts: 1, NextIn: lease, Delivered: true}},
+		{"retry", Result{Status: StatusPending, Next: time.Now().Add(time.Hour), Error: failed},
+			state{Status: StatusPending, Attempts: 1, NextIn: time.Hour, LastError: &failed}},
+		{"dead", Result{Status: StatusDead, Error: failed},
+			state{Status: StatusDead, Attempts: 1, NextIn: lease, LastError: &failed}},
+		// The runner was down: the attempt is given back.
+		{"retry not counted", Result{Status: StatusPending, Next: time.Now().Add(time.Hour), Error: failed, Uncount: true},
+			state{Status: StatusPending, Attempts: 0, NextIn: time.Hour, LastError: &failed}},
+		// Uncount means nothing on a final outcome.
+		{"delivered uncount ignored", Result{Status: StatusDelivered, Uncount: true},
+			state{Status: StatusDelivered, Attempts: 1, NextIn: lease, Delivered: true}},
+	}
+	results := make([]Result, len(tests))
+	for i, tt := range tests {
+		// An earlier failure's error, which delivery must clear.
+		id := add(t, st, seed{lastError: "earlier failure"})[0]
+		row := claimOne(t, st, id)
+		results[i] = tt.result
+		results[i].ID, results[i].Attempt = row.ID, row.Attempt
+	}
+	if _, _, err := st.Record(context.Background(), results); err != nil {
+		t.Fatal(err)
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := get(t, st, results[i].ID)
+			if !sameState(got, tt.want) {
+				t.Errorf("row = %s, want %s", show(got), show(tt.want))
+			}
+		})
+	}
+}
+
+// The attempts guard: an outcome for an attempt that is no longer the
+// row's (its lease ran out and it was claimed again), or for a row that is
+// no longer pending, changes nothing.
+func TestRecordIgnoresLateWriters(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st := setup(t)
+	id := add(t, st, seed{}, seed{})
+	first := claimOne(t, st, id[0])
+	expire(t, st, id[0])
+	second := claimOne(t, st, id[0])
+	if _, _, err := st.Record(ctx, []Result{{ID: id[0], Attempt: first.Attempt, Status: StatusDelivered}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := get(t, st, id[0]); got.Status != StatusPending || got.Attempts != 2 || got.Delivered || !near(got.NextIn, lease) {
+		t.Errorf("after the first attempt's late outcome, row = %s; want pending, attempt 2, leased", show(got))
+	}
+	if _, _, err := st.Record(ctx, []Result{{ID: id[0], Attempt: second.Attempt, Status: StatusDelivered}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := get(t, st, id[0]); got.Status != StatusDelivered {
+		t.Errorf("the current attempt's outcome was not written: row = %s", show(got))
+	}
+
+	row := claimOne(t, st, id[1])
+	done := Result{ID: row.ID, Attempt: row.Attempt, Status: StatusDelivered}
+	if _, _, err := st.Record(ctx, []Result{done}); err != nil {
+		t.Fatal(err)
+	}
+	again := Result{ID: row.ID, Attempt: row.Attempt, Status: StatusDead, Error: "a second writer"}
+	if _, _, err := st.Record(ctx, []Result{again}); err != nil {
+		t.Fatal(err)
+	}
+	if got := get(t, st, id[1]); got.Status != StatusDelivered || got.LastError != nil {
+		t.Errorf("a delivered row was overwritten: %s", show(got))
+	}
+}
+
+// Release gives a lease back: the attempt is un-counted and the row is due
+// at once, so the next claim takes it with the same attempt number. It is
+// guarded like Record.
+func TestReleaseGivesTheLeaseBack(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st := setup(t)
+	id := add(t, st, seed{attempts: 1, next: -time.Second}, seed{}, seed{})
+	held := claimOne(t, st, id[0])
+	if _, err := st.Release(ctx, []Row{held}); err != nil {
+		t.Fatal(err)
+	}
+	if got := get(t, st, id[0]); got.Attempts != 1 || got.NextIn > 0 || got.Status != StatusPending {
+		t.Errorf("released row = %s, want pending, attempts 1, due now", show(got))
+	}
+	c, err := st.ClaimDue(ctx, 10, time.Hour, lease, 5, nil)
+	claimed, _ := c.Rows, c.Dead
+	if err != nil || len(claimed) != 1 || claimed[0].ID != id[0] || claimed[0].Attempt != held.Attempt {
+		t.Errorf("claim after release = %+v, %v; want row %s at attempt %d", claimed, err, id[0], held.Attempt)
+	}
+
+	// A release by a holder whose lease ran out and was claimed again.
+	stale := claimOne(t, st, id[1])
+	expire(t, st, id[1])
+	claimOne(t, st, id[1])
+	// A release of a row already delivered.
+	done := claimOne(t, st, id[2])
+	if _, _, err := st.Record(ctx, []Result{{ID: done.ID, Attempt: done.Attempt, Status: StatusDelivered}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Release(ctx, []Row{stale, done}); err != nil {
+		t.Fatal(err)
+	}
+	if got := get(t, st, id[1]); got.Attempts != 2 || !near(got.NextIn, lease) {
+		t.Errorf("a stale release changed the row: %s, want attempts 2 and leased", show(got))
+	}
+	if got := get(t, st, id[2]); got.Status != StatusDelivered || got.Attempts != 1 {
+		t.Errorf("a release changed a delivered row: %s", show(got))
+	}
+}
+
+// noneClaimable fails the test when any claim takes a row: by the sweep,
+// by id (the stream) or by key (the successor's claim).
+func noneClaimable(t *testing.T, st *Store, why string, byID, keys []string) {
+	t.Helper()
+	ctx := context.Background()
+	if got := claimAll(t, st); len(got) != 0 {
+		t.Fatalf("%s: the sweep's claim took %v", why, ids(got))
+	}
+	if c, err := st.ClaimIDs(ctx, byID, lease, 25); err != nil || len(c.Rows) != 0 {
+		t.Fatalf("%s: the claim by id took %v, %v", why, ids(c.Rows), err)
+	}
+	if c, err := st.ClaimKeys(ctx, keys, lease, 25, nil); err != nil || len(c.Rows) != 0 {
+		t.Fatalf("%s: the claim by key took %v, %v", why, ids(c.Rows), err)
+	}
+}
+
+// openEarlyRow inserts a row of key k into st's table in a transaction it
+// leaves open (its id comes first), and returns the transaction, committed
+// or rolled back at the end of the test, and the row's id.
+func openEarlyRow(t *testing.T, st *Store, event string) (pgx.Tx, string) {
+	t.Helper()
+	ctx := context.Background()
+	tx, err := st.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tx.Rollback(ctx) })
+	var id string
+	if err := tx.QueryRow(ctx, st.schema.expand(`INSERT INTO {table} ({event_type}, {ordering_key}) VALUES ($1, 'k') RETURNING {id}::text`), event).Scan(&id); err != nil {
+		t.Fatal(err)
+	}
+	return tx, id
+}
+
+// A row that becomes pending earlier in its key's order than a row in
+// flight (its transaction took its id first and committed after the
+// other's row was claimed) waits until the row in flight has its outcome:
+// no claim takes a second row of the key meanwhile. Then it goes. A row
+// waiting for its retry holds its key the same way until the retry is
+// due; then the key's first row goes, and nothing is stuck.
+func TestOrderedLateRowWaitsForTheLeasedRow(t *testing.T) {
+	t.Parallel()
+	pool := setup(t).pool
+	for _, leased := range []string{"in flight", "waiting for its retry"} {
+		t.Run(leased, func(t *testing.T) {
+			ctx := context.Background()
+			st := orderedTable(t, pool, "late_"+strings.Fields(leased)[0], orderedColumns())
+			tx, early := openEarlyRow(t, st, "early")
+			late := addKeyed(t, st, keyed{key: "k"})[0]
+			claimed := claimAll(t, st)
+			if !sameSet(ids(claimed), []string{late}) {
+				t.Fatalf("claim = %v, want the committed row %s", ids(claimed), late)
+			}
+			if leased != "in flight" {
+				recordAll(t, st, claimed, StatusPending) // its retry is an hour away
+			}
+			if err := tx.Commit(ctx); err != nil {
+				t.Fatal(err)
+			}
+			noneClaimable(t, st, "with "+late+" "+leased, []string{early}, []string{"k"})
+			if leased == "in flight" {
+				recordAll(t, st, claimed, StatusDelivered)
+			} else {
+				expire(t, st, late)
+			}
+			got := claimAll(t, st)
+			if !sameSet(ids(got), []string{early}) {
+				t.Fatalf("claim once %s is no longer %s = %v, want the key's first row %s", late, leased, ids(got), early)
+			}
+			if leased != "in flight" {
+				recordAll(t, st, got, StatusDelivered)
+				if got := claimAll(t, st); !sameSet(ids(got), []string{late}) {
+					t.Fatalf("claim after %s = %v, want the retry %s", early, ids(got), late)
+				}
+			}
+		})
+	}
+}
+
+// A dead row requeued while a later row of its key is in flight waits for
+// that row's outcome, then goes.
+func TestOrderedRequeueWaitsForTheRowInFlight(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st := orderedTable(t, setup(t).pool, "requeued", orderedColumns())
+	id := addKeyed(t, st, keyed{key: "k"}, keyed{key: "k"})
+	recordAll(t, st, claimAll(t, st), StatusDead)
+	inFlight := claimAll(t, st)
+	if !sameSet(ids(inFlight), id[1:]) {
+		t.Fatalf("claim after a dead head under skip = %v, want %s", ids(inFlight), id[1])
+	}
+	if n, err := st.Requeue(ctx, RequeueFilter{IDs: id[:1]}, false); err != nil || n != 1 {
+		t.Fatalf("requeue = %d, %v", n, err)
+	}
+	noneClaimable(t, st, "with "+id[1]+" in flight", id[:1], []string{"k"})
+	recordAll(t, st, inFlight, StatusDelivered)
+	if got := claimAll(t, st); !sameSet(ids(got), id[:1]) {
+		t.Fatalf("claim after the row in flight was delivered = %v, want the requeued %s", ids(got), id[0])
+	}
+}
+
+// Two claims that overlap in time never take two rows of one key: claim X
+// has taken its snapshot and holds the key's row r (a trigger holds it
+// there) when a row earlier in the key's order commits; claim Y, whose
+// snapshot would see that row and not X's lease, waits for X to commit
+// instead, and then sees r leased.
+func TestOrderedClaimsTakeTurns(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	st := orderedTable(t, setup(t).pool, "turns", orderedColumns())
+	mustExec(t, st.pool, `CREATE FUNCTION hold() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+		IF NEW.event_type = 'held' THEN PERFORM pg_advisory_xact_lock_shared(4242); END IF; RETURN NEW; END $$`)
+	mustExec(t, st.pool, `CREATE TRIGGER hold BEFORE UPDATE ON turns FOR EACH ROW EXECUTE FUNCTION hold()`)
+	late, early := openEarlyRow(t, st, "early")
+	var held string
+	if err := st.pool.QueryRow(ctx, `INSERT INTO turns (event_type, entity) VALUES ('held', 'k') RETURNING id::text`).Scan(&held); err != nil {
+		t.Fatal(err)
+	}
+	holder, err := st.pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Release()
+	if _, err := holder.Exec(ctx, `SELECT pg_advisory_lock(4242)`); err != nil {
+		t.Fatal(err)
+	}
+	waiting := func() int {
+		var n int
+		if err := st.pool.QueryRow(ctx, `SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted`).Scan(&n); err != nil {
+			t.Error(err)
+		}
+		return n
+	}
+	claims := make(chan Claim, 2)
+	claim := func() {
+		c, err := st.ClaimDue(ctx, 10, 0, lease, 25, nil)
+		if err != nil {
+			t.Error(err)
+		}
+		claims <- c
+	}
+	go claim() // X
+	pgtest.WaitFor(t, 30*time.Second, "claim X to hold the row "+held, func() bool { return waiting() == 1 })
+	if err := late.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	go claim() // Y
+	var y *Claim
+	pgtest.WaitFor(t, 30*time.Second, "claim Y to finish or wait", func() bool {
+		select {
+		case c := <-claims:
+			y = &c
+			return true
+		default:
+			return waiting() == 2
+		}
+	})
+	if _, err := holder.Exec(ctx, `SELECT pg_advisory_unlock(4242)`); err != nil {
+		t.Fatal(err)
+	}
+	got := []string{}
+	for range 2 {
+		var c Claim
+		if y != nil {
+			c, y = *y, nil
+		} else {
+			c = <-claims
+		}
+		got = append(got, ids(c.Rows)...)
+	}
+	if !sameSet(got, []string{held}) {
+		t.Fatalf("the two claims took %v, want only %s (X's): %s is earlier in the key's order but committed while %s was being claimed",
+			got, held, early, held)
 	}
 }
