@@ -102,15 +102,23 @@ func Start(opts ...Option) (*Cluster, error) {
 		return nil, fmt.Errorf("pgtest: temp dir: %w", err)
 	}
 	c := &Cluster{binDir: binDir, dir: dir, password: rand.Text(), walLevel: cfg.walLevel, settings: cfg.settings, cred: cred}
-	if err := c.initdb(); err != nil {
-		os.RemoveAll(dir)
-		return nil, err
-	}
-	if err := c.startOnFreePort(); err != nil {
-		os.RemoveAll(dir)
+	if err := c.setUp(c.initdb); err != nil {
 		return nil, err
 	}
 	return c, nil
+}
+
+// setUp makes the data directory with prepare and starts the server on a
+// free port; when either fails it removes the cluster's directory.
+func (c *Cluster) setUp(prepare func() error) error {
+	err := prepare()
+	if err == nil {
+		err = c.startOnFreePort()
+	}
+	if err != nil {
+		os.RemoveAll(c.dir)
+	}
+	return err
 }
 
 // startOnFreePort starts the server of a cluster whose data directory is
