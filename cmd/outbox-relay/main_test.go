@@ -219,24 +219,14 @@ func migrated(t *testing.T) (url string, conn *pgx.Conn) {
 	if code, _, stderr := runCmd(t, context.Background(), []string{"RELAY_DATABASE_URL=" + url}, "migrate"); code != 0 {
 		t.Fatal(stderr)
 	}
-	conn, err := pgx.Connect(context.Background(), url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close(context.Background()) })
-	return url, conn
+	return url, pgtest.Connect(t, url)
 }
 
 // prepared is a fresh database on which ddl has run, and no migrate.
 func prepared(t *testing.T, ddl string) string {
 	t.Helper()
 	url := pgtest.NewDB(t)
-	conn, err := pgx.Connect(context.Background(), url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
-	exec(t, conn, ddl)
+	exec(t, pgtest.Connect(t, url), ddl)
 	return url
 }
 

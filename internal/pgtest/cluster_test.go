@@ -51,7 +51,7 @@ func TestReplicationConnection(t *testing.T) {
 func TestWithWalLevelReplica(t *testing.T) {
 	t.Parallel()
 	c := pgtest.StartT(t, pgtest.WithWalLevel("replica"))
-	conn := connect(t, c.URL("postgres"))
+	conn := pgtest.Connect(t, c.URL("postgres"))
 	if got := queryString(t, conn, "SHOW wal_level"); got != "replica" {
 		t.Errorf("wal_level = %q, want replica", got)
 	}
@@ -60,7 +60,7 @@ func TestWithWalLevelReplica(t *testing.T) {
 func TestRestartImmediate(t *testing.T) {
 	t.Parallel()
 	c := pgtest.StartT(t)
-	before := connect(t, c.URL("postgres"))
+	before := pgtest.Connect(t, c.URL("postgres"))
 	if err := c.Restart("immediate"); err != nil {
 		t.Fatal(err)
 	}
@@ -69,7 +69,7 @@ func TestRestartImmediate(t *testing.T) {
 	if err := before.Ping(ctx); err == nil {
 		t.Error("a connection from before the crash still works; want it cut")
 	}
-	after := connect(t, c.URL("postgres"))
+	after := pgtest.Connect(t, c.URL("postgres"))
 	if got := queryString(t, after, "SELECT 'up'"); got != "up" {
 		t.Errorf("after restart got %q", got)
 	}
@@ -78,7 +78,7 @@ func TestRestartImmediate(t *testing.T) {
 func TestStopAndStartServer(t *testing.T) {
 	t.Parallel()
 	c := pgtest.StartT(t)
-	conn := connect(t, c.URL("postgres"))
+	conn := pgtest.Connect(t, c.URL("postgres"))
 	if _, err := conn.Exec(context.Background(), "CREATE TABLE kept (id int); INSERT INTO kept VALUES (42)"); err != nil {
 		t.Fatal(err)
 	}
@@ -94,7 +94,7 @@ func TestStopAndStartServer(t *testing.T) {
 	if err := c.StartServer(); err != nil {
 		t.Fatal(err)
 	}
-	if got := queryString(t, connect(t, c.URL("postgres")), "SELECT id::text FROM kept"); got != "42" {
+	if got := queryString(t, pgtest.Connect(t, c.URL("postgres")), "SELECT id::text FROM kept"); got != "42" {
 		t.Errorf("data after restart = %q, want 42", got)
 	}
 }

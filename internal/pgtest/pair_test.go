@@ -16,7 +16,7 @@ import (
 func TestPairPromote(t *testing.T) {
 	p := pgtest.StartPair(t, true)
 	ctx := context.Background()
-	conn := connect(t, p.URL("postgres"))
+	conn := pgtest.Connect(t, p.URL("postgres"))
 	if _, err := conn.Exec(ctx, `CREATE TABLE t (id int); INSERT INTO t VALUES (1)`); err != nil {
 		t.Fatal(err)
 	}
@@ -29,7 +29,7 @@ func TestPairPromote(t *testing.T) {
 	if err := p.Promote(); err != nil {
 		t.Fatal(err)
 	}
-	after := connect(t, p.URL("postgres"))
+	after := pgtest.Connect(t, p.URL("postgres"))
 	if got := queryString(t, after, `SELECT current_setting('port')`); got != fmt.Sprint(p.Standby.Port()) {
 		t.Errorf("after the promotion the two-host URL reached port %s, want the standby's %d", got, p.Standby.Port())
 	}
@@ -44,7 +44,7 @@ func TestPairPromote(t *testing.T) {
 // An asynchronous pair streams too, with sync_state async.
 func TestPairAsync(t *testing.T) {
 	p := pgtest.StartPair(t, false)
-	conn := connect(t, p.Primary.URL("postgres"))
+	conn := pgtest.Connect(t, p.Primary.URL("postgres"))
 	if got := queryString(t, conn, `SELECT sync_state FROM pg_stat_replication`); got != "async" {
 		t.Errorf("sync_state %s, want async", got)
 	}
@@ -56,12 +56,12 @@ func TestPairAsync(t *testing.T) {
 func TestPairSlotSync(t *testing.T) {
 	pgtest.SkipBelow(t, 17, "standbys synchronize failover slots (sync_replication_slots) from 17 on")
 	p := pgtest.StartPair(t, true, pgtest.WithSlotSync())
-	primary := connect(t, p.Primary.URL("postgres"))
+	primary := pgtest.Connect(t, p.Primary.URL("postgres"))
 	if _, err := primary.Exec(context.Background(),
 		`SELECT pg_create_logical_replication_slot('kept', 'pgoutput', false, false, true)`); err != nil {
 		t.Fatal(err)
 	}
-	standby := connect(t, p.Standby.URL("postgres"))
+	standby := pgtest.Connect(t, p.Standby.URL("postgres"))
 	pgtest.WaitFor(t, time.Minute, "the standby to keep a synced, persistent copy of the slot", func() bool {
 		var synced, temporary bool
 		err := standby.QueryRow(context.Background(),
@@ -74,7 +74,7 @@ func TestPairSlotSync(t *testing.T) {
 	if err := p.Promote(); err != nil {
 		t.Fatal(err)
 	}
-	after := connect(t, p.Standby.URL("postgres"))
+	after := pgtest.Connect(t, p.Standby.URL("postgres"))
 	if got := queryString(t, after, `SELECT count(*)::text FROM pg_replication_slots WHERE slot_name = 'kept' AND slot_type = 'logical'`); got != "1" {
 		t.Errorf("the promoted standby has %s copies of the failover slot, want 1", got)
 	}

@@ -16,18 +16,6 @@ import (
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
 
-func connect(t *testing.T, dbURL string) *pgx.Conn {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, dbURL)
-	if err != nil {
-		t.Fatalf("connect %s: %v", dbURL, err)
-	}
-	t.Cleanup(func() { conn.Close(context.Background()) })
-	return conn
-}
-
 func queryString(t *testing.T, conn *pgx.Conn, sql string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -46,7 +34,7 @@ func TestNewDBGivesDistinctDatabases(t *testing.T) {
 		for i := range 4 {
 			t.Run(fmt.Sprint(i), func(t *testing.T) {
 				t.Parallel()
-				conn := connect(t, pgtest.NewDB(t))
+				conn := pgtest.Connect(t, pgtest.NewDB(t))
 				if _, err := conn.Exec(context.Background(), "CREATE TABLE t (id int); INSERT INTO t VALUES (1)"); err != nil {
 					t.Fatalf("use fresh database: %v", err)
 				}
@@ -72,7 +60,7 @@ func TestSharedClusterIsLogical(t *testing.T) {
 	if pgtest.Shared() == nil {
 		t.Skip("using RELAY_TEST_DATABASE_URL: its settings are not ours")
 	}
-	conn := connect(t, pgtest.NewDB(t))
+	conn := pgtest.Connect(t, pgtest.NewDB(t))
 	if got := queryString(t, conn, "SHOW wal_level"); got != "logical" {
 		t.Errorf("wal_level = %q, want logical", got)
 	}
@@ -91,7 +79,7 @@ func TestNewDBDropsItsSlots(t *testing.T) {
 	u.Path = "/postgres"
 	t.Run("use", func(t *testing.T) {
 		dbURL := pgtest.NewDB(t)
-		conn := connect(t, dbURL)
+		conn := pgtest.Connect(t, dbURL)
 		ctx := context.Background()
 		dbName = queryString(t, conn, "SELECT current_database()")
 		for _, slot := range []string{dbName + "_idle", dbName + "_held"} {
@@ -117,7 +105,7 @@ func TestNewDBDropsItsSlots(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
-	conn := connect(t, u.String())
+	conn := pgtest.Connect(t, u.String())
 	if n := queryString(t, conn, fmt.Sprintf(`SELECT count(*)::text FROM pg_replication_slots WHERE slot_name LIKE '%s%%'`, dbName)); n != "0" {
 		t.Errorf("%s slots of the dropped database %s are left", n, dbName)
 	}
