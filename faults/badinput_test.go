@@ -46,8 +46,7 @@ func TestTableMissingAColumn(t *testing.T) {
 // Odd rows and odd answers: each row gets its own outcome, none blocks
 // the others.
 func TestBadRowsDoNotBlockOthers(t *testing.T) {
-	d := newDB(t, pgtest.NewDB(t))
-	rn := newRunner(t)
+	d, rn := fresh(t)
 	huge := strings.Repeat("x", 10<<20)
 	rn.SetAnswer(func(w http.ResponseWriter, r *http.Request, _ []byte) bool {
 		if r.ContentLength > 5<<20 {
@@ -78,8 +77,7 @@ func TestBadRowsDoNotBlockOthers(t *testing.T) {
 // A runner that answers 200 with an endless body: the relay reads a
 // bounded amount, records the delivery and goes on.
 func TestHugeAnswerBody(t *testing.T) {
-	d := newDB(t, pgtest.NewDB(t))
-	rn := newRunner(t)
+	d, rn := fresh(t)
 	rn.SetAnswer(func(w http.ResponseWriter, r *http.Request, _ []byte) bool {
 		w.WriteHeader(200)
 		chunk := []byte(strings.Repeat("garbage ", 8192))

@@ -19,8 +19,7 @@ import (
 // now and then rather than a request per due row, and on its return the
 // backlog drains at once.
 func TestRunnerDownNoDeadLetters(t *testing.T) {
-	d := newDB(t, pgtest.NewDB(t))
-	rn := newRunner(t)
+	d, rn := fresh(t)
 	addr := freeAddr(t)
 	env := relayEnv(d, rn, "RELAY_MAX_ATTEMPTS=3", "RELAY_LISTEN_ADDR="+addr)
 	startRelay(t, env)
@@ -100,8 +99,7 @@ func TestRunnerDownNoDeadLetters(t *testing.T) {
 // everything is delivered, nothing dies (RELAY_MAX_ATTEMPTS=3: counted,
 // one row in eight would have).
 func TestRunnerThrottles(t *testing.T) {
-	d := newDB(t, pgtest.NewDB(t))
-	rn := newRunner(t)
+	d, rn := fresh(t)
 	var n, throttled atomic.Int64
 	rn.SetAnswer(func(w http.ResponseWriter, _ *http.Request, _ []byte) bool {
 		if n.Add(1)%2 == 0 {

@@ -18,8 +18,7 @@ import (
 // sends each row as committed: the last payload, nothing early, nothing
 // deleted.
 func TestRowsAreSentAsCommitted(t *testing.T) {
-	d := newDB(t, pgtest.NewDB(t))
-	rn := newRunner(t)
+	d, rn := fresh(t)
 	var mu sync.Mutex
 	got := map[string]json.RawMessage{} // event_type → payload, per event
 	rn.SetAnswer(func(w http.ResponseWriter, _ *http.Request, body []byte) bool {

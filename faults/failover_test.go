@@ -93,7 +93,7 @@ func (f switchFigures) figures() map[string]string {
 func failover(t *testing.T, sc scenario) switchFigures {
 	pair := pgtest.StartPair(t, sc.sync, sc.pairOpts...)
 	d := newDB(t, pair.URL("postgres"))
-	rn := newRunner(t)
+	rn := relaytest.NewRunner(t)
 	p, metrics := withMetrics(t, d, rn, "RELAY_CONCURRENCY="+strconv.Itoa(concurrency))
 	// Rows committed before the first slot exists wait for the sweep's
 	// grace: a start-up figure, not the switch's.

@@ -7,8 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/outbox-relay/outbox-relay/internal/pgtest"
 )
 
@@ -43,7 +41,7 @@ func TestFailoverSyncedSlot(t *testing.T) {
 	if n := strings.Count(f.logs, "replication: slot created"); n != 1 {
 		t.Errorf("the relay created its slot %d times, want once (on the old primary): the synced copy was not used", n)
 	}
-	onNew := connect(t, f.pair.Standby.URL("postgres"))
+	onNew := pgtest.Connect(t, f.pair.Standby.URL("postgres"))
 	var synced, carried bool
 	var lsn string
 	if err := onNew.QueryRow(context.Background(), `SELECT synced, confirmed_flush_lsn >= $2::pg_lsn, confirmed_flush_lsn::text
@@ -79,7 +77,7 @@ type slotCopy struct {
 // (it naps up to 30 s between rounds while nothing changes).
 func waitSlotCopy(t *testing.T, pair *pgtest.Pair) {
 	t.Helper()
-	standby := connect(t, pair.Standby.URL("postgres"))
+	standby := pgtest.Connect(t, pair.Standby.URL("postgres"))
 	pgtest.WaitFor(t, time.Minute, "the standby's synced copy of the relay's slot", func() bool {
 		var n int
 		err := standby.QueryRow(context.Background(), `SELECT count(*) FROM pg_replication_slots
@@ -94,28 +92,15 @@ func waitSlotCopy(t *testing.T, pair *pgtest.Pair) {
 func readSlotCopy(t *testing.T, pair *pgtest.Pair) slotCopy {
 	t.Helper()
 	var c slotCopy
-	standby := connect(t, pair.Standby.URL("postgres"))
+	standby := pgtest.Connect(t, pair.Standby.URL("postgres"))
 	if err := standby.QueryRow(context.Background(), `SELECT confirmed_flush_lsn::text FROM pg_replication_slots
 		WHERE slot_name = $1 AND synced`, slotName).Scan(&c.copyLSN); err != nil {
 		t.Fatalf("the standby's copy of the relay's slot: %v", err)
 	}
-	primary := connect(t, pair.Primary.URL("postgres"))
+	primary := pgtest.Connect(t, pair.Primary.URL("postgres"))
 	if err := primary.QueryRow(context.Background(), `SELECT confirmed_flush_lsn::text, pg_wal_lsn_diff(confirmed_flush_lsn, $2::pg_lsn)::bigint
 		FROM pg_replication_slots WHERE slot_name = $1`, slotName, c.copyLSN).Scan(&c.primaryLSN, &c.behind); err != nil {
 		t.Fatalf("the relay's slot on the primary: %v", err)
 	}
 	return c
-}
-
-// connect opens a connection that the test's cleanup closes.
-func connect(t *testing.T, url string) *pgx.Conn {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close(context.Background()) })
-	return conn
 }

@@ -22,7 +22,7 @@ func TestRelayKilled(t *testing.T) { relayKilled(t, unordered) }
 
 func relayKilled(t *testing.T, m mode) {
 	d := m.db(t, pgtest.NewDB(t))
-	rn := newRunner(t)
+	rn := relaytest.NewRunner(t)
 	s := newSenders(rn, nil)
 	env := m.env(d, rn, "RELAY_CONCURRENCY="+strconv.Itoa(concurrency))
 	start := func() (*relaytest.Process, int) {
@@ -80,7 +80,7 @@ func postgresRestarted(t *testing.T, m mode) {
 	// "delivered" rows are sent again. Production runs with it on.
 	c := pgtest.StartT(t, pgtest.WithSetting("synchronous_commit", "on"))
 	d := m.db(t, c.URL("postgres"))
-	rn := newRunner(t)
+	rn := relaytest.NewRunner(t)
 	in := m.inserter(t, d, 200, 4)
 	p := startRelay(t, m.env(d, rn))
 	restarts := 2
@@ -115,7 +115,7 @@ func TestThreeReplicas(t *testing.T) { threeReplicas(t, unordered) }
 
 func threeReplicas(t *testing.T, m mode) {
 	d := m.db(t, pgtest.NewDB(t))
-	rn := newRunner(t)
+	rn := relaytest.NewRunner(t)
 	s := newSenders(rn, nil)
 	for range 3 {
 		tag, _ := s.tag()
@@ -139,8 +139,7 @@ func threeReplicas(t *testing.T, m mode) {
 // relay exits 0 within its shutdown deadline, and nothing is lost after a
 // restart.
 func TestSIGTERM(t *testing.T) {
-	d := newDB(t, pgtest.NewDB(t))
-	rn := newRunner(t)
+	d, rn := fresh(t)
 	// Slow answers keep POSTs in flight at the moment of the signal.
 	rn.SetAnswer(func(w http.ResponseWriter, r *http.Request, _ []byte) bool {
 		time.Sleep(time.Duration(rand.IntN(200)) * time.Millisecond)

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/outbox-relay/outbox-relay/internal/pgtest"
@@ -53,8 +54,6 @@ func scale(small, big int) int {
 	return small
 }
 
-var table = store.Table{Schema: "public", Name: "portal_event_outbox"}
-
 // db is a migrated outbox database.
 type db struct {
 	url  string
@@ -63,21 +62,20 @@ type db struct {
 
 func newDB(t *testing.T, url string) *db {
 	t.Helper()
-	return newDBWith(t, url, store.DefaultSchema(table))
+	return newDBWith(t, url, store.DefaultSchema(relaytest.Table))
+}
+
+// fresh is a migrated database of the test's own and a runner, both gone
+// when the test ends.
+func fresh(t *testing.T) (*db, *relaytest.Runner) {
+	t.Helper()
+	return newDB(t, pgtest.NewDB(t)), relaytest.NewRunner(t)
 }
 
 // newDBWith is newDB with the table migrate makes for schema.
 func newDBWith(t *testing.T, url string, schema *store.Schema) *db {
 	t.Helper()
-	pool, err := pgxpool.New(context.Background(), url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	if _, err := store.Migrate(context.Background(), pool, schema, "outbox_relay"); err != nil {
-		t.Fatal(err)
-	}
-	return &db{url: url, pool: pool}
+	return &db{url: url, pool: relaytest.MigrateAt(t, url, schema, "outbox_relay").Pool()}
 }
 
 func (d *db) count(t *testing.T, where string) int {
@@ -92,31 +90,16 @@ func (d *db) count(t *testing.T, where string) int {
 // eventIDs is every event_id in the table.
 func (d *db) eventIDs(t *testing.T) map[string]bool {
 	t.Helper()
-	rows, err := d.pool.Query(context.Background(), `SELECT event_id::text FROM portal_event_outbox`)
+	rows, _ := d.pool.Query(context.Background(), `SELECT event_id::text FROM portal_event_outbox`)
+	list, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer rows.Close()
-	ids := map[string]bool{}
-	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
-			t.Fatal(err)
-		}
+	ids := make(map[string]bool, len(list))
+	for _, id := range list {
 		ids[id] = true
 	}
 	return ids
-}
-
-// newRunner starts a runner that the test's cleanup stops.
-func newRunner(t *testing.T) *relaytest.Runner {
-	t.Helper()
-	rn, err := relaytest.StartRunner()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(rn.Stop)
-	return rn
 }
 
 // restartRunner brings a stopped runner back at the same URL.

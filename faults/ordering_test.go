@@ -39,7 +39,7 @@ func (m mode) db(t *testing.T, url string) *db {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return newDBWith(t, url, store.Planned(table, cols, store.DefaultStatuses()))
+	return newDBWith(t, url, store.Planned(relaytest.Table, cols, store.DefaultStatuses()))
 }
 
 func (m mode) env(d *db, rn *relaytest.Runner, extra ...string) []string {

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/outbox-relay/outbox-relay/internal/pgtest"
+	"github.com/outbox-relay/outbox-relay/internal/relaytest"
 )
 
 // On PostgreSQL 16 and later the relay's outcome writes carry a
@@ -21,7 +22,7 @@ func TestOwnWritesAreNotStreamed(t *testing.T) {
 	if version < 16 {
 		t.Skipf("PostgreSQL %d cannot filter changes by origin (16 and later can)", version)
 	}
-	rn := newRunner(t)
+	rn := relaytest.NewRunner(t)
 	_, url := withMetrics(t, d, rn, "RELAY_CDC=on", "RELAY_SWEEP_INTERVAL=1m")
 	pgtest.WaitFor(t, 30*time.Second, "the stream", func() bool { return streaming(url) })
 

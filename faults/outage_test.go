@@ -56,8 +56,7 @@ func writeWAL(ctx context.Context, d *db, n int64) error {
 // and unrelated WAL is written. The slot must not hold WAL for the
 // outage: the rows wait in the table, not in the slot.
 func TestRunnerOutage(t *testing.T) {
-	d := newDB(t, pgtest.NewDB(t))
-	rn := newRunner(t)
+	d, rn := fresh(t)
 	startRelay(t, relayEnv(d, rn, "RELAY_BACKOFF_BASE=200ms", "RELAY_BACKOFF_MAX=2s"))
 	pgtest.WaitFor(t, 30*time.Second, "the slot", func() bool { _, _, ok := slotFigures(t, d); return ok })
 
@@ -142,7 +141,7 @@ func TestFlakyRunner(t *testing.T) { flakyRunner(t, unordered) }
 
 func flakyRunner(t *testing.T, m mode) {
 	d := m.db(t, pgtest.NewDB(t))
-	rn := newRunner(t)
+	rn := relaytest.NewRunner(t)
 	rn.SetAnswer(flakyAnswer())
 	addr := freeAddr(t)
 	env := m.env(d, rn, "RELAY_HTTP_TIMEOUT=1s", "RELAY_BACKOFF_BASE=50ms", "RELAY_BACKOFF_MAX=500ms",
@@ -239,8 +238,7 @@ func scrape(url, name string) (float64, error) {
 // The slot and then the publication are dropped under load: the relay
 // recreates them and nothing is lost.
 func TestSlotAndPublicationDropped(t *testing.T) {
-	d := newDB(t, pgtest.NewDB(t))
-	rn := newRunner(t)
+	d, rn := fresh(t)
 	_, metrics := withMetrics(t, d, rn)
 	in := startInserter(t, d, 200, 2)
 	ctx := context.Background()

@@ -18,8 +18,7 @@ import (
 // once and reported (log, metric, /readyz, status) instead of stopping the
 // relay, and it is recorded as soon as the database accepts the write.
 func TestRefusedOutcomeWrite(t *testing.T) {
-	d := newDB(t, pgtest.NewDB(t))
-	rn := newRunner(t)
+	d, rn := fresh(t)
 	ctx := context.Background()
 	if _, err := d.pool.Exec(ctx, `CREATE FUNCTION refuse_chosen() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN

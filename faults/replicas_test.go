@@ -14,8 +14,7 @@ import (
 // event is sent by two of them: every path that takes a row leaves the
 // stream's fresh rows alone, whatever the replica's settings.
 func TestReplicasWithOtherSettings(t *testing.T) {
-	d := newDB(t, pgtest.NewDB(t))
-	rn := newRunner(t)
+	d, rn := fresh(t)
 	s := newSenders(rn, nil)
 	tag, _ := s.tag()
 	startRelay(t, relayEnv(d, rn, "RELAY_CDC=on", tag))

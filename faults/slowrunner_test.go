@@ -115,8 +115,7 @@ func TestRunnerDeploySlow(t *testing.T) {
 // during (if any) once the inserts run, and checks that every event was
 // accepted exactly once.
 func slowRunner(t *testing.T, fault string, a *slowAnswer, events, rate int, extra string, during func(*relaytest.Runner)) {
-	d := newDB(t, pgtest.NewDB(t))
-	rn := newRunner(t)
+	d, rn := fresh(t)
 	s := newSenders(rn, a.answer)
 	env := []string{"RELAY_SWEEP_INTERVAL=100ms", "RELAY_HTTP_TIMEOUT=10s"}
 	if extra != "" {

@@ -124,7 +124,7 @@ func newSoak(t *testing.T, cfg soakConfig) *soak {
 	pg := pgtest.StartT(t, pgtest.WithSetting("synchronous_commit", "on"))
 	secret := make([]byte, 32)
 	_, _ = rand.Read(secret)
-	sk := &soak{t: t, cfg: cfg, pg: pg, rn: newRunner(t)}
+	sk := &soak{t: t, cfg: cfg, pg: pg, rn: relaytest.NewRunner(t)}
 	sk.j = newJournal(t, "whsec_"+base64.StdEncoding.EncodeToString(secret), cfg.seed)
 	sk.senders = newSenders(sk.rn, sk.j.answer)
 	sk.lanes = []*lane{
@@ -158,7 +158,7 @@ func (sk *soak) addLane(name, columns, order, ddl string) *lane {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := newDBWith(t, sk.pg.URL(name), store.Planned(table, cols, store.DefaultStatuses()))
+	d := newDBWith(t, sk.pg.URL(name), store.Planned(relaytest.Table, cols, store.DefaultStatuses()))
 	if ddl != "" {
 		if _, err := d.pool.Exec(ctx, ddl); err != nil {
 			t.Fatal(err)

@@ -35,8 +35,7 @@ func insertRows(t *testing.T, d *db, sql string) {
 // committed while it streams arrive by the stream path, a rolled-back
 // transaction delivers nothing, a multi-row one all its rows.
 func TestStreamDelivers(t *testing.T) {
-	d := newDB(t, pgtest.NewDB(t))
-	rn := newRunner(t)
+	d, rn := fresh(t)
 	_, url := withMetrics(t, d, rn, "RELAY_SWEEP_INTERVAL=1m")
 	pgtest.WaitFor(t, 30*time.Second, "the stream", func() bool { return streaming(url) })
 
@@ -55,8 +54,7 @@ func TestStreamDelivers(t *testing.T) {
 
 // Killed and restarted: rows inserted while it was down are delivered.
 func TestStreamAfterKill(t *testing.T) {
-	d := newDB(t, pgtest.NewDB(t))
-	rn := newRunner(t)
+	d, rn := fresh(t)
 	p, url := withMetrics(t, d, rn, "RELAY_SWEEP_INTERVAL=1m")
 	pgtest.WaitFor(t, 30*time.Second, "the stream", func() bool { return streaming(url) })
 	p.Kill()
@@ -72,8 +70,7 @@ func TestStreamAfterKill(t *testing.T) {
 // Two relays: one streams, the other stands by; kill the streamer and the
 // other takes the slot.
 func TestStandbyTakesOver(t *testing.T) {
-	d := newDB(t, pgtest.NewDB(t))
-	rn := newRunner(t)
+	d, rn := fresh(t)
 	first, firstURL := withMetrics(t, d, rn, "RELAY_SWEEP_INTERVAL=1m")
 	pgtest.WaitFor(t, 30*time.Second, "the first to stream", func() bool { return streaming(firstURL) })
 	_, secondURL := withMetrics(t, d, rn, "RELAY_SWEEP_INTERVAL=1m")
@@ -95,7 +92,7 @@ func TestStandbyTakesOver(t *testing.T) {
 func TestWithoutLogicalReplication(t *testing.T) {
 	c := pgtest.StartT(t, pgtest.WithWalLevel("replica"))
 	d := newDB(t, c.URL("postgres"))
-	rn := newRunner(t)
+	rn := relaytest.NewRunner(t)
 	code, out := runOnce(t, relayEnv(d, rn, "RELAY_CDC=on"))
 	if code != 2 || !strings.Contains(out, "wal_level") || strings.Count(strings.TrimSpace(out), "\n") > 0 {
 		t.Errorf("RELAY_CDC=on on wal_level=replica: exit %d, want 2 and one line naming wal_level:\n%s", code, out)
@@ -115,8 +112,7 @@ func TestWithoutLogicalReplication(t *testing.T) {
 // With tiny thresholds the slot guard drops the slot as soon as it
 // retains WAL; the stream recreates it and every row is still delivered.
 func TestSlotGuardRecreatesTheSlot(t *testing.T) {
-	d := newDB(t, pgtest.NewDB(t))
-	rn := newRunner(t)
+	d, rn := fresh(t)
 	p, url := withMetrics(t, d, rn, "RELAY_SLOT_WARN_BYTES=1024", "RELAY_SLOT_MAX_BYTES=4096", "RELAY_STATS_INTERVAL=200ms")
 	in := startInserter(t, d, 100, 2)
 	pgtest.WaitFor(t, 60*time.Second, "the guard to drop the slot", func() bool {

@@ -5,14 +5,12 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"github.com/outbox-relay/outbox-relay/internal/pgtest"
+	"github.com/outbox-relay/outbox-relay/internal/relaytest"
 	"github.com/outbox-relay/outbox-relay/internal/store"
 	"github.com/outbox-relay/outbox-relay/relay"
 	"github.com/outbox-relay/outbox-relay/sweeper"
@@ -20,38 +18,27 @@ import (
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
 
-var table = store.Table{Schema: "public", Name: "portal_event_outbox"}
-
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 type bundle struct {
-	pool  *pgxpool.Pool
-	st    *store.Store
-	d     *relay.Deliverer
-	calls atomic.Int64
+	st *store.Store
+	d  *relay.Deliverer
+	rn *relaytest.Runner
 }
 
-// setup starts a Deliverer whose runner fails the first `failures` calls.
-func setup(t *testing.T, failures int64) *bundle {
+// setup starts a Deliverer whose runner refuses the first `failures`
+// attempts of each event.
+func setup(t *testing.T, failures int) *bundle {
 	t.Helper()
-	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, pgtest.NewDB(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	if _, err := store.Migrate(ctx, pool, store.DefaultSchema(table), ""); err != nil {
-		t.Fatal(err)
-	}
-	b := &bundle{pool: pool, st: store.New(pool, store.DefaultSchema(table))}
-	rn := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if b.calls.Add(1) <= failures {
-			w.WriteHeader(http.StatusServiceUnavailable)
+	b := &bundle{st: relaytest.NewStore(t), rn: relaytest.NewRunner(t)}
+	b.rn.SetAnswer(relaytest.AnswerBy(func(_ *http.Request, e relaytest.Event) int {
+		if e.Attempt <= failures {
+			return http.StatusServiceUnavailable
 		}
+		return http.StatusNoContent
 	}))
-	t.Cleanup(rn.Close)
 	b.d = relay.New(relay.Config{
-		RunnerURL: rn.URL, HTTPTimeout: 5 * time.Second, Concurrency: 4, MaxAttempts: 10,
+		RunnerURL: b.rn.URL(), HTTPTimeout: 5 * time.Second, Concurrency: 4, MaxAttempts: 10,
 		Backoff:       relay.Backoff{Base: 300 * time.Millisecond, Max: time.Second},
 		ShutdownGrace: 5 * time.Second,
 	}, b.st, quiet, nil)
@@ -72,18 +59,10 @@ func run(t *testing.T, f func(context.Context) error) {
 	t.Cleanup(func() { cancel(); <-done })
 }
 
-func insertN(t *testing.T, pool *pgxpool.Pool, n int) {
-	t.Helper()
-	if _, err := pool.Exec(context.Background(), `INSERT INTO portal_event_outbox (event_type, payload)
-		SELECT 'sweep', jsonb_build_object('i', i) FROM generate_series(1, $1) i`, n); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func count(t *testing.T, pool *pgxpool.Pool, status string) int {
+func count(t *testing.T, st *store.Store, status string) int {
 	t.Helper()
 	var n int
-	if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM portal_event_outbox WHERE status = $1`, status).Scan(&n); err != nil {
+	if err := st.Pool().QueryRow(context.Background(), `SELECT count(*) FROM portal_event_outbox WHERE status = $1`, status).Scan(&n); err != nil {
 		t.Fatal(err)
 	}
 	return n
@@ -93,13 +72,13 @@ func count(t *testing.T, pool *pgxpool.Pool, status string) int {
 func TestRunOnceTakesEveryDueRow(t *testing.T) {
 	t.Parallel()
 	b := setup(t, 0)
-	insertN(t, b.pool, 250)
+	relaytest.Insert(t, b.st, 250, "sweep")
 	s := sweeper.New(sweeper.Config{Interval: time.Hour, BatchSize: 100}, b.d, b.st, quiet)
 	n, err := s.RunOnce(context.Background())
 	if err != nil || n != 250 {
 		t.Fatalf("RunOnce = %d, %v; want 250", n, err)
 	}
-	pgtest.WaitFor(t, 30*time.Second, "all delivered", func() bool { return count(t, b.pool, "delivered") == 250 })
+	pgtest.WaitFor(t, 30*time.Second, "all delivered", func() bool { return count(t, b.st, "delivered") == 250 })
 	if n, err := s.RunOnce(context.Background()); err != nil || n != 0 {
 		t.Errorf("second RunOnce = %d, %v; want 0", n, err)
 	}
@@ -109,12 +88,12 @@ func TestRunOnceTakesEveryDueRow(t *testing.T) {
 func TestGraceLeavesFreshRowsToTheStream(t *testing.T) {
 	t.Parallel()
 	b := setup(t, 0)
-	insertN(t, b.pool, 3)
+	relaytest.Insert(t, b.st, 3, "sweep")
 	s := sweeper.New(sweeper.Config{Interval: time.Hour, BatchSize: 100, Grace: time.Hour}, b.d, b.st, quiet)
 	if n, err := s.RunOnce(context.Background()); err != nil || n != 0 {
 		t.Fatalf("RunOnce with a grace = %d, %v; want 0", n, err)
 	}
-	if _, err := b.pool.Exec(context.Background(), `UPDATE portal_event_outbox SET attempts = 1 WHERE id = 1`); err != nil {
+	if _, err := b.st.Pool().Exec(context.Background(), `UPDATE portal_event_outbox SET attempts = 1 WHERE id = 1`); err != nil {
 		t.Fatal(err)
 	}
 	if n, err := s.RunOnce(context.Background()); err != nil || n != 1 {
@@ -127,11 +106,11 @@ func TestGraceLeavesFreshRowsToTheStream(t *testing.T) {
 func TestRetryPickedUpOnTime(t *testing.T) {
 	t.Parallel()
 	b := setup(t, 1)
-	insertN(t, b.pool, 1)
+	relaytest.Insert(t, b.st, 1, "sweep")
 	s := sweeper.New(sweeper.Config{Interval: time.Hour, BatchSize: 100}, b.d, b.st, quiet)
 	run(t, s.Run)
-	pgtest.WaitFor(t, 30*time.Second, "the retry to be delivered", func() bool { return count(t, b.pool, "delivered") == 1 })
-	if got := b.calls.Load(); got != 2 {
+	pgtest.WaitFor(t, 30*time.Second, "the retry to be delivered", func() bool { return count(t, b.st, "delivered") == 1 })
+	if got := b.rn.Counts().Requests; got != 2 {
 		t.Errorf("runner called %d times, want 2", got)
 	}
 }
@@ -141,20 +120,9 @@ func TestRetryPickedUpOnTime(t *testing.T) {
 func TestSurvivesDatabaseOutage(t *testing.T) {
 	t.Parallel()
 	cluster := pgtest.StartT(t)
-	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, cluster.URL("postgres"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	if _, err := store.Migrate(ctx, pool, store.DefaultSchema(table), ""); err != nil {
-		t.Fatal(err)
-	}
-	rn := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
-	t.Cleanup(rn.Close)
-	st := store.New(pool, store.DefaultSchema(table))
+	st := relaytest.StoreAt(t, cluster.URL("postgres"))
 	d := relay.New(relay.Config{
-		RunnerURL: rn.URL, HTTPTimeout: 5 * time.Second, Concurrency: 4, MaxAttempts: 10,
+		RunnerURL: relaytest.NewRunner(t).URL(), HTTPTimeout: 5 * time.Second, Concurrency: 4, MaxAttempts: 10,
 		Backoff: relay.Backoff{Base: 100 * time.Millisecond, Max: time.Second}, ShutdownGrace: 5 * time.Second,
 	}, st, quiet, nil)
 	run(t, d.Run)
@@ -173,8 +141,8 @@ func TestSurvivesDatabaseOutage(t *testing.T) {
 	if err := cluster.StartServer(); err != nil {
 		t.Fatal(err)
 	}
-	insertN(t, pool, 5)
-	pgtest.WaitFor(t, 30*time.Second, "delivery after the outage", func() bool { return count(t, pool, "delivered") == 5 })
+	relaytest.Insert(t, st, 5, "sweep")
+	pgtest.WaitFor(t, 30*time.Second, "delivery after the outage", func() bool { return count(t, st, "delivered") == 5 })
 }
 
 // With an hour between sweeps, rows that arrive after a pass wait for the
@@ -197,11 +165,11 @@ func TestWakeSweepsAtOnce(t *testing.T) {
 	run(t, s.Run)
 	pgtest.WaitFor(t, 30*time.Second, "the first pass", func() bool { return passes.Load() == 1 })
 	inserted := time.Now()
-	insertN(t, b.pool, 3)
+	relaytest.Insert(t, b.st, 3, "sweep")
 	wake <- struct{}{}
 	pgtest.WaitFor(t, 30*time.Second, "the woken pass", func() bool { return passes.Load() >= 2 })
 	if n, young := claimed.Load(), time.Since(inserted) < grace; n != 0 && young {
 		t.Errorf("the woken pass claimed %d rows younger than the grace", n)
 	}
-	pgtest.WaitFor(t, 30*time.Second, "delivery once the grace passed", func() bool { return count(t, b.pool, "delivered") == 3 })
+	pgtest.WaitFor(t, 30*time.Second, "delivery once the grace passed", func() bool { return count(t, b.st, "delivered") == 3 })
 }

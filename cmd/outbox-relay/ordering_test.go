@@ -2,10 +2,8 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,49 +13,20 @@ import (
 	"github.com/outbox-relay/outbox-relay/internal/relaytest"
 )
 
-// event is what the test runners read of a request's body.
-type event struct {
-	Type string
-	Data struct{ Key string } // the payload's "key", where a test puts one
-}
-
-// triedRunner answers each request with the status answer gives for its
-// event and its try (1 for the first request of the event id); a 2xx
-// counts as accepted.
-func triedRunner(t *testing.T, answer func(r *http.Request, ev event, try int) int) *relaytest.Runner {
-	rn, err := relaytest.StartRunner()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(rn.Stop)
-	var mu sync.Mutex
-	tries := map[string]int{}
-	rn.SetAnswer(func(w http.ResponseWriter, r *http.Request, body []byte) bool {
-		var ev event
-		_ = json.Unmarshal(body, &ev)
-		mu.Lock()
-		tries[r.Header.Get("Idempotency-Key")]++
-		n := tries[r.Header.Get("Idempotency-Key")]
-		mu.Unlock()
-		code := answer(r, ev, n)
-		w.WriteHeader(code)
-		return code < 300
-	})
-	return rn
-}
-
 // orderedRunner refuses the first attempt of a "flaky" event (503) and
 // every attempt of a "poison" one (422), and accepts the rest.
 func orderedRunner(t *testing.T) *relaytest.Runner {
-	return triedRunner(t, func(_ *http.Request, ev event, try int) int {
+	rn := relaytest.NewRunner(t)
+	rn.SetAnswer(relaytest.AnswerBy(func(_ *http.Request, ev relaytest.Event) int {
 		switch {
 		case ev.Type == "poison":
 			return http.StatusUnprocessableEntity
-		case ev.Type == "flaky" && try == 1:
+		case ev.Type == "flaky" && ev.Try == 1:
 			return http.StatusServiceUnavailable
 		}
 		return http.StatusNoContent
-	})
+	}))
+	return rn
 }
 
 // orderedEnv migrates an outbox with the ordering key "entity" and returns

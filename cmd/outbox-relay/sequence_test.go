@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
@@ -24,8 +25,11 @@ import (
 // whether a request waits until release is closed before its answer;
 // flaky refuses the first attempt of one event in flaky (503), none when 0.
 func keyedRunner(t *testing.T, load *relaytest.KeyLoad, hold func(eventType string) bool, release <-chan struct{}, flaky int) *relaytest.Runner {
-	return triedRunner(t, func(r *http.Request, ev event, try int) int {
-		defer load.Enter(ev.Data.Key)()
+	rn := relaytest.NewRunner(t)
+	rn.SetAnswer(relaytest.AnswerBy(func(r *http.Request, ev relaytest.Event) int {
+		var data struct{ Key string }
+		_ = json.Unmarshal(ev.Data, &data)
+		defer load.Enter(data.Key)()
 		if hold != nil && hold(ev.Type) {
 			select {
 			case <-release:
@@ -33,11 +37,12 @@ func keyedRunner(t *testing.T, load *relaytest.KeyLoad, hold func(eventType stri
 				return http.StatusServiceUnavailable
 			}
 		}
-		if flaky > 0 && try == 1 && rand.IntN(flaky) == 0 {
+		if flaky > 0 && ev.Try == 1 && rand.IntN(flaky) == 0 {
 			return http.StatusServiceUnavailable
 		}
 		return http.StatusNoContent
-	})
+	}))
+	return rn
 }
 
 // execer is a connection or an open transaction.

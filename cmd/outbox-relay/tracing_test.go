@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/outbox-relay/outbox-relay/internal/pgtest"
+	"github.com/outbox-relay/outbox-relay/internal/relaytest"
 )
 
 // otlpReceiver is an OTLP/HTTP trace receiver: it decodes every export
@@ -106,27 +107,23 @@ func attrs(kvs []*commonpb.KeyValue) map[string]string {
 // traceRunner answers 503 to the first attempt of an event of type flaky
 // and 204 to the rest, and keeps the traceparent of every request.
 type traceRunner struct {
-	*httptest.Server
+	*relaytest.Runner
 	mu          sync.Mutex
 	traceparent map[string][]string // by Idempotency-Key, one per attempt
 }
 
 func newTraceRunner(t *testing.T) *traceRunner {
-	rn := &traceRunner{traceparent: map[string][]string{}}
-	rn.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, _ := io.ReadAll(r.Body)
+	rn := &traceRunner{Runner: relaytest.NewRunner(t), traceparent: map[string][]string{}}
+	rn.SetAnswer(relaytest.AnswerBy(func(r *http.Request, ev relaytest.Event) int {
 		key := r.Header.Get("Idempotency-Key")
 		rn.mu.Lock()
 		rn.traceparent[key] = append(rn.traceparent[key], r.Header.Get("traceparent"))
-		first := len(rn.traceparent[key]) == 1
 		rn.mu.Unlock()
-		if first && strings.Contains(string(body), `"type":"flaky"`) {
-			w.WriteHeader(http.StatusServiceUnavailable)
-			return
+		if ev.Try == 1 && ev.Type == "flaky" {
+			return http.StatusServiceUnavailable
 		}
-		w.WriteHeader(http.StatusNoContent)
+		return http.StatusNoContent
 	}))
-	t.Cleanup(rn.Close)
 	return rn
 }
 
@@ -149,7 +146,7 @@ func TestSpansExportedOverOTLP(t *testing.T) {
 	exec(t, conn, `ALTER TABLE portal_event_outbox ADD COLUMN traceparent text, ADD COLUMN tracestate text`)
 	receiver := newOTLPReceiver(t)
 	rn := newTraceRunner(t)
-	relay := startRelay(t, []string{"RELAY_DATABASE_URL=" + url, "RELAY_RUNNER_URL=" + rn.URL,
+	relay := startRelay(t, []string{"RELAY_DATABASE_URL=" + url, "RELAY_RUNNER_URL=" + rn.URL(),
 		"RELAY_COLUMNS=traceparent=traceparent,tracestate=tracestate", "RELAY_CDC=off", "RELAY_SWEEP_INTERVAL=20ms",
 		"RELAY_BACKOFF_BASE=10ms", "RELAY_BACKOFF_MAX=50ms",
 		"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=" + receiver.URL + "/v1/traces", "OTEL_SERVICE_NAME=relay-under-test"})
@@ -226,7 +223,7 @@ func TestCharTraceparentArrivesUnpadded(t *testing.T) {
 			ctx := context.Background()
 			exec(t, conn, `ALTER TABLE portal_event_outbox ADD COLUMN traceparent char(64)`)
 			rn := newTraceRunner(t)
-			env := []string{"RELAY_DATABASE_URL=" + url, "RELAY_RUNNER_URL=" + rn.URL,
+			env := []string{"RELAY_DATABASE_URL=" + url, "RELAY_RUNNER_URL=" + rn.URL(),
 				"RELAY_COLUMNS=traceparent=traceparent", "RELAY_SLOT_NAME=char_traceparent"}
 			if path == "stream" {
 				env = append(env, "RELAY_CDC=on", "RELAY_SWEEP_INTERVAL=1h")

@@ -2,44 +2,25 @@ package monitor_test
 
 import (
 	"context"
-	"encoding/json"
 	"io"
 	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"github.com/outbox-relay/outbox-relay/internal/monitor"
 	"github.com/outbox-relay/outbox-relay/internal/pgtest"
+	"github.com/outbox-relay/outbox-relay/internal/relaytest"
 	"github.com/outbox-relay/outbox-relay/internal/store"
 	"github.com/outbox-relay/outbox-relay/relay"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
 
-var (
-	table = store.Table{Schema: "public", Name: "portal_event_outbox"}
-	quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
-)
-
-func newStore(t *testing.T, url string) *store.Store {
-	t.Helper()
-	pool, err := pgxpool.New(context.Background(), url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	if _, err := store.Migrate(context.Background(), pool, store.DefaultSchema(table), ""); err != nil {
-		t.Fatal(err)
-	}
-	return store.New(pool, store.DefaultSchema(table))
-}
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 // runnerDown stands for a deliverer whose writes all succeed and whose
 // runner is down.
@@ -99,21 +80,19 @@ func metric(t *testing.T, scrape, sample string) float64 {
 // the right values, and the SQL gauges after a refresh.
 func TestMetricsAfterDeliveries(t *testing.T) {
 	t.Parallel()
-	st := newStore(t, pgtest.NewDB(t))
-	rn := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var body struct{ Type string }
-		b, _ := io.ReadAll(r.Body)
-		_ = json.Unmarshal(b, &body)
-		switch body.Type {
+	st := relaytest.NewStore(t)
+	rn := relaytest.NewRunner(t)
+	rn.SetAnswer(relaytest.AnswerBy(func(_ *http.Request, e relaytest.Event) int {
+		switch e.Type {
 		case "retry":
-			w.WriteHeader(503)
+			return http.StatusServiceUnavailable
 		case "dead":
-			w.WriteHeader(400)
+			return http.StatusBadRequest
 		}
+		return http.StatusNoContent
 	}))
-	defer rn.Close()
 	m := monitor.NewMetrics()
-	d := relay.New(relay.Config{RunnerURL: rn.URL, HTTPTimeout: 5 * time.Second, Concurrency: 4, MaxAttempts: 5,
+	d := relay.New(relay.Config{RunnerURL: rn.URL(), HTTPTimeout: 5 * time.Second, Concurrency: 4, MaxAttempts: 5,
 		Backoff: relay.Backoff{Base: time.Hour, Max: time.Hour}, ShutdownGrace: time.Second}, st, quiet, m)
 	m.WatchRunner(d.Runner)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -121,10 +100,9 @@ func TestMetricsAfterDeliveries(t *testing.T) {
 	go func() { done <- d.Run(ctx) }()
 	defer func() { cancel(); <-done }()
 
-	if _, err := st.Pool().Exec(context.Background(), `INSERT INTO portal_event_outbox (event_type)
-		VALUES ('ok'), ('ok'), ('ok'), ('retry'), ('dead')`); err != nil {
-		t.Fatal(err)
-	}
+	relaytest.Insert(t, st, 3, "ok")
+	relaytest.Insert(t, st, 1, "retry")
+	relaytest.Insert(t, st, 1, "dead")
 	if _, err := d.DeliverDue(context.Background(), 10, 0); err != nil {
 		t.Fatal(err)
 	}
@@ -178,7 +156,7 @@ func TestMetricsAfterDeliveries(t *testing.T) {
 func TestReadyzFollowsTheDatabase(t *testing.T) {
 	t.Parallel()
 	c := pgtest.StartT(t)
-	st := newStore(t, c.URL("postgres"))
+	st := relaytest.StoreAt(t, c.URL("postgres"))
 	m := monitor.NewMetrics()
 	w := monitor.NewWatcher(monitor.WatchConfig{Interval: time.Hour, CDC: func() monitor.CDCState {
 		return monitor.CDCState{Enabled: true, Connected: true, Role: "streamer"}
@@ -225,7 +203,7 @@ func (g *droppingGuard) Check(_ context.Context, slot store.Slot) (bool, error) 
 // counts the drops it reports.
 func TestWatcherGuardsTheSlot(t *testing.T) {
 	t.Parallel()
-	st := newStore(t, pgtest.NewDB(t))
+	st := relaytest.NewStore(t)
 	ctx := context.Background()
 	slot := "guard_test_slot"
 	if _, err := st.Pool().Exec(ctx, `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, slot); err != nil {
@@ -251,7 +229,7 @@ func TestWatcherGuardsTheSlot(t *testing.T) {
 // relay is sweep-only, so no alert should wait for a slot), 1 once it can.
 func TestCDCEnabledFollowsTheStream(t *testing.T) {
 	t.Parallel()
-	st := newStore(t, pgtest.NewDB(t))
+	st := relaytest.NewStore(t)
 	m := monitor.NewMetrics()
 	var mu sync.Mutex
 	state := monitor.CDCState{Role: "unavailable"}

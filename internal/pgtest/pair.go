@@ -119,12 +119,7 @@ func (c *Cluster) newStandby(settings []string) (*Cluster, error) {
 		return nil, fmt.Errorf("pgtest: temp dir: %w", err)
 	}
 	s := &Cluster{binDir: c.binDir, dir: dir, password: c.password, walLevel: c.walLevel, settings: settings, cred: c.cred}
-	if err := s.copyFrom(c); err != nil {
-		os.RemoveAll(dir)
-		return nil, err
-	}
-	if err := s.startOnFreePort(); err != nil {
-		os.RemoveAll(dir)
+	if err := s.setUp(func() error { return s.copyFrom(c) }); err != nil {
 		return nil, err
 	}
 	return s, nil

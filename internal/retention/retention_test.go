@@ -7,26 +7,19 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgx/v5"
 
 	"github.com/outbox-relay/outbox-relay/internal/pgtest"
+	"github.com/outbox-relay/outbox-relay/internal/relaytest"
 	"github.com/outbox-relay/outbox-relay/internal/retention"
-	"github.com/outbox-relay/outbox-relay/internal/store"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
 
 func TestDeletesOnlyOldDeliveredRowsInBoundedBatches(t *testing.T) {
 	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, pgtest.NewDB(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
-	table := store.Table{Schema: "public", Name: "portal_event_outbox"}
-	if _, err := store.Migrate(ctx, pool, store.DefaultSchema(table), ""); err != nil {
-		t.Fatal(err)
-	}
+	st := relaytest.NewStore(t)
+	pool := st.Pool()
 	// 30 old delivered rows, and rows that must stay: recently delivered,
 	// old pending, old dead.
 	if _, err := pool.Exec(ctx, `
@@ -39,7 +32,7 @@ func TestDeletesOnlyOldDeliveredRowsInBoundedBatches(t *testing.T) {
 	}
 	var deleted int64
 	p := retention.New(retention.Config{Keep: time.Hour, Interval: time.Hour, BatchSize: 10, MaxBatch: 2,
-		OnDelete: func(n int64) { deleted += n }}, store.New(pool, store.DefaultSchema(table)), slog.New(slog.NewTextHandler(io.Discard, nil)))
+		OnDelete: func(n int64) { deleted += n }}, st, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	for i, want := range []int64{20, 10, 0} {
 		n, err := p.RunOnce(ctx)
 		if err != nil || n != want {
@@ -49,17 +42,10 @@ func TestDeletesOnlyOldDeliveredRowsInBoundedBatches(t *testing.T) {
 	if deleted != 30 {
 		t.Errorf("OnDelete saw %d, want 30", deleted)
 	}
-	rows, err := pool.Query(ctx, `SELECT event_type FROM portal_event_outbox ORDER BY event_type`)
+	rows, _ := pool.Query(ctx, `SELECT event_type FROM portal_event_outbox ORDER BY event_type`)
+	left, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	if err != nil {
 		t.Fatal(err)
-	}
-	var left []string
-	for rows.Next() {
-		var s string
-		if err := rows.Scan(&s); err != nil {
-			t.Fatal(err)
-		}
-		left = append(left, s)
 	}
 	if got := len(left); got != 3 || left[0] != "dead" || left[1] != "pending" || left[2] != "recent" {
 		t.Errorf("rows left: %v, want dead, pending, recent", left)

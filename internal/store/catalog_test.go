@@ -3,28 +3,7 @@ package store
 import (
 	"context"
 	"testing"
-
-	"github.com/jackc/pgx/v5"
-
-	"github.com/outbox-relay/outbox-relay/internal/pgtest"
 )
-
-var catalogTable = Table{Schema: "public", Name: "portal_event_outbox"}
-
-// migrated is a fresh database with the outbox table, on one connection.
-func migrated(t *testing.T) *pgx.Conn {
-	t.Helper()
-	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, pgtest.NewDB(t))
-	if err == nil {
-		t.Cleanup(func() { _ = conn.Close(context.Background()) })
-		_, err = Migrate(ctx, conn, DefaultSchema(catalogTable), "")
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	return conn
-}
 
 // Migrate and the stream make the publication one way: created with the
 // table's inserts, updates and deletes when missing, the table added when
@@ -33,8 +12,8 @@ func migrated(t *testing.T) *pgx.Conn {
 func TestEnsurePublication(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	conn := migrated(t)
-	table := catalogTable
+	st := setup(t)
+	conn, table := st.pool, st.Table()
 	ensure := func(wantChanged bool) Publication {
 		t.Helper()
 		p, err := ReadPublication(ctx, conn, "outbox_relay", table)
@@ -104,7 +83,7 @@ func TestEnsurePublication(t *testing.T) {
 func TestSlotInfo(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	conn := migrated(t)
+	conn := setup(t).pool
 	if sl, err := SlotInfo(ctx, conn, "catalog_slot"); err != nil || sl.Exists || sl.Name != "catalog_slot" || sl.WALLevel != "logical" {
 		t.Fatalf("no slot yet: %+v, %v", sl, err)
 	}

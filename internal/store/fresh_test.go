@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -27,20 +28,10 @@ func tuple(t *testing.T, pool *pgxpool.Pool, s *Schema, typ string) (names []str
 		t.Fatal(err)
 	}
 	defer func() { _, _ = conn.Exec(ctx, `RESET DateStyle; RESET TimeZone`) }()
-	rows, err := conn.Query(ctx, `SELECT attname FROM pg_attribute
+	rows, _ := conn.Query(ctx, `SELECT attname FROM pg_attribute
 		WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum`, s.Table.Ident())
-	if err != nil {
+	if names, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
 		t.Fatal(err)
-	}
-	for rows.Next() {
-		var n string
-		if err := rows.Scan(&n); err != nil {
-			t.Fatal(err)
-		}
-		names = append(names, n)
-	}
-	if rows.Err() != nil {
-		t.Fatal(rows.Err())
 	}
 	// format() calls the type's output function, as pgoutput does: a cast
 	// to text would drop a char(n) column's padding.

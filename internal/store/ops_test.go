@@ -6,6 +6,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // globToLike escapes LIKE's own wildcards and escape character, so that
@@ -184,17 +186,10 @@ func TestDeleteDelivered(t *testing.T) {
 			t.Fatalf("DeleteDelivered = %d, %v; want %d", n, err, want)
 		}
 	}
-	var left []string
-	rows, err := st.pool.Query(ctx, `SELECT id::text FROM portal_event_outbox ORDER BY id`)
+	rows, _ := st.pool.Query(ctx, `SELECT id::text FROM portal_event_outbox ORDER BY id`)
+	left, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	if err != nil {
 		t.Fatal(err)
-	}
-	for rows.Next() {
-		var v string
-		if err := rows.Scan(&v); err != nil {
-			t.Fatal(err)
-		}
-		left = append(left, v)
 	}
 	if !sameSet(left, id[3:]) {
 		t.Errorf("rows left = %v, want %v", left, id[3:])

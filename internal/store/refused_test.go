@@ -7,28 +7,16 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"github.com/outbox-relay/outbox-relay/internal/pgtest"
 )
-
-// migratedOutbox is a store on a fresh outbox table.
-func migratedOutbox(t *testing.T) (*Store, *pgxpool.Pool) {
-	t.Helper()
-	pool := openPool(t)
-	st := New(pool, DefaultSchema(outbox))
-	for _, s := range MigrateSQL(st.Schema(), "")[1:] {
-		mustExec(t, pool, s)
-	}
-	return st, pool
-}
 
 // A trigger that raises on one row stops neither the claim nor the outcome
 // write of the others: the refused row comes back with its SQLSTATE.
 func TestRefusedRowsAreIsolated(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	st, pool := migratedOutbox(t)
+	st := withTable(t, openPool(t), "outbox")
+	pool := st.pool
 	mustExec(t, pool, `INSERT INTO outbox (event_type) SELECT 'e' || g FROM generate_series(1, 10) g`)
 	mustExec(t, pool, `CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -79,7 +67,8 @@ CREATE TRIGGER refuse BEFORE UPDATE ON outbox FOR EACH ROW EXECUTE FUNCTION refu
 func TestClaimErrorReturnsWhatWasDone(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	st, pool := migratedOutbox(t)
+	st := withTable(t, openPool(t), "outbox")
+	pool := st.pool
 	// In id order: 'refused', two rows, then two rows and 'later'.
 	mustExec(t, pool, `INSERT INTO outbox (event_type) VALUES ('refused'), ('ok'), ('ok'), ('ok'), ('ok'), ('later')`)
 	mustExec(t, pool, `CREATE SEQUENCE updates;

@@ -9,38 +9,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5/pgxpool"
-
-	"github.com/outbox-relay/outbox-relay/internal/pgtest"
 )
-
-// openPool is a pool on a fresh database, set up as the relay's sessions.
-func openPool(t *testing.T) *pgxpool.Pool { return openSessions(t, 0) }
-
-// openSessions is openPool with at most n sessions (0: pgxpool's default).
-func openSessions(t *testing.T, n int32) *pgxpool.Pool {
-	t.Helper()
-	cfg, err := pgxpool.ParseConfig(pgtest.NewDB(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	Configure(cfg)
-	if n > 0 {
-		cfg.MaxConns = n
-	}
-	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	return pool
-}
-
-func mustExec(t *testing.T, pool *pgxpool.Pool, sql string, args ...any) {
-	t.Helper()
-	if _, err := pool.Exec(context.Background(), sql, args...); err != nil {
-		t.Fatalf("%s: %v", sql, err)
-	}
-}
 
 var outbox = Table{Schema: "public", Name: "outbox"}
 

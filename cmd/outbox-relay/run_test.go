@@ -2,10 +2,8 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"regexp"
 	"strconv"
 	"strings"
@@ -21,46 +19,36 @@ import (
 
 // adoptRunner is the runner for the adoption tests: it refuses the first
 // attempt of an event whose data says flaky (503), and every attempt of a
-// poison event (422), and remembers what it accepted.
+// poison event (422), and remembers what it accepted and how many
+// requests each event took.
 type adoptRunner struct {
-	*httptest.Server
+	*relaytest.Runner
 	mu       sync.Mutex
 	accepted map[string]adoptReceipt // by Idempotency-Key
 	tries    map[string]int
 }
 
 type adoptReceipt struct {
-	ID, Type, Timestamp string
-	Attempt             int
-	Data                json.RawMessage
-	At                  time.Time
+	relaytest.Event
+	At time.Time
 }
 
 func newAdoptRunner(t *testing.T) *adoptRunner {
-	rn := &adoptRunner{accepted: map[string]adoptReceipt{}, tries: map[string]int{}}
-	rn.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		raw, _ := io.ReadAll(r.Body)
-		var body adoptReceipt
-		if err := json.Unmarshal(raw, &body); err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
-		}
+	rn := &adoptRunner{Runner: relaytest.NewRunner(t), accepted: map[string]adoptReceipt{}, tries: map[string]int{}}
+	rn.SetAnswer(relaytest.AnswerBy(func(r *http.Request, ev relaytest.Event) int {
 		key := r.Header.Get("Idempotency-Key")
 		rn.mu.Lock()
 		defer rn.mu.Unlock()
-		rn.tries[key]++
+		rn.tries[key] = ev.Try
 		switch {
-		case body.Type == "poison":
-			w.WriteHeader(http.StatusUnprocessableEntity)
-		case strings.Contains(string(body.Data), `"flaky"`) && rn.tries[key] == 1:
-			w.WriteHeader(http.StatusServiceUnavailable)
-		default:
-			body.At = time.Now()
-			rn.accepted[key] = body
-			w.WriteHeader(http.StatusNoContent)
+		case ev.Type == "poison":
+			return http.StatusUnprocessableEntity
+		case strings.Contains(string(ev.Data), `"flaky"`) && ev.Try == 1:
+			return http.StatusServiceUnavailable
 		}
+		rn.accepted[key] = adoptReceipt{Event: ev, At: time.Now()}
+		return http.StatusNoContent
 	}))
-	t.Cleanup(rn.Close)
 	return rn
 }
 
@@ -220,7 +208,7 @@ func exerciseAdopted(t *testing.T, tbl adoptedTable, path string) {
 		t.Fatal(err)
 	}
 	rn := newAdoptRunner(t)
-	env := append([]string{"RELAY_DATABASE_URL=" + url, "RELAY_RUNNER_URL=" + rn.URL,
+	env := append([]string{"RELAY_DATABASE_URL=" + url, "RELAY_RUNNER_URL=" + rn.URL(),
 		"RELAY_BACKOFF_BASE=10ms", "RELAY_BACKOFF_MAX=50ms", "RELAY_BACKOFF_JITTER=0",
 		"RELAY_SLOT_NAME=adopt_" + strings.ToLower(strings.ReplaceAll(t.Name()[strings.LastIndex(t.Name(), "/")+1:], " ", "_"))}, tbl.env...)
 	if path == "stream" {
@@ -298,7 +286,7 @@ func TestMixedCasePublicationStreams(t *testing.T) {
 	t.Parallel()
 	url, conn := migrated(t)
 	rn := newAdoptRunner(t)
-	env := []string{"RELAY_DATABASE_URL=" + url, "RELAY_RUNNER_URL=" + rn.URL, "RELAY_PUBLICATION=PortalEvents",
+	env := []string{"RELAY_DATABASE_URL=" + url, "RELAY_RUNNER_URL=" + rn.URL(), "RELAY_PUBLICATION=PortalEvents",
 		"RELAY_SLOT_NAME=mixed_case", "RELAY_CDC=on", "RELAY_SWEEP_INTERVAL=1h"}
 	relay := startRelay(t, env)
 	pgtest.WaitFor(t, 30*time.Second, "the stream", func() bool {

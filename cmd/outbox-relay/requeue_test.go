@@ -9,6 +9,51 @@ import (
 	"github.com/outbox-relay/outbox-relay/internal/pgtest"
 )
 
+func TestRequeueMovesOnlyWhatWasAsked(t *testing.T) {
+	t.Parallel()
+	url, conn := migrated(t)
+	env := []string{"RELAY_DATABASE_URL=" + url}
+	exec(t, conn, `INSERT INTO portal_event_outbox (id, event_type, status, attempts, last_error, created_at) VALUES
+		(1, 'file.finalized', 'dead', 25, 'boom', now()),
+		(2, 'file.deleted',   'dead', 3,  'boom', now()),
+		(3, 'user.created',   'dead', 1,  'boom', now()),
+		(4, 'file.old',       'dead', 1,  'boom', now() - interval '3 days'),
+		(5, 'file.finalized', 'delivered', 1, NULL, now()),
+		(6, 'file.finalized', 'pending', 2, 'boom', now())`)
+
+	if code, _, stderr := runCmd(t, context.Background(), env, "requeue"); code != exitUsage || !strings.Contains(stderr, "--all") {
+		t.Errorf("requeue without a filter: exit %d %s", code, stderr)
+	}
+	code, out, _ := runCmd(t, context.Background(), env, "requeue", "--type", "file.*", "--since", "24h", "--dry-run")
+	if code != 0 || !strings.Contains(out, "2 dead rows match; 2 would be requeued\n") {
+		t.Errorf("dry run: exit %d %q", code, out)
+	}
+	code, out, _ = runCmd(t, context.Background(), env, "requeue", "--type", "file.*", "--since", "24h")
+	if code != 0 || !strings.Contains(out, "requeued 2") {
+		t.Errorf("requeue: exit %d %q", code, out)
+	}
+	code, out, _ = runCmd(t, context.Background(), env, "requeue", "--id", "3,5,6")
+	if code != 0 || !strings.Contains(out, "requeued 1") {
+		t.Errorf("requeue by id: exit %d %q", code, out)
+	}
+	want := map[int]string{1: "pending/0", 2: "pending/0", 3: "pending/0", 4: "dead/1", 5: "delivered/1", 6: "pending/2"}
+	rows, err := conn.Query(context.Background(), `SELECT id, status || '/' || attempts FROM portal_event_outbox`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id int
+		var s string
+		if err := rows.Scan(&id, &s); err != nil {
+			t.Fatal(err)
+		}
+		if want[id] != s {
+			t.Errorf("row %d is %s, want %s", id, s, want[id])
+		}
+	}
+}
+
 // tries is how many requests the runner got for an event.
 func (rn *adoptRunner) triesOf(key string) int {
 	rn.mu.Lock()
@@ -26,7 +71,7 @@ func TestReplayDelivered(t *testing.T) {
 	url, conn := migrated(t)
 	rn := newAdoptRunner(t)
 	env := []string{"RELAY_DATABASE_URL=" + url}
-	startRelay(t, append([]string{"RELAY_RUNNER_URL=" + rn.URL, "RELAY_CDC=off", "RELAY_SWEEP_INTERVAL=20ms"}, env...))
+	startRelay(t, append([]string{"RELAY_RUNNER_URL=" + rn.URL(), "RELAY_CDC=off", "RELAY_SWEEP_INTERVAL=20ms"}, env...))
 
 	var ids []string // event ids, oldest first
 	for _, typ := range []string{"file.finalized", "file.deleted", "user.created"} {
