@@ -42,7 +42,7 @@ func TestMain(m *testing.M) {
 	pgtest.Main(m)
 }
 
-// full is true under `make faults`: the counts of the issue, not the CI
+// full is true under `make faults`: the counts docs/RELIABILITY.md reports, not the CI
 // subset.
 var full = os.Getenv("RELAY_FAULTS") == "full"
 

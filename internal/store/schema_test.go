@@ -129,7 +129,7 @@ func mappedTable(t *testing.T, pool *pgxpool.Pool, v variant, statuses string) *
 	return New(pool, schema)
 }
 
-// Every column type item 3 of the adoption issue names, one at a time, on a
+// Every column type docs/table.md lists for an adopted table, one at a time, on a
 // real table: the claim reads it, the outcomes write it, and what is
 // stored is what the application would expect.
 func TestEveryAcceptedTypeWorks(t *testing.T) {
