@@ -14,12 +14,7 @@ var mdLink = regexp.MustCompile(`\]\(([^)\s]+)\)`)
 // Every relative link in the README and the manual names a file that
 // exists, and a heading of it when it has a fragment.
 func TestLinksResolve(t *testing.T) {
-	pages, err := filepath.Glob("*.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	pages = append(pages, "../README.md")
-	for _, page := range pages {
+	for _, page := range manualPages(t) {
 		text, err := os.ReadFile(page)
 		if err != nil {
 			t.Fatal(err)
@@ -43,6 +38,41 @@ func TestLinksResolve(t *testing.T) {
 			}
 		}
 	}
+}
+
+// repoFile is a repository path in code font: a folder, a slash, and a
+// file name with an extension the project keeps.
+var repoFile = regexp.MustCompile("`((?:[a-z0-9_.-]+/)+[a-zA-Z0-9_.-]+\\.(?:go|md|sql|sh|py|json|jsonl|svg|png|yml|yaml))`")
+
+// Every file the README and the manual name by its repository path
+// exists: a map of the code that names a moved file misleads the reader
+// it is for.
+func TestNamedFilesExist(t *testing.T) {
+	for _, page := range manualPages(t) {
+		text, err := os.ReadFile(page)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range repoFile.FindAllStringSubmatch(string(text), -1) {
+			if _, err := os.Stat(filepath.Join("..", m[1])); err != nil {
+				t.Errorf("%s names %s: no such file in the repository", page, m[1])
+			}
+		}
+	}
+}
+
+// manualPages are the README, the manual's pages and the decision records.
+func manualPages(t *testing.T) []string {
+	t.Helper()
+	pages, err := filepath.Glob("*.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	decisions, err := filepath.Glob("decisions/*.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return append(append(pages, decisions...), "../README.md")
 }
 
 // anchors are the fragments GitHub gives the headings of a markdown file.
