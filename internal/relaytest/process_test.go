@@ -15,7 +15,8 @@ func TestProcessStopAndExit(t *testing.T) {
 		t.Skip("no sh")
 	}
 	var echoed Buffer
-	p, err := Start(Command{Binary: sh, Args: []string{"-c", `echo started; trap 'echo bye; exit 3' TERM; while :; do sleep 0.05; done`},
+	// The trap is set before "started" is printed, so the SIGTERM the test sends on seeing it always meets the trap.
+	p, err := Start(Command{Binary: sh, Args: []string{"-c", `trap 'echo bye; exit 3' TERM; echo started; while :; do sleep 0.05; done`},
 		Echo: func(l string) { _, _ = echoed.Write([]byte(l + "\n")) }})
 	if err != nil {
 		t.Fatal(err)
