@@ -245,3 +245,11 @@ func (s *Stream) State() State {
 	}
 	return st
 }
+
+// setConfirmed records the last position confirmed to the server, which
+// State reports.
+func (s *Stream) setConfirmed(lsn pglogrepl.LSN) {
+	s.mu.Lock()
+	s.confirmed = lsn
+	s.mu.Unlock()
+}

@@ -7,7 +7,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/jackc/pglogrepl"
 	"github.com/sethvargo/go-retry"
 )
 
@@ -160,11 +159,5 @@ func (s *Stream) setState(st State) {
 	s.mu.Lock()
 	s.state = st
 	s.kind = ""
-	s.mu.Unlock()
-}
-
-func (s *Stream) setConfirmed(lsn pglogrepl.LSN) {
-	s.mu.Lock()
-	s.confirmed = lsn
 	s.mu.Unlock()
 }
