@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -14,12 +13,12 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/outbox-relay/outbox-relay/internal/pgtest"
 	"github.com/outbox-relay/outbox-relay/internal/relaytest"
 	"github.com/outbox-relay/outbox-relay/internal/store"
+	"github.com/outbox-relay/outbox-relay/relay"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
@@ -68,7 +67,7 @@ func (r *recorder) DeliverInserts(ctx context.Context, ins []store.Insert) ([]st
 		r.rows[in.Row.ID] = in
 	}
 	call := len(r.batches)
-	r.batches = append(r.batches, slices.Clone(ids))
+	r.batches = append(r.batches, ids)
 	var missing []string
 	for _, id := range ids {
 		if r.missing != nil && r.missing(call, id) {
@@ -215,14 +214,22 @@ func waitStreaming(t testing.TB, s *Stream) {
 	pgtest.WaitFor(t, 20*time.Second, "the stream to hold the slot", s.Streaming)
 }
 
-// streamingAt sets up the outbox at url and a stream that has delivered a
-// first row, for tests that then break the server.
-func streamingAt(t *testing.T, url string) (*bundle, *recorder, *Stream) {
+// streaming runs a Stream that hands rows to a new recorder until the end
+// of the test, and waits until it holds the slot.
+func (b *bundle) streaming(t testing.TB) (*recorder, *Stream) {
 	t.Helper()
-	b := setupURL(t, url)
 	rec := newRecorder()
 	s, _ := b.start(t, rec)
 	waitStreaming(t, s)
+	return rec, s
+}
+
+// streamingAt sets up the outbox at url and a stream that has delivered a
+// first row, for tests that then break the server or its objects.
+func streamingAt(t *testing.T, url string) (*bundle, *recorder, *Stream) {
+	t.Helper()
+	b := setupURL(t, url)
+	rec, s := b.streaming(t)
 	first := b.insert(t)
 	pgtest.WaitFor(t, 5*time.Second, "a first row", func() bool { return rec.has(first) })
 	return b, rec, s
@@ -231,9 +238,7 @@ func streamingAt(t *testing.T, url string) (*bundle, *recorder, *Stream) {
 func TestInsertsReachDelivererQuickly(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	rec := newRecorder()
-	s, _ := b.start(t, rec)
-	waitStreaming(t, s)
+	rec, s := b.streaming(t)
 
 	var worst time.Duration
 	for range 20 {
@@ -254,9 +259,7 @@ func TestInsertsReachDelivererQuickly(t *testing.T) {
 func TestRolledBackTransactionDeliversNothing(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	rec := newRecorder()
-	s, _ := b.start(t, rec)
-	waitStreaming(t, s)
+	rec, _ := b.streaming(t)
 
 	ctx := context.Background()
 	tx, err := b.pool.Begin(ctx)
@@ -282,9 +285,7 @@ func TestRolledBackTransactionDeliversNothing(t *testing.T) {
 func TestMultiRowTransactionDeliversAll(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	rec := newRecorder()
-	s, _ := b.start(t, rec)
-	waitStreaming(t, s)
+	rec, _ := b.streaming(t)
 
 	rows, err := b.pool.Query(context.Background(),
 		`INSERT INTO portal_event_outbox (event_type) SELECT 'bulk' FROM generate_series(1, 250) RETURNING id::text`)
@@ -310,59 +311,9 @@ func TestMultiRowTransactionDeliversAll(t *testing.T) {
 	}
 }
 
-func TestMissingIDsAreRetriedBriefly(t *testing.T) {
-	t.Parallel()
-	b := setup(t)
-	rec := newRecorder()
-	var calls atomic.Int64
-	// The first claim misses every id, as when the commit is not yet
-	// visible; the retry finds them.
-	rec.missing = func(call int, id string) bool { calls.Add(1); return call == 0 }
-	s, _ := b.start(t, rec)
-	waitStreaming(t, s)
-
-	id := b.insert(t)
-	pgtest.WaitFor(t, 2*time.Second, "the retried id", func() bool { return rec.has(id) })
-
-	// An id never found is retried len(missingRetries) times, then left.
-	rec.mu.Lock()
-	rec.missing = func(int, string) bool { return true }
-	before := len(rec.batches)
-	rec.mu.Unlock()
-	never := b.insert(t)
-	want := before + 1 + len(missingRetries)
-	pgtest.WaitFor(t, 2*time.Second, "every retry of a missing id", func() bool {
-		rec.mu.Lock()
-		defer rec.mu.Unlock()
-		return len(rec.batches) >= want
-	})
-	// A later insert proves the stream went on; by then no further retry.
-	rec.mu.Lock()
-	rec.missing = nil
-	rec.mu.Unlock()
-	marker := b.insert(t)
-	pgtest.WaitFor(t, 2*time.Second, "the marker", func() bool { return rec.has(marker) })
-	rec.mu.Lock()
-	defer rec.mu.Unlock()
-	n := 0
-	for _, batch := range rec.batches {
-		if slices.Contains(batch, never) {
-			n++
-		}
-	}
-	if n != 1+len(missingRetries) {
-		t.Errorf("a never-found id was claimed %d times, want %d", n, 1+len(missingRetries))
-	}
-}
-
 func TestSlotDroppedExternallyIsRecreated(t *testing.T) {
 	t.Parallel()
-	b := setup(t)
-	rec := newRecorder()
-	s, _ := b.start(t, rec)
-	waitStreaming(t, s)
-	first := b.insert(t)
-	pgtest.WaitFor(t, 5*time.Second, "the first row", func() bool { return rec.has(first) })
+	b, rec, s := streamingAt(t, pgtest.NewDB(t))
 
 	// As an operator (or the slot guard) would: stop the walsender, then
 	// drop the slot before the relay takes it again.
@@ -458,9 +409,7 @@ func TestSlotDoesNotPinWAL(t *testing.T) {
 				// the real one fills under a deliverer that stays behind.
 				b.tweak = func(s *Stream) { s.handoffIDs = 400 }
 			}
-			rec := newRecorder()
-			s, _ := b.start(t, rec)
-			waitStreaming(t, s)
+			rec, s := b.streaming(t)
 			if blocked {
 				gate := make(chan struct{})
 				rec.mu.Lock()
@@ -625,16 +574,9 @@ func TestRunStopsOnCancel(t *testing.T) {
 
 func TestPublicationDroppedIsRecreated(t *testing.T) {
 	t.Parallel()
-	b := setup(t)
-	rec := newRecorder()
-	s, _ := b.start(t, rec)
-	waitStreaming(t, s)
-	first := b.insert(t)
-	pgtest.WaitFor(t, 5*time.Second, "the first row", func() bool { return rec.has(first) })
+	b, rec, _ := streamingAt(t, pgtest.NewDB(t))
 
-	if _, err := b.pool.Exec(context.Background(), `DROP PUBLICATION `+b.cfg.Publication); err != nil {
-		t.Fatal(err)
-	}
+	b.exec(t, `DROP PUBLICATION `+b.cfg.Publication)
 	// Rows inserted before the stream is back are the sweeper's; the
 	// stream must come back for the rows after. Insert now and then until
 	// one comes through.
@@ -653,25 +595,6 @@ func TestPublicationDroppedIsRecreated(t *testing.T) {
 	})
 	if n := strings.Count(b.logs.String(), "lost its publication"); n != 1 {
 		t.Errorf("logged the slot's recreation %d times, want once", n)
-	}
-}
-
-// pgoutput's warning for a publication missing at a point of the WAL
-// (PostgreSQL 18+) is known by its routine, whatever its language; other
-// warnings with its general SQLSTATE, and errors, are not it.
-func TestPublicationSkipped(t *testing.T) {
-	skipped := &pgconn.PgError{SeverityUnlocalized: "WARNING", Code: "55000", Routine: "LoadPublications", Message: "publication « outbox_relay » ignorée"}
-	if !publicationSkipped(fmt.Errorf("replication stream: %w", skipped)) {
-		t.Error("pgoutput's warning for a skipped publication is not recognised")
-	}
-	for _, other := range []*pgconn.PgError{
-		{SeverityUnlocalized: "WARNING", Code: "55000", Routine: "ReplicationSlotAcquire"},
-		{SeverityUnlocalized: "ERROR", Code: "55000", Routine: "LoadPublications"},
-		{SeverityUnlocalized: "WARNING", Code: "42704", Routine: "LoadPublications"},
-	} {
-		if publicationSkipped(other) {
-			t.Errorf("%+v taken for a skipped publication", other)
-		}
 	}
 }
 
@@ -706,5 +629,99 @@ func TestReadOnlyServerIsWaitedFor(t *testing.T) {
 	pgtest.WaitFor(t, 5*time.Second, "a row after the promotion", func() bool { return rec.has(id) })
 	if n := strings.Count(b.logs.String(), "in recovery"); n != 1 {
 		t.Errorf("said the server is in recovery %d times, want once", n)
+	}
+}
+
+// exec runs statements on the bundle's pool, failing the test on an error.
+func (b *bundle) exec(t *testing.T, statements ...string) {
+	t.Helper()
+	for _, sql := range statements {
+		if _, err := b.pool.Exec(context.Background(), sql); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+	}
+}
+
+// Ids the stream drops are the sweeper's: the stream nudges it to sweep
+// with its usual grace, and neither wakes it to take fresh rows nor stops
+// counting as streaming, so the sweep does not claim beside a stream that
+// is behind.
+func TestDroppedIDsNudgeTheSweeper(t *testing.T) {
+	s := New(decideCfg, nil, slog.New(slog.DiscardHandler))
+	s.streaming.Store(true)
+	s.shed(false, 3)
+	select {
+	case <-s.Dropped():
+		t.Fatal("nudged by a hand-off that was taken")
+	default:
+	}
+	s.shed(true, 3)
+	select {
+	case <-s.Dropped():
+	default:
+		t.Fatal("dropped ids did not nudge the sweeper")
+	}
+	select {
+	case <-s.Wake():
+		t.Error("a drop woke the sweeper to take fresh rows")
+	default:
+	}
+	if !s.Streaming() {
+		t.Error("not streaming after a drop: the sweep would claim fresh rows beside the stream")
+	}
+}
+
+// TestEndToEnd runs the stream with the real Deliverer and a real runner,
+// and no sweeper: a row reaches the runner only through the stream.
+func TestEndToEnd(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	runner := relaytest.NewRunner(t)
+	d := relay.New(relay.Config{
+		RunnerURL:     runner.URL(),
+		HTTPTimeout:   5 * time.Second,
+		Concurrency:   4,
+		MaxAttempts:   5,
+		Backoff:       relay.Backoff{Base: time.Second, Max: time.Minute},
+		ShutdownGrace: time.Second,
+	}, store.New(b.pool, store.DefaultSchema(table)), slog.New(slog.DiscardHandler), nil)
+	dctx, stopD := context.WithCancel(context.Background())
+	dDone := make(chan error, 1)
+	go func() { dDone <- d.Run(dctx) }()
+	// Registered first, so it runs after the stream has stopped: the
+	// Deliverer outlives its claimers, as in cmd.
+	t.Cleanup(func() {
+		stopD()
+		if err := <-dDone; err != nil {
+			t.Errorf("Deliverer.Run: %v", err)
+		}
+	})
+
+	s, _ := b.start(t, d)
+	waitStreaming(t, s)
+
+	ctx := context.Background()
+	for range 5 {
+		var eventID string
+		start := time.Now()
+		if err := b.pool.QueryRow(ctx, `INSERT INTO portal_event_outbox (event_type, payload)
+			VALUES ('file.finalized', '{"n": 1}') RETURNING event_id::text`).Scan(&eventID); err != nil {
+			t.Fatal(err)
+		}
+		var took time.Duration
+		pgtest.WaitFor(t, 5*time.Second, "the runner to get "+eventID, func() bool {
+			at, ok := runner.FirstReceipts()[eventID]
+			took = at.Sub(start)
+			return ok
+		})
+		t.Logf("insert to runner: %s", took)
+		if took > time.Second {
+			t.Errorf("event %s took %s to reach the runner", eventID, took)
+		}
+		var status string
+		pgtest.WaitFor(t, 5*time.Second, "the row to be marked delivered", func() bool {
+			err := b.pool.QueryRow(ctx, `SELECT status FROM portal_event_outbox WHERE event_id = $1`, eventID).Scan(&status)
+			return err == nil && status == store.StatusDelivered
+		})
 	}
 }

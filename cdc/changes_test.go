@@ -19,9 +19,7 @@ func TestRowsChangedInTheirTransactionAreNotSentAsInserted(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	b.cfg.Outbox = store.DefaultSchema(table)
-	rec := newRecorder()
-	s, _ := b.start(t, rec)
-	waitStreaming(t, s)
+	rec, _ := b.streaming(t)
 
 	for _, n := range []int{3, 3 * heldScan} { // one by one, then by index
 		t.Run(fmt.Sprint(n), func(t *testing.T) {
@@ -116,9 +114,7 @@ func TestATableWithoutReplicaIdentityKeepsItsUpdates(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.cfg.Outbox = store.DefaultSchema(table)
-	rec := newRecorder()
-	s, _ := b.start(t, rec)
-	waitStreaming(t, s)
+	rec, _ := b.streaming(t)
 
 	id := b.insert(t)
 	pgtest.WaitFor(t, 10*time.Second, "the row", func() bool { return rec.has(id) })

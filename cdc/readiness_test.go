@@ -2,11 +2,8 @@ package cdc
 
 import (
 	"errors"
-	"log/slog"
 	"strings"
 	"testing"
-
-	"github.com/jackc/pglogrepl"
 
 	"github.com/outbox-relay/outbox-relay/internal/store"
 )
@@ -129,83 +126,5 @@ func TestJudgePublication(t *testing.T) {
 			}
 			wantJudged(t, f, tc.want, tc.want != "")
 		})
-	}
-}
-
-func TestStartFrom(t *testing.T) {
-	t.Parallel()
-	lsn, err := pglogrepl.ParseLSN(goodSlot.ConfirmedFlushLSN)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, tc := range []struct {
-		name   string
-		edit   func(*store.Slot)
-		broken bool
-		want   startPoint
-		err    string
-	}{
-		{"no slot: make it", func(sl *store.Slot) { *sl = store.Slot{Name: sl.Name} }, false, startPoint{create: true}, ""},
-		{"no slot, broken: make it", func(sl *store.Slot) { *sl = store.Slot{Name: sl.Name} }, true, startPoint{create: true}, ""},
-		{"from the confirmed position", func(*store.Slot) {}, false, startPoint{lsn: lsn}, ""},
-		{"invalidated: drop and make again", func(sl *store.Slot) { sl.WALStatus = "lost" }, false, startPoint{create: true, drop: true}, ""},
-		{"broken: drop and make again", func(*store.Slot) {}, true, startPoint{create: true, drop: true}, ""},
-		{"another plugin", func(sl *store.Slot) { sl.Plugin = "test_decoding" }, false, startPoint{},
-			"slot outbox_relay exists but is not a pgoutput logical slot of database app (logical, test_decoding, app); drop it or set RELAY_SLOT_NAME"},
-		{"a bad position", func(sl *store.Slot) { sl.ConfirmedFlushLSN = "nonsense" }, false, startPoint{}, "confirmed_flush_lsn"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			sl := goodSlot
-			tc.edit(&sl)
-			got, err := startFrom(sl, tc.broken)
-			wantErr(t, err, tc.err)
-			if got != tc.want {
-				t.Errorf("start point %+v, want %+v", got, tc.want)
-			}
-		})
-	}
-}
-
-// A slot held by another process makes a standby, naming the holder.
-func TestStartFromActiveSlotStandsBy(t *testing.T) {
-	t.Parallel()
-	sl := goodSlot
-	sl.Active, sl.ActivePID = true, 4242
-	_, err := startFrom(sl, true)
-	var sb *errStandby
-	if !errors.As(err, &sb) || sb.pid != 4242 {
-		t.Fatalf("error %v, want errStandby for pid 4242", err)
-	}
-	if want := "replication slot is in use by another process (pid 4242)"; err.Error() != want {
-		t.Errorf("error %q, want %q", err, want)
-	}
-}
-
-// Ids the stream drops are the sweeper's: the stream nudges it to sweep
-// with its usual grace, and neither wakes it to take fresh rows nor stops
-// counting as streaming, so the sweep does not claim beside a stream that
-// is behind.
-func TestDroppedIDsNudgeTheSweeper(t *testing.T) {
-	s := New(decideCfg, nil, slog.New(slog.DiscardHandler))
-	s.streaming.Store(true)
-	s.shed(false, 3)
-	select {
-	case <-s.Dropped():
-		t.Fatal("nudged by a hand-off that was taken")
-	default:
-	}
-	s.shed(true, 3)
-	select {
-	case <-s.Dropped():
-	default:
-		t.Fatal("dropped ids did not nudge the sweeper")
-	}
-	select {
-	case <-s.Wake():
-		t.Error("a drop woke the sweeper to take fresh rows")
-	default:
-	}
-	if !s.Streaming() {
-		t.Error("not streaming after a drop: the sweep would claim fresh rows beside the stream")
 	}
 }

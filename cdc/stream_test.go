@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/outbox-relay/outbox-relay/internal/pgtest"
 	"github.com/outbox-relay/outbox-relay/internal/store"
 )
 
@@ -24,6 +25,22 @@ import (
 // slot's start, which the server ignores, as it ignores any confirmation
 // that would move a slot backwards.
 
+// walsender opens a replication connection (a walsender in database mode)
+// to url as the stream opens its own; the test's cleanup closes it.
+func walsender(t *testing.T, url string) *pgconn.PgConn {
+	t.Helper()
+	conf, err := parseConfig(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := pgconn.ConnectConfig(context.Background(), conf.repl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { closeConn(context.Background(), conn) })
+	return conn
+}
+
 // replicationConn opens a replication connection streaming from a
 // temporary slot of a fresh database; it is closed (and the slot gone)
 // when the test ends.
@@ -32,19 +49,8 @@ func replicationConn(t *testing.T) *pgconn.PgConn {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	b := setup(t)
-	if _, err := b.pool.Exec(ctx, `CREATE PUBLICATION outbox_relay FOR TABLE portal_event_outbox WITH (publish = 'insert')`); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := pgconn.ParseConfig(b.url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.RuntimeParams["replication"] = "database"
-	conn, err := pgconn.ConnectConfig(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { closeConn(context.Background(), conn) })
+	b.exec(t, `CREATE PUBLICATION outbox_relay FOR TABLE portal_event_outbox WITH (publish = 'insert')`)
+	conn := walsender(t, b.url)
 	if _, err := pglogrepl.CreateReplicationSlot(ctx, conn, b.cfg.Slot, "pgoutput", pglogrepl.CreateReplicationSlotOptions{
 		Temporary: true, Mode: pglogrepl.LogicalReplication, SnapshotAction: "NOEXPORT_SNAPSHOT",
 	}); err != nil {
@@ -320,5 +326,115 @@ func TestReaderKeepsPositionWhenHandOffFails(t *testing.T) {
 	want := view{received: 0x100, pending: []string{"1"}, handedOff: []string{"99"}}
 	if got := r.view(); !got.equal(want) {
 		t.Errorf("after the failed hand-off:\n got %s\nwant %s", got, want)
+	}
+}
+
+// With the outbox's schema, the stream hands each inserted row on whole,
+// as the claim would read it, so that it can be sent without a claim.
+func TestInsertsAreDecodedWhole(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.cfg.Outbox = store.DefaultSchema(table)
+	rec, _ := b.streaming(t)
+
+	ctx := context.Background()
+	var id string
+	if err := b.pool.QueryRow(ctx, `INSERT INTO portal_event_outbox (event_type, payload)
+		VALUES ('file.finalized', '{"name": "Überweisung März.pdf", "n": [1, 2]}') RETURNING id::text`).Scan(&id); err != nil {
+		t.Fatal(err)
+	}
+	pgtest.WaitFor(t, 5*time.Second, "the row", func() bool { return rec.has(id) })
+
+	var want store.Row
+	var due time.Time
+	if err := b.pool.QueryRow(ctx, `SELECT event_id::text, event_type, payload::text, created_at, next_attempt_at
+		FROM portal_event_outbox WHERE id = $1`, id).Scan(&want.EventID, &want.Type, &want.Payload, &want.CreatedAt, &due); err != nil {
+		t.Fatal(err)
+	}
+	rec.mu.Lock()
+	got := rec.rows[id]
+	rec.mu.Unlock()
+	if !got.Sendable {
+		t.Fatalf("row %s handed on by id only, want it whole", id)
+	}
+	r := got.Row
+	if r.ID != id || r.EventID != want.EventID || r.Type != want.Type || string(r.Payload) != string(want.Payload) ||
+		!r.CreatedAt.Equal(want.CreatedAt) || r.Attempt != 1 {
+		t.Errorf("decoded %+v, payload %s\nwant    %+v, payload %s", r, r.Payload, want, want.Payload)
+	}
+	// Due is on this host's clock, which here is the server's, to the
+	// round trip of the session's clock reading.
+	if d := got.Due.Sub(due).Abs(); d > time.Second {
+		t.Errorf("Due %s is %s off next_attempt_at %s", got.Due, d, due)
+	}
+}
+
+// Rows committed before a session took the slot may have been announced,
+// and be in flight unclaimed, in an earlier session: the new one leaves
+// them to the sweeper (it signals Dropped) and hands on only later rows.
+func TestReplayedRowsAreLeftToTheSweeper(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.cfg.Outbox = store.DefaultSchema(table)
+	first := newRecorder()
+	s, stop := b.start(t, first)
+	waitStreaming(t, s)
+	stop()
+
+	before := []string{b.insert(t), b.insert(t)}
+	rec := newRecorder()
+	s, _ = b.start(t, rec)
+	waitStreaming(t, s)
+	after := b.insert(t)
+	pgtest.WaitFor(t, 5*time.Second, "the row committed after the session began", func() bool { return rec.has(after) })
+	// WAL comes in commit order: the earlier rows were read before it.
+	if rec.has(before[0]) || rec.has(before[1]) {
+		t.Errorf("rows committed before the session were handed on: %v", before)
+	}
+	select {
+	case <-s.Dropped():
+	default:
+		t.Error("the sweeper was not told of the rows left to it")
+	}
+}
+
+// The reader's receive context is reused while it lasts and never ends
+// later than asked.
+func TestRecvDeadline(t *testing.T) {
+	parent, cancelParent := context.WithCancel(context.Background())
+	defer cancelParent()
+	var rd recvDeadline
+	defer rd.stop()
+	t0 := time.Now().Add(time.Hour)
+
+	c1 := rd.until(parent, t0)
+	if dl, ok := c1.Deadline(); !ok || !dl.Equal(t0) {
+		t.Fatalf("deadline %v, want %v", dl, t0)
+	}
+	if c := rd.until(parent, t0.Add(time.Minute)); c != c1 {
+		t.Error("a later time made a new context; the current one ends sooner and may serve")
+	}
+	c2 := rd.until(parent, t0.Add(-time.Minute))
+	if c2 == c1 {
+		t.Fatal("an earlier time kept a context that ends too late")
+	}
+	if c1.Err() == nil {
+		t.Error("the replaced context was not cancelled")
+	}
+	if dl, _ := c2.Deadline(); !dl.Equal(t0.Add(-time.Minute)) {
+		t.Errorf("deadline %v, want %v", dl, t0.Add(-time.Minute))
+	}
+
+	past := rd.until(parent, time.Now().Add(-time.Second)) // ended at once
+	if past.Err() == nil {
+		t.Fatal("a context past its deadline is not done")
+	}
+	if c := rd.until(parent, t0); c == past || c.Err() != nil {
+		t.Error("an ended context was handed out again")
+	}
+
+	cancelParent()
+	if c := rd.until(parent, t0); c.Err() == nil {
+		t.Error("the parent's end did not reach the receive context")
 	}
 }

@@ -7,8 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgconn"
-
 	"github.com/outbox-relay/outbox-relay/internal/pgtest"
 	"github.com/outbox-relay/outbox-relay/internal/store"
 )
@@ -119,11 +117,11 @@ func TestUnavailableServerIsCheckedAgain(t *testing.T) {
 
 func mustDB(t *testing.T, url string) string {
 	t.Helper()
-	c, err := pgconn.ParseConfig(url)
+	conf, err := parseConfig(url)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return c.Database
+	return conf.sql.Database
 }
 
 // Every WAL sender taken is a passing failure: the stream retries at its
@@ -133,15 +131,7 @@ func TestWALSendersTakenIsPassing(t *testing.T) {
 	t.Parallel()
 	c := pgtest.StartT(t, pgtest.WithSetting("max_wal_senders", "1"))
 	b := setupURL(t, c.URL("postgres"))
-	cfg, err := pgconn.ParseConfig(c.URL("postgres"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.RuntimeParams["replication"] = "database"
-	holder, err := pgconn.ConnectConfig(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	holder := walsender(t, c.URL("postgres"))
 	rec := newRecorder()
 	s, _ := b.start(t, rec)
 	pgtest.WaitFor(t, 10*time.Second, "the stream to find no WAL sender", func() bool {
@@ -156,29 +146,6 @@ func TestWALSendersTakenIsPassing(t *testing.T) {
 	waitStreaming(t, s)
 	if n := strings.Count(b.logs.String(), "logical replication is unavailable"); n != 0 {
 		t.Errorf("took every WAL sender taken for an unavailable server (%d logs)", n)
-	}
-}
-
-// On PostgreSQL 17 and newer the slot is made with failover = true, so
-// that standbys with sync_replication_slots keep it.
-func TestSlotIsFailoverOn17(t *testing.T) {
-	t.Parallel()
-	b := setup(t)
-	var version int
-	if err := b.pool.QueryRow(context.Background(), `SELECT current_setting('server_version_num')::int`).Scan(&version); err != nil {
-		t.Fatal(err)
-	}
-	if version < 170000 {
-		t.Skipf("server_version_num %d: slots have a failover flag from PostgreSQL 17 on; no 17 server here", version)
-	}
-	s, _ := b.start(t, newRecorder())
-	waitStreaming(t, s)
-	var failover bool
-	if err := b.pool.QueryRow(context.Background(), `SELECT failover FROM pg_replication_slots WHERE slot_name = $1`, b.cfg.Slot).Scan(&failover); err != nil {
-		t.Fatal(err)
-	}
-	if !failover {
-		t.Error("the slot was created with failover = false on PostgreSQL 17+")
 	}
 }
 
