@@ -11,14 +11,18 @@ import (
 	"time"
 
 	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/outbox-relay/outbox-relay/internal/pgtest"
+	"github.com/outbox-relay/outbox-relay/internal/relaytest"
 	"github.com/outbox-relay/outbox-relay/internal/store"
+	"github.com/outbox-relay/outbox-relay/relay"
 )
 
-// The reader's confirmation rules, fed with made-up messages. The reader
+// The stream's reader: what it hands on, whole or by id, and what it
+// confirms. The confirmation rules are fed made-up messages: the reader
 // sends its standby status updates on a real replication connection that
 // streams from a temporary slot; the test never reads from it, so the
 // server's own messages do not interfere. The positions used are below the
@@ -436,5 +440,217 @@ func TestRecvDeadline(t *testing.T) {
 	cancelParent()
 	if c := rd.until(parent, t0); c.Err() == nil {
 		t.Error("the parent's end did not reach the receive context")
+	}
+}
+
+func TestInsertsReachDelivererQuickly(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	rec, s := b.streaming(t)
+
+	var worst time.Duration
+	for range 20 {
+		start := time.Now()
+		id := b.insert(t)
+		pgtest.WaitFor(t, 2*time.Second, fmt.Sprintf("id %s", id), func() bool { return rec.has(id) })
+		worst = max(worst, time.Since(start))
+	}
+	t.Logf("worst insert-to-DeliverIDs latency of 20: %s", worst)
+	if worst > 500*time.Millisecond {
+		t.Errorf("an insert took %s to reach the deliverer", worst)
+	}
+	if st := s.State(); st.Role != RoleStreamer || !st.Connected || st.LastError != "" || st.ConfirmedLSN == "" {
+		t.Errorf("State() = %+v, want a connected streamer with a confirmed LSN", st)
+	}
+}
+
+func TestRolledBackTransactionDeliversNothing(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	rec, _ := b.streaming(t)
+
+	ctx := context.Background()
+	tx, err := b.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rolledBack string
+	if err := tx.QueryRow(ctx, `INSERT INTO portal_event_outbox (event_type) VALUES ('x') RETURNING id::text`).Scan(&rolledBack); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The stream is ordered: once a later commit arrived, the rolled-back
+	// row would have come before it.
+	marker := b.insert(t)
+	pgtest.WaitFor(t, 5*time.Second, "the marker row", func() bool { return rec.has(marker) })
+	if rec.count(rolledBack) != 0 {
+		t.Errorf("rolled-back id %s was handed to the deliverer", rolledBack)
+	}
+}
+
+func TestMultiRowTransactionDeliversAll(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	rec, _ := b.streaming(t)
+
+	rows, err := b.pool.Query(context.Background(),
+		`INSERT INTO portal_event_outbox (event_type) SELECT 'bulk' FROM generate_series(1, 250) RETURNING id::text`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	pgtest.WaitFor(t, 5*time.Second, "all 250 ids", func() bool { return rec.has(ids...) })
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	for _, batch := range rec.batches {
+		if len(batch) > b.cfg.BatchSize {
+			t.Errorf("a batch of %d ids, more than BatchSize %d", len(batch), b.cfg.BatchSize)
+		}
+	}
+	for _, id := range ids {
+		if rec.seen[id] != 1 {
+			t.Errorf("id %s handed off %d times", id, rec.seen[id])
+		}
+	}
+}
+
+// walLag reads the slot's lag behind the current WAL position.
+func (b *bundle) walLag(t *testing.T) (flushLag, retained int64) {
+	t.Helper()
+	err := b.pool.QueryRow(context.Background(), `SELECT
+	coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), -1)::bigint,
+	coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), -1)::bigint
+FROM pg_replication_slots WHERE slot_name = $1`, b.cfg.Slot).Scan(&flushLag, &retained)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return flushLag, retained
+}
+
+func TestSlotDoesNotPinWAL(t *testing.T) {
+	t.Parallel()
+	for _, blocked := range []bool{false, true} {
+		name := "idle"
+		if blocked {
+			name = "deliverer blocked"
+		}
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			b := setup(t)
+			if blocked {
+				// A buffer this small fills with the flood below, as
+				// the real one fills under a deliverer that stays behind.
+				b.tweak = func(s *Stream) { s.handoffIDs = 400 }
+			}
+			rec, s := b.streaming(t)
+			if blocked {
+				gate := make(chan struct{})
+				rec.mu.Lock()
+				rec.gate = gate
+				rec.mu.Unlock()
+				t.Cleanup(func() { close(gate) })
+				b.insert(t)
+				select {
+				case <-rec.entered:
+				case <-time.After(5 * time.Second):
+					t.Fatal("the deliverer was not called")
+				}
+			}
+			const mb = 1 << 20
+			ctx := context.Background()
+			// ~50 MB of WAL for a table outside the publication, in
+			// chunks; the slot must follow after each.
+			for range 10 {
+				if _, err := b.pool.Exec(ctx, `INSERT INTO other (body) SELECT repeat(md5(g::text), 30) FROM generate_series(1, 5000) g`); err != nil {
+					t.Fatal(err)
+				}
+				if blocked {
+					// More outbox rows than the hand-off buffer holds, one
+					// transaction each: with the deliverer stuck they must
+					// be left to the sweeper at once, not slow the reader
+					// down or stop it confirming.
+					outbox := pgx.Identifier{b.cfg.Schema, b.cfg.Table}.Sanitize()
+					for range 300 {
+						if _, err := b.pool.Exec(ctx, `INSERT INTO `+outbox+` (event_type) VALUES ('flood')`); err != nil {
+							t.Fatal(err)
+						}
+					}
+				}
+				pgtest.WaitFor(t, 10*time.Second, "confirmed_flush_lsn to follow", func() bool {
+					lag, _ := b.walLag(t)
+					return lag >= 0 && lag < 4*mb
+				})
+			}
+			// restart_lsn moves at running-transactions records, which a
+			// checkpoint writes.
+			pgtest.WaitFor(t, 20*time.Second, "retained WAL to shrink after a checkpoint", func() bool {
+				if _, err := b.pool.Exec(ctx, `CHECKPOINT`); err != nil {
+					t.Fatal(err)
+				}
+				_, retained := b.walLag(t)
+				return retained >= 0 && retained < 4*mb
+			})
+			lag, retained := b.walLag(t)
+			t.Logf("after ~50 MB of other WAL: flush lag %d kB, retained %d kB", lag/1024, retained/1024)
+			if blocked {
+				select {
+				case <-s.Dropped():
+				default:
+					t.Error("ids were left to the sweeper without nudging it")
+				}
+			}
+		})
+	}
+}
+
+// TestEndToEnd runs the stream with the real Deliverer and a real runner,
+// and no sweeper: a row reaches the runner only through the stream.
+func TestEndToEnd(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	runner := relaytest.NewRunner(t)
+	d := relay.New(relay.Config{
+		RunnerURL:     runner.URL(),
+		HTTPTimeout:   5 * time.Second,
+		Concurrency:   4,
+		MaxAttempts:   5,
+		Backoff:       relay.Backoff{Base: time.Second, Max: time.Minute},
+		ShutdownGrace: time.Second,
+	}, store.New(b.pool, store.DefaultSchema(table)), slog.New(slog.DiscardHandler), nil)
+	// Started first, so it stops after the stream has stopped: the
+	// Deliverer outlives its claimers, as in cmd.
+	background(t, "Deliverer.Run", d.Run)
+
+	s, _ := b.start(t, d)
+	waitStreaming(t, s)
+
+	ctx := context.Background()
+	for range 5 {
+		var eventID string
+		start := time.Now()
+		if err := b.pool.QueryRow(ctx, `INSERT INTO portal_event_outbox (event_type, payload)
+			VALUES ('file.finalized', '{"n": 1}') RETURNING event_id::text`).Scan(&eventID); err != nil {
+			t.Fatal(err)
+		}
+		var took time.Duration
+		pgtest.WaitFor(t, 5*time.Second, "the runner to get "+eventID, func() bool {
+			at, ok := runner.FirstReceipts()[eventID]
+			took = at.Sub(start)
+			return ok
+		})
+		t.Logf("insert to runner: %s", took)
+		if took > time.Second {
+			t.Errorf("event %s took %s to reach the runner", eventID, took)
+		}
+		var status string
+		pgtest.WaitFor(t, 5*time.Second, "the row to be marked delivered", func() bool {
+			err := b.pool.QueryRow(ctx, `SELECT status FROM portal_event_outbox WHERE event_id = $1`, eventID).Scan(&status)
+			return err == nil && status == store.StatusDelivered
+		})
 	}
 }
