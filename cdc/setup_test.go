@@ -214,6 +214,8 @@ func TestPublicationDroppedIsRecreated(t *testing.T) {
 	b.loggedOnce(t, "lost its publication")
 }
 
+// The session reads the server's major version from server_version; it
+// decides whether the slot is made with FAILOVER.
 func TestMajorVersion(t *testing.T) {
 	for v, want := range map[string]int{"15.8 (Debian 15.8-0+deb12u1)": 15, "17.2": 17, "18beta1": 18, "": 0, "x": 0} {
 		if got := store.MajorVersion(v); got != want {
