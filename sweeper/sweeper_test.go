@@ -2,7 +2,6 @@ package sweeper_test
 
 import (
 	"context"
-	"io"
 	"log/slog"
 	"net/http"
 	"sync/atomic"
@@ -18,7 +17,7 @@ import (
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
 
-var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+var quiet = slog.New(slog.DiscardHandler)
 
 type bundle struct {
 	st *store.Store
@@ -59,6 +58,15 @@ func run(t *testing.T, f func(context.Context) error) {
 	t.Cleanup(func() { cancel(); <-done })
 }
 
+// runOnce runs one pass of s and fails the test unless it claims want
+// rows; when names the moment, for the failure line.
+func runOnce(t *testing.T, s *sweeper.Sweeper, want int, when string) {
+	t.Helper()
+	if n, err := s.RunOnce(context.Background()); err != nil || n != want {
+		t.Fatalf("%s: RunOnce = %d, %v; want %d", when, n, err, want)
+	}
+}
+
 func count(t *testing.T, st *store.Store, status string) int {
 	t.Helper()
 	var n int
@@ -74,14 +82,9 @@ func TestRunOnceTakesEveryDueRow(t *testing.T) {
 	b := setup(t, 0)
 	relaytest.Insert(t, b.st, 250, "sweep")
 	s := sweeper.New(sweeper.Config{Interval: time.Hour, BatchSize: 100}, b.d, b.st, quiet)
-	n, err := s.RunOnce(context.Background())
-	if err != nil || n != 250 {
-		t.Fatalf("RunOnce = %d, %v; want 250", n, err)
-	}
+	runOnce(t, s, 250, "first")
 	pgtest.WaitFor(t, 30*time.Second, "all delivered", func() bool { return count(t, b.st, "delivered") == 250 })
-	if n, err := s.RunOnce(context.Background()); err != nil || n != 0 {
-		t.Errorf("second RunOnce = %d, %v; want 0", n, err)
-	}
+	runOnce(t, s, 0, "second")
 }
 
 // Fresh rows are left to the stream for the grace; retries are not.
@@ -90,15 +93,11 @@ func TestGraceLeavesFreshRowsToTheStream(t *testing.T) {
 	b := setup(t, 0)
 	relaytest.Insert(t, b.st, 3, "sweep")
 	s := sweeper.New(sweeper.Config{Interval: time.Hour, BatchSize: 100, Grace: time.Hour}, b.d, b.st, quiet)
-	if n, err := s.RunOnce(context.Background()); err != nil || n != 0 {
-		t.Fatalf("RunOnce with a grace = %d, %v; want 0", n, err)
-	}
+	runOnce(t, s, 0, "with a grace")
 	if _, err := b.st.Pool().Exec(context.Background(), `UPDATE portal_event_outbox SET attempts = 1 WHERE id = 1`); err != nil {
 		t.Fatal(err)
 	}
-	if n, err := s.RunOnce(context.Background()); err != nil || n != 1 {
-		t.Fatalf("RunOnce with a retry due = %d, %v; want 1", n, err)
-	}
+	runOnce(t, s, 1, "with a retry due")
 }
 
 // With an hour between sweeps, a row whose first attempt failed is retried
