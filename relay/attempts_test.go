@@ -5,13 +5,11 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/outbox-relay/outbox-relay/internal/pgtest"
 	"github.com/outbox-relay/outbox-relay/internal/relaytest"
-	"github.com/outbox-relay/outbox-relay/internal/store"
 	"github.com/outbox-relay/outbox-relay/relay"
 	"github.com/outbox-relay/outbox-relay/sweeper"
 )
@@ -31,30 +29,18 @@ import (
 func TestAttemptsCountEveryAnsweredRequest(t *testing.T) {
 	t.Parallel()
 	const pairs, others = 25, 260
-	pool := newPool(t)
-	rn, err := relaytest.StartRunner()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(rn.Stop)
-	var mu sync.Mutex
-	requests := map[string]int{} // by event id
-	rn.SetAnswer(func(w http.ResponseWriter, r *http.Request, body []byte) bool {
-		mu.Lock()
-		requests[r.Header.Get("Idempotency-Key")]++
-		n := requests[r.Header.Get("Idempotency-Key")]
-		mu.Unlock()
-		if strings.Contains(string(body), `"type":"flaky"`) && n <= 2 {
-			w.WriteHeader(http.StatusServiceUnavailable)
-			return false
+	st := relaytest.NewStore(t)
+	pool := st.Pool()
+	rn := relaytest.NewRunner(t)
+	rn.SetAnswer(relaytest.AnswerBy(func(_ *http.Request, e relaytest.Event) int {
+		if e.Type == "flaky" && e.Try <= 2 {
+			return http.StatusServiceUnavailable
 		}
-		w.WriteHeader(http.StatusNoContent)
-		return true
-	})
+		return http.StatusNoContent
+	}))
 
 	logs := &relaytest.Buffer{}
 	log := slog.New(slog.NewTextHandler(logs, nil))
-	st := store.New(pool, store.DefaultSchema(table))
 	d := relay.New(relay.Config{
 		RunnerURL: rn.URL(), HTTPTimeout: 5 * time.Second, Concurrency: 4, MaxAttempts: 10,
 		// Without jitter the two rows of a pair are due again together.
@@ -104,13 +90,8 @@ func TestAttemptsCountEveryAnsweredRequest(t *testing.T) {
 	if err := pool.QueryRow(ctx, `SELECT coalesce(sum(attempts), 0) FROM portal_event_outbox WHERE event_type = 'other'`).Scan(&otherAttempts); err != nil {
 		t.Fatal(err)
 	}
-	mu.Lock()
-	sent := len(requests)
-	var extra int
-	for _, n := range requests {
-		extra += n - 1
-	}
-	mu.Unlock()
+	c := rn.Counts()
+	sent, extra := c.Distinct, c.Requests-c.Distinct
 	if sent != 2*pairs+others || extra != 2*2*pairs || otherAttempts != others {
 		t.Errorf("the runner got %d events and %d requests beyond the first of each, the others count %d attempts; want %d, %d and %d",
 			sent, extra, otherAttempts, 2*pairs+others, 2*2*pairs, others)

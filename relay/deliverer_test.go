@@ -4,10 +4,8 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
-	"io"
 	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -17,6 +15,7 @@ import (
 	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
 
 	"github.com/outbox-relay/outbox-relay/internal/pgtest"
+	"github.com/outbox-relay/outbox-relay/internal/relaytest"
 	"github.com/outbox-relay/outbox-relay/internal/store"
 	"github.com/outbox-relay/outbox-relay/relay"
 )
@@ -29,27 +28,28 @@ type request struct {
 	Body   []byte
 }
 
-// runner is a real HTTP server that records every request and answers
-// with whatever answer returns.
+// runner is the kit's runner (relaytest.Runner), recording every request
+// and answering with whatever answer writes.
 type runner struct {
-	*httptest.Server
-	mu     sync.Mutex
-	got    []request
-	answer func(w http.ResponseWriter, r *http.Request, body []byte)
+	*relaytest.Runner
+	mu  sync.Mutex
+	got []request
 }
 
+// newRunner starts a runner stopped when the test ends. A nil answer
+// leaves the status to the HTTP server: 200.
 func newRunner(t *testing.T, answer func(w http.ResponseWriter, r *http.Request, body []byte)) *runner {
-	rn := &runner{answer: answer}
-	rn.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, _ := io.ReadAll(r.Body)
+	rn := &runner{Runner: relaytest.NewRunner(t)}
+	rn.SetAnswer(func(w http.ResponseWriter, r *http.Request, body []byte) bool {
 		rn.mu.Lock()
 		rn.got = append(rn.got, request{r.Header.Clone(), body})
 		rn.mu.Unlock()
-		if rn.answer != nil {
-			rn.answer(w, r, body)
+		if answer != nil {
+			answer(w, r, body)
 		}
-	}))
-	t.Cleanup(rn.Close)
+		// The tests read got, not the runner's tally of acceptances.
+		return true
+	})
 	return rn
 }
 
@@ -57,6 +57,15 @@ func (rn *runner) requests() []request {
 	rn.mu.Lock()
 	defer rn.mu.Unlock()
 	return append([]request(nil), rn.got...)
+}
+
+// wantRequests fails the test unless the runner got n requests; why says
+// what more would mean.
+func (b *bundle) wantRequests(t *testing.T, n int, why string) {
+	t.Helper()
+	if got := len(b.runner.requests()); got != n {
+		t.Errorf("runner got %d requests, want %d: %s", got, n, why)
+	}
 }
 
 type bundle struct {
@@ -70,16 +79,19 @@ type bundle struct {
 	lastID    string // the row a test's runner looks at
 }
 
-var table = store.Table{Schema: "public", Name: "portal_event_outbox"}
+var table = relaytest.Table
+
+// quiet is the logger of the tests that read no logs.
+var quiet = slog.New(slog.DiscardHandler)
 
 // setup gives a test its own database with the outbox table, a runner
 // and a running Deliverer, all stopped at the end of the test.
 func setup(t *testing.T, answer func(http.ResponseWriter, *http.Request, []byte), tweak func(*relay.Config)) *bundle {
 	t.Helper()
-	pool := newPool(t)
+	st := relaytest.NewStore(t)
 	rn := newRunner(t, answer)
 	cfg := relay.Config{
-		RunnerURL:     rn.URL + "/events",
+		RunnerURL:     rn.URL(),
 		HTTPTimeout:   5 * time.Second,
 		Concurrency:   8,
 		MaxAttempts:   25,
@@ -89,24 +101,16 @@ func setup(t *testing.T, answer func(http.ResponseWriter, *http.Request, []byte)
 	if tweak != nil {
 		tweak(&cfg)
 	}
-	st := store.New(pool, store.DefaultSchema(table))
-	d := relay.New(cfg, st, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	d := relay.New(cfg, st, quiet, nil)
 	startDeliverer(t, d)
-	return &bundle{pool: pool, store: st, runner: rn, d: d}
+	return &bundle{pool: st.Pool(), store: st, runner: rn, d: d}
 }
 
+// newPool is the pool of a store of the kit (relaytest.NewStore): a
+// database of its own with the outbox table on table.
 func newPool(t *testing.T) *pgxpool.Pool {
 	t.Helper()
-	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, pgtest.NewDB(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	if _, err := store.Migrate(ctx, pool, store.DefaultSchema(table), ""); err != nil {
-		t.Fatal(err)
-	}
-	return pool
+	return relaytest.NewStore(t).Pool()
 }
 
 func startDeliverer(t *testing.T, d *relay.Deliverer) {
@@ -119,6 +123,16 @@ func startDeliverer(t *testing.T, d *relay.Deliverer) {
 		}
 	}()
 	t.Cleanup(func() { cancel(); <-done })
+}
+
+// runStoppable runs d for a test that stops it itself: cancel stops Run,
+// whose error then comes on done. The test's end cancels it too.
+func runStoppable(t *testing.T, d *relay.Deliverer) (context.Context, context.CancelFunc, <-chan error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	return ctx, cancel, done
 }
 
 func insert(t *testing.T, pool *pgxpool.Pool, typ, payload string) string {
@@ -209,17 +223,15 @@ func TestDelivered(t *testing.T) {
 			t.Errorf("header %s = %q, want %q", h, got, want)
 		}
 	}
-	var body struct {
-		ID        string          `json:"id"`
-		Type      string          `json:"type"`
-		Timestamp time.Time       `json:"timestamp"`
-		Attempt   int             `json:"attempt"`
-		Data      json.RawMessage `json:"data"`
-	}
+	var body relaytest.Event
 	if err := json.Unmarshal(r.Body, &body); err != nil {
 		t.Fatalf("body %q: %v", r.Body, err)
 	}
-	if body.ID != eventID || body.Type != "file.finalized" || body.Attempt != 1 || !body.Timestamp.Equal(created) || string(body.Data) != `{"file": 42}` {
+	ts, err := time.Parse(time.RFC3339Nano, body.Timestamp)
+	if err != nil {
+		t.Errorf("timestamp %q: %v", body.Timestamp, err)
+	}
+	if body.ID != eventID || body.Type != "file.finalized" || body.Attempt != 1 || !ts.Equal(created) || string(body.Data) != `{"file": 42}` {
 		t.Errorf("body = %+v (data %s)", body, body.Data)
 	}
 	// An independent implementation of Standard Webhooks accepts it.
@@ -365,57 +377,81 @@ func TestRetryAfterIsALowerBound(t *testing.T) {
 	}
 }
 
-func TestPermanentAnswersAreDead(t *testing.T) {
-	t.Parallel()
+// answerCase is a runner's answer to a lone row's POST and what the row
+// holds once its outcome is written.
+type answerCase struct {
+	name      string
+	answer    func(http.ResponseWriter, *http.Request, []byte)
+	tweak     func(*relay.Config)
+	gone      bool   // the runner is stopped before the POST: connection refused
+	attempts  int    // counted
+	status    string // the row's
+	lastError string // a part of last_error; "" for any
+	requests  int    // the runner got, when not 0
+}
+
+// answerCases are the answers a lone row can meet: the permanent ones
+// (dead at once), the retryable ones (a 429 is back-pressure, not the
+// row's failure, so not counted), a redirect (not followed), a timeout
+// (not retried in process), no runner at all.
+func answerCases() []answerCase {
+	status := func(code int) func(http.ResponseWriter, *http.Request, []byte) {
+		return func(w http.ResponseWriter, _ *http.Request, _ []byte) { w.WriteHeader(code) }
+	}
+	var cases []answerCase
 	for _, code := range []int{400, 404, 410, 422} {
-		t.Run(http.StatusText(code), func(t *testing.T) {
-			t.Parallel()
-			b := setup(t, func(w http.ResponseWriter, _ *http.Request, _ []byte) { w.WriteHeader(code) }, nil)
-			id := insert(t, b.pool, "t", `{}`)
-			b.deliver(t, id)
-			s := settled(t, b, id, 1)
-			if s.Status != store.StatusDead || !strings.Contains(*s.LastError, "permanent") {
-				t.Errorf("after %d: %+v", code, s)
-			}
-		})
+		cases = append(cases, answerCase{name: http.StatusText(code), answer: status(code),
+			attempts: 1, status: store.StatusDead, lastError: "permanent"})
 	}
-}
-
-func TestRetryableAnswers(t *testing.T) {
-	t.Parallel()
 	for _, code := range []int{408, 425, 429, 500, 502, 503, 504} {
-		t.Run(http.StatusText(code), func(t *testing.T) {
-			t.Parallel()
-			b := setup(t, func(w http.ResponseWriter, _ *http.Request, _ []byte) { w.WriteHeader(code) }, nil)
-			id := insert(t, b.pool, "t", `{}`)
-			b.deliver(t, id)
-			counted := 1
-			if code == http.StatusTooManyRequests {
-				counted = 0 // back-pressure, not the row's failure
-			}
-			if s := settled(t, b, id, counted); s.Status != store.StatusPending {
-				t.Errorf("after %d: %+v", code, s)
-			}
-		})
+		c := answerCase{name: http.StatusText(code), answer: status(code), attempts: 1, status: store.StatusPending}
+		if code == http.StatusTooManyRequests {
+			c.attempts = 0
+		}
+		cases = append(cases, c)
 	}
+	return append(cases,
+		answerCase{name: "redirect", answer: func(w http.ResponseWriter, r *http.Request, _ []byte) {
+			if r.URL.Path == "/elsewhere" {
+				return // a followed redirect shows up in the requests
+			}
+			http.Redirect(w, r, "/elsewhere", http.StatusTemporaryRedirect)
+		}, attempts: 1, status: store.StatusDead, lastError: "307", requests: 1},
+		answerCase{name: "timeout", answer: func(_ http.ResponseWriter, r *http.Request, _ []byte) {
+			<-r.Context().Done()
+		}, tweak: func(c *relay.Config) { c.HTTPTimeout = 100 * time.Millisecond },
+			attempts: 1, status: store.StatusPending, lastError: "timed out", requests: 1},
+		answerCase{name: "unreachable", answer: ok, gone: true,
+			attempts: 1, status: store.StatusPending, lastError: "unreachable"},
+	)
 }
 
-func TestRedirectNotFollowed(t *testing.T) {
+func TestAnswers(t *testing.T) {
 	t.Parallel()
-	b := setup(t, func(w http.ResponseWriter, r *http.Request, _ []byte) {
-		if r.URL.Path == "/elsewhere" {
-			return // a followed redirect shows up in requests() below
-		}
-		http.Redirect(w, r, "/elsewhere", http.StatusTemporaryRedirect)
-	}, nil)
-	id := insert(t, b.pool, "t", `{}`)
-	b.deliver(t, id)
-	s := settled(t, b, id, 1)
-	if s.Status != store.StatusDead || !strings.Contains(*s.LastError, "307") {
-		t.Errorf("after a redirect: %+v", s)
-	}
-	if n := len(b.runner.requests()); n != 1 {
-		t.Errorf("runner got %d requests, want 1: the redirect was followed", n)
+	for _, tc := range answerCases() {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			b := setup(t, tc.answer, tc.tweak)
+			if tc.gone {
+				b.runner.Stop()
+			}
+			id := insert(t, b.pool, "t", `{}`)
+			b.deliver(t, id)
+			s := settled(t, b, id, tc.attempts)
+			var lastError string
+			if s.LastError != nil {
+				lastError = *s.LastError
+			}
+			if s.Status != tc.status || !strings.Contains(lastError, tc.lastError) {
+				t.Errorf("after %s: %+v, want %s with last_error holding %q", tc.name, s, tc.status, tc.lastError)
+			}
+			if strings.Contains(lastError, b.runner.URL()) {
+				t.Errorf("last_error quotes the runner URL: %q", lastError)
+			}
+			if tc.requests != 0 {
+				b.wantRequests(t, tc.requests, "a redirect followed or a POST retried in process")
+			}
+		})
 	}
 }
 
@@ -436,70 +472,24 @@ func TestMaxAttemptsIsDead(t *testing.T) {
 	if s.Attempts != 3 || !strings.Contains(*s.LastError, "gave up after 3 attempts") {
 		t.Errorf("dead row: %+v", s)
 	}
-	if n := len(b.runner.requests()); n != 3 {
-		t.Errorf("runner got %d requests, want 3", n)
-	}
-}
-
-func TestTimeoutRetries(t *testing.T) {
-	t.Parallel()
-	release := make(chan struct{})
-	t.Cleanup(func() { close(release) })
-	b := setup(t, func(w http.ResponseWriter, r *http.Request, _ []byte) {
-		select {
-		case <-release:
-		case <-r.Context().Done():
-		}
-	}, func(c *relay.Config) { c.HTTPTimeout = 100 * time.Millisecond })
-	id := insert(t, b.pool, "t", `{}`)
-	b.deliver(t, id)
-	s := settled(t, b, id, 1)
-	if s.Status != store.StatusPending || !strings.Contains(*s.LastError, "timed out") {
-		t.Errorf("after a timeout: %+v", s)
-	}
-	if n := len(b.runner.requests()); n != 1 {
-		t.Errorf("a timed-out POST was retried in process: %d requests", n)
-	}
-}
-
-func TestUnreachableRunnerRetries(t *testing.T) {
-	t.Parallel()
-	b := setup(t, ok, nil)
-	b.runner.Close() // connection refused from now on
-	id := insert(t, b.pool, "t", `{}`)
-	b.deliver(t, id)
-	s := settled(t, b, id, 1)
-	if s.Status != store.StatusPending || !strings.Contains(*s.LastError, "unreachable") {
-		t.Errorf("after connection refused: %+v", s)
-	}
-	if strings.Contains(*s.LastError, b.runner.URL) {
-		t.Errorf("last_error quotes the runner URL: %q", *s.LastError)
-	}
+	b.wantRequests(t, 3, "one a counted attempt")
 }
 
 // Four deliverers claim from the same 2,000 due rows at once: every event
 // reaches the runner exactly once.
 func TestRacingDeliverersSendOnce(t *testing.T) {
 	t.Parallel()
-	pool := newPool(t)
-	var mu sync.Mutex
-	seen := map[string]int{}
-	rn := newRunner(t, func(w http.ResponseWriter, r *http.Request, _ []byte) {
-		mu.Lock()
-		seen[r.Header.Get("Idempotency-Key")]++
-		mu.Unlock()
-	})
+	st := relaytest.NewStore(t)
+	pool := st.Pool()
+	rn := relaytest.NewRunner(t)
 	const n = 2000
-	if _, err := pool.Exec(context.Background(), `INSERT INTO portal_event_outbox (event_type, payload)
-		SELECT 'race', jsonb_build_object('i', i) FROM generate_series(1, $1) i`, n); err != nil {
-		t.Fatal(err)
-	}
+	relaytest.Insert(t, st, n, "race")
 	var claimers sync.WaitGroup
 	for range 4 {
 		d := relay.New(relay.Config{
-			RunnerURL: rn.URL, HTTPTimeout: 5 * time.Second, Concurrency: 8, MaxAttempts: 5,
+			RunnerURL: rn.URL(), HTTPTimeout: 5 * time.Second, Concurrency: 8, MaxAttempts: 5,
 			Backoff: relay.Backoff{Base: time.Second, Max: time.Second}, ShutdownGrace: 5 * time.Second,
-		}, store.New(pool, store.DefaultSchema(table)), slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+		}, store.New(pool, store.DefaultSchema(table)), quiet, nil)
 		startDeliverer(t, d)
 		claimers.Go(func() {
 			for {
@@ -520,14 +510,12 @@ func TestRacingDeliverersSendOnce(t *testing.T) {
 		_ = pool.QueryRow(context.Background(), `SELECT count(*) FROM portal_event_outbox WHERE status = 'delivered'`).Scan(&delivered)
 		return delivered == n
 	})
-	mu.Lock()
-	defer mu.Unlock()
-	if len(seen) != n {
-		t.Errorf("runner saw %d distinct events, want %d", len(seen), n)
+	if c := rn.Counts(); c.Distinct != n || c.Requests != n {
+		t.Errorf("runner saw %d distinct events in %d requests, want %d in %d", c.Distinct, c.Requests, n, n)
 	}
-	for id, c := range seen {
+	for id, c := range rn.Accepted() {
 		if c != 1 {
-			t.Errorf("event %s sent %d times", id, c)
+			t.Errorf("event %s accepted %d times", id, c)
 		}
 	}
 }
@@ -548,9 +536,7 @@ func TestCrashLoopingRowIsBuried(t *testing.T) {
 	if s.Status != store.StatusDead || !strings.Contains(*s.LastError, "relay stopped") {
 		t.Errorf("crash-looping row: %+v", s)
 	}
-	if n := len(b.runner.requests()); n != 0 {
-		t.Errorf("buried row was sent %d times", n)
-	}
+	b.wantRequests(t, 0, "the buried row was sent")
 }
 
 // On shutdown a POST under way finishes and is recorded; rows claimed but
@@ -565,12 +551,10 @@ func TestShutdownDrains(t *testing.T) {
 		<-release
 	})
 	d := relay.New(relay.Config{
-		RunnerURL: rn.URL, HTTPTimeout: 10 * time.Second, Concurrency: 1, MaxAttempts: 5,
+		RunnerURL: rn.URL(), HTTPTimeout: 10 * time.Second, Concurrency: 1, MaxAttempts: 5,
 		Backoff: relay.Backoff{Base: time.Second, Max: time.Second}, ShutdownGrace: 10 * time.Second,
-	}, store.New(pool, store.DefaultSchema(table)), slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
+	}, store.New(pool, store.DefaultSchema(table)), quiet, nil)
+	ctx, cancel, done := runStoppable(t, d)
 
 	first := insert(t, pool, "t", `{}`)
 	second := insert(t, pool, "t", `{}`)
@@ -615,9 +599,9 @@ func TestAttemptsCountOnlyRealPOSTs(t *testing.T) {
 		w.WriteHeader(http.StatusInternalServerError) // the row's own: counted
 	})
 	d := relay.New(relay.Config{
-		RunnerURL: rn.URL, HTTPTimeout: 500 * time.Millisecond, Concurrency: 1, MaxAttempts: 25,
+		RunnerURL: rn.URL(), HTTPTimeout: 500 * time.Millisecond, Concurrency: 1, MaxAttempts: 25,
 		Backoff: relay.Backoff{Base: time.Hour, Max: time.Hour}, ShutdownGrace: time.Second,
-	}, store.New(pool, store.DefaultSchema(table)), slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	}, store.New(pool, store.DefaultSchema(table)), quiet, nil)
 	startDeliverer(t, d)
 	const rows = 60
 	if _, err := pool.Exec(context.Background(), `INSERT INTO portal_event_outbox (event_type) SELECT 'slow' FROM generate_series(1, $1)`, rows); err != nil {
@@ -663,12 +647,10 @@ func TestShutdownCutIsNotAFailure(t *testing.T) {
 		<-r.Context().Done()
 	})
 	d := relay.New(relay.Config{
-		RunnerURL: rn.URL, HTTPTimeout: time.Minute, Concurrency: 1, MaxAttempts: 1,
+		RunnerURL: rn.URL(), HTTPTimeout: time.Minute, Concurrency: 1, MaxAttempts: 1,
 		Backoff: relay.Backoff{Base: time.Hour, Max: time.Hour}, ShutdownGrace: 100 * time.Millisecond,
-	}, store.New(pool, store.DefaultSchema(table)), slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
+	}, store.New(pool, store.DefaultSchema(table)), quiet, nil)
+	ctx, cancel, done := runStoppable(t, d)
 	id := insert(t, pool, "t", `{}`)
 	if _, err := d.DeliverIDs(ctx, []string{id}); err != nil {
 		t.Fatal(err)

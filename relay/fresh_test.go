@@ -4,7 +4,6 @@ import (
 	"context"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -46,13 +45,14 @@ func during(check func()) func(http.ResponseWriter, *http.Request, []byte) {
 // records it and counts the attempt.
 func TestFreshRowIsSentWithoutAClaim(t *testing.T) {
 	t.Parallel()
-	var mu sync.Mutex
-	var seen []rowState
+	seen := make(chan rowState, 1) // the row during the one POST
 	var b *bundle
 	b = setup(t, during(func() {
-		mu.Lock()
-		defer mu.Unlock()
-		seen = append(seen, state(t, b.pool, b.lastID))
+		select {
+		case seen <- state(t, b.pool, b.lastID):
+		default:
+			t.Error("the fresh row was POSTed more than once")
+		}
 	}), func(c *relay.Config) { c.FreshGrace = 10 * time.Second })
 	b.lastID = insert(t, b.pool, "file.finalized", `{"file": 42}`)
 	b.deliverFresh(t, fresh(t, b, b.lastID))
@@ -60,10 +60,13 @@ func TestFreshRowIsSentWithoutAClaim(t *testing.T) {
 	if s.Status != store.StatusDelivered || s.Delivered == nil {
 		t.Fatalf("row after a 204: %+v", s)
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	if len(seen) != 1 || seen[0].Attempts != 0 || seen[0].Status != store.StatusPending {
-		t.Fatalf("during the POST the row was %+v; want it untouched: pending, 0 attempts", seen)
+	select {
+	case during := <-seen:
+		if during.Attempts != 0 || during.Status != store.StatusPending {
+			t.Fatalf("during the POST the row was %+v; want it untouched: pending, 0 attempts", during)
+		}
+	default:
+		t.Fatal("the row is delivered without a POST")
 	}
 	if reqs := b.runner.requests(); len(reqs) != 1 || !strings.Contains(string(reqs[0].Body), `"file": 42`) {
 		t.Errorf("runner got %d requests: %+v", len(reqs), reqs)
@@ -144,5 +147,68 @@ func TestFreshOutcomeYieldsToAnotherClaim(t *testing.T) {
 	s := state(t, b.pool, first.Row.ID)
 	if s.Status != store.StatusPending || s.Attempts != 1 || time.Until(s.Next) < 50*time.Minute {
 		t.Errorf("row claimed elsewhere is %+v after the fresh send's outcome; want that claim intact", s)
+	}
+}
+
+// Fresh sends whose timer claimed their row while the relay stops give
+// the lease back, attempt uncounted: the one in flight (cut at the end of
+// the grace), the one queued, and the one waiting for room in the queue.
+func TestStopGivesBackLeasesOfFreshSends(t *testing.T) {
+	t.Parallel()
+	b := &bundle{pool: newPool(t)}
+	entered := make(chan struct{}, 1)
+	rn := newRunner(t, func(w http.ResponseWriter, r *http.Request, _ []byte) {
+		select {
+		case entered <- struct{}{}:
+		default:
+		}
+		<-r.Context().Done()
+	})
+	// One worker and a queue of one; the timers claim a fresh row 2 s
+	// after it is due.
+	d := relay.New(relay.Config{
+		RunnerURL: rn.URL(), HTTPTimeout: time.Minute, Concurrency: 1, MaxAttempts: 25,
+		Backoff: relay.Backoff{Base: time.Hour, Max: time.Hour}, ShutdownGrace: 100 * time.Millisecond,
+		FreshGrace: 4 * time.Second,
+	}, store.New(b.pool, store.DefaultSchema(table)), quiet, nil)
+	_, cancel, done := runStoppable(t, d)
+
+	send := func(id string) error {
+		_, err := d.DeliverInserts(context.Background(), []store.Insert{fresh(t, b, id)})
+		return err
+	}
+	inFlight := insert(t, b.pool, "t", `{}`)
+	if err := send(inFlight); err != nil {
+		t.Fatal(err)
+	}
+	<-entered
+	queued := insert(t, b.pool, "t", `{}`)
+	if err := send(queued); err != nil {
+		t.Fatal(err)
+	}
+	waiting := insert(t, b.pool, "t", `{}`)
+	blocked := make(chan error, 1)
+	go func() { blocked <- send(waiting) }()
+	ids := []string{inFlight, queued, waiting}
+	pgtest.WaitFor(t, 20*time.Second, "the timers to claim every row", func() bool {
+		for _, id := range ids {
+			if state(t, b.pool, id).Attempts != 1 {
+				return false
+			}
+		}
+		return true
+	})
+
+	cancel()
+	if err := <-blocked; err == nil {
+		t.Error("the send waiting for room in the queue was queued after the stop")
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	for name, id := range map[string]string{"in flight": inFlight, "queued": queued, "waiting for the queue": waiting} {
+		if s := state(t, b.pool, id); s.Status != store.StatusPending || s.Attempts != 0 || s.Next.After(time.Now()) {
+			t.Errorf("row %s after the stop: %+v, want pending, due, attempts 0", name, s)
+		}
 	}
 }

@@ -2,8 +2,6 @@ package relay_test
 
 import (
 	"context"
-	"io"
-	"log/slog"
 	"net/http"
 	"strings"
 	"sync"
@@ -56,14 +54,14 @@ func tracedSetup(t *testing.T, answer func(http.ResponseWriter, *http.Request, [
 		t.Fatal(err)
 	}
 	rn := newRunner(t, answer)
-	cfg := relay.Config{RunnerURL: rn.URL, HTTPTimeout: 5 * time.Second, Concurrency: 4, MaxAttempts: 5,
+	cfg := relay.Config{RunnerURL: rn.URL(), HTTPTimeout: 5 * time.Second, Concurrency: 4, MaxAttempts: 5,
 		Backoff: relay.Backoff{Base: 10 * time.Millisecond, Max: 10 * time.Millisecond}, ShutdownGrace: 5 * time.Second}
 	if tracer != nil {
 		cfg.Tracer = tracer.Tracer("test")
 	}
 	obs := &counts{invalid: map[string]int{}}
 	st := store.New(pool, schema)
-	d := relay.New(cfg, st, slog.New(slog.NewTextHandler(io.Discard, nil)), obs)
+	d := relay.New(cfg, st, quiet, obs)
 	startDeliverer(t, d)
 	return &bundle{pool: pool, store: st, runner: rn, d: d}, obs
 }

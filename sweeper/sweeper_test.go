@@ -2,7 +2,6 @@ package sweeper_test
 
 import (
 	"context"
-	"io"
 	"log/slog"
 	"net/http"
 	"sync/atomic"
@@ -18,7 +17,12 @@ import (
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
 
-var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+// testLog is a logger writing to the test's output, which shows when the
+// test fails (or with -v): what the sweeper and the deliverer reported of
+// the passes the test watched.
+func testLog(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(t.Output(), nil))
+}
 
 type bundle struct {
 	st *store.Store
@@ -41,7 +45,7 @@ func setup(t *testing.T, failures int) *bundle {
 		RunnerURL: b.rn.URL(), HTTPTimeout: 5 * time.Second, Concurrency: 4, MaxAttempts: 10,
 		Backoff:       relay.Backoff{Base: 300 * time.Millisecond, Max: time.Second},
 		ShutdownGrace: 5 * time.Second,
-	}, b.st, quiet, nil)
+	}, b.st, testLog(t), nil)
 	run(t, b.d.Run)
 	return b
 }
@@ -59,6 +63,15 @@ func run(t *testing.T, f func(context.Context) error) {
 	t.Cleanup(func() { cancel(); <-done })
 }
 
+// runOnce runs one pass of s and fails the test unless it claims want
+// rows; when names the moment, for the failure line.
+func runOnce(t *testing.T, s *sweeper.Sweeper, want int, when string) {
+	t.Helper()
+	if n, err := s.RunOnce(context.Background()); err != nil || n != want {
+		t.Fatalf("%s: RunOnce = %d, %v; want %d", when, n, err, want)
+	}
+}
+
 func count(t *testing.T, st *store.Store, status string) int {
 	t.Helper()
 	var n int
@@ -73,15 +86,10 @@ func TestRunOnceTakesEveryDueRow(t *testing.T) {
 	t.Parallel()
 	b := setup(t, 0)
 	relaytest.Insert(t, b.st, 250, "sweep")
-	s := sweeper.New(sweeper.Config{Interval: time.Hour, BatchSize: 100}, b.d, b.st, quiet)
-	n, err := s.RunOnce(context.Background())
-	if err != nil || n != 250 {
-		t.Fatalf("RunOnce = %d, %v; want 250", n, err)
-	}
+	s := sweeper.New(sweeper.Config{Interval: time.Hour, BatchSize: 100}, b.d, b.st, testLog(t))
+	runOnce(t, s, 250, "first")
 	pgtest.WaitFor(t, 30*time.Second, "all delivered", func() bool { return count(t, b.st, "delivered") == 250 })
-	if n, err := s.RunOnce(context.Background()); err != nil || n != 0 {
-		t.Errorf("second RunOnce = %d, %v; want 0", n, err)
-	}
+	runOnce(t, s, 0, "second")
 }
 
 // Fresh rows are left to the stream for the grace; retries are not.
@@ -89,16 +97,12 @@ func TestGraceLeavesFreshRowsToTheStream(t *testing.T) {
 	t.Parallel()
 	b := setup(t, 0)
 	relaytest.Insert(t, b.st, 3, "sweep")
-	s := sweeper.New(sweeper.Config{Interval: time.Hour, BatchSize: 100, Grace: time.Hour}, b.d, b.st, quiet)
-	if n, err := s.RunOnce(context.Background()); err != nil || n != 0 {
-		t.Fatalf("RunOnce with a grace = %d, %v; want 0", n, err)
-	}
+	s := sweeper.New(sweeper.Config{Interval: time.Hour, BatchSize: 100, Grace: time.Hour}, b.d, b.st, testLog(t))
+	runOnce(t, s, 0, "with a grace")
 	if _, err := b.st.Pool().Exec(context.Background(), `UPDATE portal_event_outbox SET attempts = 1 WHERE id = 1`); err != nil {
 		t.Fatal(err)
 	}
-	if n, err := s.RunOnce(context.Background()); err != nil || n != 1 {
-		t.Fatalf("RunOnce with a retry due = %d, %v; want 1", n, err)
-	}
+	runOnce(t, s, 1, "with a retry due")
 }
 
 // With an hour between sweeps, a row whose first attempt failed is retried
@@ -107,7 +111,7 @@ func TestRetryPickedUpOnTime(t *testing.T) {
 	t.Parallel()
 	b := setup(t, 1)
 	relaytest.Insert(t, b.st, 1, "sweep")
-	s := sweeper.New(sweeper.Config{Interval: time.Hour, BatchSize: 100}, b.d, b.st, quiet)
+	s := sweeper.New(sweeper.Config{Interval: time.Hour, BatchSize: 100}, b.d, b.st, testLog(t))
 	run(t, s.Run)
 	pgtest.WaitFor(t, 30*time.Second, "the retry to be delivered", func() bool { return count(t, b.st, "delivered") == 1 })
 	if got := b.rn.Counts().Requests; got != 2 {
@@ -124,14 +128,14 @@ func TestSurvivesDatabaseOutage(t *testing.T) {
 	d := relay.New(relay.Config{
 		RunnerURL: relaytest.NewRunner(t).URL(), HTTPTimeout: 5 * time.Second, Concurrency: 4, MaxAttempts: 10,
 		Backoff: relay.Backoff{Base: 100 * time.Millisecond, Max: time.Second}, ShutdownGrace: 5 * time.Second,
-	}, st, quiet, nil)
+	}, st, testLog(t), nil)
 	run(t, d.Run)
 	var failed atomic.Int64
 	s := sweeper.New(sweeper.Config{Interval: 200 * time.Millisecond, BatchSize: 100, OnSweep: func(p sweeper.Pass) {
 		if p.Err != nil {
 			failed.Add(1)
 		}
-	}}, d, st, quiet)
+	}}, d, st, testLog(t))
 	run(t, s.Run)
 
 	if err := cluster.StopServer("fast"); err != nil {
@@ -161,7 +165,7 @@ func TestWakeSweepsAtOnce(t *testing.T) {
 		OnSweep: func(p sweeper.Pass) {
 			passes.Add(1)
 			claimed.Add(int64(p.Claimed))
-		}}, b.d, b.st, quiet)
+		}}, b.d, b.st, testLog(t))
 	run(t, s.Run)
 	pgtest.WaitFor(t, 30*time.Second, "the first pass", func() bool { return passes.Load() == 1 })
 	inserted := time.Now()

@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"log/slog"
 	"sync"
 	"testing"
 	"time"
@@ -32,9 +30,9 @@ func startFlow(t *testing.T, admin, pool *pgxpool.Pool, maxHeld int) *flow {
 	t.Helper()
 	rn := newRunner(t, ok)
 	st := store.New(pool, store.DefaultSchema(table))
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	log := quiet
 	d := relay.New(relay.Config{
-		RunnerURL: rn.URL, HTTPTimeout: 500 * time.Millisecond, Concurrency: 4, MaxAttempts: 25,
+		RunnerURL: rn.URL(), HTTPTimeout: 500 * time.Millisecond, Concurrency: 4, MaxAttempts: 25,
 		Backoff: relay.Backoff{Base: 50 * time.Millisecond, Max: time.Second}, ShutdownGrace: time.Second,
 		FreshGrace: time.Second,
 	}, st, log, nil)

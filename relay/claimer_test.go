@@ -11,26 +11,27 @@ import (
 )
 
 // failLaterHalf makes the claim by id split, and a later half of it fail
-// with a passing error: the row 'refused' refuses every claim (a row's
-// own refusal, which halves the batch), and the row 'later' fails with a
-// serialization failure in every UPDATE after the first `after` ones (the
-// statements that still hold the whole batch), by when an earlier half
-// has claimed its rows.
+// with a passing error: a check constraint refuses every claim of the row
+// 'refused' (a row's own refusal, which halves the batch), and the row
+// 'later' fails with a serialization failure in every UPDATE after the
+// first `after` ones (the statements that still hold the whole batch), by
+// when an earlier half has claimed its rows.
 func failLaterHalf(t *testing.T, b *bundle, after int) {
 	t.Helper()
-	_, err := b.pool.Exec(context.Background(), fmt.Sprintf(`CREATE SEQUENCE updates;
+	_, err := b.pool.Exec(context.Background(), fmt.Sprintf(`
+ALTER TABLE portal_event_outbox ADD CONSTRAINT never_claimed CHECK (event_type <> 'refused' OR attempts = 0);
+CREATE SEQUENCE updates;
 CREATE FUNCTION count_update() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN PERFORM nextval('updates'); RETURN NULL; END $$;
 CREATE TRIGGER count_update BEFORE UPDATE ON portal_event_outbox FOR EACH STATEMENT EXECUTE FUNCTION count_update();
-CREATE FUNCTION fail_claim() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION fail_later() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-	IF NEW.event_type = 'refused' THEN RAISE EXCEPTION 'refused row' USING ERRCODE = '23514'; END IF;
 	IF NEW.event_type = 'later' AND currval('updates') > %d THEN
 		RAISE EXCEPTION 'a passing failure' USING ERRCODE = '40001';
 	END IF;
 	RETURN NEW;
 END $$;
-CREATE TRIGGER fail_claim BEFORE UPDATE ON portal_event_outbox FOR EACH ROW EXECUTE FUNCTION fail_claim()`, after))
+CREATE TRIGGER fail_later BEFORE UPDATE ON portal_event_outbox FOR EACH ROW EXECUTE FUNCTION fail_later()`, after))
 	if err != nil {
 		t.Fatal(err)
 	}
