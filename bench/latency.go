@@ -207,15 +207,18 @@ func latencyTable(r *results) string {
 	return mdTable("| mode | rate (events/s) | achieved | events | p50 ms | p95 ms | p99 ms | p99.9 ms | max ms | missing | dup | via stream / sweep | CPU s: relay / Postgres / harness / other | machine busy |\n",
 		"|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|--:|\n",
 		r.Latency, func(l latencyResult) string {
-			if l.Skipped != "" {
-				return skippedRow(14, l.Mode, thousands(l.Rate))
-			}
 			d := l.Latency
 			return fmt.Sprintf("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %d | %s / %s | %s | %.0f %% |\n",
 				l.Mode, thousands(l.Rate), thousands(int(l.Load.AchievedRate)), thousands(d.Count),
 				d.cell(d.P50), d.cell(d.P95), d.cell(d.P99), d.cell(d.P999), d.cell(d.Max), l.Missing, l.Duplicates,
 				thousands(int(l.Stream)), thousands(int(l.Sweep)), cpuCell(l.CPU), 100*l.CPU.Busy)
 		})
+}
+
+// skipped gives mdTable the first two cells of the run's row, and whether
+// the stream was not there for it.
+func (l latencyResult) skipped() (string, string, bool) {
+	return l.Mode, thousands(l.Rate), l.Skipped != ""
 }
 
 // mdLatency is section 1: commit to receipt.

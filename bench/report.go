@@ -72,15 +72,29 @@ func num(v float64) string {
 }
 
 // mdTable is a markdown table: its header and alignment rows, then one row
-// per item.
+// per item: row's, or skippedRow for a skippable item that was skipped.
 func mdTable[T any](header, align string, items []T, row func(T) string) string {
+	cols := strings.Count(header, "|") - 1
 	var b strings.Builder
 	b.WriteString(header)
 	b.WriteString(align)
 	for _, it := range items {
+		if s, ok := any(it).(skippable); ok {
+			if first, second, skipped := s.skipped(); skipped {
+				b.WriteString(skippedRow(cols, first, second))
+				continue
+			}
+		}
 		b.WriteString(row(it))
 	}
 	return b.String()
+}
+
+// skippable is a result of a run that needs the stream: skipped reports
+// whether the stream was not there for it, and the first two cells of its
+// row.
+type skippable interface {
+	skipped() (first, second string, ok bool)
 }
 
 // skippedRow is the row of a run the stream was not there for: its first

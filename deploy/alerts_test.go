@@ -1,7 +1,6 @@
 package deploy_test
 
 import (
-	"context"
 	"io"
 	"log/slog"
 	"os"
@@ -12,17 +11,11 @@ import (
 	"time"
 
 	"github.com/prometheus/common/model"
-	"github.com/prometheus/prometheus/model/histogram"
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/model/rulefmt"
-	"github.com/prometheus/prometheus/promql"
 	"github.com/prometheus/prometheus/promql/parser"
 	"github.com/prometheus/prometheus/storage"
-	"github.com/prometheus/prometheus/tsdb/chunkenc"
 	"github.com/prometheus/prometheus/tsdb/chunks"
-	"github.com/prometheus/prometheus/util/annotations"
-
-	"github.com/outbox-relay/outbox-relay/internal/monitor"
 )
 
 const alertsFile = "prometheus/alerts.yaml"
@@ -96,60 +89,6 @@ func readmeAnchors(t *testing.T) []string {
 		}
 	}
 	return anchors
-}
-
-// metricNames lists the metric names an expression selects.
-func metricNames(t *testing.T, expr string) []string {
-	t.Helper()
-	e, err := parser.NewParser(parser.Options{}).ParseExpr(expr)
-	if err != nil {
-		t.Fatalf("%s: %v", expr, err)
-	}
-	var names []string
-	parser.Inspect(e, func(n parser.Node, _ []parser.Node) error {
-		if vs, ok := n.(*parser.VectorSelector); ok {
-			name := vs.Name
-			for _, m := range vs.LabelMatchers {
-				if m.Name == model.MetricNameLabel {
-					if m.Type != labels.MatchEqual {
-						t.Errorf("%s: select metrics by exact name, not %s", expr, m)
-					}
-					name = m.Value
-				}
-			}
-			names = append(names, name)
-		}
-		return nil
-	})
-	return names
-}
-
-// exportedSeries lists the series names the relay exports. Every relay
-// metric a query uses must be one the relay really registers: ask the
-// metrics package, not a list. A histogram is queried by its _bucket,
-// _sum and _count series; the stream's gauges exist only while a stream
-// runs, so a stand-in stream registers them here.
-func exportedSeries(t *testing.T) map[string]bool {
-	t.Helper()
-	m := monitor.NewMetrics()
-	m.WatchCDC(func() monitor.CDCState { return monitor.CDCState{} })
-	mfs, err := m.Registry.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	exported := map[string]bool{}
-	for _, mf := range mfs {
-		name := mf.GetName()
-		switch mf.GetType().String() {
-		case "HISTOGRAM":
-			exported[name+"_bucket"], exported[name+"_sum"], exported[name+"_count"] = true, true, true
-		case "SUMMARY":
-			exported[name], exported[name+"_sum"], exported[name+"_count"] = true, true, true
-		default:
-			exported[name] = true
-		}
-	}
-	return exported
 }
 
 func TestAlertRules(t *testing.T) {
@@ -293,8 +232,7 @@ func TestAlertExpressions(t *testing.T) {
 
 	// Two hours of samples every 15s; the alerts are evaluated at the end.
 	const span, every = 2 * time.Hour, 15 * time.Second
-	start := time.Unix(1_700_000_000, 0)
-	engine := promql.NewEngine(promql.EngineOpts{MaxSamples: 1_000_000, Timeout: 10 * time.Second, LookbackDelta: 5 * time.Minute})
+	engine := newEngine(1_000_000)
 	for _, c := range cases {
 		t.Run(c.alert+"/"+c.name, func(t *testing.T) {
 			expr, ok := exprs[c.alert]
@@ -305,13 +243,11 @@ func TestAlertExpressions(t *testing.T) {
 			for _, s := range c.series {
 				var samples []chunks.Sample
 				for d := time.Duration(0); d <= span; d += every {
-					samples = append(samples, floatSample{t: start.Add(d).UnixMilli(), f: s.f(d)})
+					samples = append(samples, floatSample{t: epoch.Add(d).UnixMilli(), f: s.f(d)})
 				}
-				lb := labels.NewBuilder(s.lset)
-				lb.Set(model.MetricNameLabel, s.name)
-				series = append(series, storage.NewListSeries(lb.Labels(), samples))
+				series = append(series, newSeries(s.name, s.lset, samples...))
 			}
-			vec := evalInstant(t, engine, series, expr, start.Add(span))
+			vec := evalInstant(t, engine, series, expr, epoch.Add(span))
 			var got []string
 			for _, s := range vec {
 				got = append(got, s.Metric.Get("instance"))
@@ -323,73 +259,3 @@ func TestAlertExpressions(t *testing.T) {
 		})
 	}
 }
-
-// evalInstant evaluates expr at at over series with the real PromQL engine.
-func evalInstant(t *testing.T, engine *promql.Engine, series []storage.Series, expr string, at time.Time) promql.Vector {
-	t.Helper()
-	q, err := engine.NewInstantQuery(context.Background(), memQueryable(series), nil, expr, at)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer q.Close()
-	res := q.Exec(context.Background())
-	if res.Err != nil {
-		t.Fatal(res.Err)
-	}
-	vec, err := res.Vector()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return vec
-}
-
-func labelsWith(l labels.Labels, kv ...string) labels.Labels {
-	b := labels.NewBuilder(l)
-	for i := 0; i+1 < len(kv); i += 2 {
-		b.Set(kv[i], kv[i+1])
-	}
-	return b.Labels()
-}
-
-// floatSample is a plain float sample for storage.NewListSeries.
-type floatSample struct {
-	t int64
-	f float64
-}
-
-func (s floatSample) T() int64                      { return s.t }
-func (s floatSample) ST() int64                     { return 0 }
-func (s floatSample) F() float64                    { return s.f }
-func (s floatSample) H() *histogram.Histogram       { return nil }
-func (s floatSample) FH() *histogram.FloatHistogram { return nil }
-func (s floatSample) Type() chunkenc.ValueType      { return chunkenc.ValFloat }
-func (s floatSample) Copy() chunks.Sample           { return s }
-
-// memQueryable serves a fixed set of series to the PromQL engine.
-func memQueryable(all []storage.Series) storage.Queryable {
-	return &storage.MockQueryable{MockQuerier: &storage.MockQuerier{
-		SelectMockFunction: func(_ bool, _ *storage.SelectHints, ms ...*labels.Matcher) storage.SeriesSet {
-			var out []storage.Series
-			for _, s := range all {
-				lset := s.Labels()
-				if !slices.ContainsFunc(ms, func(m *labels.Matcher) bool { return !m.Matches(lset.Get(m.Name)) }) {
-					out = append(out, s)
-				}
-			}
-			slices.SortFunc(out, func(x, y storage.Series) int {
-				return labels.Compare(x.Labels(), y.Labels())
-			})
-			return &seriesSet{series: out, i: -1}
-		},
-	}}
-}
-
-type seriesSet struct {
-	series []storage.Series
-	i      int
-}
-
-func (s *seriesSet) Next() bool                        { s.i++; return s.i < len(s.series) }
-func (s *seriesSet) At() storage.Series                { return s.series[s.i] }
-func (s *seriesSet) Err() error                        { return nil }
-func (s *seriesSet) Warnings() annotations.Annotations { return nil }

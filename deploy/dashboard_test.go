@@ -7,14 +7,10 @@ import (
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
-	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/labels"
-	"github.com/prometheus/prometheus/promql"
 	"github.com/prometheus/prometheus/promql/parser"
 	"github.com/prometheus/prometheus/storage"
-	"github.com/prometheus/prometheus/tsdb/chunks"
 )
 
 const dashboardFile = "grafana/outbox-relay.json"
@@ -247,12 +243,9 @@ func TestDashboardStreamRole(t *testing.T) {
 	// The variable's All value.
 	expr = strings.ReplaceAll(expr, "__var_instance__", ".+")
 
-	at := time.Unix(1_700_000_000, 0)
 	var series []storage.Series
 	add := func(name, instance string, value float64, kv ...string) {
-		lb := labels.NewBuilder(labelsWith(labels.FromStrings("instance", instance), kv...))
-		lb.Set(model.MetricNameLabel, name)
-		series = append(series, storage.NewListSeries(lb.Labels(), []chunks.Sample{floatSample{t: at.UnixMilli(), f: value}}))
+		series = append(series, newSeries(name, labelsWith(labels.FromStrings("instance", instance), kv...), floatSample{t: epoch.UnixMilli(), f: value}))
 	}
 	roles := map[string]string{"a": "streamer", "b": "standby", "c": "down"}
 	for inst, role := range roles {
@@ -263,9 +256,8 @@ func TestDashboardStreamRole(t *testing.T) {
 	}
 	add("outbox_relay_cdc_enabled", "d", 0)
 
-	engine := promql.NewEngine(promql.EngineOpts{MaxSamples: 10_000, Timeout: 10 * time.Second, LookbackDelta: 5 * time.Minute})
 	got := map[string]float64{}
-	for _, s := range evalInstant(t, engine, series, expr, at) {
+	for _, s := range evalInstant(t, newEngine(10_000), series, expr, epoch) {
 		got[s.Metric.Get("instance")] = s.F
 	}
 	want := map[string]float64{"a": 2, "b": 1, "c": 0, "d": -1} // the panel's value mappings

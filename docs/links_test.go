@@ -14,12 +14,8 @@ var mdLink = regexp.MustCompile(`\]\(([^)\s]+)\)`)
 // Every relative link in the README and the manual names a file that
 // exists, and a heading of it when it has a fragment.
 func TestLinksResolve(t *testing.T) {
-	for _, page := range manualPages(t) {
-		text, err := os.ReadFile(page)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, m := range mdLink.FindAllStringSubmatch(string(text), -1) {
+	for page, text := range manualPages(t) {
+		for _, m := range mdLink.FindAllStringSubmatch(text, -1) {
 			target := m[1]
 			if strings.Contains(target, "://") || strings.HasPrefix(target, "mailto:") {
 				continue
@@ -48,12 +44,8 @@ var repoFile = regexp.MustCompile("`((?:[a-z0-9_.-]+/)+[a-zA-Z0-9_.-]+\\.(?:go|m
 // exists: a map of the code that names a moved file misleads the reader
 // it is for.
 func TestNamedFilesExist(t *testing.T) {
-	for _, page := range manualPages(t) {
-		text, err := os.ReadFile(page)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, m := range repoFile.FindAllStringSubmatch(string(text), -1) {
+	for page, text := range manualPages(t) {
+		for _, m := range repoFile.FindAllStringSubmatch(text, -1) {
 			if _, err := os.Stat(filepath.Join("..", m[1])); err != nil {
 				t.Errorf("%s names %s: no such file in the repository", page, m[1])
 			}
@@ -61,8 +53,9 @@ func TestNamedFilesExist(t *testing.T) {
 	}
 }
 
-// manualPages are the README, the manual's pages and the decision records.
-func manualPages(t *testing.T) []string {
+// manualPages are the README, the manual's pages and the decision records:
+// each one's text by its path.
+func manualPages(t *testing.T) map[string]string {
 	t.Helper()
 	pages, err := filepath.Glob("*.md")
 	if err != nil {
@@ -72,7 +65,15 @@ func manualPages(t *testing.T) []string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return append(append(pages, decisions...), "../README.md")
+	texts := map[string]string{}
+	for _, page := range append(append(pages, decisions...), "../README.md") {
+		text, err := os.ReadFile(page)
+		if err != nil {
+			t.Fatal(err)
+		}
+		texts[page] = string(text)
+	}
+	return texts
 }
 
 // anchors are the fragments GitHub gives the headings of a markdown file.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -78,7 +77,9 @@ func resolveRunner(ctx context.Context, raw string) error {
 }
 
 // askRunner sends one bodiless request. Its error leaves out the URL,
-// which the caller shows without a password.
+// which the caller shows without a password. The answer's body is closed
+// unread: the transport is the probe's own and closes its connections when
+// the probe ends, so none is kept for reuse.
 func askRunner(ctx context.Context, client *http.Client, method, raw string) (*http.Response, error) {
 	req, err := http.NewRequestWithContext(ctx, method, raw, nil)
 	if err != nil {
@@ -93,7 +94,6 @@ func askRunner(ctx context.Context, client *http.Client, method, raw string) (*h
 		}
 		return nil, err
 	}
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 	resp.Body.Close()
 	return resp, nil
 }

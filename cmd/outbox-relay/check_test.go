@@ -57,7 +57,21 @@ func (r *checkRunner) Methods() []string {
 // cap, which check rightly warns about.
 type checkCluster struct {
 	*pgtest.Cluster
-	seq atomic.Int64
+	major int // the server's major version
+	seq   atomic.Int64
+}
+
+// startCheckCluster starts a cluster of the test's own with opts and
+// max_slot_wal_keep_size bounded, as check wants it unless a test says
+// otherwise.
+func startCheckCluster(t *testing.T, opts ...pgtest.Option) *checkCluster {
+	t.Helper()
+	c := &checkCluster{Cluster: pgtest.StartT(t, append(opts, pgtest.WithSetting("max_slot_wal_keep_size", "1GB"))...)}
+	var err error
+	if c.major, err = pgtest.ServerMajor(); err != nil {
+		t.Fatal(err)
+	}
+	return c
 }
 
 // newDB creates an empty database; the cluster is thrown away whole.
@@ -66,6 +80,16 @@ func (c *checkCluster) newDB(t *testing.T) string {
 	name := fmt.Sprintf("check_%d", c.seq.Add(1))
 	adminExec(t, c.URL("postgres"), "CREATE DATABASE "+name)
 	return c.URL(name)
+}
+
+// migratedDB is newDB after `outbox-relay migrate`.
+func (c *checkCluster) migratedDB(t *testing.T) string {
+	t.Helper()
+	u := c.newDB(t)
+	if code, _, stderr := runCmd(t, context.Background(), []string{"RELAY_DATABASE_URL=" + u}, "migrate"); code != 0 {
+		t.Fatal(stderr)
+	}
+	return u
 }
 
 func adminExec(t *testing.T, url, sql string) {
@@ -198,23 +222,12 @@ func failoverLine(major int) string {
 }
 
 func TestCheck(t *testing.T) {
-	c := &checkCluster{Cluster: pgtest.StartT(t, pgtest.WithSetting("max_slot_wal_keep_size", "1GB"))}
-	major, err := pgtest.ServerMajor()
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := startCheckCluster(t)
 	runner := newCheckRunner(t)
-	migratedDB := func(t *testing.T) string {
-		u := c.newDB(t)
-		if code, _, stderr := runCmd(t, context.Background(), []string{"RELAY_DATABASE_URL=" + u}, "migrate"); code != 0 {
-			t.Fatal(stderr)
-		}
-		return u
-	}
 
 	t.Run("ready", func(t *testing.T) {
 		t.Parallel()
-		u := migratedDB(t)
+		u := c.migratedDB(t)
 		before := catalog(t, u)
 		out := wantCheck(t, checkEnv(u, runner.URL(), "RELAY_CDC=on"), exitOK,
 			"✓ server: PostgreSQL …",
@@ -227,10 +240,10 @@ func TestCheck(t *testing.T) {
 			"✓ table: public.portal_event_outbox has the columns the relay uses",
 			"✓ publication: outbox_relay publishes inserts, updates and deletes of public.portal_event_outbox",
 			"✓ slot: outbox_relay does not exist; the relay creates it",
-			failoverLine(major),
+			failoverLine(c.major),
 			"✓ runner: "+runner.URL()+" answered HEAD with 204 No Content in …",
 			"ready: nothing blocks delivery or the fast path")
-		if major >= 18 {
+		if c.major >= 18 {
 			checkLine(t, out, "✓ idle_replication_slot_timeout: 0: a slot is never invalidated for idling")
 		}
 		for line := range strings.Lines(out) {
@@ -248,14 +261,14 @@ func TestCheck(t *testing.T) {
 			t.Fatalf("check --json: %v\n%s", err, out)
 		}
 		items := 12 // and idle_replication_slot_timeout from 18 on
-		if major >= 18 {
+		if c.major >= 18 {
 			items++
 		}
 		if code != exitOK || r.ExitCode != exitOK || len(r.Items) != items {
 			t.Errorf("check --json: exit %d, %d items, want %d: %+v", code, len(r.Items), items, r)
 		}
 		for _, it := range r.Items {
-			if it.Status != checkOK && (it.Name != "failover" || major >= 17 || it.Status != checkSkip) {
+			if it.Status != checkOK && (it.Name != "failover" || c.major >= 17 || it.Status != checkSkip) {
 				t.Errorf("check --json: %+v", it)
 			}
 		}
@@ -294,7 +307,7 @@ func TestCheck(t *testing.T) {
 
 	t.Run("table missing a column", func(t *testing.T) {
 		t.Parallel()
-		u := migratedDB(t)
+		u := c.migratedDB(t)
 		adminExec(t, u, "ALTER TABLE portal_event_outbox DROP COLUMN last_error")
 		// A table problem blocks whatever RELAY_CDC says.
 		out := wantCheck(t, checkEnv(u, runner.URL(), "RELAY_CDC=off"), exitFailure,
@@ -308,7 +321,7 @@ func TestCheck(t *testing.T) {
 
 	t.Run("role without REPLICATION", func(t *testing.T) {
 		t.Parallel()
-		u := migratedDB(t)
+		u := c.migratedDB(t)
 		adminExec(t, u, `CREATE ROLE check_norepl LOGIN PASSWORD 'pw-norepl';
 			GRANT USAGE ON SCHEMA public TO check_norepl;
 			GRANT SELECT, UPDATE, DELETE ON portal_event_outbox TO check_norepl`)
@@ -335,7 +348,7 @@ func TestCheck(t *testing.T) {
 
 	t.Run("publication of another table", func(t *testing.T) {
 		t.Parallel()
-		u := migratedDB(t)
+		u := c.migratedDB(t)
 		adminExec(t, u, `CREATE TABLE other (id int PRIMARY KEY);
 			DROP PUBLICATION outbox_relay; CREATE PUBLICATION outbox_relay FOR TABLE other`)
 		// The superuser may add the outbox, as the relay would: a warning.
@@ -368,7 +381,7 @@ func TestCheck(t *testing.T) {
 
 	t.Run("slot held by another session", func(t *testing.T) {
 		t.Parallel()
-		u := migratedDB(t)
+		u := c.migratedDB(t)
 		// Slots are the server's, not a database's: the other tests'
 		// databases must not see these under the default name.
 		holdSlot(t, u, "held_slot", "pg_recvlogical")
@@ -389,7 +402,7 @@ func TestCheck(t *testing.T) {
 
 	t.Run("unreachable runner", func(t *testing.T) {
 		t.Parallel()
-		u := migratedDB(t)
+		u := c.migratedDB(t)
 		addr := closedPort(t)
 		wantCheck(t, checkEnv(u, "http://"+addr+"/hook", "RELAY_CDC=off"), exitFailure,
 			"✗ runner: http://"+addr+"/hook: dial tcp "+addr+": connect: connection refused",
@@ -409,7 +422,7 @@ func TestCheck(t *testing.T) {
 		t.Parallel()
 		// An item that cannot be read is not a pass: exit 2, with the
 		// report.
-		u := migratedDB(t)
+		u := c.migratedDB(t)
 		adminExec(t, u, `CREATE ROLE check_noread LOGIN REPLICATION PASSWORD 'pw-noread';
 			GRANT USAGE ON SCHEMA public TO check_noread;
 			GRANT SELECT, UPDATE, DELETE ON portal_event_outbox TO check_noread;
@@ -431,7 +444,7 @@ func TestCheck(t *testing.T) {
 }
 
 func TestCheckWalLevelReplica(t *testing.T) {
-	c := &checkCluster{Cluster: pgtest.StartT(t, pgtest.WithWalLevel("replica"), pgtest.WithSetting("max_slot_wal_keep_size", "1GB"))}
+	c := startCheckCluster(t, pgtest.WithWalLevel("replica"))
 	runner := newCheckRunner(t)
 	u := c.newDB(t)
 	if code, _, stderr := runCmd(t, context.Background(), []string{"RELAY_DATABASE_URL=" + u}, "migrate"); code != 0 {
@@ -506,13 +519,13 @@ func TestCheckAgreesWithTheStream(t *testing.T) {
 	}
 
 	t.Run("wal_level replica", func(t *testing.T) {
-		c := &checkCluster{Cluster: pgtest.StartT(t, pgtest.WithWalLevel("replica"), pgtest.WithSetting("max_slot_wal_keep_size", "1GB"))}
+		c := startCheckCluster(t, pgtest.WithWalLevel("replica"))
 		agree(t, checkEnv(migrated(t, c), runner.URL()), "wal_level")
 	})
 
 	t.Run("roles and slots", func(t *testing.T) {
 		// Two slots in all: the states below use them up.
-		c := &checkCluster{Cluster: pgtest.StartT(t, pgtest.WithSetting("max_replication_slots", "2"), pgtest.WithSetting("max_slot_wal_keep_size", "1GB"))}
+		c := startCheckCluster(t, pgtest.WithSetting("max_replication_slots", "2"))
 		u := migrated(t, c)
 		agree(t, checkEnv(u, runner.URL()), "")
 
@@ -538,23 +551,16 @@ func TestCheckAgreesWithTheStream(t *testing.T) {
 // on older servers the failover line says a failover costs a new slot, and
 // there is no idle timeout line.
 func TestCheckVersionSettings(t *testing.T) {
-	c := &checkCluster{Cluster: pgtest.StartT(t, pgtest.WithSetting("max_slot_wal_keep_size", "1GB"))}
-	major, err := pgtest.ServerMajor()
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := startCheckCluster(t)
 	runner := newCheckRunner(t)
-	u := c.newDB(t)
-	if code, _, stderr := runCmd(t, context.Background(), []string{"RELAY_DATABASE_URL=" + u}, "migrate"); code != 0 {
-		t.Fatal(stderr)
-	}
+	u := c.migratedDB(t)
 	env := checkEnv(u, runner.URL())
 	admin := c.URL("postgres")
 
-	if major < 17 {
-		out := wantCheck(t, env, exitOK, failoverLine(major))
+	if c.major < 17 {
+		out := wantCheck(t, env, exitOK, failoverLine(c.major))
 		if strings.Contains(out, "idle_replication_slot_timeout") {
-			t.Errorf("PostgreSQL %d has no idle_replication_slot_timeout, but check speaks of it:\n%s", major, out)
+			t.Errorf("PostgreSQL %d has no idle_replication_slot_timeout, but check speaks of it:\n%s", c.major, out)
 		}
 		return
 	}
@@ -572,11 +578,11 @@ func TestCheckVersionSettings(t *testing.T) {
 		"    fix: ALTER SYSTEM SET synchronized_standby_slots = 'standby_a'; SELECT pg_reload_conf()")
 	adminExec(t, admin, `ALTER SYSTEM SET synchronized_standby_slots = 'standby_a'`)
 	adminExec(t, admin, `SELECT pg_reload_conf()`)
-	wantCheck(t, env, exitOK, failoverLine(major))
+	wantCheck(t, env, exitOK, failoverLine(c.major))
 
-	if major < 18 {
+	if c.major < 18 {
 		if out := wantCheck(t, env, exitOK); strings.Contains(out, "idle_replication_slot_timeout") {
-			t.Errorf("PostgreSQL %d has no idle_replication_slot_timeout, but check speaks of it:\n%s", major, out)
+			t.Errorf("PostgreSQL %d has no idle_replication_slot_timeout, but check speaks of it:\n%s", c.major, out)
 		}
 		return
 	}

@@ -222,6 +222,14 @@ func migrated(t *testing.T) (url string, conn *pgx.Conn) {
 	return url, pgtest.Connect(t, url)
 }
 
+// migratedEnv is migrated's database as a command's settings, extra after
+// its URL, and a connection to it.
+func migratedEnv(t *testing.T, extra ...string) (env []string, conn *pgx.Conn) {
+	t.Helper()
+	url, conn := migrated(t)
+	return append([]string{"RELAY_DATABASE_URL=" + url}, extra...), conn
+}
+
 // prepared is a fresh database on which ddl has run, and no migrate.
 func prepared(t *testing.T, ddl string) string {
 	t.Helper()

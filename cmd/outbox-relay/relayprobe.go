@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"net"
 	"net/http"
 	"time"
@@ -52,27 +51,4 @@ func probeRelay(ctx context.Context, cfg config.Config) *relayView {
 	}
 	v.Reachable, v.WriteErrors, v.Runner = true, body.WriteErrors, body.Runner
 	return v
-}
-
-// runnerProblems says so when the relay finds its runner down.
-func runnerProblems(v *relayView) []string {
-	if v == nil || v.Runner == nil || v.Runner.State == relay.RunnerClosed {
-		return nil
-	}
-	return []string{fmt.Sprintf("the runner is down since %s (breaker %s, %d probes): %s; claiming is paused and attempts do not count",
-		v.Runner.Since.Format(time.RFC3339), v.Runner.State, v.Runner.Probes, v.Runner.LastError)}
-}
-
-// writeErrorProblems says, for each row whose write the relay sees refused,
-// which row, which statement and why.
-func writeErrorProblems(v *relayView) []string {
-	if v == nil {
-		return nil
-	}
-	var p []string
-	for _, e := range v.WriteErrors {
-		p = append(p, fmt.Sprintf("row %s: the database refuses its %s (SQLSTATE %s, %d tries since %s): %s",
-			e.ID, e.Statement, e.SQLState, e.Tries, e.Since.Format(time.RFC3339), e.Message))
-	}
-	return p
 }

@@ -11,8 +11,7 @@ import (
 
 func TestRequeueMovesOnlyWhatWasAsked(t *testing.T) {
 	t.Parallel()
-	url, conn := migrated(t)
-	env := []string{"RELAY_DATABASE_URL=" + url}
+	env, conn := migratedEnv(t)
 	exec(t, conn, `INSERT INTO portal_event_outbox (id, event_type, status, attempts, last_error, created_at) VALUES
 		(1, 'file.finalized', 'dead', 25, 'boom', now()),
 		(2, 'file.deleted',   'dead', 3,  'boom', now()),

@@ -2,7 +2,10 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"io"
+	"math/rand/v2"
 	"net/http"
 	"regexp"
 	"strconv"
@@ -12,6 +15,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/outbox-relay/outbox-relay/internal/pgtest"
 	"github.com/outbox-relay/outbox-relay/internal/relaytest"
@@ -312,4 +317,355 @@ func TestMixedCasePublicationStreams(t *testing.T) {
 	if err := conn.QueryRow(context.Background(), `SELECT count(*) FROM pg_publication WHERE pubname = 'PortalEvents'`).Scan(&n); err != nil || n != 1 {
 		t.Errorf("%d publications PortalEvents, %v", n, err)
 	}
+}
+
+// orderedRunner refuses the first attempt of a "flaky" event (503) and
+// every attempt of a "poison" one (422), and accepts the rest.
+func orderedRunner(t *testing.T) *relaytest.Runner {
+	rn := relaytest.NewRunner(t)
+	rn.SetAnswer(relaytest.AnswerBy(func(_ *http.Request, ev relaytest.Event) int {
+		switch {
+		case ev.Type == "poison":
+			return http.StatusUnprocessableEntity
+		case ev.Type == "flaky" && ev.Try == 1:
+			return http.StatusServiceUnavailable
+		}
+		return http.StatusNoContent
+	}))
+	return rn
+}
+
+// orderedEnv migrates an outbox with the ordering key "entity" and returns
+// the settings of a relay on it, by the stream or by the sweep alone.
+func orderedEnv(t *testing.T, rn *relaytest.Runner, path string, extra ...string) ([]string, *pgx.Conn) {
+	url := pgtest.NewDB(t)
+	env := append([]string{"RELAY_DATABASE_URL=" + url, "RELAY_RUNNER_URL=" + rn.URL(), "RELAY_COLUMNS=ordering_key=entity",
+		"RELAY_BACKOFF_JITTER=0", "RELAY_STATS_INTERVAL=100ms",
+		"RELAY_SLOT_NAME=ordered_" + strings.ToLower(strings.NewReplacer("/", "_", " ", "_").Replace(t.Name()[len("TestOrdered"):]))}, extra...)
+	if path == "stream" {
+		// The sweep an hour away: each key's next row must come from the
+		// claim that follows its predecessor's outcome.
+		env = append(env, "RELAY_CDC=on", "RELAY_SWEEP_INTERVAL=1h")
+	} else {
+		env = append(env, "RELAY_CDC=off", "RELAY_SWEEP_INTERVAL=50ms")
+	}
+	if code, out, stderr := runCmd(t, context.Background(), env, "migrate"); code != 0 {
+		t.Fatalf("migrate: exit %d %s %s", code, out, stderr)
+	}
+	conn, err := pgx.Connect(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return env, conn
+}
+
+// insertKeyed writes one row per transaction, in order.
+func insertKeyed(t *testing.T, conn *pgx.Conn, rows ...[2]string) {
+	t.Helper()
+	for _, r := range rows {
+		if _, err := conn.Exec(context.Background(), `INSERT INTO portal_event_outbox (event_type, entity) VALUES ($1, nullif($2, ''))`, r[0], r[1]); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// tableRows are the rows in each key's order, for the order check.
+func tableRows(t *testing.T, conn *pgx.Conn) []relaytest.KeyedRow {
+	t.Helper()
+	rows, err := relaytest.ReadKeyedRows(context.Background(), conn, "portal_event_outbox", "entity")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rows
+}
+
+func countRows(t *testing.T, conn *pgx.Conn, where string) int {
+	t.Helper()
+	var n int
+	if err := conn.QueryRow(context.Background(), `SELECT count(*) FROM portal_event_outbox WHERE `+where).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// Each key's rows arrive in order, by the stream and by the sweep; a
+// retried head holds back its own key and no other, and rows without a
+// key go at once.
+func TestOrderedDelivery(t *testing.T) {
+	for _, path := range []string{"stream", "sweep"} {
+		t.Run(path, func(t *testing.T) {
+			t.Parallel()
+			rn := orderedRunner(t)
+			// The flaky head's retry comes after 3 s: long enough to see
+			// everything else go by.
+			env, conn := orderedEnv(t, rn, path, "RELAY_BACKOFF_BASE=3s", "RELAY_BACKOFF_MAX=3s")
+			relay := startRelay(t, env)
+			if path == "stream" {
+				pgtest.WaitFor(t, 30*time.Second, "the stream", func() bool {
+					return strings.Contains(relay.logs.String(), "streaming inserts from the slot")
+				})
+			}
+			insertKeyed(t, conn, [2]string{"flaky", "slow"}, [2]string{"e", "slow"}, [2]string{"e", "slow"})
+			for range 5 {
+				insertKeyed(t, conn, [2]string{"e", "a"}, [2]string{"e", "b"}, [2]string{"e", ""}, [2]string{"e", "c"})
+			}
+			pgtest.WaitFor(t, 30*time.Second, "every other key", func() bool {
+				return countRows(t, conn, `status = 'delivered' AND entity IS DISTINCT FROM 'slow'`) == 20
+			})
+			// The slow key's head waits for its retry, and its rows behind it.
+			if n := countRows(t, conn, `entity = 'slow' AND status = 'pending' AND attempts = 0`); n != 2 {
+				t.Errorf("%d rows of the slow key untried while its head waits, want 2", n)
+			}
+			pgtest.WaitFor(t, 5*time.Second, "the blocked-keys gauge", func() bool {
+				return relay.counter(t, "outbox_relay_ordering_blocked_keys") == 1
+			})
+			pgtest.WaitFor(t, 30*time.Second, "the slow key", func() bool { return countRows(t, conn, `status <> 'delivered'`) == 0 })
+			if v := relaytest.OrderViolations(tableRows(t, conn), rn.FirstAcceptances()); len(v) > 0 {
+				t.Errorf("order violations: %v", v)
+			}
+			if path == "stream" && relay.counter(t, `outbox_relay_deliveries_total{outcome="delivered",path="next"}`) == 0 {
+				t.Error("no key's next row was claimed after its predecessor's outcome")
+			}
+		})
+	}
+}
+
+// A poison head lets its key go on under skip; under block the key waits,
+// status names it, and deleting the dead row frees it. Other keys never
+// wait.
+func TestOrderedPoisonHead(t *testing.T) {
+	for _, policy := range []string{"skip", "block"} {
+		t.Run(policy, func(t *testing.T) {
+			t.Parallel()
+			rn := orderedRunner(t)
+			env, conn := orderedEnv(t, rn, "sweep", "RELAY_ORDERING_ON_DEAD="+policy)
+			startRelay(t, env)
+			insertKeyed(t, conn, [2]string{"poison", "k"}, [2]string{"e", "k"}, [2]string{"e", "other"})
+			pgtest.WaitFor(t, 30*time.Second, "the poison row and the other key", func() bool {
+				return countRows(t, conn, `status = 'dead'`) == 1 && countRows(t, conn, `entity = 'other' AND status = 'delivered'`) == 1
+			})
+			if policy == "skip" {
+				pgtest.WaitFor(t, 30*time.Second, "the poison row's successor", func() bool { return countRows(t, conn, `status = 'pending'`) == 0 })
+				return
+			}
+			code, out, _ := runCmd(t, context.Background(), env, "status")
+			if code != 1 || !strings.Contains(out, `keys blocked by a dead row (RELAY_ORDERING_ON_DEAD=block; requeue or delete the row): k`) ||
+				!strings.Contains(out, `blocked keys 1`) || !strings.Contains(out, `runner answered 422 (permanent)`) {
+				t.Errorf("status under block: exit %d\n%s", code, out)
+			}
+			if n := countRows(t, conn, `entity = 'k' AND status = 'pending' AND attempts = 0`); n != 1 {
+				t.Errorf("%d rows behind the dead head untried, want 1", n)
+			}
+			if _, err := conn.Exec(context.Background(), `DELETE FROM portal_event_outbox WHERE status = 'dead'`); err != nil {
+				t.Fatal(err)
+			}
+			pgtest.WaitFor(t, 30*time.Second, "the freed key", func() bool { return countRows(t, conn, `status = 'pending'`) == 0 })
+		})
+	}
+}
+
+// keyedRunner is a runner that counts, per ordering key (the payload's
+// "key"), the requests it answers at once. hold, when not nil, decides
+// whether a request waits until release is closed before its answer;
+// flaky refuses the first attempt of one event in flaky (503), none when 0.
+func keyedRunner(t *testing.T, load *relaytest.KeyLoad, hold func(eventType string) bool, release <-chan struct{}, flaky int) *relaytest.Runner {
+	rn := relaytest.NewRunner(t)
+	rn.SetAnswer(relaytest.AnswerBy(func(r *http.Request, ev relaytest.Event) int {
+		var data struct{ Key string }
+		_ = json.Unmarshal(ev.Data, &data)
+		defer load.Enter(data.Key)()
+		if hold != nil && hold(ev.Type) {
+			select {
+			case <-release:
+			case <-r.Context().Done():
+				return http.StatusServiceUnavailable
+			}
+		}
+		if flaky > 0 && ev.Try == 1 && rand.IntN(flaky) == 0 {
+			return http.StatusServiceUnavailable
+		}
+		return http.StatusNoContent
+	}))
+	return rn
+}
+
+// execer is a connection or an open transaction.
+type execer interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+}
+
+// insertEvent writes one row of key on q, its key also in the payload for
+// the runner.
+func insertEvent(t *testing.T, q execer, eventType, key string) {
+	t.Helper()
+	if _, err := q.Exec(context.Background(), `INSERT INTO portal_event_outbox (event_type, entity, payload)
+		VALUES ($1, $2, jsonb_build_object('key', $2::text))`, eventType, key); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A row that commits late, earlier in its key's order than a row in flight
+// (its transaction took its id first), waits for that row's outcome: the
+// runner never has two rows of one key at once, and the key's rows arrive
+// in commit order. Integer ids, the sweep alone.
+func TestOrderedLateCommitNeverTwoInFlight(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	var load relaytest.KeyLoad
+	release := make(chan struct{})
+	rn := keyedRunner(t, &load, func(typ string) bool { return typ == "held" }, release, 0)
+	env, conn := orderedEnv(t, rn, "sweep")
+	startRelay(t, env)
+	var once sync.Once
+	t.Cleanup(func() { once.Do(func() { close(release) }) }) // before the relay stops
+
+	app, err := pgx.Connect(ctx, strings.TrimPrefix(env[0], "RELAY_DATABASE_URL="))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer app.Close(ctx)
+	tx, err := app.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	insertEvent(t, tx, "early", "k")
+	insertEvent(t, conn, "held", "k")
+	pgtest.WaitFor(t, 30*time.Second, "the held row at the runner", func() bool { return load.Now("k") == 1 })
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The sweep that takes the marker sees the early row committed: had
+	// that row been claimable, the same claim would have taken it.
+	insertEvent(t, conn, "marker", "other")
+	pgtest.WaitFor(t, 30*time.Second, "the marker", func() bool { return countRows(t, conn, `event_type = 'marker' AND status = 'delivered'`) == 1 })
+	if countRows(t, conn, `event_type = 'early' AND attempts > 0`) > 0 {
+		pgtest.WaitFor(t, 30*time.Second, "the early row at the runner", func() bool { return load.Overlapped()["k"] > 1 })
+		t.Errorf("the early row was sent while the held row of its key was in flight: most at once per key %v", load.Overlapped())
+	}
+	once.Do(func() { close(release) })
+	pgtest.WaitFor(t, 30*time.Second, "every row", func() bool { return countRows(t, conn, `status <> 'delivered'`) == 0 })
+	if o := load.Overlapped(); len(o) > 0 {
+		t.Errorf("keys with more than one request at once: %v", o)
+	}
+	var held, early string
+	if err := conn.QueryRow(ctx, `SELECT (SELECT event_id::text FROM portal_event_outbox WHERE event_type = 'held'),
+		(SELECT event_id::text FROM portal_event_outbox WHERE event_type = 'early')`).Scan(&held, &early); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, id := range rn.FirstAcceptances() {
+		if id == held || id == early {
+			got = append(got, id)
+		}
+	}
+	if strings.Join(got, ",") != held+","+early {
+		t.Errorf("key k accepted %v, want the held row %s, then the early row %s (commit order)", got, held, early)
+	}
+}
+
+// With uuid ids a key's rows go in the order of the sequence column: many
+// keys, written three rows per transaction from several connections (the
+// writers of one key take turns, as the ordering contract asks), by the
+// stream and by the sweep, with a runner that refuses some first attempts.
+// Every key's rows arrive in the column's order, never two at once.
+func TestOrderedUUIDsBySequence(t *testing.T) {
+	const conns, txPerConn, keys = 4, 25, 30
+	for _, path := range []string{"stream", "sweep"} {
+		t.Run(path, func(t *testing.T) {
+			t.Parallel()
+			var load relaytest.KeyLoad
+			rn := keyedRunner(t, &load, nil, nil, 8)
+			env, conn := orderedEnv(t, rn, path, "RELAY_COLUMNS=id=event_id,ordering_key=entity,sequence=seq",
+				"RELAY_BACKOFF_BASE=50ms", "RELAY_BACKOFF_MAX=200ms")
+			relay := startRelay(t, env)
+			if path == "stream" {
+				pgtest.WaitFor(t, 30*time.Second, "the stream", func() bool {
+					return strings.Contains(relay.logs.String(), "streaming inserts from the slot")
+				})
+			}
+			pool, err := pgxpool.New(context.Background(), strings.TrimPrefix(env[0], "RELAY_DATABASE_URL="))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer pool.Close()
+			var wg sync.WaitGroup
+			for c := range conns {
+				wg.Go(func() {
+					for i := range txPerConn {
+						if err := insertThree(pool, fmt.Sprintf("k%d", (c*7+i*3)%keys)); err != nil {
+							t.Error(err)
+							return
+						}
+					}
+				})
+			}
+			wg.Wait()
+			pgtest.WaitFor(t, 60*time.Second, "every row", func() bool { return countRows(t, conn, `status <> 'delivered'`) == 0 })
+			rows, err := relaytest.ReadKeyedRowsBy(context.Background(), conn, "portal_event_outbox", "entity", "seq")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(rows) != conns*txPerConn*3 || len(rn.Accepted()) != len(rows) {
+				t.Fatalf("%d rows, %d accepted, want %d", len(rows), len(rn.Accepted()), conns*txPerConn*3)
+			}
+			if v := relaytest.OrderViolations(rows, rn.FirstAcceptances()); len(v) > 0 {
+				t.Errorf("%d order violations, first: %s", len(v), v[0])
+			}
+			if o := load.Overlapped(); len(o) > 0 {
+				t.Errorf("keys with more than one request at once: %v", o)
+			}
+		})
+	}
+}
+
+// insertThree writes three rows of key in one transaction, holding the
+// key's lock as an application holds its entity's row lock.
+func insertThree(pool *pgxpool.Pool, key string) error {
+	ctx := context.Background()
+	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext($1))`, key); err != nil {
+			return err
+		}
+		for n := range 3 {
+			if _, err := tx.Exec(ctx, `INSERT INTO portal_event_outbox (event_type, entity, payload)
+				VALUES ('e', $1, jsonb_build_object('key', $1::text, 'n', $2::int))`, key, n); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// An ordering key on a table with uuid ids and no sequence column stops
+// run (exit 2) and check with one line naming the column to add and its
+// mapping; done as the line says, both take the table.
+func TestOrderedUUIDsWithoutASequence(t *testing.T) {
+	t.Parallel()
+	rn := keyedRunner(t, new(relaytest.KeyLoad), nil, nil, 0)
+	env, conn := orderedEnv(t, rn, "sweep")
+	env = append(env, "RELAY_COLUMNS=id=event_id,ordering_key=entity")
+	// Bounded: a relay that took the table would run until stopped.
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	code, _, stderr := runCmd(t, ctx, append(env, "RELAY_LISTEN_ADDR=off"), "run")
+	const want = `outbox-relay: outbox table public.portal_event_outbox: ordered delivery needs an order the table cannot give: ` +
+		`its id "event_id" is uuid, not a number from a sequence; add a column that a sequence fills ` +
+		`(ALTER TABLE "public"."portal_event_outbox" ADD COLUMN seq bigserial) and map it with sequence=seq in RELAY_COLUMNS`
+	if code != exitUsage || strings.TrimSuffix(stderr, "\n") != want {
+		t.Fatalf("run: exit %d, stderr %q\nwant exit 2 and %q", code, stderr, want)
+	}
+	wantCheck(t, env, exitFailure, "✗ table: "+strings.TrimPrefix(want, "outbox-relay: "))
+
+	alter := regexp.MustCompile(`\((ALTER TABLE [^)]*)\)`).FindStringSubmatch(stderr)[1]
+	if _, err := conn.Exec(context.Background(), alter); err != nil {
+		t.Fatalf("%s: %v", alter, err)
+	}
+	env = append(env, "RELAY_COLUMNS=id=event_id,ordering_key=entity,sequence=seq")
+	wantCheck(t, env, exitOK, "✓ table: public.portal_event_outbox has the columns the relay uses")
+	relay := startRelay(t, env)
+	pgtest.WaitFor(t, 10*time.Second, "the start-up line", func() bool {
+		return strings.Contains(relay.logs.String(), `"ordered_by":"entity in order of seq (on dead: skip)"`)
+	})
 }

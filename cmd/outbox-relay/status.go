@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strings"
 	"time"
 
 	"github.com/outbox-relay/outbox-relay/internal/config"
@@ -25,18 +24,7 @@ type statusReport struct {
 	Problems []string    `json:"problems"`
 }
 
-// errDegraded makes status exit 1 without another message.
-type errDegraded struct{}
-
-func (errDegraded) Error() string { return "degraded" }
-
-// The rules for "degraded", documented in docs/commands.md:
-//   - a pending row older than --max-pending-age (default 5m);
-//   - any dead row (it needs an operator: requeue or delete it);
-//   - with RELAY_CDC not off and wal_level logical: the slot is missing,
-//     inactive, its wal_status is unreserved or lost, or it retains more
-//     than RELAY_SLOT_WARN_BYTES;
-//   - the relay on this host finds the runner down (its breaker is open).
+// runStatus exits 1 when the outbox is degraded (degraded.go says when).
 func runStatus(ctx context.Context, args, environ []string, stdout, stderr io.Writer) error {
 	fs := newFlags("status", stderr)
 	asJSON := fs.Bool("json", false, "print JSON")
@@ -68,8 +56,7 @@ func runStatus(ctx context.Context, args, environ []string, stdout, stderr io.Wr
 		return usageError{err}
 	}
 	r.Relay = probeRelay(cctx, cfg)
-	r.Problems = append(problems(cfg, r, *maxAge), writeErrorProblems(r.Relay)...)
-	r.Problems = append(r.Problems, runnerProblems(r.Relay)...)
+	r.Problems = problems(cfg, r, *maxAge)
 	r.Healthy = len(r.Problems) == 0
 	if err := printReport(stdout, *asJSON, r, printStatus); err != nil {
 		return err
@@ -90,36 +77,6 @@ func printReport[R any](w io.Writer, asJSON bool, r R, text func(io.Writer, R)) 
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(r)
-}
-
-func problems(cfg config.Config, r statusReport, maxAge time.Duration) []string {
-	p := []string{}
-	if r.Outbox.OldestPending > maxAge {
-		p = append(p, fmt.Sprintf("oldest pending row is %s old (limit %s)", r.Outbox.OldestPending.Round(time.Second), maxAge))
-	}
-	if r.Outbox.Dead > 0 {
-		p = append(p, fmt.Sprintf("%d dead rows (see outbox-relay requeue)", r.Outbox.Dead))
-	}
-	if o := r.Outbox.Ordering; o != nil && len(o.DeadKeys) > 0 {
-		p = append(p, fmt.Sprintf("keys blocked by a dead row (RELAY_ORDERING_ON_DEAD=block; requeue or delete the row): %s",
-			strings.Join(o.DeadKeys, ", ")))
-	}
-	if cfg.CDC == "off" || r.Slot.WALLevel != "logical" {
-		return p
-	}
-	switch {
-	case !r.Slot.Exists:
-		p = append(p, fmt.Sprintf("replication slot %s does not exist (is the relay running?)", cfg.SlotName))
-	case !r.Slot.Active:
-		p = append(p, fmt.Sprintf("replication slot %s is not active (is the relay running?)", cfg.SlotName))
-	}
-	if r.Slot.WALStatus == "unreserved" || r.Slot.WALStatus == "lost" {
-		p = append(p, fmt.Sprintf("replication slot wal_status is %s", r.Slot.WALStatus))
-	}
-	if r.Slot.RetainedBytes > cfg.SlotWarnBytes {
-		p = append(p, fmt.Sprintf("replication slot retains %s of WAL (warning at %s)", bytesHuman(r.Slot.RetainedBytes), bytesHuman(cfg.SlotWarnBytes)))
-	}
-	return p
 }
 
 func printStatus(w io.Writer, r statusReport) {

@@ -9,8 +9,7 @@ import (
 
 func TestStatusExitCodes(t *testing.T) {
 	t.Parallel()
-	url, conn := migrated(t)
-	env := []string{"RELAY_DATABASE_URL=" + url, "RELAY_CDC=off"}
+	env, conn := migratedEnv(t, "RELAY_CDC=off")
 	exec(t, conn, `INSERT INTO portal_event_outbox (event_type, status) VALUES ('a', 'delivered'), ('b', 'pending')`)
 
 	code, out, stderr := runCmd(t, context.Background(), env, "status")
@@ -32,8 +31,9 @@ func TestStatusExitCodes(t *testing.T) {
 		t.Errorf("degraded status: exit %d, %+v", code, r)
 	}
 
-	// With the fast path expected, a missing slot is a problem too.
-	code, out, _ = runCmd(t, context.Background(), []string{"RELAY_DATABASE_URL=" + url, "RELAY_SLOT_NAME=nosuchslot"}, "status")
+	// With the fast path expected (RELAY_CDC left out), a missing slot is a
+	// problem too.
+	code, out, _ = runCmd(t, context.Background(), []string{env[0], "RELAY_SLOT_NAME=nosuchslot"}, "status")
 	if code != exitFailure || !strings.Contains(out, "slot nosuchslot does not exist") {
 		t.Errorf("status without the slot: exit %d\n%s", code, out)
 	}

@@ -14,11 +14,7 @@ import (
 
 func TestPasswordIsRequired(t *testing.T) {
 	t.Parallel()
-	c := pgtest.Shared()
-	if c == nil {
-		t.Skip("using RELAY_TEST_DATABASE_URL")
-	}
-	u, _ := url.Parse(c.URL("postgres"))
+	u, _ := url.Parse(sharedCluster(t).URL("postgres"))
 	u.User = url.UserPassword("postgres", "wrong")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -33,9 +29,7 @@ func TestPasswordIsRequired(t *testing.T) {
 // password; pg_hba.conf must allow it.
 func TestReplicationConnection(t *testing.T) {
 	t.Parallel()
-	if pgtest.Shared() == nil {
-		t.Skip("using RELAY_TEST_DATABASE_URL")
-	}
+	sharedCluster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	conn, err := pgconn.Connect(ctx, pgtest.NewDB(t)+"&replication=database")
@@ -51,10 +45,7 @@ func TestReplicationConnection(t *testing.T) {
 func TestWithWalLevelReplica(t *testing.T) {
 	t.Parallel()
 	c := pgtest.StartT(t, pgtest.WithWalLevel("replica"))
-	conn := pgtest.Connect(t, c.URL("postgres"))
-	if got := queryString(t, conn, "SHOW wal_level"); got != "replica" {
-		t.Errorf("wal_level = %q, want replica", got)
-	}
+	wantString(t, pgtest.Connect(t, c.URL("postgres")), "SHOW wal_level", "replica")
 }
 
 func TestRestartImmediate(t *testing.T) {
@@ -69,10 +60,7 @@ func TestRestartImmediate(t *testing.T) {
 	if err := before.Ping(ctx); err == nil {
 		t.Error("a connection from before the crash still works; want it cut")
 	}
-	after := pgtest.Connect(t, c.URL("postgres"))
-	if got := queryString(t, after, "SELECT 'up'"); got != "up" {
-		t.Errorf("after restart got %q", got)
-	}
+	wantString(t, pgtest.Connect(t, c.URL("postgres")), "SELECT 'up'", "up")
 }
 
 func TestStopAndStartServer(t *testing.T) {
@@ -94,7 +82,5 @@ func TestStopAndStartServer(t *testing.T) {
 	if err := c.StartServer(); err != nil {
 		t.Fatal(err)
 	}
-	if got := queryString(t, pgtest.Connect(t, c.URL("postgres")), "SELECT id::text FROM kept"); got != "42" {
-		t.Errorf("data after restart = %q, want 42", got)
-	}
+	wantString(t, pgtest.Connect(t, c.URL("postgres")), "SELECT id::text FROM kept", "42")
 }

@@ -27,6 +27,26 @@ func queryString(t *testing.T, conn *pgx.Conn, sql string) string {
 	return s
 }
 
+// wantString fails the test when sql's one value on conn is not want.
+func wantString(t *testing.T, conn *pgx.Conn, sql, want string) {
+	t.Helper()
+	if got := queryString(t, conn, sql); got != want {
+		t.Errorf("%s = %q, want %q", sql, got, want)
+	}
+}
+
+// sharedCluster is the cluster the package's tests share; a test that
+// needs the cluster itself, not only a database, skips when
+// RELAY_TEST_DATABASE_URL stands in for it.
+func sharedCluster(t *testing.T) *pgtest.Cluster {
+	t.Helper()
+	c := pgtest.Shared()
+	if c == nil {
+		t.Skip("using RELAY_TEST_DATABASE_URL: its settings are not ours")
+	}
+	return c
+}
+
 func TestNewDBGivesDistinctDatabases(t *testing.T) {
 	t.Parallel()
 	seen := make(chan string, 4)
@@ -57,13 +77,8 @@ func TestNewDBGivesDistinctDatabases(t *testing.T) {
 
 func TestSharedClusterIsLogical(t *testing.T) {
 	t.Parallel()
-	if pgtest.Shared() == nil {
-		t.Skip("using RELAY_TEST_DATABASE_URL: its settings are not ours")
-	}
-	conn := pgtest.Connect(t, pgtest.NewDB(t))
-	if got := queryString(t, conn, "SHOW wal_level"); got != "logical" {
-		t.Errorf("wal_level = %q, want logical", got)
-	}
+	sharedCluster(t)
+	wantString(t, pgtest.Connect(t, pgtest.NewDB(t)), "SHOW wal_level", "logical")
 }
 
 // A test's database goes with its replication slots, also one a walsender

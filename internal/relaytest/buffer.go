@@ -45,16 +45,15 @@ func LastLines(s string, n int) string {
 }
 
 // lineWriter hands each complete line written to it to fn; flush hands
-// over a last line that has no newline.
+// over a last line that has no newline. It takes one writer at a time:
+// Start makes it a command's stdout and stderr at once, which os/exec then
+// writes from one goroutine, and flushes it after Wait.
 type lineWriter struct {
 	fn      func(line string)
-	mu      sync.Mutex
 	partial []byte
 }
 
 func (w *lineWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
 	w.partial = append(w.partial, p...)
 	for {
 		i := bytes.IndexByte(w.partial, '\n')
@@ -67,8 +66,6 @@ func (w *lineWriter) Write(p []byte) (int, error) {
 }
 
 func (w *lineWriter) flush() {
-	w.mu.Lock()
-	defer w.mu.Unlock()
 	if len(w.partial) > 0 {
 		w.fn(string(w.partial))
 		w.partial = nil

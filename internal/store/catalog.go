@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -26,26 +25,6 @@ const (
 func isCode(err error, code string) bool {
 	var pgErr *pgconn.PgError
 	return errors.As(err, &pgErr) && pgErr.Code == code
-}
-
-// QuoteLiteral quotes s as an SQL string literal, for the places where a
-// parameter cannot stand: a DO block, an index predicate, a replication
-// command.
-//
-// With standard_conforming_strings off, a backslash in a plain literal
-// escapes the next character. The literal is written so that it reads the
-// same whatever that setting is, rather than the setting pinned on the
-// relay's pool: the same text also goes where no pool setting reaches
-// (migrate --print, run by hand in any session). A string with a
-// backslash is an escape string (E'a\\b') with every backslash doubled;
-// one without stays plain, which is also the only form a replication
-// command reads.
-func QuoteLiteral(s string) string {
-	q := "'" + strings.ReplaceAll(s, "'", "''") + "'"
-	if !strings.Contains(s, `\`) {
-		return q
-	}
-	return "E" + strings.ReplaceAll(q, `\`, `\\`)
 }
 
 // Slot describes a replication slot as Postgres sees it, with the server

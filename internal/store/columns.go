@@ -69,21 +69,14 @@ func DefaultColumns() Columns {
 // roles is an error naming the culprit.
 func ParseColumns(s string) (Columns, error) {
 	c := DefaultColumns()
-	if strings.TrimSpace(s) == "" {
-		return c, nil
-	}
-	named := map[Role]bool{}
 	err := eachPair(s, "role=column", func(k, col string) error {
 		role := Role(k)
 		switch {
 		case !slices.Contains(Roles, role) && !slices.Contains(OptionalRoles, role):
 			return fmt.Errorf("unknown role %q (roles: %s)", role, roleList())
-		case named[role]:
-			return fmt.Errorf("role %s is named twice", role)
 		case len(col) > 63 || !isText(col):
 			return fmt.Errorf("column %q for role %s is not a valid column name (at most 63 bytes of UTF-8, no NUL)", col, role)
 		}
-		named[role] = true
 		c[role] = col
 		return nil
 	})
@@ -148,16 +141,25 @@ func (c Columns) String() string {
 	return strings.Join(s, ",")
 }
 
-// eachPair calls f with each trimmed key=value of a comma-separated list,
-// and stops at the first pair that is not one (named as shape says) or
-// that f refuses.
+// eachPair calls f with each trimmed key=value of a comma-separated list
+// (none when s is blank), and stops at the first pair that is not one
+// (named as shape says), whose key came before, or that f refuses.
 func eachPair(s, shape string, f func(k, v string) error) error {
+	if strings.TrimSpace(s) == "" {
+		return nil
+	}
+	noun, _, _ := strings.Cut(shape, "=")
+	named := map[string]bool{}
 	for _, pair := range strings.Split(s, ",") {
 		k, v, ok := strings.Cut(pair, "=")
 		k, v = strings.TrimSpace(k), strings.TrimSpace(v)
 		if !ok || k == "" || v == "" {
 			return fmt.Errorf("%q is not %s", strings.TrimSpace(pair), shape)
 		}
+		if named[k] {
+			return fmt.Errorf("%s %s is named twice", noun, k)
+		}
+		named[k] = true
 		if err := f(k, v); err != nil {
 			return err
 		}
@@ -179,18 +181,10 @@ func DefaultStatuses() Statuses {
 // DefaultStatuses. The three values must differ.
 func ParseStatuses(s string) (Statuses, error) {
 	st := DefaultStatuses()
-	if strings.TrimSpace(s) == "" {
-		return st, nil
-	}
-	named := map[string]bool{}
 	err := eachPair(s, "state=value", func(k, v string) error {
-		switch {
-		case named[k]:
-			return fmt.Errorf("state %s is named twice", k)
-		case !isText(v):
+		if !isText(v) {
 			return fmt.Errorf("value %q of state %s is not UTF-8 text without NUL bytes", v, k)
 		}
-		named[k] = true
 		switch k {
 		case StatusPending:
 			st.Pending = v

@@ -69,7 +69,8 @@ func exerciseFresh(t *testing.T, pool *pgxpool.Pool, st *Store) {
 	ctx := context.Background()
 	s := st.Schema()
 	x := s.expand
-	mustExec(t, pool, x(`INSERT INTO {table} ({event_type}, {payload}) VALUES ('f1', '{"n": 1}'), ('f2', '{"n": 2}'), ('f3', '{"n": 3}')`))
+	types := []string{"f1", "f2", "f3"}
+	insertTypes(t, pool, s, types...)
 	names, _ := tuple(t, pool, s, "f1")
 	d, ok := s.TupleDecoder(names)
 	naive := s.Columns[RoleNextAttemptAt].Type != "timestamptz" || s.Columns[RoleCreatedAt].Type != "timestamptz"
@@ -83,7 +84,7 @@ func exerciseFresh(t *testing.T, pool *pgxpool.Pool, st *Store) {
 		return
 	}
 	fresh := map[string]Insert{}
-	for _, typ := range []string{"f1", "f2", "f3"} {
+	for _, typ := range types {
 		_, values := tuple(t, pool, s, typ)
 		in, ok := decode(d, values)
 		if !ok || !in.Sendable {

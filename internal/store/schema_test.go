@@ -184,7 +184,7 @@ func exerciseStore(t *testing.T, pool *pgxpool.Pool, st *Store) {
 	ctx := context.Background()
 	s := st.Schema()
 	x := s.expand
-	mustExec(t, pool, x(`INSERT INTO {table} ({event_type}, {payload}) VALUES ('a', '{"n": 1}'), ('b', '{"n": 2}'), ('c', '{"n": 3}')`))
+	insertTypes(t, pool, s, "a", "b", "c")
 	c, err := st.ClaimDue(ctx, 10, 0, time.Minute, 25, nil)
 	rows := c.Rows
 	if err != nil || len(rows) != 3 || c.Len() != 3 {

@@ -63,6 +63,17 @@ func mustExec(t *testing.T, pool *pgxpool.Pool, sql string, args ...any) {
 	}
 }
 
+// insertTypes inserts, in one statement, a row of each event type with
+// the payload {"n": i}, i counting from 1.
+func insertTypes(t *testing.T, pool *pgxpool.Pool, s *Schema, types ...string) {
+	t.Helper()
+	values := make([]string, len(types))
+	for i, typ := range types {
+		values[i] = fmt.Sprintf(`('%s', '{"n": %d}')`, typ, i+1)
+	}
+	mustExec(t, pool, s.expand(`INSERT INTO {table} ({event_type}, {payload}) VALUES `+strings.Join(values, ", ")))
+}
+
 // seed is a row as a test needs it; times are offsets from the server's
 // now(), so that they read the same whatever the two clocks say.
 type seed struct {

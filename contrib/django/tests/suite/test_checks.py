@@ -96,29 +96,24 @@ class TableCheckTest(TestCase):
 
 
 class SettingsCheckTest(TestCase):
-    def assertSettingError(self, id, text):
-        issues = check_outbox_table()
-        self.assertEqual([(i.level, i.id) for i in issues], [(40, id)], issues)
-        self.assertIn(text, issues[0].msg)
-
-    def test_model(self):
-        with self.settings(OUTBOX_RELAY_MODEL="portal"):
-            self.assertSettingError("outbox_relay.E001", "OUTBOX_RELAY_MODEL: 'portal' is not of the form 'app_label.ModelName'")
-        with self.settings(OUTBOX_RELAY_MODEL="portal.Nothing"):
-            self.assertSettingError("outbox_relay.E001", "model 'portal.Nothing' is not installed")
-
-    def test_fields(self):
-        with self.settings(OUTBOX_RELAY_FIELDS={"payload_json": "payload"}):
-            self.assertSettingError("outbox_relay.E002", "unknown role 'payload_json'")
-        with self.settings(OUTBOX_RELAY_FIELDS={"payload": "body"}):
-            self.assertSettingError("outbox_relay.E002", "outbox_relay.OutboxEvent has no field 'body' (for role payload)")
-        with self.settings(OUTBOX_RELAY_MODEL="portal.PortalEventOutbox"):
-            self.assertSettingError("outbox_relay.E002", "portal.PortalEventOutbox has no field 'event_id': add it, or name the field")
-        with self.settings(OUTBOX_RELAY_FIELDS={"last_error": "event_type"}):
-            self.assertSettingError("outbox_relay.E002", "column 'event_type' plays event_type and last_error; a column the relay writes (last_error)")
-
-    def test_status_values(self):
-        with self.settings(OUTBOX_RELAY_STATUS_VALUES={"failed": "FAILED"}):
-            self.assertSettingError("outbox_relay.E003", "unknown state 'failed'")
-        with self.settings(OUTBOX_RELAY_STATUS_VALUES={"pending": "dead"}):
-            self.assertSettingError("outbox_relay.E003", "three different values")
+    def test_bad_settings(self):
+        """Each bad setting is one error of its id, whose message names the
+        culprit."""
+        for settings, id, text in [
+            ({"OUTBOX_RELAY_MODEL": "portal"}, "outbox_relay.E001",
+             "OUTBOX_RELAY_MODEL: 'portal' is not of the form 'app_label.ModelName'"),
+            ({"OUTBOX_RELAY_MODEL": "portal.Nothing"}, "outbox_relay.E001", "model 'portal.Nothing' is not installed"),
+            ({"OUTBOX_RELAY_FIELDS": {"payload_json": "payload"}}, "outbox_relay.E002", "unknown role 'payload_json'"),
+            ({"OUTBOX_RELAY_FIELDS": {"payload": "body"}}, "outbox_relay.E002",
+             "outbox_relay.OutboxEvent has no field 'body' (for role payload)"),
+            ({"OUTBOX_RELAY_MODEL": "portal.PortalEventOutbox"}, "outbox_relay.E002",
+             "portal.PortalEventOutbox has no field 'event_id': add it, or name the field"),
+            ({"OUTBOX_RELAY_FIELDS": {"last_error": "event_type"}}, "outbox_relay.E002",
+             "column 'event_type' plays event_type and last_error; a column the relay writes (last_error)"),
+            ({"OUTBOX_RELAY_STATUS_VALUES": {"failed": "FAILED"}}, "outbox_relay.E003", "unknown state 'failed'"),
+            ({"OUTBOX_RELAY_STATUS_VALUES": {"pending": "dead"}}, "outbox_relay.E003", "three different values"),
+        ]:
+            with self.subTest(settings=settings), self.settings(**settings):
+                issues = check_outbox_table()
+                self.assertEqual([(i.level, i.id) for i in issues], [(40, id)], issues)
+                self.assertIn(text, issues[0].msg)
