@@ -50,13 +50,24 @@ func (r *reader) hold(in *store.Insert) bool {
 }
 
 // release moves the held rows still standing to pending, at a commit.
+// With nothing pending, the held list itself becomes the pending one, so
+// that a large transaction's rows are not copied (the hand-off may take
+// the list too).
 func (r *reader) release() {
+	standing := r.held[:0]
 	for _, in := range r.held {
 		if in.Row.ID != "" {
-			r.pending = append(r.pending, in)
+			standing = append(standing, in)
 		}
 	}
-	r.held, r.heldBytes, r.heldAt = emptied(r.held), 0, nil
+	clear(r.held[len(standing):])
+	if len(r.pending) == 0 {
+		r.pending, r.held = standing, r.pending[:0]
+	} else {
+		r.pending = append(r.pending, standing...)
+		r.held = emptied(standing)
+	}
+	r.heldBytes, r.heldAt = 0, nil
 }
 
 // emptied is list with its rows let go: the room of a steady stream is

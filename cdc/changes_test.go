@@ -3,9 +3,12 @@ package cdc
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/jackc/pglogrepl"
 
 	"github.com/outbox-relay/outbox-relay/internal/pgtest"
 	"github.com/outbox-relay/outbox-relay/internal/store"
@@ -153,7 +156,7 @@ func TestHeldRowsShareTheHandOffBudget(t *testing.T) {
 	}
 	h := newHandoff(budget, handoffMax)
 	waiting := row("1", 6_000)
-	if ok, err := h.put(context.Background(), []store.Insert{waiting}, 0); !ok || err != nil {
+	if ok, err := h.put(context.Background(), &[]store.Insert{waiting}, 0); !ok || err != nil {
 		t.Fatalf("put = %v, %v", ok, err)
 	}
 	r := &reader{h: h}
@@ -165,10 +168,54 @@ func TestHeldRowsShareTheHandOffBudget(t *testing.T) {
 		t.Errorf("a row of %d bytes past the budget left by the hand-off's rows was held (whole: %v), want an id to claim", size(row("3", 3_000)), second.Sendable)
 	}
 	r.release()
-	if ok, err := h.put(context.Background(), r.pending, 0); !ok || err != nil {
+	if ok, err := h.put(context.Background(), &r.pending, 0); !ok || err != nil {
 		t.Fatalf("put at the commit = %v, %v", ok, err)
 	}
 	if h.len() != 2 || len(h.more) != 0 {
 		t.Errorf("at the commit the held row did not join the hand-off whole: %d rows, %d of them ids", h.len(), len(h.more))
+	}
+}
+
+// A large transaction's rows are in memory once: at the commit the held
+// list becomes the pending one and then the hand-off's own, without a
+// copy.
+func TestALargeTransactionsRowsAreNotCopiedAtItsCommit(t *testing.T) {
+	t.Parallel()
+	r := newReader(t, nil, 0)
+	r.inTx = true
+	r.pending = append(r.pending, store.Insert{Row: store.Row{ID: "claim-me"}})
+	const n = 4 * keepWhole
+	for i := range n {
+		in := store.Insert{Sendable: true, Row: store.Row{ID: strconv.Itoa(i), Payload: []byte(`{}`)}}
+		if !r.hold(&in) {
+			t.Fatalf("row %d was not held", i)
+		}
+	}
+	held := &r.held[0]
+	if err := r.committed(context.Background(), &pglogrepl.CommitMessage{TransactionEndLSN: 100}); err != nil {
+		t.Fatal(err)
+	}
+	r.h.mu.Lock()
+	shared := len(r.h.queue) == 1 && &r.h.queue[0][0] == held
+	r.h.mu.Unlock()
+	if !shared {
+		t.Errorf("the hand-off holds a copy of the transaction's %d held rows, want the list itself", n)
+	}
+	var got []string
+	claims := 0
+	for b := r.h.take(1000); b != nil; b = r.h.take(1000) {
+		for _, in := range b {
+			if in.Row.ID == "claim-me" {
+				claims++
+			} else {
+				got = append(got, in.Row.ID)
+			}
+		}
+	}
+	if len(got) != n || got[0] != "0" || got[n-1] != strconv.Itoa(n-1) || claims != 1 {
+		t.Errorf("handed off %d held rows, first %q, last %q, and the id to claim %d times, want the %d held rows in order and the id once", len(got), got[0], got[len(got)-1], claims, n)
+	}
+	if r.safe != 100 {
+		t.Errorf("safe = %v after the commit, want 100", r.safe)
 	}
 }

@@ -18,21 +18,27 @@ import (
 // claim: no timer adds latency, and a burst costs few claim statements.
 // (BenchmarkHandOff compares this with waiting for a pause in the stream.)
 //
-// The first rows wait whole, to be sent from their tuple, up to a budget of
-// bytes; behind them, a backlog waits as ids only (about 32 bytes each), to
-// be claimed by id: rows that wait that long are past sending without a
-// claim anyway, and a burst far larger than the deliverer's pace stays with
-// the stream instead of falling back to the sweeper's grace. The budget is
+// Rows wait whole, to be sent from their tuple, within a budget of bytes
+// that they share with the rows the reader holds for their commit; past
+// it, and for rows that cannot be sent from their tuple, only the id waits
+// (about 32 bytes), to be claimed. Takes serve whole rows and ids in turn,
+// each in the order put, so that neither waits for the other to run out
+// (ids are never ordered against rows: a table ordered per key is claimed
+// by id throughout, and the claim keeps its order). So a
+// burst far larger than the deliverer's pace stays with the stream instead
+// of falling back to the sweeper's grace, in bounded memory. The budget is
 // in bytes, not rows, because every row a burst sends from its tuple saves
 // the claim's statement and row version, while payloads vary in size.
 type handoff struct {
-	mu    sync.Mutex
-	ids   []store.Insert // whole rows (or ids, when not decoded), first out
-	head  int            // ids before head were taken
-	more  []string       // the backlog behind ids, as ids
-	bytes int            // held by ids
-	whole int            // bytes of whole rows kept before the backlog starts
-	limit int            // rows and ids buffered before put waits
+	mu     sync.Mutex
+	queue  [][]store.Insert // lists of whole rows, first out
+	head   int              // rows of queue[0] taken
+	queued int              // rows in queue not taken
+	more   []string         // ids, taken in turn with whole rows
+	idTurn bool             // the next take serves ids, if any wait
+	bytes  int              // held by queue
+	whole  int              // the budget of bytes of whole rows
+	limit  int              // rows and ids buffered before put waits
 
 	ready chan struct{} // signalled when ids were put
 	space chan struct{} // signalled when ids were taken
@@ -50,7 +56,7 @@ func (h *handoff) wholeBytes() int {
 }
 
 // len is how many rows wait; h.mu is held.
-func (h *handoff) len() int { return len(h.ids) - h.head + len(h.more) }
+func (h *handoff) len() int { return h.queued + len(h.more) }
 
 func signal(c chan struct{}) {
 	select {
@@ -63,25 +69,14 @@ func signal(c chan struct{}) {
 // drops them and returns false: the rows are safe in the table and the
 // sweeper delivers them, while the reader goes on reading and confirming.
 // Waiting longer would make a slow runner pin WAL in the slot, the very
-// thing the table-as-queue design avoids.
-func (h *handoff) put(ctx context.Context, ids []store.Insert, wait time.Duration) (bool, error) {
+// thing the table-as-queue design avoids. When put takes the list itself
+// rather than a copy (see add) it sets *ids to nil.
+func (h *handoff) put(ctx context.Context, ids *[]store.Insert, wait time.Duration) (bool, error) {
 	var timeout <-chan time.Time
 	for {
 		h.mu.Lock()
 		if h.len() < h.limit {
-			for _, in := range ids {
-				if n := size(in); len(h.more) == 0 && h.bytes+n <= h.whole {
-					if len(h.ids) == cap(h.ids) && h.head > 0 { // reuse the taken front
-						n := copy(h.ids, h.ids[h.head:])
-						clear(h.ids[n:]) // the rows moved down: let their old slots go
-						h.ids, h.head = h.ids[:n], 0
-					}
-					h.ids = append(h.ids, in)
-					h.bytes += n
-				} else {
-					h.more = append(h.more, in.Row.ID)
-				}
-			}
+			h.add(ids)
 			h.mu.Unlock()
 			signal(h.ready)
 			return true, nil
@@ -105,8 +100,53 @@ func (h *handoff) put(ctx context.Context, ids []store.Insert, wait time.Duratio
 	}
 }
 
+// add appends ids: whole while the budget lasts, else as ids; h.mu is
+// held. A large list joins the queue as it is, not copied: a large
+// transaction's rows are in memory once, not once in the reader and again
+// here (the peak of a bulk insert). A small one is copied to the queue's
+// last list, so that a steady stream reuses its room.
+func (h *handoff) add(ids *[]store.Insert) {
+	list := *ids
+	k := 0
+	for _, in := range list {
+		if n := size(in); in.Sendable && h.bytes+n <= h.whole {
+			h.bytes += n
+			list[k] = in
+			k++
+		} else {
+			h.more = append(h.more, in.Row.ID)
+		}
+	}
+	if k == 0 {
+		return
+	}
+	h.queued += k
+	if cap(list) > keepWhole {
+		clear(list[k:]) // rows that went on as ids: let their payloads go
+		if n := len(h.queue); n > 0 && len(h.queue[n-1]) == 0 {
+			h.queue[n-1] = list[:k] // in place of an emptied list's room
+		} else {
+			h.queue = append(h.queue, list[:k])
+		}
+		*ids = nil
+		return
+	}
+	last := len(h.queue) - 1
+	if last < 0 {
+		h.queue = append(h.queue, make([]store.Insert, 0, k))
+		last = 0
+	}
+	tail := h.queue[last]
+	if last == 0 && len(tail)+k > cap(tail) && h.head > 0 { // reuse the taken front
+		n := copy(tail, tail[h.head:])
+		clear(tail[n:]) // the rows moved down: let their old slots go
+		tail, h.head = tail[:n], 0
+	}
+	h.queue[last] = append(tail, list[:k]...)
+}
+
 // take removes and returns up to n rows, nil when there are none: whole
-// rows first, then the backlog's ids.
+// rows and ids in turn.
 func (h *handoff) take(n int) []store.Insert {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -114,18 +154,24 @@ func (h *handoff) take(n int) []store.Insert {
 		return nil
 	}
 	defer signal(h.space)
-	if h.head < len(h.ids) {
-		k := min(n, len(h.ids)-h.head)
-		ids := slices.Clone(h.ids[h.head : h.head+k])
-		clear(h.ids[h.head : h.head+k]) // let their payloads go
+	h.idTurn = !h.idTurn
+	if h.queued > 0 && (!h.idTurn || len(h.more) == 0) {
+		first := h.queue[0]
+		k := min(n, len(first)-h.head)
+		ids := slices.Clone(first[h.head : h.head+k])
+		clear(first[h.head : h.head+k]) // let their payloads go
 		h.head += k
+		h.queued -= k
 		for _, in := range ids {
 			h.bytes -= size(in)
 		}
-		if h.head == len(h.ids) {
-			h.ids, h.head = h.ids[:0], 0
-			if cap(h.ids) > keepWhole {
-				h.ids = nil // let a burst's buffer go
+		if h.head == len(first) {
+			h.head = 0
+			if len(h.queue) == 1 && cap(first) <= keepWhole {
+				h.queue[0] = first[:0] // a steady stream reuses the room
+			} else {
+				h.queue[0] = nil // let a burst's list go
+				h.queue = h.queue[1:]
 			}
 		}
 		return ids

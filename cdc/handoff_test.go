@@ -14,15 +14,15 @@ import (
 // The hand-off keeps the first rows whole, up to its budget of bytes, and
 // a backlog behind them as ids, in order, and refuses more once full.
 func TestHandOffKeepsABacklogAsIDs(t *testing.T) {
-	in := func(ids ...string) []store.Insert {
+	in := func(ids ...string) *[]store.Insert {
 		out := make([]store.Insert, len(ids))
 		for i, id := range ids {
 			out[i] = store.Insert{Row: store.Row{ID: id, Payload: []byte(`{}`)}, Sendable: true}
 		}
-		return out
+		return &out
 	}
 	// Room for two rows whole, not three.
-	h := newHandoff(3*size(in("1")[0])-1, 5)
+	h := newHandoff(3*size((*in("1"))[0])-1, 5)
 	ctx := context.Background()
 	if ok, err := h.put(ctx, in("1", "2", "3"), 0); !ok || err != nil {
 		t.Fatalf("put = %v, %v", ok, err)
@@ -33,18 +33,19 @@ func TestHandOffKeepsABacklogAsIDs(t *testing.T) {
 	if ok, _ := h.put(ctx, in("6"), 0); ok {
 		t.Fatal("put past the limit accepted")
 	}
+	// One row a take: whole rows and ids in turn, each in the order put.
 	var got []string
-	var whole int
-	for b := h.take(10); b != nil; b = h.take(10) {
+	for b := h.take(1); b != nil; b = h.take(1) {
 		for _, x := range b {
-			got = append(got, x.Row.ID)
+			kind := "id"
 			if x.Sendable {
-				whole++
+				kind = "whole"
 			}
+			got = append(got, x.Row.ID+" "+kind)
 		}
 	}
-	if strings.Join(got, ",") != "1,2,3,4,5" || whole != 2 {
-		t.Errorf("took %v with %d whole, want 1..5 with the first 2 whole", got, whole)
+	if want := "3 id,1 whole,4 id,2 whole,5 id"; strings.Join(got, ",") != want {
+		t.Errorf("took %v, want %s", got, want)
 	}
 }
 

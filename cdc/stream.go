@@ -222,22 +222,7 @@ func (r *reader) change(ctx context.Context, data []byte) error {
 		r.inTx, r.txIDs = true, false
 		r.replay = r.start.horizon != 0 && m.FinalLSN <= r.start.horizon
 	case *pglogrepl.CommitMessage:
-		r.inTx = false
-		r.received = max(r.received, m.TransactionEndLSN)
-		if r.replayed > 0 {
-			r.s.leftToSweeper(r.replayed)
-			r.replayed = 0
-		}
-		r.release()
-		if len(r.pending) > 0 {
-			// Hand off at every commit: the hand-off goroutine batches
-			// whatever gathers while it is busy (docs/BENCHMARKS.md).
-			return r.flush(ctx)
-		}
-		// Every id of this transaction was handed off already
-		// (BatchSize flushes), or it had none.
-		r.safe = max(r.safe, r.received)
-		r.ackDue = r.ackDue || r.txIDs
+		return r.committed(ctx, m)
 	case *pglogrepl.RelationMessage:
 		r.relation(m)
 	case *pglogrepl.InsertMessage:
@@ -250,6 +235,34 @@ func (r *reader) change(ctx context.Context, data []byte) error {
 		r.truncated(m)
 	}
 	// Type, Origin, Message: not ours to act on.
+	return nil
+}
+
+// committed hands off what a transaction leaves at its commit: its ids to
+// claim first, then its held rows. Ids still pending go on their own so
+// that the held list moves on without a copy (release).
+func (r *reader) committed(ctx context.Context, m *pglogrepl.CommitMessage) error {
+	r.inTx = false
+	if len(r.pending) > 0 && len(r.held) > 0 {
+		if err := r.flush(ctx); err != nil {
+			return err
+		}
+	}
+	r.received = max(r.received, m.TransactionEndLSN)
+	if r.replayed > 0 {
+		r.s.leftToSweeper(r.replayed)
+		r.replayed = 0
+	}
+	r.release()
+	if len(r.pending) > 0 {
+		// Hand off at every commit: the hand-off goroutine batches
+		// whatever gathers while it is busy (docs/BENCHMARKS.md).
+		return r.flush(ctx)
+	}
+	// Every id of this transaction was handed off already (BatchSize
+	// flushes), or it had none.
+	r.safe = max(r.safe, r.received)
+	r.ackDue = r.ackDue || r.txIDs
 	return nil
 }
 
@@ -290,11 +303,12 @@ func (r *reader) flush(ctx context.Context) error {
 	if r.s.shedding.Load() {
 		wait = 0
 	}
-	ok, err := r.h.put(ctx, r.pending, wait)
+	n := len(r.pending)
+	ok, err := r.h.put(ctx, &r.pending, wait)
 	if err != nil {
 		return err
 	}
-	r.s.shed(!ok, len(r.pending))
+	r.s.shed(!ok, n)
 	r.pending = emptied(r.pending)
 	// Everything up to the last position received is handed off now:
 	// the table holds the rows, so the slot need not.

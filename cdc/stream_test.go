@@ -165,7 +165,7 @@ type view struct {
 func (r *reader) view() view {
 	r.h.mu.Lock()
 	defer r.h.mu.Unlock()
-	return view{r.received, r.safe, r.sent, r.ackDue, idsOf(r.pending), idsOf(r.h.ids)}
+	return view{r.received, r.safe, r.sent, r.ackDue, idsOf(r.pending), append(idsOf(slices.Concat(r.h.queue...)), r.h.more...)}
 }
 
 func idsOf(ins []store.Insert) []string {
@@ -280,7 +280,7 @@ func TestReaderConfirmationRules(t *testing.T) {
 		name: "ids dropped by a full hand-off are safe at their commit",
 		prepare: func(r *reader) {
 			r.h = newHandoff(1, 1)
-			r.h.ids = byID(ids(99))
+			r.h.queue, r.h.queued = [][]store.Insert{byID(ids(99))}, 1
 			r.s.shedding.Store(true) // so the put does not wait
 		},
 		steps: []step{
@@ -316,7 +316,7 @@ func TestReaderConfirmationRules(t *testing.T) {
 func TestReaderKeepsPositionWhenHandOffFails(t *testing.T) {
 	r := newReader(t, nil, 0) // nothing here sends a status update
 	r.h = newHandoff(1, 1)
-	r.h.ids = byID([]string{"99"})
+	r.h.queue, r.h.queued = [][]store.Insert{byID([]string{"99"})}, 1
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	for _, m := range []*pgproto3.CopyData{begin(), outboxRel, outboxInsert(1)} {
