@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -15,8 +14,7 @@ import (
 // hand-off shows only in some runs; and the load's own insert rate with
 // and without that relay running, in the same database.
 type burstResult struct {
-	Skipped string `json:"skipped,omitempty"`
-	Events  int    `json:"events"` // per run
+	Events int `json:"events"` // per run
 	// WaitSeconds is how long after the last commit a run waits for its
 	// events; one not received by then is missing.
 	WaitSeconds float64    `json:"wait_seconds"`
@@ -37,8 +35,6 @@ type burstResult struct {
 	// committed rows per second next to the relay and alone.
 	InsertRate      float64 `json:"insert_rate"`
 	AloneInsertRate float64 `json:"alone_insert_rate"`
-	// Work is the relay's statements and the row versions over all runs.
-	Work *dbWork `json:"db_work,omitempty"`
 }
 
 // burstRun is one delivery of the burst.
@@ -75,14 +71,9 @@ func (b *bench) burst(ctx context.Context) (*burstResult, error) {
 	}
 	l := load{kind: "single", n: n}
 	p, err := b.startRelay(ctx, db, streamMode, fmt.Sprintf("burst, stream, %s ×%d", l, b.plan.BurstRuns))
-	if errors.Is(err, errNoStream) {
-		res.Skipped = b.stream.Reason
-		return res, nil
-	}
 	if err != nil {
 		return res, err
 	}
-	work0 := b.workNow(ctx, db)
 	for i := range b.plan.BurstRuns {
 		r, err := b.burstRun(ctx, db, p)
 		res.Runs = append(res.Runs, r)
@@ -94,15 +85,12 @@ func (b *bench) burst(ctx context.Context) (*burstResult, error) {
 			i+1, r.Load.AchievedRate, r.DeliverSeconds, r.EventsPerSec, r.Latency.Max, r.Missing, r.Stream, r.Sweep)
 	}
 	p.stop()
-	if ctx.Err() == nil {
-		res.Work = workBetween(work0, b.workAfter(ctx, db), n*len(res.Runs))
-	}
 	if err := b.burstAlone(ctx, db, b.plan.BurstAlone/2, res); err != nil {
 		return res, err
 	}
 	res.summarise()
-	b.logf("burst: events/s min %.0f, median %.0f, max %.0f; max commit → receipt %.0f ms; inserts %.0f/s next to the relay, %.0f/s alone%s",
-		res.MinRate, res.MedianRate, res.MaxRate, res.MaxLatencyMs, res.InsertRate, res.AloneInsertRate, res.Work.logLine())
+	b.logf("burst: events/s min %.0f, median %.0f, max %.0f; max commit → receipt %.0f ms; inserts %.0f/s next to the relay, %.0f/s alone",
+		res.MinRate, res.MedianRate, res.MaxRate, res.MaxLatencyMs, res.InsertRate, res.AloneInsertRate)
 	return res, nil
 }
 
@@ -189,7 +177,7 @@ func (res *burstResult) summarise() {
 // burstTable is the runs, one row each.
 func burstTable(r *results) string {
 	u := r.Burst
-	if u == nil || u.Skipped != "" {
+	if u == nil {
 		return ""
 	}
 	var b strings.Builder
@@ -216,10 +204,6 @@ func mdBurst(b *markdown, r *results) {
 		return
 	}
 	b.w("### One burst, %d times, and the load's own insert rate\n\n", len(u.Runs))
-	if u.Skipped != "" {
-		b.w("Skipped: %s\n\n", u.Skipped)
-		return
-	}
 	b.w("%s single-row transactions from %d connections as fast as they go, delivered by one relay in stream mode (`RELAY_SWEEP_INTERVAL=1m`, so an event the stream does not deliver waits for a sweep), %d times in a row; the table is truncated after each run. A run's clock starts at its first insert and stops at its last receipt; an event not received %s after the last commit counts as missing, at that wait. ",
 		thousands(u.Events), r.Plan.SingleConns, len(u.Runs), time.Duration(u.WaitSeconds*float64(time.Second)))
 	b.w("\"inserts/s\" is the load's own rate of commits. The same load also ran %d times with no relay running (half before the relay started, with no slot yet, half after it stopped, the slot inactive), in the same database.\n\n", len(u.Alone))
@@ -248,7 +232,7 @@ func ratioCell(v, ref float64) string {
 
 // burstMeasured is the repeated burst when it ran.
 func (r *results) burstMeasured() *burstResult {
-	if u := r.Burst; u != nil && u.Skipped == "" && len(u.Runs) > 0 {
+	if u := r.Burst; u != nil && len(u.Runs) > 0 {
 		return u
 	}
 	return nil

@@ -153,7 +153,7 @@ func (c *chart) drawLegend(curves []curve, missing []string) {
 	}
 	for i, m := range missing {
 		yy := chartLegendTop + chartLineGap*(len(curves)+i)
-		c.w(`<text x="%d" y="%d" fill="#a00">%s at 500 events/s: not measured (stream not available)</text>`+"\n", chartLeft, yy+4, html.EscapeString(m))
+		c.w(`<text x="%d" y="%d" fill="#a00">%s at 500 events/s: not measured</text>`+"\n", chartLeft, yy+4, html.EscapeString(m))
 	}
 }
 

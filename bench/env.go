@@ -47,8 +47,7 @@ type bench struct {
 	dbSeq  int
 	quiet  time.Duration // longest wait for a quiet machine before a run
 	waited time.Duration // spent waiting so far, bounded by quietBudget
-	stream streamState
-	relays []relayStats // one per relay process, for the cost table
+	relays []relayStats  // one per relay process, for the cost table
 
 	// relayUser is the role every relay logs in as, its own so that
 	// pg_stat_statements (which knows roles, not application names) can
@@ -60,13 +59,6 @@ type bench struct {
 	mu    sync.Mutex
 	procs map[*relayProc]bool // running, stopped by close
 	dbs   map[*database]bool
-}
-
-// streamState says whether RELAY_CDC=on really streams in this build.
-type streamState struct {
-	Checked   bool   `json:"checked"`
-	Available bool   `json:"available"`
-	Reason    string `json:"reason,omitempty"`
 }
 
 func (b *bench) logf(format string, args ...any) {
@@ -180,5 +172,23 @@ func sleep(ctx context.Context, d time.Duration) error {
 		return ctx.Err()
 	case <-t.C:
 		return nil
+	}
+}
+
+// poll calls cond every interval until it holds, fails, or limit has
+// passed; it reports whether cond held. A cancelled ctx ends it with
+// ctx's error.
+func poll(ctx context.Context, limit, interval time.Duration, cond func() (bool, error)) (bool, error) {
+	deadline := time.Now().Add(limit)
+	for {
+		if ok, err := cond(); ok || err != nil {
+			return ok, err
+		}
+		if time.Now().After(deadline) {
+			return false, nil
+		}
+		if err := sleep(ctx, interval); err != nil {
+			return false, err
+		}
 	}
 }

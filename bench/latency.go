@@ -11,7 +11,6 @@ import (
 type latencyResult struct {
 	Mode    string       `json:"mode"`
 	Rate    int          `json:"rate"`
-	Skipped string       `json:"skipped,omitempty"`
 	Load    loadStats    `json:"load"`
 	Latency distribution `json:"latency"`
 	// Missing were committed but not received within the wait.
@@ -60,10 +59,6 @@ func (b *bench) latencyMode(ctx context.Context, m mode) ([]latencyResult, error
 	var out []latencyResult
 	for _, rate := range b.plan.LatencyRates {
 		r, err := b.latencyRate(ctx, db, m, rate)
-		if errors.Is(err, errNoStream) {
-			out = append(out, latencyResult{Mode: m.Name, Rate: rate, Skipped: b.stream.Reason})
-			continue
-		}
 		out = append(out, r)
 		if err != nil {
 			return out, err
@@ -177,7 +172,7 @@ func latencies(res *latencyResult, sends []sent, got map[string]time.Time, wait 
 
 func (r *results) latencyOf(mode string, rate int) *latencyResult {
 	for i := range r.Latency {
-		if l := &r.Latency[i]; l.Mode == mode && l.Rate == rate && l.Skipped == "" && l.Latency.Count > 0 {
+		if l := &r.Latency[i]; l.Mode == mode && l.Rate == rate && l.Latency.Count > 0 {
 			return l
 		}
 	}
@@ -213,12 +208,6 @@ func latencyTable(r *results) string {
 				d.cell(d.P50), d.cell(d.P95), d.cell(d.P99), d.cell(d.P999), d.cell(d.Max), l.Missing, l.Duplicates,
 				thousands(int(l.Stream)), thousands(int(l.Sweep)), cpuCell(l.CPU), 100*l.CPU.Busy)
 		})
-}
-
-// skipped gives mdTable the first two cells of the run's row, and whether
-// the stream was not there for it.
-func (l latencyResult) skipped() (string, string, bool) {
-	return l.Mode, thousands(l.Rate), l.Skipped != ""
 }
 
 // mdLatency is section 1: commit to receipt.

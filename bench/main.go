@@ -26,13 +26,6 @@ import (
 )
 
 func main() {
-	if url := os.Getenv(floorURLEnv); url != "" { // the harness as the bare client (floor.go)
-		if err := floorClient(url); err != nil {
-			fmt.Fprintln(os.Stderr, "bench floor client:", err)
-			os.Exit(1)
-		}
-		return
-	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Stdout)
 	stop()
@@ -74,7 +67,6 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("interrupted: %w", err)
 	}
-	res.Stream = b.stream
 	res.Relays = b.relays
 	res.Seconds = time.Since(started).Seconds()
 
@@ -113,20 +105,13 @@ func (b *bench) measure(ctx context.Context, selected map[string]bool, res *resu
 		}
 		b.logf("%s took %s", name, time.Since(t).Round(time.Second))
 	}
-	step("latency", func() (err error) {
-		if res.Latency, err = b.latency(ctx); err != nil {
-			return err
-		}
-		res.Floor, err = b.floor(ctx, floorRate, b.plan.LatencyDuration)
-		return err
-	})
+	step("latency", func() (err error) { res.Latency, err = b.latency(ctx); return })
 	step("throughput", func() (err error) { res.Throughput, err = b.throughput(ctx); return })
 	step("burst", func() (err error) { res.Burst, err = b.burst(ctx); return })
 	step("backlog", func() (err error) { res.Backlog, res.SweepCost, err = b.backlog(ctx); return })
 	step("wal", func() (err error) { res.WAL, err = b.wal(ctx); return })
 	step("ordering", func() (err error) { res.Ordering, err = b.ordering(ctx); return })
 	step("overload", func() (err error) { res.Overload, err = b.overload(ctx); return })
-	step("profile", func() (err error) { res.Profile, err = b.profile(ctx); return })
 }
 
 // rerender writes the report again from saved results, so a change to the

@@ -12,7 +12,7 @@ import (
 // and of -quick, and the command line that chooses between them.
 
 // measures are the parts -only can select, in the order they run.
-var measures = []string{"latency", "throughput", "burst", "backlog", "wal", "ordering", "overload", "profile"}
+var measures = []string{"latency", "throughput", "burst", "backlog", "wal", "ordering", "overload"}
 
 // plan is the size of every measure: the full run or -quick.
 type plan struct {
@@ -109,18 +109,17 @@ func quickPlan() plan {
 
 // options are the command line's flags.
 type options struct {
-	quick, profile, verbose bool
-	only, out, render       string
-	quiet                   time.Duration
+	quick, verbose    bool
+	only, out, render string
+	quiet             time.Duration
 }
 
 func parseFlags(args []string) (options, error) {
 	var o options
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.BoolVar(&o.quick, "quick", false, "small sizes and short runs (about a minute); results are printed, docs/ is left alone unless -out is given")
-	fs.StringVar(&o.only, "only", "", "comma-separated subset of "+strings.Join(measures, ",")+" (cost comes with throughput, sweep cost with backlog; statements and row versions per event with latency and throughput)")
+	fs.StringVar(&o.only, "only", "", "comma-separated subset of "+strings.Join(measures, ",")+" (cost comes with throughput, sweep cost with backlog, statements and row versions per event with latency)")
 	fs.StringVar(&o.out, "out", "", "directory for BENCHMARKS.md, bench-results.json and bench-latency.svg (default docs for a full run of every measure, none otherwise)")
-	fs.BoolVar(&o.profile, "profile", true, "record a CPU profile of the relay with perf during an extra 20,000-row run, when perf is installed")
 	fs.BoolVar(&o.verbose, "v", false, "log progress in more detail")
 	fs.DurationVar(&o.quiet, "quiet", 10*time.Second, "before each measured run, wait up to this long for the machine to be less than 25 % busy with other work (0: don't); at most 90 s in all")
 	fs.StringVar(&o.render, "render", "", "re-render BENCHMARKS.md and the chart from this bench-results.json, into its directory, without measuring")
@@ -133,8 +132,7 @@ func parseFlags(args []string) (options, error) {
 	return o, nil
 }
 
-// selectMeasures is the set -only names (every measure when empty), less
-// the profile when -profile=false.
+// selectMeasures is the set -only names, every measure when empty.
 func selectMeasures(o options) (map[string]bool, error) {
 	selected := map[string]bool{}
 	if o.only == "" {
@@ -152,9 +150,6 @@ func selectMeasures(o options) (map[string]bool, error) {
 			}
 			selected[m] = true
 		}
-	}
-	if !o.profile {
-		delete(selected, "profile")
 	}
 	return selected, nil
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/outbox-relay/outbox-relay/internal/relaytest"
+	"github.com/outbox-relay/outbox-relay/internal/store"
 )
 
 // mode is a relay configuration under test.
@@ -46,17 +47,10 @@ type relayProc struct {
 // tail that explains a failure.
 const logLimit = 64 << 10
 
-// errNoStream means the relay runs but never streamed from its slot.
-var errNoStream = errors.New("the relay did not start streaming")
-
 // startRelay runs the relay on db in mode m; extra are more RELAY_*
 // settings. It returns once /healthz answers and, for a streaming mode,
-// once the slot is active; errNoStream (with the relay running) when it
-// never becomes so.
+// once the slot is active.
 func (b *bench) startRelay(ctx context.Context, db *database, m mode, label string, extra ...string) (*relayProc, error) {
-	if m.stream() && b.stream.Checked && !b.stream.Available {
-		return nil, errNoStream
-	}
 	addr, err := relaytest.FreeAddr()
 	if err != nil {
 		return nil, err
@@ -88,48 +82,28 @@ func (b *bench) startRelay(ctx context.Context, db *database, m mode, label stri
 		return p, nil
 	}
 	p.slot = db.slot
-	active, err := b.waitSlotActive(ctx, p, db.slot, 15*time.Second)
-	if err != nil {
+	if err := b.waitSlotActive(ctx, p, 15*time.Second); err != nil {
 		p.kill()
-		return nil, err
-	}
-	if !b.stream.Checked {
-		b.stream.Checked = true
-		b.stream.Available = active
-		if !active {
-			b.stream.Reason = "RELAY_CDC=on ran but slot " + db.slot + " never became active within 15 s (is cdc wired into cmd/outbox-relay?)"
-			b.logf("stream not available: %s; stream measures are skipped", b.stream.Reason)
-		}
-	}
-	if !active {
-		p.kill()
-		return nil, errNoStream
+		return nil, fmt.Errorf("%w\n%s", err, p.proc.Logs())
 	}
 	return p, nil
 }
 
-// waitSlotActive waits for some process to stream from slot.
-func (b *bench) waitSlotActive(ctx context.Context, p *relayProc, slot string, limit time.Duration) (bool, error) {
-	deadline := time.Now().Add(limit)
-	for time.Now().Before(deadline) {
+// waitSlotActive waits for some process to stream from p's slot.
+func (b *bench) waitSlotActive(ctx context.Context, p *relayProc, limit time.Duration) error {
+	active, err := poll(ctx, limit, 50*time.Millisecond, func() (bool, error) {
 		select {
 		case <-p.proc.Done():
-			return false, nil
+			return false, errors.New("the relay exited")
 		default:
 		}
-		var active bool
-		err := b.admin.QueryRow(ctx, `SELECT coalesce(bool_or(active), false) FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&active)
-		if err != nil {
-			return false, err
-		}
-		if active {
-			return true, nil
-		}
-		if err := sleep(ctx, 50*time.Millisecond); err != nil {
-			return false, err
-		}
+		sl, err := store.SlotInfo(ctx, b.admin, p.slot)
+		return sl.Active, err
+	})
+	if err == nil && !active {
+		err = fmt.Errorf("slot %s not active within %s", p.slot, limit)
 	}
-	return false, nil
+	return err
 }
 
 // relayStats is what one relay process cost, read before it stopped.
@@ -178,8 +152,7 @@ func (p *relayProc) stop() relayStats {
 // running_xacts record (written at a checkpoint, or every 15 s while there
 // is activity), so a relay stopped right after a load leaves it behind the
 // whole load, and the next relay on the database first re-decodes all that
-// WAL, so the next run's figures would carry this one's cost
-// (docs/BENCHMARKS.md, Machine and settings).
+// WAL: the next run's figures would carry this one's cost.
 func (b *bench) settleSlot(slot string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
@@ -192,20 +165,12 @@ func (b *bench) settleSlot(slot string) {
 		b.logf("settle slot %s: %v", slot, err)
 		return
 	}
-	for {
-		var done bool
-		err := b.admin.QueryRow(ctx, `SELECT coalesce(bool_and(restart_lsn >= $2::pg_lsn), true) FROM pg_replication_slots WHERE slot_name = $1`, slot, lsn).Scan(&done)
-		switch {
-		case err != nil:
-			b.logf("settle slot %s: restart_lsn did not reach %s: %v", slot, lsn, err)
-			return
-		case done:
-			return
-		}
-		if err := sleep(ctx, 20*time.Millisecond); err != nil {
-			b.logf("settle slot %s: restart_lsn did not reach %s within 15 s", slot, lsn)
-			return
-		}
+	settled := func() (done bool, err error) {
+		err = b.admin.QueryRow(ctx, `SELECT coalesce(bool_and(restart_lsn >= $2::pg_lsn), true) FROM pg_replication_slots WHERE slot_name = $1`, slot, lsn).Scan(&done)
+		return done, err
+	}
+	if ok, err := poll(ctx, 15*time.Second, 20*time.Millisecond, settled); !ok {
+		b.logf("settle slot %s: restart_lsn did not reach %s within 15 s: %v", slot, lsn, err)
 	}
 }
 
@@ -280,5 +245,4 @@ func mdCost(b *markdown, r *results) {
 			thousands(int(s.Stream)), thousands(int(s.Sweep)), thousands(int(s.Retries)))
 	}
 	mdWork(b, r)
-	mdFloor(b, r)
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/outbox-relay/outbox-relay/internal/relaytest"
@@ -12,11 +11,10 @@ import (
 
 // throughputResult is the time to deliver one load, and what it cost.
 type throughputResult struct {
-	Mode    string `json:"mode"`
-	Load    string `json:"load"`
-	Kind    string `json:"kind"` // bulk or single
-	Events  int    `json:"events"`
-	Skipped string `json:"skipped,omitempty"`
+	Mode   string `json:"mode"`
+	Load   string `json:"load"`
+	Kind   string `json:"kind"` // bulk or single
+	Events int    `json:"events"`
 	// InsertSeconds is how long the database took to take the rows: the
 	// INSERT … SELECT statement, or all the single-row commits.
 	InsertSeconds float64 `json:"insert_seconds"`
@@ -35,9 +33,6 @@ type throughputResult struct {
 	PeakRSSMiB float64 `json:"relay_peak_rss_mib"`
 	Stream     float64 `json:"stream_delivered"`
 	Sweep      float64 `json:"sweep_delivered"`
-	// Work is the relay's statements and the row versions, from the start
-	// of the load to the relay's exit.
-	Work *dbWork `json:"db_work,omitempty"`
 }
 
 // load is one throughput workload.
@@ -94,10 +89,8 @@ func (b *bench) throughput(ctx context.Context) ([]throughputResult, error) {
 				errs = append(errs, fmt.Errorf("%s, %s: %w", m.Name, l, err))
 				continue
 			}
-			if r.Skipped == "" {
-				b.logf("throughput %-10s %-32s %6.2f s, %6.0f events/s; relay %.2f CPU s per 10k, peak RSS %.1f MiB",
-					m.Name, l, r.DeliverSeconds, r.EventsPerSec, r.CPUPer10k, r.PeakRSSMiB)
-			}
+			b.logf("throughput %-10s %-32s %6.2f s, %6.0f events/s; relay %.2f CPU s per 10k, peak RSS %.1f MiB",
+				m.Name, l, r.DeliverSeconds, r.EventsPerSec, r.CPUPer10k, r.PeakRSSMiB)
 		}
 		b.dropDB(db)
 	}
@@ -107,20 +100,12 @@ func (b *bench) throughput(ctx context.Context) ([]throughputResult, error) {
 func (b *bench) throughputRun(ctx context.Context, db *database, m mode, l load) (res throughputResult, err error) {
 	res = throughputResult{Mode: m.Name, Load: l.String(), Kind: l.kind, Events: l.n}
 	p, err := b.startRelay(ctx, db, m, fmt.Sprintf("throughput, %s, %s", m.Name, l))
-	if errors.Is(err, errNoStream) {
-		res.Skipped = b.stream.Reason
-		return res, nil
-	}
 	if err != nil {
 		return res, err
 	}
-	var work0 *workSnapshot
 	defer func() { // the named result takes the relay's figures
 		st := p.stop()
 		res.PeakRSSMiB, res.Stream, res.Sweep = st.PeakRSSMiB, st.Stream, st.Sweep
-		if work0 != nil && ctx.Err() == nil {
-			res.Work = workBetween(*work0, b.workAfter(ctx, db), l.n)
-		}
 	}()
 	if l.analyzed {
 		if _, err := db.pool.Exec(ctx, "ANALYZE "+table); err != nil {
@@ -130,8 +115,6 @@ func (b *bench) throughputRun(ctx context.Context, db *database, m mode, l load)
 	b.runner.Reset(true, l.n)
 	limit := 30*time.Second + time.Duration(l.n/2000)*time.Second
 	b.waitQuiet(ctx, b.quiet)
-	w := b.workNow(ctx, db)
-	work0 = &w
 	cpu0 := b.cpuNow(p)
 	start, err := b.insertLoad(ctx, db, l, &res)
 	if err != nil {
@@ -192,7 +175,7 @@ func relayCPUPer10k(cpu cpuUse, c relaytest.Counts) float64 {
 func (r *results) throughputOf(kind string, n int) *throughputResult {
 	for _, mode := range []string{streamMode.Name, sweepMode.Name} {
 		for i := range r.Throughput {
-			if t := &r.Throughput[i]; t.Mode == mode && t.Kind == kind && t.Events == n && t.Skipped == "" && t.EventsPerSec > 0 {
+			if t := &r.Throughput[i]; t.Mode == mode && t.Kind == kind && t.Events == n && t.EventsPerSec > 0 {
 				return t
 			}
 		}
@@ -217,8 +200,8 @@ func throughputGoal(kind string, n int) func(*results, goal) target {
 }
 
 func throughputTable(r *results) string {
-	return mdTable("| mode | load | insert s | delivered in s | events/s | target | | relay CPU s / 10k | relay peak RSS MiB | CPU s: relay / Postgres / harness / other | machine busy |\n",
-		"|---|---|--:|--:|--:|--:|---|--:|--:|---|--:|\n",
+	return mdTable("| mode | load | insert s | delivered in s | events/s | target | | CPU ceiling events/s | relay CPU s / 10k | relay peak RSS MiB | CPU s: relay / Postgres / harness / other | machine busy |\n",
+		"|---|---|--:|--:|--:|--:|---|--:|--:|--:|---|--:|\n",
 		r.Throughput, func(t throughputResult) string {
 			goal, verdict := "", ""
 			switch {
@@ -230,47 +213,26 @@ func throughputTable(r *results) string {
 			if t.TimedOut {
 				verdict += fmt.Sprintf(" (timed out, %d missing)", t.Missing)
 			}
-			return fmt.Sprintf("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %.0f %% |\n",
+			return fmt.Sprintf("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %.0f %% |\n",
 				t.Mode, t.Load, num(t.InsertSeconds), num(t.DeliverSeconds), thousands(int(t.EventsPerSec)), goal, verdict,
-				num(t.CPUPer10k), num(t.PeakRSSMiB), cpuCell(t.CPU), 100*t.CPU.Busy)
+				thousands(int(t.ceiling(r.Machine.CPUs))), num(t.CPUPer10k), num(t.PeakRSSMiB), cpuCell(t.CPU), 100*t.CPU.Busy)
 		})
 }
 
-// skipped gives mdTable the first two cells of the run's row, and whether
-// the stream was not there for it.
-func (t throughputResult) skipped() (string, string, bool) {
-	return t.Mode, t.Load, t.Skipped != ""
-}
-
-// ceilingNote explains the throughput misses from the run's own figures:
-// on a machine of n CPUs shared by everything, events/s cannot exceed n
-// divided by the CPU seconds one event costs the relay, PostgreSQL and the
-// harness together.
-func ceilingNote(r *results) string {
-	cpus := float64(max(r.Machine.CPUs, 1))
-	var b strings.Builder
-	fmt.Fprintf(&b, "**Why the throughput targets are missed: CPU.** Every event costs CPU in three places on the same %.0f cores: the relay (one HTTP POST, its share of a claim and of an outcome `UPDATE`, and in stream mode decoding), PostgreSQL (the insert, the claim `UPDATE` and the outcome `UPDATE` — each a non-HOT update, since `next_attempt_at` and `status` are indexed — and the walsender decoding all of it) and the harness (the runner's HTTP server and the load). The cores divided by that cost give a ceiling that no tuning of the relay's waits can pass:\n\n", cpus)
-	b.WriteString("| mode | load | relay µs/event | PostgreSQL µs/event | harness µs/event | ceiling events/s | measured events/s |\n|---|---|--:|--:|--:|--:|--:|\n")
-	for _, t := range r.Throughput {
-		if t.Skipped != "" || t.Events == 0 {
-			continue
-		}
-		per := func(s float64) float64 { return 1e6 * s / float64(t.Events) }
-		ceiling := 0.0
-		if total := t.CPU.Relay + t.CPU.Postgres + t.CPU.Bench; total > 0 {
-			ceiling = cpus * float64(t.Events) / total
-		}
-		fmt.Fprintf(&b, "| %s | %s | %.0f | %.0f | %.0f | %s | %s |\n", t.Mode, t.Load, per(t.CPU.Relay), per(t.CPU.Postgres), per(t.CPU.Bench),
-			thousands(int(ceiling)), thousands(int(t.EventsPerSec)))
+// ceiling is the events/s the machine's CPUs allow when every event
+// costs what it cost t's relay, PostgreSQL and harness together; 0 when
+// nothing was measured.
+func (t throughputResult) ceiling(cpus int) float64 {
+	if total := t.CPU.Relay + t.CPU.Postgres + t.CPU.Bench; total > 0 {
+		return float64(max(cpus, 1)*t.Events) / total
 	}
-	b.WriteString("\nThe relay is under half of the total. Its own profile (at the end) is dominated by Go's HTTP client — writing requests and reading answers: system calls, allocation, scheduling — not by the relay's logic; PostgreSQL's share is three row versions per event with their index entries. Passing 15,000 events/s on two shared cores would need several events per POST, which the runner contract (one event per request with its own `Idempotency-Key`) rules out, or cores of its own for the relay. The latency misses at 5,000 events/s follow from the same ceiling: the offered load is above it, so a queue builds.\n\n")
-	return b.String()
+	return 0
 }
 
 // throughputIn is the throughput of load kind/n in mode, when measured.
 func (r *results) throughputIn(mode, loadName string) *throughputResult {
 	for i := range r.Throughput {
-		if t := &r.Throughput[i]; t.Mode == mode && t.Load == loadName && t.Skipped == "" && t.EventsPerSec > 0 {
+		if t := &r.Throughput[i]; t.Mode == mode && t.Load == loadName && t.EventsPerSec > 0 {
 			return t
 		}
 	}
@@ -292,7 +254,7 @@ func streamVsSweepGoal(r *results, g goal) target {
 	t := unmeasured("stream never slower than sweep-only, same load", fmt.Sprintf("≥ %.0f %% of sweep-only", 100*g.limit))
 	worst := 0.0
 	for _, s := range r.Throughput {
-		if s.Mode != streamMode.Name || s.Skipped != "" || s.EventsPerSec <= 0 {
+		if s.Mode != streamMode.Name || s.EventsPerSec <= 0 {
 			continue
 		}
 		w := r.throughputIn(sweepMode.Name, s.Load)
@@ -312,8 +274,7 @@ func streamVsSweepGoal(r *results, g goal) target {
 // mdThroughput is section 2, with the CPU ceiling behind its misses.
 func mdThroughput(b *markdown, r *results) {
 	b.w("## 2. Throughput\n\n")
-	b.w("A fresh relay per load, on one table per mode that keeps every earlier load's rows (the first load starts empty). For an `INSERT … SELECT` (one transaction) the clock starts when its `COMMIT` returns; for single-row transactions (%d connections, as fast as they go) it starts at the first insert. It stops at the last receipt. One POST per event. The last load runs `ANALYZE` first, on a table whose rows (the earlier loads') are all delivered: its statistics then say that almost nothing is pending, as a production outbox's do when a burst comes, and no plan may depend on them.\n\n", r.Plan.SingleConns)
+	b.w("A fresh relay per load, on one table per mode that keeps every earlier load's rows (the first load starts empty). For an `INSERT … SELECT` (one transaction) the clock starts when its `COMMIT` returns; for single-row transactions (%d connections, as fast as they go) it starts at the first insert. It stops at the last receipt. One POST per event. The last load runs `ANALYZE` first, on a table whose rows (the earlier loads') are all delivered, so that its statistics say almost nothing is pending, as a production outbox's do when a burst comes. The CPU ceiling is the machine's %d CPUs divided by the CPU seconds one event cost the relay, PostgreSQL and the harness together: no load on this machine goes faster.\n\n", r.Plan.SingleConns, r.Machine.CPUs)
 	b.w("%s\n", throughputTable(r))
-	b.w("%s", ceilingNote(r))
 	mdBurst(b, r)
 }

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/outbox-relay/outbox-relay/internal/store"
 )
 
 // walSample is the relay's slot at one moment.
@@ -22,8 +24,7 @@ type walSample struct {
 
 // walResult is the slot during a runner outage with other tables busy.
 type walResult struct {
-	Mode    string `json:"mode"`
-	Skipped string `json:"skipped,omitempty"`
+	Mode string `json:"mode"`
 
 	OutageSeconds float64 `json:"outage_seconds"`
 	// WALRate is the WAL written per second during the outage, nearly all
@@ -61,10 +62,6 @@ func (b *bench) wal(ctx context.Context) (*walResult, error) {
 	}
 	// Retries come back within seconds once the runner is up again.
 	p, err := b.startRelay(ctx, db, m, "wal, runner outage", "RELAY_BACKOFF_MAX=5s")
-	if errors.Is(err, errNoStream) {
-		res.Skipped = b.stream.Reason
-		return res, nil
-	}
 	if err != nil {
 		return res, err
 	}
@@ -109,12 +106,12 @@ type walProbe struct {
 
 func (pr *walProbe) sample(ctx context.Context) (walSample, error) {
 	s := walSample{T: time.Since(pr.t0).Seconds()}
-	err := pr.admin.QueryRow(ctx, `SELECT
-	coalesce((pg_current_wal_lsn() - confirmed_flush_lsn)::bigint, -1),
-	coalesce((pg_current_wal_lsn() - restart_lsn)::bigint, -1),
-	(pg_current_wal_lsn() - $2::pg_lsn)::bigint,
-	active
-FROM pg_replication_slots WHERE slot_name = $1`, pr.slot, pr.startLSN).Scan(&s.Lag, &s.Retained, &s.Written, &s.Active)
+	sl, err := store.SlotInfo(ctx, pr.admin, pr.slot)
+	if err != nil {
+		return s, err
+	}
+	s.Lag, s.Retained, s.Active = sl.ConfirmedLagBytes, sl.RetainedBytes, sl.Active
+	err = pr.admin.QueryRow(ctx, `SELECT (pg_current_wal_lsn() - $1::pg_lsn)::int8`, pr.startLSN).Scan(&s.Written)
 	return s, err
 }
 
@@ -227,7 +224,7 @@ func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
 
 // walMeasured is the WAL result when the outage ran and was sampled.
 func (r *results) walMeasured() *walResult {
-	if w := r.WAL; w != nil && w.Skipped == "" && len(w.Samples) > 0 {
+	if w := r.WAL; w != nil && len(w.Samples) > 0 {
 		return w
 	}
 	return nil
@@ -257,9 +254,6 @@ func walTable(r *results) string {
 	if w == nil {
 		return ""
 	}
-	if w.Skipped != "" {
-		return "WAL: skipped: " + w.Skipped + "\n"
-	}
 	var b strings.Builder
 	b.WriteString("| runner outage | WAL written | outbox rows meanwhile | max confirmed-flush lag | max retained | retained after CHECKPOINT | lag after CHECKPOINT | delivered after the runner returned |\n")
 	b.WriteString("|--:|--:|--:|--:|--:|--:|--:|--:|\n")
@@ -278,29 +272,21 @@ func walTable(r *results) string {
 // mdWAL is section 5: the slot's lag and retained WAL while the runner is down.
 func mdWAL(b *markdown, r *results) {
 	b.w("\n## 5. WAL during a runner outage\n\n")
-	if r.WAL != nil && r.WAL.Skipped == "" {
-		wl := r.WAL
-		b.w("The runner stops listening (connections refused) for %.0f s while another table in the same database takes about %.1f MiB/s of WAL (1 KiB rows, ten statements a second) and the outbox takes %d rows/s, which the relay claims, fails to send and backs off (`RELAY_BACKOFF_MAX=5s` here). Every second the slot's `pg_current_wal_lsn() - confirmed_flush_lsn` (the relay's own lag) and `pg_current_wal_lsn() - restart_lsn` (retained WAL) are read. Postgres moves `restart_lsn` only at running-transactions records and checkpoints, so retained WAL is read again each second for 5 s after the writes stop and a `CHECKPOINT`.\n\n",
-			wl.OutageSeconds, wl.WALRate/(1<<20), wl.OutboxRate)
-		b.w("%s\n", walTable(r))
-		b.w("Per second, MiB (lag / retained): ")
-		b.walSamples(wl.Samples)
-		b.w("; after the CHECKPOINT: ")
-		b.walSamples(wl.After)
-		b.w(".\n\n")
-	} else if r.WAL != nil {
-		b.w("Skipped: %s\n\n", r.WAL.Skipped)
-	} else {
+	wl := r.WAL
+	if wl == nil {
 		b.w("Not run.\n\n")
+		return
 	}
+	b.w("The runner stops listening (connections refused) for %.0f s while another table in the same database takes about %.1f MiB/s of WAL (1 KiB rows, ten statements a second) and the outbox takes %d rows/s, which the relay claims, fails to send and backs off (`RELAY_BACKOFF_MAX=5s` here). Every second the slot's confirmed-flush lag (`pg_current_wal_lsn() - confirmed_flush_lsn`) and retained WAL (`pg_current_wal_lsn() - restart_lsn`) are read, and again each second for 5 s after the writes stop and a `CHECKPOINT`, since PostgreSQL moves `restart_lsn` only at checkpoints and running-transactions records.\n\n",
+		wl.OutageSeconds, wl.WALRate/(1<<20), wl.OutboxRate)
+	b.w("%s\nPer second, MiB (lag / retained): %s; after the CHECKPOINT: %s.\n\n", walTable(r), walSamples(wl.Samples), walSamples(wl.After))
 }
 
 // walSamples lists samples as lag/retained in MiB.
-func (b *markdown) walSamples(samples []walSample) {
-	for i, s := range samples {
-		if i > 0 {
-			b.w(", ")
-		}
-		b.w("%.1f/%.1f", float64(s.Lag)/(1<<20), float64(s.Retained)/(1<<20))
+func walSamples(samples []walSample) string {
+	var out []string
+	for _, s := range samples {
+		out = append(out, fmt.Sprintf("%.1f/%.1f", float64(s.Lag)/(1<<20), float64(s.Retained)/(1<<20)))
 	}
+	return strings.Join(out, ", ")
 }
