@@ -227,6 +227,9 @@ func workTable(r *results) string {
 
 // mdWork is the per-event part of the cost section.
 func mdWork(b *markdown, r *results) {
+	if len(r.Latency) == 0 {
+		return
+	}
 	b.w("\n### The database's work per event\n\n")
 	b.w("Per latency run: CPU per committed event (PostgreSQL's includes the load's inserts); the relay's **statements** as `pg_stat_statements` counts them for its own role, `%s` (`BEGIN` and `COMMIT` count, replication commands do not); **row versions**, the outbox table's `n_tup_ins + n_tup_upd + n_tup_del` from `pg_stat_user_tables`, the load's inserts included, read once the relay's backends have exited and published them. Statements and row versions cover the warm-up and the run, CPU the run only.\n\n", relayRole)
 	b.w("%s", workTable(r))
