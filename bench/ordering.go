@@ -114,10 +114,8 @@ func hotKeyGoal(r *results, g goal) target {
 
 // mdOrdering is the section on ordered delivery.
 func mdOrdering(b *markdown, r *results) {
-	b.w("## 6. Ordered delivery per key\n\n")
 	o := r.Ordering
-	if o == nil {
-		b.w("Not run.\n\n")
+	if !b.section("## 6. Ordered delivery per key", o != nil) {
 		return
 	}
 	b.w("The same loads on a table without and with an ordering key (`RELAY_COLUMNS=ordering_key=entity`), by the stream, one after the other in this run. Throughput: %s single-row transactions from %d connections as fast as they go, the ordered rows over %s keys, each key written by one connection (the ordering contract). Hot key: %d events/s from one connection for %s after a %s warm-up, the ordered rows all of one key, so each waits for the outcome of the one before it.\n\n",

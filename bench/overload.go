@@ -352,10 +352,8 @@ func overloadTable(r *results) string {
 
 // mdOverload is the section on overload.
 func mdOverload(b *markdown, r *results) {
-	b.w("## 7. Overload: twice the capacity, then the normal rate\n\n")
 	o := r.Overload
-	if o == nil {
-		b.w("Not run.\n\n")
+	if !b.section("## 7. Overload: twice the capacity, then the normal rate", o != nil) {
 		return
 	}
 	pl := r.Plan

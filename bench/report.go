@@ -101,6 +101,16 @@ type markdown struct{ strings.Builder }
 
 func (b *markdown) w(format string, args ...any) { fmt.Fprintf(b, format, args...) }
 
+// section writes a section's heading, and "Not run." under it when its
+// measure did not run; it reports whether the measure ran.
+func (b *markdown) section(heading string, ran bool) bool {
+	b.w("%s\n\n", heading)
+	if !ran {
+		b.w("Not run.\n\n")
+	}
+	return ran
+}
+
 // renderMarkdown is docs/BENCHMARKS.md.
 func renderMarkdown(r *results) string {
 	var b markdown

@@ -254,27 +254,22 @@ func walTable(r *results) string {
 	if w == nil {
 		return ""
 	}
-	var b strings.Builder
-	b.WriteString("| runner outage | WAL written | outbox rows meanwhile | max confirmed-flush lag | max retained | retained after CHECKPOINT | lag after CHECKPOINT | delivered after the runner returned |\n")
-	b.WriteString("|--:|--:|--:|--:|--:|--:|--:|--:|\n")
 	rec := fmt.Sprintf("%s s", num(w.RecoverySeconds))
 	if !w.Recovered {
 		rec = "not within 30 s"
 	}
-	fmt.Fprintf(&b, "| %.0f s | %.1f MiB/s | %s (%d/s) | %s %s | %s | %s %s | %s | %s |\n",
+	return "| runner outage | WAL written | outbox rows meanwhile | max confirmed-flush lag | max retained | retained after CHECKPOINT | lag after CHECKPOINT | delivered after the runner returned |\n" +
+		"|--:|--:|--:|--:|--:|--:|--:|--:|\n" + fmt.Sprintf("| %.0f s | %.1f MiB/s | %s (%d/s) | %s %s | %s | %s %s | %s | %s |\n",
 		w.OutageSeconds, w.WALRate/(1<<20), thousands(w.OutboxRows), w.OutboxRate,
 		mib(w.MaxLag), verdictAtMost(float64(w.MaxLag), limitOf("wal.lag")), mib(w.MaxRetained),
 		mib(w.RetainedAfterCheckpoint), verdictAtMost(float64(w.RetainedAfterCheckpoint), limitOf("wal.retained")),
 		mib(w.LagAfterCheckpoint), rec)
-	return b.String()
 }
 
 // mdWAL is section 5: the slot's lag and retained WAL while the runner is down.
 func mdWAL(b *markdown, r *results) {
-	b.w("\n## 5. WAL during a runner outage\n\n")
 	wl := r.WAL
-	if wl == nil {
-		b.w("Not run.\n\n")
+	if !b.section("\n## 5. WAL during a runner outage", wl != nil) {
 		return
 	}
 	b.w("The runner stops listening (connections refused) for %.0f s while another table in the same database takes about %.1f MiB/s of WAL (1 KiB rows, ten statements a second) and the outbox takes %d rows/s, which the relay claims, fails to send and backs off (`RELAY_BACKOFF_MAX=5s` here). Every second the slot's confirmed-flush lag (`pg_current_wal_lsn() - confirmed_flush_lsn`) and retained WAL (`pg_current_wal_lsn() - restart_lsn`) are read, and again each second for 5 s after the writes stop and a `CHECKPOINT`, since PostgreSQL moves `restart_lsn` only at checkpoints and running-transactions records.\n\n",
