@@ -69,16 +69,21 @@ type Store struct {
 // scans it walks the partial index in order and stops after n rows. None
 // of the relay's statements gains from a bitmap scan.
 //
-// Every statement is planned for its parameters and the table as it is,
-// never from a generic plan cached by the session: a plan cached while a
-// new table was small reads every pending row (or the whole table) to
-// find a batch's ids, and stays cached while a burst grows the table,
-// until autovacuum's ANALYZE replaces the statistics. Planning costs tens
-// of microseconds a statement, and the relay's statements carry batches.
+// Sequential scans, hash joins and merge joins are off too: every relay
+// statement finds its rows by an index (by id, by key, or the due index
+// in order), so a plan may not read the table instead. A session caches a
+// generic plan after a statement's fifth run; made while a new table was
+// small, a hash join over a scan of the table is cheapest, and it would
+// stay cached while a burst grows the table, reading every pending row
+// for each batch of ids. With those plans off, the cached plan is the
+// lookup by index whatever the table's size, and the statements keep
+// their cached plans (planning each run cost more database CPU per event
+// than the lookups themselves; docs/decisions).
 func Configure(cfg *pgxpool.Config) {
 	cfg.ConnConfig.RuntimeParams["application_name"] = "outbox-relay"
-	cfg.ConnConfig.RuntimeParams["enable_bitmapscan"] = "off"
-	cfg.ConnConfig.RuntimeParams["plan_cache_mode"] = "force_custom_plan"
+	for _, plan := range []string{"enable_bitmapscan", "enable_seqscan", "enable_hashjoin", "enable_mergejoin"} {
+		cfg.ConnConfig.RuntimeParams[plan] = "off"
+	}
 }
 
 // New builds the statements for schema once (statements.go). Queries go
