@@ -19,16 +19,18 @@ import (
 // (BenchmarkHandOff compares this with waiting for a pause in the stream.)
 //
 // Rows wait whole, to be sent from their tuple, within a budget of bytes
-// that they share with the rows the reader holds for their commit; past
-// it, and for rows that cannot be sent from their tuple, only the id waits
-// (about 32 bytes), to be claimed. Takes serve whole rows and ids in turn,
-// each in the order put, so that neither waits for the other to run out
-// (ids are never ordered against rows: a table ordered per key is claimed
-// by id throughout, and the claim keeps its order). So a
-// burst far larger than the deliverer's pace stays with the stream instead
-// of falling back to the sweeper's grace, in bounded memory. The budget is
-// in bytes, not rows, because every row a burst sends from its tuple saves
-// the claim's statement and row version, while payloads vary in size.
+// that they share with the rows the reader holds for their commit and with
+// the ids waiting (idBytes each); past it, and for rows that cannot be
+// sent from their tuple, only the id waits, to be claimed. So the hand-off
+// holds at most the budget or its ids, whichever is more. Takes serve
+// whole rows and ids in turn, each in the order put, so that neither waits
+// for the other to run out (ids are never ordered against rows: a table
+// ordered per key is claimed by id throughout, and the claim keeps its
+// order). So a burst far larger than the deliverer's pace stays with the
+// stream instead of falling back to the sweeper's grace, in bounded
+// memory. The budget is in bytes, not rows, because every row a burst
+// sends from its tuple saves the claim's statement and row version, while
+// payloads vary in size.
 type handoff struct {
 	mu     sync.Mutex
 	queue  [][]store.Insert // lists of whole rows, first out
@@ -48,12 +50,19 @@ func newHandoff(whole, limit int) *handoff {
 	return &handoff{whole: whole, limit: limit, ready: make(chan struct{}, 1), space: make(chan struct{}, 1)}
 }
 
-// wholeBytes is how many bytes of rows wait whole.
+// idBytes is about what an id waiting in the hand-off holds: its string
+// header and its text.
+const idBytes = 32
+
+// wholeBytes is how many bytes of the budget rows and ids take.
 func (h *handoff) wholeBytes() int {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return h.bytes
+	return h.used()
 }
+
+// used is how many bytes of the budget rows and ids take; h.mu is held.
+func (h *handoff) used() int { return h.bytes + idBytes*len(h.more) }
 
 // len is how many rows wait; h.mu is held.
 func (h *handoff) len() int { return h.queued + len(h.more) }
@@ -109,7 +118,7 @@ func (h *handoff) add(ids *[]store.Insert) {
 	list := *ids
 	k := 0
 	for _, in := range list {
-		if n := size(in); in.Sendable && h.bytes+n <= h.whole {
+		if n := size(in); in.Sendable && h.used()+n <= h.whole {
 			h.bytes += n
 			list[k] = in
 			k++

@@ -94,3 +94,24 @@ func TestMissingIDsAreRetriedBriefly(t *testing.T) {
 		t.Errorf("a never-found id was claimed %d times, want %d", n, 1+len(missingRetries))
 	}
 }
+
+// Ids waiting count against the budget of whole rows: behind a backlog of
+// ids, rows wait whole only as far as the rest of the budget goes, so the
+// hand-off never holds the budget's worth of rows and its ids on top.
+func TestHandOffBudgetCountsWaitingIDs(t *testing.T) {
+	row := func(id string) store.Insert {
+		return store.Insert{Row: store.Row{ID: id, Payload: []byte(`{"pad":"` + strings.Repeat("x", 200) + `"}`)}, Sendable: true}
+	}
+	h := newHandoff(2*size(row("w1")), 100) // both rows, were it not for the ids
+	ctx := context.Background()
+	backlog := []store.Insert{{Row: store.Row{ID: "i1"}}, {Row: store.Row{ID: "i2"}}, {Row: store.Row{ID: "i3"}}, {Row: store.Row{ID: "i4"}}}
+	whole := []store.Insert{row("w1"), row("w2")}
+	for _, list := range [][]store.Insert{backlog, whole} {
+		if ok, err := h.put(ctx, &list, 0); !ok || err != nil {
+			t.Fatalf("put = %v, %v", ok, err)
+		}
+	}
+	if h.queued != 1 || len(h.more) != 5 {
+		t.Errorf("%d rows whole and %d ids; want w1 whole beside the 4 ids, w2 an id", h.queued, len(h.more))
+	}
+}
