@@ -49,10 +49,10 @@ func (r *reader) hold(in *store.Insert) bool {
 	return true
 }
 
-// release moves the held rows still standing to pending, at a commit.
-// With nothing pending, the held list itself becomes the pending one, so
-// that a large transaction's rows are not copied (the hand-off may take
-// the list too).
+// release makes the held rows still standing the pending ones, at a
+// commit, once nothing else is pending (committed hands that off first):
+// the held list itself becomes the pending one, so that a large
+// transaction's rows are not copied (the hand-off may take the list too).
 func (r *reader) release() {
 	standing := r.held[:0]
 	for _, in := range r.held {
@@ -61,12 +61,7 @@ func (r *reader) release() {
 		}
 	}
 	clear(r.held[len(standing):])
-	if len(r.pending) == 0 {
-		r.pending, r.held = standing, r.pending[:0]
-	} else {
-		r.pending = append(r.pending, standing...)
-		r.held = emptied(standing)
-	}
+	r.pending, r.held = standing, r.pending[:0]
 	r.heldBytes, r.heldAt = 0, nil
 }
 

@@ -243,7 +243,8 @@ func (r *reader) change(ctx context.Context, data []byte) error {
 // that the held list moves on without a copy (release).
 func (r *reader) committed(ctx context.Context, m *pglogrepl.CommitMessage) error {
 	r.inTx = false
-	if len(r.pending) > 0 && len(r.held) > 0 {
+	held := len(r.held) > 0
+	if held && len(r.pending) > 0 {
 		if err := r.flush(ctx); err != nil {
 			return err
 		}
@@ -253,7 +254,9 @@ func (r *reader) committed(ctx context.Context, m *pglogrepl.CommitMessage) erro
 		r.s.leftToSweeper(r.replayed)
 		r.replayed = 0
 	}
-	r.release()
+	if held {
+		r.release()
+	}
 	if len(r.pending) > 0 {
 		// Hand off at every commit: the hand-off goroutine batches
 		// whatever gathers while it is busy (docs/BENCHMARKS.md).
