@@ -19,10 +19,12 @@ import (
 // (BenchmarkHandOff compares this with waiting for a pause in the stream.)
 //
 // Rows wait whole, to be sent from their tuple, within a budget of bytes
-// that they share with the rows the reader holds for their commit and with
-// the ids waiting (idBytes each); past it, and for rows that cannot be
-// sent from their tuple, only the id waits, to be claimed. So the hand-off
-// holds at most the budget or its ids, whichever is more. Takes serve
+// that they share with the rows the reader holds for their commit and,
+// when the reader holds a row, with the ids waiting (idBytes each); past
+// it, and for rows that cannot be sent from their tuple, only the id
+// waits, to be claimed. So behind a backlog of ids few rows wait whole,
+// and the hand-off holds about the budget or its ids, whichever is more
+// (limit bounds the ids). Takes serve
 // whole rows and ids in turn, each in the order put, so that neither waits
 // for the other to run out (ids are never ordered against rows: a table
 // ordered per key is claimed by id throughout, and the claim keeps its
@@ -109,8 +111,12 @@ func (h *handoff) put(ctx context.Context, ids *[]store.Insert, wait time.Durati
 	}
 }
 
-// add appends ids: whole while the budget lasts, else as ids; h.mu is
-// held. A large list joins the queue as it is, not copied: a large
+// add appends ids: whole while the budget's bytes of whole rows last,
+// else as ids; h.mu is held. Whole rows come from a transaction's held
+// list, which hold kept within the budget as it stood with the ids then
+// waiting; ids put since (a large transaction's, flushed before its
+// commit) do not make them ids now: they are in memory already, and a
+// claim would cost more than it frees. A large list joins the queue as it is, not copied: a large
 // transaction's rows are in memory once, not once in the reader and again
 // here (the peak of a bulk insert). A small one is copied to the queue's
 // last list, so that a steady stream reuses its room.
@@ -118,7 +124,7 @@ func (h *handoff) add(ids *[]store.Insert) {
 	list := *ids
 	k := 0
 	for _, in := range list {
-		if n := size(in); in.Sendable && h.used()+n <= h.whole {
+		if n := size(in); in.Sendable && h.bytes+n <= h.whole {
 			h.bytes += n
 			list[k] = in
 			k++
