@@ -55,6 +55,9 @@ type overloadRun struct {
 	Stream     float64 `json:"stream_delivered"`
 	Sweep      float64 `json:"sweep_delivered"`
 	CPU        cpuUse  `json:"cpu"` // from the overload's start to the last receipt
+	// Offered is the CPU while the overload was offered: whether the
+	// machine had room left for the relay then.
+	OfferedCPU cpuUse `json:"cpu_offered"`
 }
 
 const (
@@ -147,6 +150,7 @@ func (b *bench) overloadLoad(ctx context.Context, db *database, p *relayProc, re
 		return err
 	}
 	end := now()
+	r.OfferedCPU = cpuBetween(cpu0, b.cpuNow(p))
 	// The backlog's drain at the overload's goodput, the target's time
 	// and three windows, within two minutes.
 	got := b.runner.Counts().Distinct
@@ -336,17 +340,17 @@ func overloadTable(r *results) string {
 	if o == nil {
 		return ""
 	}
-	return mdTable("| table | capacity events/s | offered / committed events/s | goodput events/s | of capacity | backlog at its end | delivered after s | steady p99 ms | p99 normal after | stream WAL lag max MiB | lost | dup | via stream / sweep | CPU s: relay / Postgres / harness / other | machine busy |\n",
-		"|---|--:|--:|--:|--:|--:|--:|--:|---|--:|--:|--:|--:|---|--:|\n",
+	return mdTable("| table | capacity events/s | offered / committed events/s | goodput events/s | of capacity | backlog at its end | delivered after s | steady p99 ms | p99 normal after | stream WAL lag max MiB | lost | dup | via stream / sweep | CPU s: relay / Postgres / harness / other | machine busy | while offered: CPU s, busy |\n",
+		"|---|--:|--:|--:|--:|--:|--:|--:|---|--:|--:|--:|--:|---|--:|---|\n",
 		o.Runs, func(x overloadRun) string {
 			name := x.Table
 			if x.Delivered > 0 {
 				name += fmt.Sprintf(" (%s delivered rows, analyzed)", thousands(x.Delivered))
 			}
-			return fmt.Sprintf("| %s | %s | %s / %s | %s | %.0f %% | %s | %s | %s | %s | %s | %d | %d | %s / %s | %s | %.0f %% |\n",
+			return fmt.Sprintf("| %s | %s | %s / %s | %s | %.0f %% | %s | %s | %s | %s | %s | %d | %d | %s / %s | %s | %.0f %% | %s, %.0f %% |\n",
 				name, thousands(int(o.Capacity)), thousands(x.Offered), thousands(int(x.Overload.AchievedRate)), thousands(int(x.Goodput)),
 				100*x.Share, thousands(x.Backlog), num(x.DrainedSeconds), num(x.Steady.P99), x.recoveryCell(), num(x.maxLag()),
-				x.Lost, x.Duplicates, thousands(int(x.Stream)), thousands(int(x.Sweep)), cpuCell(x.CPU), 100*x.CPU.Busy)
+				x.Lost, x.Duplicates, thousands(int(x.Stream)), thousands(int(x.Sweep)), cpuCell(x.CPU), 100*x.CPU.Busy, cpuCell(x.OfferedCPU), 100*x.OfferedCPU.Busy)
 		})
 }
 
@@ -357,7 +361,7 @@ func mdOverload(b *markdown, r *results) {
 		return
 	}
 	pl := r.Plan
-	b.w("Capacity is the median events/s of %d run(s) of the throughput measure's %s single-row transactions, delivered by the stream on a table of their own. Then, per table, one stream relay (`RELAY_SWEEP_INTERVAL=1m`) takes %s events/s from %d connections for %s after a %s warm-up (the steady p99), then twice the capacity from %d connections for %s (the inserts they cannot start by then are not made), then %s events/s again for %s or, when the backlog needs longer to drain at the overload's goodput, until %.0f s past that (at most 2 minutes). *Fresh* is an empty table; *warm* holds %s rows written while no relay ran and drained by another relay (as in section 3), then `ANALYZE`d. Goodput counts the overload's events first received while it was offered. The p99 is normal from the first moment after the overload from which, for three 1 s windows in a row, the events committed in each have a p99 within %.0f× the steady p99. The stream's WAL lag is the slot's `pg_current_wal_lsn() - confirmed_flush_lsn`. Lost: not received %s after the last commit.\n\n",
+	b.w("Capacity is the median events/s of %d run(s) of the throughput measure's %s single-row transactions, delivered by the stream on a table of their own. Then, per table, one stream relay (`RELAY_SWEEP_INTERVAL=1m`) takes %s events/s from %d connections for %s after a %s warm-up (the steady p99), then twice the capacity from %d connections for %s (the inserts they cannot start by then are not made), then %s events/s again for %s or, when the backlog needs longer to drain at the overload's goodput, until %.0f s past that (at most 2 minutes). *Fresh* is an empty table; *warm* holds %s rows written while no relay ran and drained by another relay (as in section 3), then `ANALYZE`d. Goodput counts the overload's events first received while it was offered. The p99 is normal from the first moment after the overload from which, for three 1 s windows in a row, the events committed in each have a p99 within %.0f× the steady p99. The stream's WAL lag is the slot's `pg_current_wal_lsn() - confirmed_flush_lsn`. Lost: not received %s after the last commit. CPU is counted from the overload's start to the last receipt, and again while the overload is offered: how much of the machine the load left to the relay.\n\n",
 		len(o.CapacityRuns), thousands(pl.SingleN), thousands(o.NormalRate), pl.LatencyConns, pl.LatencyDuration, pl.LatencyWarmup,
 		pl.SingleConns, pl.OverloadDuration, thousands(o.NormalRate), pl.OverloadNormal, limitOf("overload.recovery")+3, thousands(pl.OverloadWarmRows), recoveryFactor, lostWait)
 	b.w("%s\n", overloadTable(r))
