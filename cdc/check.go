@@ -13,16 +13,29 @@ import (
 // Check reports why logical replication cannot be used with cfg, or nil
 // when it can: the first readiness rule that fails (readiness.go), or the
 // first fact that could not be read. The error is one line, the rule's
-// verdict with its fix, and never holds the password.
+// verdict with its fix, and never holds the password. Lasting tells a
+// failure only the server's operator can end from a passing one.
 func Check(ctx context.Context, cfg Config) error {
 	conf, err := parseConfig(cfg.DatabaseURL)
 	if err != nil {
 		return err
 	}
 	if err := check(ctx, cfg, conf); err != nil {
-		return errors.New(redact(err, conf.sql.Password))
+		redacted := errors.New(redact(err, conf.sql.Password))
+		if Lasting(err) {
+			return &errUnavailable{redacted}
+		}
+		return redacted
 	}
 	return nil
+}
+
+// Lasting reports whether err, from Check, is a failure only the server's
+// operator can end (wal_level, a missing privilege, pg_hba.conf), as
+// opposed to a passing one (every WAL sender busy, a connection blip).
+func Lasting(err error) bool {
+	var u *errUnavailable
+	return errors.As(err, &u)
 }
 
 // errUnavailable is a reason logical replication cannot work on the server

@@ -2,9 +2,12 @@ package faults
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/outbox-relay/outbox-relay/internal/pgtest"
 	"github.com/outbox-relay/outbox-relay/internal/relaytest"
@@ -107,6 +110,53 @@ func TestWithoutLogicalReplication(t *testing.T) {
 	if n := strings.Count(p.Logs(), "logical replication is unavailable"); n != 1 {
 		t.Errorf("said logical replication is unavailable %d times, want once", n)
 	}
+}
+
+// Every WAL sender busy is a passing refusal, not a bad setting:
+// RELAY_CDC=on starts, says why it does not stream yet, and streams once
+// a sender is free.
+func TestRelayCDCOnWaitsForAWALSender(t *testing.T) {
+	const senders = 2
+	c := pgtest.StartT(t, pgtest.WithSetting("max_wal_senders", fmt.Sprint(senders)))
+	d := newDB(t, c.URL("postgres"))
+	rn := relaytest.NewRunner(t)
+	held := holdWALSenders(t, c.URL("postgres"), senders)
+	p, url := withMetrics(t, d, rn, "RELAY_CDC=on", "RELAY_SWEEP_INTERVAL=1h")
+	pgtest.WaitFor(t, 30*time.Second, "the relay to say why it does not stream yet", func() bool {
+		return strings.Contains(p.Logs(), "not ready yet")
+	})
+	for _, conn := range held {
+		conn.Close(context.Background()) //nolint:errcheck // the sender is freed either way
+	}
+	pgtest.WaitFor(t, 60*time.Second, "the stream once a WAL sender is free", func() bool { return streaming(url) })
+	insertRows(t, d, `INSERT INTO portal_event_outbox (event_type) SELECT 'x' FROM generate_series(1, 5)`)
+	pgtest.WaitFor(t, 20*time.Second, "delivery by the stream", func() bool {
+		n, _ := scrape(url, `outbox_relay_deliveries_total{outcome="delivered",path="stream"}`)
+		return n == 5
+	})
+}
+
+// holdWALSenders opens n replication connections, each holding a WAL
+// sender until the test ends or the caller closes it.
+func holdWALSenders(t *testing.T, url string, n int) []*pgconn.PgConn {
+	t.Helper()
+	cfg, err := pgconn.ParseConfig(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.RuntimeParams["replication"] = "database"
+	conns := make([]*pgconn.PgConn, n)
+	for i := range conns {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		conns[i], err = pgconn.ConnectConfig(ctx, cfg)
+		cancel()
+		if err != nil {
+			t.Fatalf("WAL sender %d of %d: %v", i+1, n, err)
+		}
+		conn := conns[i]
+		t.Cleanup(func() { conn.Close(context.Background()) }) //nolint:errcheck // a closed one errs
+	}
+	return conns
 }
 
 // With tiny thresholds the slot guard drops the slot as soon as it

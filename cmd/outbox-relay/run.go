@@ -229,8 +229,11 @@ func watchConfig(cfg config.Config, stream *cdc.Stream, st *store.Store, metrics
 const cdcCheckTimeout = 10 * time.Second
 
 // startupCDC decides whether the replication fast path runs: never with
-// RELAY_CDC=off; with on, a server that cannot do it stops the relay (exit
-// 2). With auto the stream always runs and decides on every reconnect: a
+// RELAY_CDC=off; with on, a server that cannot do it as configured stops
+// the relay (exit 2), while a passing refusal (every WAL sender busy, the
+// server starting) does not: the stream tries again, as it does after any
+// reconnect, and the sweeper delivers meanwhile. With auto the stream
+// always runs and decides on every reconnect: a
 // server that cannot stream leaves the relay sweep-only (it says why once
 // and checks again now and then), so a failover to a server that can, or
 // an operator's fix, brings the stream back without a restart.
@@ -243,8 +246,11 @@ func startupCDC(ctx context.Context, cfg config.Config, outbox *store.Schema, d 
 		cctx, cancel := context.WithTimeout(ctx, cdcCheckTimeout)
 		err := cdc.Check(cctx, ccfg)
 		cancel()
-		if err != nil {
+		switch {
+		case err != nil && cdc.Lasting(err):
 			return nil, usageError{fmt.Errorf("RELAY_CDC=on but logical replication is unavailable: %v", err)}
+		case err != nil:
+			log.Warn("replication: not ready yet; the stream tries again and the sweeper delivers meanwhile", "reason", err.Error())
 		}
 	}
 	return cdc.New(ccfg, d, log), nil
