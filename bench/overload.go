@@ -55,7 +55,7 @@ type overloadRun struct {
 	Stream     float64 `json:"stream_delivered"`
 	Sweep      float64 `json:"sweep_delivered"`
 	CPU        cpuUse  `json:"cpu"` // from the overload's start to the last receipt
-	// Offered is the CPU while the overload was offered: whether the
+	// OfferedCPU is the CPU while the overload was offered: whether the
 	// machine had room left for the relay then.
 	OfferedCPU cpuUse `json:"cpu_offered"`
 }

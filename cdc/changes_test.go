@@ -181,6 +181,47 @@ func TestHeldRowsShareTheHandOffBudget(t *testing.T) {
 	}
 }
 
+// Ids waiting count against the budget when a row is held: behind a
+// backlog of ids, a transaction's rows are held whole only as far as the
+// rest of the budget goes, so the hand-off never holds the budget's worth
+// of rows and its ids on top. Ids put after a row was held (a large
+// transaction's, flushed before its commit) leave it whole at the commit:
+// it is in memory already.
+func TestHandOffBudgetCountsWaitingIDs(t *testing.T) {
+	row := func(id string) store.Insert {
+		return store.Insert{Row: store.Row{ID: id, Payload: []byte(`{"pad":"` + strings.Repeat("x", 200) + `"}`)}, Sendable: true}
+	}
+	ctx := context.Background()
+	put := func(h *handoff, list []store.Insert) {
+		t.Helper()
+		if ok, err := h.put(ctx, &list, 0); !ok || err != nil {
+			t.Fatalf("put = %v, %v", ok, err)
+		}
+	}
+	budget := 2 * size(row("w1")) // both rows, were it not for the ids
+
+	h := newHandoff(budget, 100)
+	put(h, byID([]string{"i1", "i2", "i3", "i4"}))
+	r := &reader{h: h}
+	w1, w2 := row("w1"), row("w2")
+	if !r.hold(&w1) || r.hold(&w2) {
+		t.Errorf("behind 4 ids, held w1 %v and w2 %v; want w1 held, w2 an id", w1.Sendable, w2.Sendable)
+	}
+
+	h = newHandoff(budget, 100)
+	r = &reader{h: h}
+	w1, w2 = row("w1"), row("w2")
+	if !r.hold(&w1) || !r.hold(&w2) {
+		t.Fatal("two rows within the budget were not held")
+	}
+	put(h, byID([]string{"i1", "i2", "i3", "i4"})) // the same transaction's, before its commit
+	r.release()
+	put(h, r.pending)
+	if h.queued != 2 || len(h.more) != 4 {
+		t.Errorf("at the commit %d held rows went whole and %d ids wait; want both rows whole beside the 4 ids", h.queued, len(h.more))
+	}
+}
+
 // A large transaction's rows are in memory once: at the commit the held
 // list becomes the pending one and then the hand-off's own, without a
 // copy.

@@ -24,15 +24,14 @@ import (
 // it, and for rows that cannot be sent from their tuple, only the id
 // waits, to be claimed. So behind a backlog of ids few rows wait whole,
 // and the hand-off holds about the budget or its ids, whichever is more
-// (limit bounds the ids). Takes serve
-// whole rows and ids in turn, each in the order put, so that neither waits
-// for the other to run out (ids are never ordered against rows: a table
-// ordered per key is claimed by id throughout, and the claim keeps its
-// order). So a burst far larger than the deliverer's pace stays with the
-// stream instead of falling back to the sweeper's grace, in bounded
-// memory. The budget is in bytes, not rows, because every row a burst
-// sends from its tuple saves the claim's statement and row version, while
-// payloads vary in size.
+// (limit bounds the ids). Takes serve whole rows and ids in turn, each in
+// the order put, so that neither waits for the other to run out (ids are
+// never ordered against rows: a table ordered per key is claimed by id
+// throughout, and the claim keeps its order). So a burst far larger than
+// the deliverer's pace stays with the stream instead of falling back to
+// the sweeper's grace, in bounded memory. The budget is in bytes, not
+// rows, because every row a burst sends from its tuple saves the claim's
+// statement and row version, while payloads vary in size.
 type handoff struct {
 	mu     sync.Mutex
 	queue  [][]store.Insert // lists of whole rows, first out
@@ -56,15 +55,13 @@ func newHandoff(whole, limit int) *handoff {
 // header and its text.
 const idBytes = 32
 
-// wholeBytes is how many bytes of the budget rows and ids take.
+// wholeBytes is how many bytes of the budget the rows and ids waiting
+// take: what a row the reader holds must fit beside.
 func (h *handoff) wholeBytes() int {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return h.used()
+	return h.bytes + idBytes*len(h.more)
 }
-
-// used is how many bytes of the budget rows and ids take; h.mu is held.
-func (h *handoff) used() int { return h.bytes + idBytes*len(h.more) }
 
 // len is how many rows wait; h.mu is held.
 func (h *handoff) len() int { return h.queued + len(h.more) }
@@ -116,10 +113,11 @@ func (h *handoff) put(ctx context.Context, ids *[]store.Insert, wait time.Durati
 // list, which hold kept within the budget as it stood with the ids then
 // waiting; ids put since (a large transaction's, flushed before its
 // commit) do not make them ids now: they are in memory already, and a
-// claim would cost more than it frees. A large list joins the queue as it is, not copied: a large
-// transaction's rows are in memory once, not once in the reader and again
-// here (the peak of a bulk insert). A small one is copied to the queue's
-// last list, so that a steady stream reuses its room.
+// claim would cost more than it frees. A large list joins the queue as it
+// is, not copied: a large transaction's rows are in memory once, not once
+// in the reader and again here (the peak of a bulk insert). A small one is
+// copied to the queue's last list, so that a steady stream reuses its
+// room.
 func (h *handoff) add(ids *[]store.Insert) {
 	list := *ids
 	k := 0
