@@ -505,13 +505,18 @@ func TestOrderedClaimsTakeTurns(t *testing.T) {
 	if _, err := holder.Exec(ctx, `SELECT pg_advisory_lock(4242)`); err != nil {
 		t.Fatal(err)
 	}
-	waiting := func() int {
+	// waiting says whether a session of this test's database waits for
+	// the advisory lock that lock picks out: pg_locks lists the whole
+	// server's, where the parallel tests' claims wait for their own.
+	waiting := func(lock string) bool {
 		var n int
-		if err := st.pool.QueryRow(ctx, `SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted`).Scan(&n); err != nil {
+		if err := st.pool.QueryRow(ctx, `SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
+			AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) AND `+lock).Scan(&n); err != nil {
 			t.Error(err)
 		}
-		return n
+		return n == 1
 	}
+	trigger, claimLock := "objsubid = 1 AND objid = 4242", "objsubid = 2" // one key, two keys
 	claims := make(chan Claim, 2)
 	claim := func() {
 		c, err := st.ClaimDue(ctx, 10, 0, lease, 25, nil)
@@ -521,7 +526,7 @@ func TestOrderedClaimsTakeTurns(t *testing.T) {
 		claims <- c
 	}
 	go claim() // X
-	pgtest.WaitFor(t, 30*time.Second, "claim X to hold the row "+held, func() bool { return waiting() == 1 })
+	pgtest.WaitFor(t, 30*time.Second, "claim X to hold the row "+held, func() bool { return waiting(trigger) })
 	if err := late.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -533,7 +538,7 @@ func TestOrderedClaimsTakeTurns(t *testing.T) {
 			y = &c
 			return true
 		default:
-			return waiting() == 2
+			return waiting(trigger) && waiting(claimLock)
 		}
 	})
 	if _, err := holder.Exec(ctx, `SELECT pg_advisory_unlock(4242)`); err != nil {
