@@ -417,9 +417,11 @@ func answerCases() []answerCase {
 			}
 			http.Redirect(w, r, "/elsewhere", http.StatusTemporaryRedirect)
 		}, attempts: 1, status: store.StatusDead, lastError: "307", requests: 1},
+		// The timeout is long enough for the runner to have the request
+		// before the relay gives up on it, on a loaded machine too.
 		answerCase{name: "timeout", answer: func(_ http.ResponseWriter, r *http.Request, _ []byte) {
 			<-r.Context().Done()
-		}, tweak: func(c *relay.Config) { c.HTTPTimeout = 100 * time.Millisecond },
+		}, tweak: func(c *relay.Config) { c.HTTPTimeout = time.Second },
 			attempts: 1, status: store.StatusPending, lastError: "timed out", requests: 1},
 		answerCase{name: "unreachable", answer: ok, gone: true,
 			attempts: 1, status: store.StatusPending, lastError: "unreachable"},

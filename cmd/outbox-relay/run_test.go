@@ -319,16 +319,21 @@ func TestMixedCasePublicationStreams(t *testing.T) {
 	}
 }
 
-// orderedRunner refuses the first attempt of a "flaky" event (503) and
-// every attempt of a "poison" one (422), and accepts the rest.
-func orderedRunner(t *testing.T) *relaytest.Runner {
+// orderedRunner refuses a "flaky" event (500: the row's own failure, so
+// the breaker stays closed) until flaky is closed, and every attempt of a
+// "poison" one (422), and accepts the rest.
+func orderedRunner(t *testing.T, flaky <-chan struct{}) *relaytest.Runner {
 	rn := relaytest.NewRunner(t)
 	rn.SetAnswer(relaytest.AnswerBy(func(_ *http.Request, ev relaytest.Event) int {
-		switch {
-		case ev.Type == "poison":
+		switch ev.Type {
+		case "poison":
 			return http.StatusUnprocessableEntity
-		case ev.Type == "flaky" && ev.Try == 1:
-			return http.StatusServiceUnavailable
+		case "flaky":
+			select {
+			case <-flaky:
+			default:
+				return http.StatusInternalServerError
+			}
 		}
 		return http.StatusNoContent
 	}))
@@ -396,10 +401,11 @@ func TestOrderedDelivery(t *testing.T) {
 	for _, path := range []string{"stream", "sweep"} {
 		t.Run(path, func(t *testing.T) {
 			t.Parallel()
-			rn := orderedRunner(t)
-			// The flaky head's retry comes after 3 s: long enough to see
-			// everything else go by.
-			env, conn := orderedEnv(t, rn, path, "RELAY_BACKOFF_BASE=3s", "RELAY_BACKOFF_MAX=3s")
+			// The flaky head fails until every other key has gone by and
+			// the gauge has shown its key blocked, however long that takes.
+			flaky := make(chan struct{})
+			rn := orderedRunner(t, flaky)
+			env, conn := orderedEnv(t, rn, path, "RELAY_BACKOFF_BASE=200ms", "RELAY_BACKOFF_MAX=200ms", "RELAY_MAX_ATTEMPTS=1000")
 			relay := startRelay(t, env)
 			if path == "stream" {
 				pgtest.WaitFor(t, 30*time.Second, "the stream", func() bool {
@@ -413,13 +419,14 @@ func TestOrderedDelivery(t *testing.T) {
 			pgtest.WaitFor(t, 30*time.Second, "every other key", func() bool {
 				return countRows(t, conn, `status = 'delivered' AND entity IS DISTINCT FROM 'slow'`) == 20
 			})
-			// The slow key's head waits for its retry, and its rows behind it.
+			// The slow key's head keeps failing, and its rows wait behind it.
 			if n := countRows(t, conn, `entity = 'slow' AND status = 'pending' AND attempts = 0`); n != 2 {
 				t.Errorf("%d rows of the slow key untried while its head waits, want 2", n)
 			}
-			pgtest.WaitFor(t, 5*time.Second, "the blocked-keys gauge", func() bool {
+			pgtest.WaitFor(t, 30*time.Second, "the blocked-keys gauge", func() bool {
 				return relay.counter(t, "outbox_relay_ordering_blocked_keys") == 1
 			})
+			close(flaky)
 			pgtest.WaitFor(t, 30*time.Second, "the slow key", func() bool { return countRows(t, conn, `status <> 'delivered'`) == 0 })
 			if v := relaytest.OrderViolations(tableRows(t, conn), rn.FirstAcceptances()); len(v) > 0 {
 				t.Errorf("order violations: %v", v)
@@ -438,7 +445,7 @@ func TestOrderedPoisonHead(t *testing.T) {
 	for _, policy := range []string{"skip", "block"} {
 		t.Run(policy, func(t *testing.T) {
 			t.Parallel()
-			rn := orderedRunner(t)
+			rn := orderedRunner(t, nil)
 			env, conn := orderedEnv(t, rn, "sweep", "RELAY_ORDERING_ON_DEAD="+policy)
 			startRelay(t, env)
 			insertKeyed(t, conn, [2]string{"poison", "k"}, [2]string{"e", "k"}, [2]string{"e", "other"})
