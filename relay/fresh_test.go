@@ -123,11 +123,15 @@ func TestFreshOutcomeYieldsToAnotherClaim(t *testing.T) {
 			}
 		}
 		w.WriteHeader(http.StatusNoContent)
-	}, func(c *relay.Config) { c.FreshGrace = 10 * time.Second })
+	}, func(c *relay.Config) {
+		c.FreshGrace = 10 * time.Second
+		// One POST at a time: the later row's starts after the first's
+		// answer is in, and outcomes are written in order, so once the
+		// later row's is, the first's was dealt with.
+		c.Concurrency = 1
+	})
 	first = fresh(t, b, insert(t, b.pool, "file.finalized", `{}`))
 	b.deliverFresh(t, first)
-	// Outcomes are written in order: once a later row's is, the first's
-	// was dealt with.
 	select {
 	case <-handled:
 	case <-time.After(10 * time.Second):
