@@ -140,21 +140,9 @@ func TestRelayCDCOnWaitsForAWALSender(t *testing.T) {
 // sender until the test ends or the caller closes it.
 func holdWALSenders(t *testing.T, url string, n int) []*pgconn.PgConn {
 	t.Helper()
-	cfg, err := pgconn.ParseConfig(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.RuntimeParams["replication"] = "database"
 	conns := make([]*pgconn.PgConn, n)
 	for i := range conns {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		conns[i], err = pgconn.ConnectConfig(ctx, cfg)
-		cancel()
-		if err != nil {
-			t.Fatalf("WAL sender %d of %d: %v", i+1, n, err)
-		}
-		conn := conns[i]
-		t.Cleanup(func() { conn.Close(context.Background()) }) //nolint:errcheck // a closed one errs
+		conns[i] = pgtest.ConnectReplication(t, url, "")
 	}
 	return conns
 }

@@ -233,10 +233,10 @@ const cdcCheckTimeout = 10 * time.Second
 // the relay (exit 2), while a passing refusal (every WAL sender busy, the
 // server starting) does not: the stream tries again, as it does after any
 // reconnect, and the sweeper delivers meanwhile. With auto the stream
-// always runs and decides on every reconnect: a
-// server that cannot stream leaves the relay sweep-only (it says why once
-// and checks again now and then), so a failover to a server that can, or
-// an operator's fix, brings the stream back without a restart.
+// always runs and decides on every reconnect: a server that cannot stream
+// leaves the relay sweep-only (it says why once and checks again now and
+// then), so a failover to a server that can, or an operator's fix, brings
+// the stream back without a restart.
 func startupCDC(ctx context.Context, cfg config.Config, outbox *store.Schema, d cdc.Deliverer, log *slog.Logger) (*cdc.Stream, error) {
 	if cfg.CDC == "off" {
 		return nil, nil
@@ -247,7 +247,7 @@ func startupCDC(ctx context.Context, cfg config.Config, outbox *store.Schema, d 
 		err := cdc.Check(cctx, ccfg)
 		cancel()
 		switch {
-		case err != nil && cdc.Lasting(err):
+		case cdc.Lasting(err):
 			return nil, usageError{fmt.Errorf("RELAY_CDC=on but logical replication is unavailable: %v", err)}
 		case err != nil:
 			log.Warn("replication: not ready yet; the stream tries again and the sweeper delivers meanwhile", "reason", err.Error())

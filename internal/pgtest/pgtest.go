@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // EnvDatabaseURL names the variable that points the tests at an existing
@@ -61,5 +62,28 @@ func Connect(t testing.TB, url string) *pgx.Conn {
 		t.Fatalf("pgtest: connect: %v", err)
 	}
 	t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
+}
+
+// ConnectReplication opens a replication connection to url's database
+// (a WAL sender of its own), named app when app is not empty, that the
+// test's cleanup closes. The error leaves url out: it holds the password.
+func ConnectReplication(t testing.TB, url, app string) *pgconn.PgConn {
+	t.Helper()
+	cfg, err := pgconn.ParseConfig(url)
+	if err != nil {
+		t.Fatal("pgtest: replication connection: the URL does not parse")
+	}
+	cfg.RuntimeParams["replication"] = "database"
+	if app != "" {
+		cfg.RuntimeParams["application_name"] = app
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := pgconn.ConnectConfig(ctx, cfg)
+	if err != nil {
+		t.Fatalf("pgtest: replication connection: %v", err)
+	}
+	t.Cleanup(func() { _ = conn.Close(context.Background()) }) // a closed one errs
 	return conn
 }
